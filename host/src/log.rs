@@ -1,0 +1,150 @@
+//! The error log: nginx's line format and levels, several targets,
+//! reopened on USR1.
+//!
+//! Format: `2026/11/23 01:27:00 [notice] 1234#1234: message`. Each process
+//! keeps its own open files; the master opens them before forking so a
+//! worker that drops privileges still writes.
+
+use crate::config::core::LogTarget;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// nginx's levels, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// The system is unusable / the config is unusable.
+    Emerg = 1,
+    /// Action needed now.
+    Alert,
+    /// Critical condition.
+    Crit,
+    /// Error (the default threshold).
+    Error,
+    /// Warning.
+    Warn,
+    /// Normal but significant.
+    Notice,
+    /// Informational.
+    Info,
+    /// Debugging.
+    Debug,
+}
+
+impl Level {
+    /// Parses a level name as written in `error_log`.
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s {
+            "emerg" => Level::Emerg,
+            "alert" => Level::Alert,
+            "crit" => Level::Crit,
+            "error" => Level::Error,
+            "warn" => Level::Warn,
+            "notice" => Level::Notice,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            _ => return None,
+        })
+    }
+
+    /// The level's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Emerg => "emerg",
+            Level::Alert => "alert",
+            Level::Crit => "crit",
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Notice => "notice",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+struct Sink {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    level: Level,
+}
+
+static SINKS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
+
+fn open(path: &PathBuf) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Replaces the targets; on failure to open any of them, keeps the old
+/// ones and returns the error naming the file (nginx's wording).
+pub fn set_targets(targets: &[LogTarget]) -> Result<(), String> {
+    let mut new = Vec::new();
+    for t in targets {
+        let file = match &t.path {
+            None => None,
+            Some(p) => Some(open(p).map_err(|e| {
+                format!("open() \"{}\" failed ({})", p.display(), crate::config::parser::os_err(&e))
+            })?),
+        };
+        new.push(Sink { path: t.path.clone(), file, level: t.level });
+    }
+    *SINKS.lock().unwrap_or_else(|e| e.into_inner()) = new;
+    Ok(())
+}
+
+/// Reopens every file target (USR1), keeping the old file on failure.
+pub fn reopen() {
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    for s in sinks.iter_mut() {
+        if let Some(p) = &s.path {
+            if let Ok(f) = open(p) {
+                s.file = Some(f);
+            }
+        }
+    }
+}
+
+/// The first file target's path, if any (daemons send stderr there).
+pub fn first_file() -> Option<PathBuf> {
+    SINKS.lock().unwrap_or_else(|e| e.into_inner()).iter().find_map(|s| s.path.clone())
+}
+
+/// Makes every file target owned by `uid:gid` (workers that drop
+/// privileges must still reopen them).
+pub fn chown_all(uid: u32, gid: u32) {
+    for s in SINKS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if let Some(p) = &s.path {
+            let _ = crate::sys::chown(p, uid, gid);
+        }
+    }
+}
+
+/// Formats the current local time as nginx's error log does.
+pub fn timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (y, mo, d, h, mi, s, _) = crate::sys::localtime(now);
+    format!("{y:04}/{mo:02}/{d:02} {h:02}:{mi:02}:{s:02}")
+}
+
+/// Writes one line at `level` to every target whose threshold admits it.
+pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
+    let pid = crate::sys::pid();
+    let line = format!("{} [{}] {pid}#{pid}: {msg}\n", timestamp(), level.name());
+    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
+    for s in sinks.iter_mut().filter(|s| level <= s.level) {
+        let _ = match &mut s.file {
+            Some(f) => f.write_all(line.as_bytes()),
+            None => std::io::stderr().write_all(line.as_bytes()),
+        };
+    }
+}
+
+/// `log!(Notice, "fmt", args…)` writes to the error log.
+#[macro_export]
+macro_rules! log {
+    ($lvl:ident, $($arg:tt)*) => {
+        $crate::log::write($crate::log::Level::$lvl, format_args!($($arg)*))
+    };
+}

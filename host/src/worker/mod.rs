@@ -1,0 +1,339 @@
+//! A worker process: one mio `Poll`, single-threaded, serving connections
+//! accepted from the listeners it inherited from the master.
+//!
+//! Signals arrive through a signalfd registered with the poll: QUIT drains
+//! (stop accepting, close idle connections, finish the rest, exit), TERM and
+//! INT exit at once, USR1 reopens logs. Accepting stops while the worker is
+//! at `worker_connections`, and pauses for 500 ms on EMFILE/ENFILE instead
+//! of spinning on a listener that stays readable.
+
+pub mod timer;
+
+use crate::cycle::Cycle;
+use crate::http::{Conn, Next};
+use crate::master::listen::Bound;
+use crate::sys;
+use mio::net::TcpListener;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use timer::{TimerKey, Timers};
+
+const SIGNAL: Token = Token(usize::MAX - 1);
+/// Tokens below this are listeners; from it on, connections.
+const CONN_BASE: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    Conn(usize),
+    ResumeAccept,
+    ShutdownTimeout,
+}
+
+struct Slot {
+    conn: Conn,
+    timer: Option<TimerKey>,
+}
+
+struct Worker<'a> {
+    cycle: &'a Cycle,
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    accepting: bool,
+    conns: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    active: usize,
+    timers: Timers<Timer>,
+    quitting: bool,
+    exit: bool,
+    single: bool,
+}
+
+/// Sets up this process as a worker; returns a message on fatal failure.
+fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> {
+    let core = &cycle.core;
+    if let Some(p) = core.priority {
+        sys::set_priority(p).map_err(|e| format!("setpriority({p}) failed ({e})"))?;
+    }
+    if let Some(n) = core.rlimit_nofile {
+        sys::set_nofile(n).map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {n}) failed ({e})"))?;
+    }
+    if let Some(masks) = &core.cpu_affinity {
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
+        let mask = if masks.is_empty() {
+            1u64 << (slot % ncpu)
+        } else {
+            masks[slot.min(masks.len() - 1)]
+        };
+        sys::set_affinity(mask).map_err(|e| format!("sched_setaffinity({mask:#b}) failed ({e})"))?;
+    }
+    if sys::is_root() && !single {
+        let (user, group) = core
+            .user
+            .clone()
+            .unwrap_or_else(|| ("nobody".into(), Some("nogroup".into())));
+        let group = group.or(Some(user.clone())).filter(|g| sys::lookup_user(&user, Some(g)).is_ok());
+        let (uid, gid) = sys::lookup_user(&user, group.as_deref()).map_err(|e| e.to_string())?;
+        sys::drop_privileges(uid, gid)
+            .map_err(|e| format!("setuid({uid})/setgid({gid}) failed ({e})"))?;
+    } else if core.user.is_some() && !sys::is_root() && slot == 0 {
+        crate::log!(Warn, "the \"user\" directive makes sense only if the master process runs with super-user privileges, ignored");
+    }
+    if let Some(dir) = &core.working_directory {
+        std::env::set_current_dir(dir)
+            .map_err(|e| format!("chdir(\"{}\") failed ({e})", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs a worker until it exits; returns the process exit code
+/// (0 normal, 2 fatal: the master does not respawn it).
+pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool) -> i32 {
+    if !single {
+        sys::set_name("ngxr: worker");
+    }
+    if let Err(e) = init_process(cycle, slot, single) {
+        crate::log!(Emerg, "{e}");
+        return 2;
+    }
+    match Worker::new(cycle, bound, slot, single) {
+        Ok(mut w) => w.run(),
+        Err(e) => {
+            crate::log!(Emerg, "worker init failed: {e}");
+            2
+        }
+    }
+}
+
+impl<'a> Worker<'a> {
+    fn new(cycle: &'a Cycle, bound: &[Bound], slot: usize, single: bool) -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, b) in bound.iter().enumerate() {
+            let std_l: std::net::TcpListener = b.for_slot(slot).try_clone()?.into();
+            let mut l = TcpListener::from_std(std_l);
+            poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
+            listeners.push(l);
+        }
+        Ok(Worker {
+            cycle,
+            poll,
+            listeners,
+            accepting: true,
+            conns: Vec::new(),
+            free: Vec::new(),
+            active: 0,
+            timers: Timers::default(),
+            quitting: false,
+            exit: false,
+            single,
+        })
+    }
+
+    fn run(&mut self) -> i32 {
+        let sigs = [libc::SIGQUIT, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP, libc::SIGWINCH];
+        let sigfd: OwnedFd = match sys::signalfd(&sigs) {
+            Ok(fd) => fd,
+            Err(e) => {
+                crate::log!(Emerg, "signalfd() failed ({e})");
+                return 2;
+            }
+        };
+        let raw = sigfd.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(&mut SourceFd(&raw), SIGNAL, Interest::READABLE) {
+            crate::log!(Emerg, "epoll_ctl(signalfd) failed ({e})");
+            return 2;
+        }
+        let mut events = Events::with_capacity(512);
+        while !self.exit {
+            if self.quitting && self.active == 0 {
+                break;
+            }
+            let wait = self.timers.next_wait(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, wait) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    crate::log!(Alert, "epoll_wait() failed ({e})");
+                    return 1;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNAL => {
+                        for sig in sys::read_signalfd(raw) {
+                            self.on_signal(sig);
+                        }
+                    }
+                    Token(i) if i < CONN_BASE => self.accept(i),
+                    Token(t) => self.conn_ready(t - CONN_BASE),
+                }
+            }
+            let now = Instant::now();
+            while let Some(t) = self.timers.pop_due(now) {
+                self.on_timer(t);
+            }
+        }
+        crate::log!(Info, "exiting");
+        0
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        match sig {
+            libc::SIGQUIT => self.start_quit(),
+            libc::SIGTERM | libc::SIGINT => self.exit = true,
+            libc::SIGUSR1 => crate::log::reopen(),
+            libc::SIGHUP if self.single => {
+                crate::log!(Warn, "reload is not supported with \"master_process off\"; restart instead")
+            }
+            _ => {}
+        }
+    }
+
+    fn start_quit(&mut self) {
+        if self.quitting {
+            return;
+        }
+        crate::log!(Notice, "gracefully shutting down");
+        self.quitting = true;
+        // Close our copies of the listeners: the kernel keeps the sockets
+        // (the master and new workers hold them) and their queues.
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        if let Some(t) = self.cycle.core.shutdown_timeout {
+            self.timers.add(Instant::now() + t, Timer::ShutdownTimeout);
+        }
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().filter(|s| s.conn.is_idle()).map(|_| i))
+            .collect();
+        for i in idle {
+            self.close(i);
+        }
+    }
+
+    fn set_accepting(&mut self, on: bool) {
+        if self.accepting == on {
+            return;
+        }
+        self.accepting = on;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let r = if on {
+                self.poll.registry().register(l, Token(i), Interest::READABLE)
+            } else {
+                self.poll.registry().deregister(l)
+            };
+            if let Err(e) = r {
+                crate::log!(Alert, "epoll_ctl() on listener failed ({e})");
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            if !self.accepting || self.quitting {
+                return;
+            }
+            if self.active >= self.cycle.core.worker_connections {
+                crate::log!(Alert, "{} worker_connections are not enough", self.cycle.core.worker_connections);
+                self.set_accepting(false);
+                return;
+            }
+            let Some(l) = self.listeners.get(i) else { return };
+            match l.accept() {
+                Ok((sock, _peer)) => self.add_conn(sock),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    crate::log!(Crit, "accept4() failed ({})", crate::config::parser::os_err(&e));
+                    self.set_accepting(false);
+                    self.timers.add(Instant::now() + Duration::from_millis(500), Timer::ResumeAccept);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends: the next connection may be fine.
+                    crate::log!(Error, "accept4() failed ({})", crate::config::parser::os_err(&e));
+                }
+            }
+            if !self.cycle.core.multi_accept {
+                // Re-arm so remaining connections are taken on the next
+                // turn of the loop, after other ready events.
+                if let Some(l) = self.listeners.get_mut(i) {
+                    let _ = self.poll.registry().reregister(l, Token(i), Interest::READABLE);
+                }
+                return;
+            }
+        }
+    }
+
+    fn add_conn(&mut self, sock: mio::net::TcpStream) {
+        let _ = sock.set_nodelay(true);
+        let idx = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        let mut slot = Slot { conn: Conn::new(sock), timer: None };
+        if let Err(e) = self.poll.registry().register(
+            &mut slot.conn.sock,
+            Token(CONN_BASE + idx),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            crate::log!(Alert, "epoll_ctl() on connection failed ({e})");
+            self.free.push(idx);
+            return;
+        }
+        self.conns[idx] = Some(slot);
+        self.active += 1;
+        self.conn_ready(idx);
+    }
+
+    fn conn_ready(&mut self, idx: usize) {
+        let now = Instant::now();
+        let quitting = self.quitting;
+        let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
+        match slot.conn.on_ready(now, quitting) {
+            Next::Close => self.close(idx),
+            Next::Wait(at) => {
+                if let Some(k) = slot.timer.take() {
+                    self.timers.cancel(k);
+                }
+                slot.timer = Some(self.timers.add(at, Timer::Conn(idx)));
+            }
+        }
+    }
+
+    fn close(&mut self, idx: usize) {
+        let Some(mut slot) = self.conns.get_mut(idx).and_then(Option::take) else { return };
+        if let Some(k) = slot.timer.take() {
+            self.timers.cancel(k);
+        }
+        let _ = self.poll.registry().deregister(&mut slot.conn.sock);
+        self.free.push(idx);
+        self.active -= 1;
+        if !self.accepting && !self.quitting && self.active < self.cycle.core.worker_connections {
+            self.set_accepting(true);
+        }
+    }
+
+    fn on_timer(&mut self, t: Timer) {
+        match t {
+            Timer::Conn(idx) => {
+                if let Some(Some(slot)) = self.conns.get_mut(idx) {
+                    slot.timer = None;
+                }
+                self.close(idx);
+            }
+            Timer::ResumeAccept => {
+                if !self.quitting {
+                    self.set_accepting(true);
+                }
+            }
+            Timer::ShutdownTimeout => {
+                crate::log!(Notice, "worker_shutdown_timeout expired, closing {} connections", self.active);
+                self.exit = true;
+            }
+        }
+    }
+}
