@@ -1,1 +1,342 @@
-//! placeholder
+//! End-to-end harness: runs the real `ngxr` binary in a temporary prefix
+//! and talks to it with real sockets.
+//!
+//! Every server gets ephemeral ports, every wait has a deadline
+//! ([`poll_until`]), and every started master is stopped on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `ngxr` binary under test: `$NGXR_BIN`, else next to the test
+/// executable's target directory (built by `cargo build --workspace`).
+pub fn ngxr_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NGXR_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("ngxr");
+    assert!(bin.exists(), "{} not found: run `cargo build --workspace` first", bin.display());
+    bin
+}
+
+/// Repeats `f` until it returns `Some`, or panics naming `what` at the deadline.
+pub fn poll_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not
+/// hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temporary prefix with `conf/` and `logs/`.
+pub struct Prefix {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Prefix {
+    /// Creates a prefix readable by everyone (workers may drop to nobody).
+    pub fn new() -> Prefix {
+        let dir = tempfile::Builder::new().prefix("ngxr-e2e-").tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.path().join("conf")).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        Prefix { dir }
+    }
+
+    /// The prefix path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `conf/ngxr.conf`.
+    pub fn write_conf(&self, text: &str) {
+        std::fs::write(self.path().join("conf/ngxr.conf"), text).unwrap();
+    }
+
+    /// Writes a file relative to the prefix.
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// Runs `ngxr -p PREFIX ARGS…` to completion.
+    pub fn ngxr(&self, args: &[&str]) -> Output {
+        Command::new(ngxr_bin())
+            .arg("-p")
+            .arg(self.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The error log's text so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// The master pid from the pid file.
+    pub fn pid(&self) -> Option<i32> {
+        read_pid(&self.path().join("logs/ngxr.pid"))
+    }
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Prefix::new()
+    }
+}
+
+/// Reads a pid file.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The common head of a test config: foreground, info log, pid file.
+pub fn conf_head() -> String {
+    "daemon off;\nerror_log logs/error.log info;\npid logs/ngxr.pid;\n".to_string()
+}
+
+/// A running master started by a test.
+pub struct Server {
+    /// The prefix it runs in.
+    pub prefix: Prefix,
+    /// The master process.
+    pub child: Option<Child>,
+    /// Primary port.
+    pub port: u16,
+}
+
+impl Server {
+    /// Writes `conf_head() + body` (with `PORT` replaced) and starts the
+    /// master, waiting until the pid file exists and `port` accepts.
+    pub fn start(body: &str) -> Server {
+        let port = free_port();
+        let prefix = Prefix::new();
+        prefix.write_conf(&format!("{}{}", conf_head(), body.replace("PORT", &port.to_string())));
+        Server::start_in(prefix, port)
+    }
+
+    /// Starts the master in a prepared prefix.
+    pub fn start_in(prefix: Prefix, port: u16) -> Server {
+        let child = Command::new(ngxr_bin())
+            .arg("-p")
+            .arg(prefix.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut s = Server { prefix, child: Some(child), port };
+        poll_until("the master to serve", Duration::from_secs(10), || {
+            if let Some(Ok(Some(st))) = s.child.as_mut().map(|c| c.try_wait()) {
+                panic!("ngxr exited early ({st}); log:\n{}", s.prefix.error_log());
+            }
+            (s.prefix.pid().is_some() && TcpStream::connect(("127.0.0.1", port)).is_ok()).then_some(())
+        });
+        s
+    }
+
+    /// The master's pid.
+    pub fn master(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Current worker pids.
+    pub fn workers(&self) -> Vec<i32> {
+        children_named(self.master(), "ngxr: worker")
+    }
+
+    /// Waits until exactly `n` workers run and none of `not` is among them.
+    pub fn wait_workers(&self, n: usize, not: &[i32]) -> Vec<i32> {
+        poll_until(&format!("{n} fresh workers"), Duration::from_secs(10), || {
+            let w = self.workers();
+            (w.len() == n && !w.iter().any(|p| not.contains(p))).then_some(w)
+        })
+    }
+
+    /// Waits for the master to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut c = self.child.take().unwrap();
+        let st = poll_until("the master to exit", limit, || c.try_wait().unwrap());
+        st.code()
+    }
+
+    /// Sends a signal to the master.
+    pub fn signal(&self, sig: i32) {
+        kill(self.master(), sig);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Stop anything still running from this prefix (an upgraded binary
+        // has its own pid in the pid file).
+        for p in [self.prefix.pid(), read_pid(&self.prefix.path().join("logs/ngxr.pid.oldbin"))]
+            .into_iter()
+            .flatten()
+        {
+            if self.child.as_ref().map(|c| c.id() as i32) != Some(p) && is_ngxr(p) {
+                kill(p, libc::SIGKILL);
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            for w in children_named(c.id() as i32, "ngxr: worker") {
+                kill(w, libc::SIGKILL);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// True when `pid` is a live (non-zombie) ngxr process.
+pub fn is_ngxr(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    state != Some("Z") && stat.contains("(ngxr")
+}
+
+/// True when `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z")
+}
+
+/// Live children of `parent` whose comm is `name`.
+pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(l), Some(r)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = &stat[l + 1..r];
+        let mut rest = stat[r + 1..].split_whitespace();
+        let state = rest.next();
+        let ppid: i32 = rest.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent && comm == name && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header lines as (lowercase name, value).
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let n = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends raw bytes and reads until the server closes (or 5 s pass).
+pub fn raw(port: u16, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(req)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Parses one response from the front of `buf` (Content-Length bodies).
+pub fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(buf.len() - end);
+    let body = buf.get(end..end + len)?.to_vec();
+    Some((Response { status, headers, body }, end + len))
+}
+
+/// `GET path` with `Connection: close`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let buf = raw(port, req.as_bytes())?;
+    parse_response(&buf)
+        .map(|(r, _)| r)
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&buf))))
+}
+
+/// Runs `f` in a loop on a thread until the returned guard is stopped;
+/// counts successes and failures (with the first few errors).
+pub struct Hammer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Hammer {
+    /// Starts requesting `GET /` on `port` continuously (bounded: at most
+    /// 60 s and 200k requests).
+    pub fn start(port: u16) -> Hammer {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut ok, mut errs) = (0u64, Vec::new());
+            let t0 = Instant::now();
+            while !s2.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) && ok < 200_000 {
+                match get(port, "/") {
+                    Ok(r) if r.status < 500 => ok += 1,
+                    Ok(r) => errs.push(format!("status {}", r.status)),
+                    Err(e) => errs.push(e.to_string()),
+                }
+            }
+            (ok, errs)
+        });
+        Hammer { stop, handle: Some(handle) }
+    }
+
+    /// Stops and returns (successes, errors).
+    pub fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}

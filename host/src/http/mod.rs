@@ -54,10 +54,11 @@ impl Conn {
         Conn { sock, rbuf: Vec::new(), wbuf: Vec::new(), wpos: 0, state: State::Reading, requests: 0 }
     }
 
-    /// True while waiting for a next request with nothing buffered: a
-    /// draining worker may close such a connection at once.
+    /// True for a keepalive connection waiting for its next request with
+    /// nothing buffered: a draining worker may close it at once. A fresh
+    /// connection whose first request has not arrived yet is not idle.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Reading) && self.rbuf.is_empty()
+        matches!(self.state, State::Reading) && self.rbuf.is_empty() && self.requests > 0
     }
 
     /// Does all the I/O the socket allows now.
@@ -87,7 +88,7 @@ impl Conn {
                     if self.try_parse() {
                         continue;
                     }
-                    if quitting && self.rbuf.is_empty() {
+                    if quitting && self.is_idle() {
                         return Next::Close;
                     }
                     let mut chunk = [0u8; 4096];

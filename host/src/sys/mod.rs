@@ -324,3 +324,20 @@ pub fn adopt_socket(fd: RawFd) -> Option<socket2::Socket> {
     // SAFETY: fd is an open socket handed to this process for it to own.
     is_sock.then(|| unsafe { socket2::Socket::from_raw_fd(fd) })
 }
+
+/// Asks the kernel to send `sig` to this process when its parent dies, and
+/// returns false if the parent `expected_parent` is already gone.
+/// Must be called after any credential change (setuid clears it).
+pub fn parent_death_signal(sig: i32, expected_parent: i32) -> bool {
+    // SAFETY: PR_SET_PDEATHSIG takes an integer signal; getppid cannot fail.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong);
+        libc::getppid() == expected_parent
+    }
+}
+
+/// The parent's pid.
+pub fn ppid() -> i32 {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() }
+}

@@ -93,9 +93,16 @@ pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool) -> i32 {
     if !single {
         sys::set_name("ngxr: worker");
     }
+    let master = sys::ppid();
     if let Err(e) = init_process(cycle, slot, single) {
         crate::log!(Emerg, "{e}");
         return 2;
+    }
+    // A worker whose master died has no supervisor and gets no reloads:
+    // drain and exit instead of lingering (nginx's workers linger).
+    if !single && !sys::parent_death_signal(libc::SIGQUIT, master) {
+        crate::log!(Alert, "master process {master} is gone, worker exiting");
+        return 0;
     }
     match Worker::new(cycle, bound, slot, single) {
         Ok(mut w) => w.run(),
