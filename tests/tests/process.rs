@@ -139,7 +139,11 @@ fn reopen_creates_a_fresh_log() {
     let moved = s.prefix.path().join("logs/error.log.1");
     std::fs::rename(&log, &moved).unwrap();
     assert!(s.prefix.ngxr(&["-s", "reopen"]).status.success());
-    poll_until("the reopened log", SECS, || log.exists().then_some(()));
+    // The -s client may create the file itself (as nginx's does): wait for
+    // the master to have reopened it, not merely for it to exist.
+    poll_until("the reopened log", SECS, || {
+        std::fs::read_to_string(&log).ok()?.contains("reopening logs").then_some(())
+    });
     s.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + SECS;
     while !std::fs::read_to_string(&log).unwrap().contains("reconfiguring") {
