@@ -142,7 +142,7 @@ fn reopen_creates_a_fresh_log() {
     // The -s client may create the file itself (as nginx's does): wait for
     // the master to have reopened it, not merely for it to exist.
     poll_until("the reopened log", SECS, || {
-        std::fs::read_to_string(&log).ok()?.contains("reopening logs").then_some(())
+        std::fs::read_to_string(&log).ok()?.contains("logs reopened").then_some(())
     });
     s.signal(libc::SIGHUP);
     let deadline = std::time::Instant::now() + SECS;

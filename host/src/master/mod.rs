@@ -201,6 +201,7 @@ impl Master {
             libc::SIGUSR1 => {
                 crate::log!(Notice, "reopening logs");
                 crate::log::reopen();
+                crate::log!(Notice, "logs reopened");
                 self.signal_workers(libc::SIGUSR1, |p| !p.retiring);
             }
             libc::SIGUSR2 if self.stop.is_none() => self.upgrade(),
