@@ -1,0 +1,281 @@
+//! `plugin-api`: write ngxr plugins in Rust.
+//!
+//! [`sys`] mirrors `include/ngx_plugin.h` exactly. On top of it:
+//! - [`Plugin`]: a trait with no-op defaults for everything a plugin may
+//!   provide (directives, per-block configuration and its merge, phase
+//!   handlers, worker lifecycle);
+//! - [`Request`]: a borrowed, `!Send` view of one HTTP request;
+//! - [`export_plugin!`]: emits the one entry symbol and the trampolines the
+//!   host calls, each under `catch_unwind`: a panic is logged and becomes
+//!   an error (a 500 for a request), never unwinding into the host.
+//!
+//! With the `mock` feature, [`mock`] provides a host table for unit tests.
+
+#![deny(missing_docs)]
+
+pub mod sys;
+#[cfg(feature = "mock")]
+pub mod mock;
+#[doc(hidden)]
+pub mod rt;
+
+use std::marker::PhantomData;
+
+/// What a phase handler tells the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// This phase is done (content: the response is complete).
+    Ok,
+    /// Not handled here; try the next handler.
+    Declined,
+    /// Finalize with this HTTP status (100..599).
+    Http(u16),
+    /// Failure: finalize with 500.
+    Error,
+    /// The handler finalized the request itself.
+    Done,
+}
+
+impl Status {
+    /// The ABI return code.
+    pub fn rc(self) -> sys::Rc {
+        match self {
+            Status::Ok => sys::OK,
+            Status::Declined => sys::DECLINED,
+            Status::Http(s) if (100..600).contains(&s) => s as sys::Rc,
+            Status::Http(_) | Status::Error => sys::ERROR,
+            Status::Done => sys::DONE,
+        }
+    }
+}
+
+/// HTTP phases, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Phase {
+    /// Right after the request head is read.
+    PostRead = sys::PHASE_POST_READ,
+    /// Rewrites at server level.
+    ServerRewrite = sys::PHASE_SERVER_REWRITE,
+    /// Rewrites in the matched location.
+    Rewrite = sys::PHASE_REWRITE,
+    /// Limits (rate, connections).
+    Preaccess = sys::PHASE_PREACCESS,
+    /// Access control.
+    Access = sys::PHASE_ACCESS,
+    /// try_files, mirror.
+    Precontent = sys::PHASE_PRECONTENT,
+    /// Produces the response.
+    Content = sys::PHASE_CONTENT,
+    /// After the response: logging.
+    Log = sys::PHASE_LOG,
+}
+
+/// Where a directive may appear (bit set of `sys::CTX_*`).
+pub type Contexts = u32;
+
+/// Applies a directive's arguments to the plugin's configuration.
+pub type SetFn<C> = fn(conf: &mut C, args: &[&str], cx: &ConfCx<'_>) -> Result<(), String>;
+
+/// One directive, typed by the plugin's configuration.
+pub struct DirectiveSpec<C> {
+    /// Directive name.
+    pub name: &'static str,
+    /// Contexts it may appear in.
+    pub contexts: Contexts,
+    /// Minimum argument count.
+    pub min_args: u32,
+    /// Maximum argument count (`sys::ARGS_ANY` for no bound).
+    pub max_args: u32,
+    /// Applies it.
+    pub set: SetFn<C>,
+}
+
+impl<C> DirectiveSpec<C> {
+    /// A directive taking `min..=max` arguments in `contexts`.
+    pub const fn new(name: &'static str, contexts: Contexts, min_args: u32, max_args: u32, set: SetFn<C>) -> Self {
+        DirectiveSpec { name, contexts, min_args, max_args, set }
+    }
+}
+
+/// A plugin. Every method has a default that does nothing.
+pub trait Plugin: 'static {
+    /// Unique name ("static", "proxy").
+    const NAME: &'static str;
+    /// Version text.
+    const VERSION: &'static str = "";
+    /// Per-block configuration (one per main/http/server/location block).
+    type Conf: Default + 'static;
+
+    /// Directives this plugin adds.
+    fn directives() -> Vec<DirectiveSpec<Self::Conf>> {
+        Vec::new()
+    }
+
+    /// Merges the enclosing block's configuration into a child's: called
+    /// after the child block is read. By default the child keeps its own.
+    fn merge(_parent: &Self::Conf, _child: &mut Self::Conf) {}
+
+    /// Phases this plugin handles; [`Plugin::handle`] is called for each.
+    fn phases() -> &'static [Phase] {
+        &[]
+    }
+
+    /// Handles a request in `phase` with the location's merged `conf`.
+    fn handle(_phase: Phase, _req: &mut Request<'_>, _conf: &Self::Conf) -> Status {
+        Status::Declined
+    }
+
+    /// Runs in each worker after fork; an error stops the worker.
+    fn init_worker(_main: &Self::Conf) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs in each worker before it exits.
+    fn exit_worker(_main: &Self::Conf) {}
+}
+
+/// The configuration context of one directive being applied.
+pub struct ConfCx<'a> {
+    raw: *mut sys::Conf,
+    _l: PhantomData<&'a ()>,
+}
+
+impl ConfCx<'_> {
+    /// Parses `on`/`off`.
+    pub fn flag(&self, s: &str) -> Result<bool, String> {
+        match s {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("invalid value \"{s}\", it must be \"on\" or \"off\"")),
+        }
+    }
+
+    /// Parses an nginx size ("8k", "1m").
+    pub fn size(&self, s: &str) -> Result<u64, String> {
+        rt::host_parse(rt::host().parse_size, s).ok_or_else(|| format!("invalid size \"{s}\""))
+    }
+
+    /// Parses an nginx time into milliseconds ("10s", "500ms").
+    pub fn time_ms(&self, s: &str) -> Result<u64, String> {
+        rt::host_parse(rt::host().parse_time_ms, s).ok_or_else(|| format!("invalid time \"{s}\""))
+    }
+
+    /// The raw handle, for calls the safe layer does not wrap yet.
+    pub fn raw(&self) -> *mut sys::Conf {
+        self.raw
+    }
+}
+
+/// A borrowed view of one HTTP request, valid for one handler call.
+pub struct Request<'a> {
+    raw: *mut sys::Request,
+    _l: PhantomData<&'a mut ()>,
+    // Requests belong to the worker's event-loop thread.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a> Request<'a> {
+    /// Wraps a handle the host passed to a handler.
+    ///
+    /// # Safety
+    /// `raw` must be a live request handle for the duration of `'a`.
+    pub unsafe fn from_raw(raw: *mut sys::Request) -> Self {
+        Request { raw, _l: PhantomData, _not_send: PhantomData }
+    }
+
+    fn get(&self, what: u32) -> &str {
+        let mut out = sys::Str::empty();
+        match rt::host().http_get {
+            // SAFETY: live handle; the host fills `out` with bytes valid
+            // until the request finishes, which outlives `&self`.
+            Some(f) if unsafe { f(self.raw, what, &mut out) } == sys::OK => unsafe { rt::str_of(out) },
+            _ => "",
+        }
+    }
+
+    /// The method ("GET").
+    pub fn method(&self) -> &str {
+        self.get(sys::REQ_METHOD)
+    }
+
+    /// The normalized, decoded path (`$uri`).
+    pub fn uri(&self) -> &str {
+        self.get(sys::REQ_URI)
+    }
+
+    /// The query string (`$args`).
+    pub fn args(&self) -> &str {
+        self.get(sys::REQ_ARGS)
+    }
+
+    /// The request line's target as received (`$request_uri`).
+    pub fn request_uri(&self) -> &str {
+        self.get(sys::REQ_REQUEST_URI)
+    }
+
+    /// A request header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut out = sys::Str::empty();
+        let f = rt::host().http_header_in?;
+        // SAFETY: live handle; name is borrowed for the call; the value
+        // lives until the request finishes.
+        (unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), &mut out) } == sys::OK)
+            .then(|| unsafe { rt::str_of(out) })
+    }
+
+    /// Sets the response status.
+    pub fn set_status(&mut self, status: u16) {
+        if let Some(f) = rt::host().http_set_status {
+            // SAFETY: live handle.
+            unsafe { f(self.raw, status as u32) };
+        }
+    }
+
+    /// Adds a response header.
+    pub fn add_header(&mut self, name: &str, value: &str) {
+        if let Some(f) = rt::host().http_header_out_add {
+            // SAFETY: live handle; the host copies both strings.
+            unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), sys::Str::from_bytes(value.as_bytes())) };
+        }
+    }
+
+    /// Sends body bytes (the header first, if not yet sent); `last` ends
+    /// the body.
+    pub fn send(&mut self, body: &[u8], last: bool) -> Result<(), sys::Rc> {
+        let buf = sys::Buf {
+            data: body.as_ptr(),
+            len: body.len(),
+            fd: -1,
+            flags: if last { sys::BUF_LAST } else { 0 },
+            file_pos: 0,
+            file_len: 0,
+        };
+        let f = rt::host().http_send_body.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle; buf borrowed for the call (the host copies).
+        match unsafe { f(self.raw, &buf, 1) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// Sends a complete response: status, Content-Type and body.
+    pub fn respond(&mut self, status: u16, content_type: &str, body: &[u8]) -> Status {
+        self.set_status(status);
+        self.add_header("Content-Type", content_type);
+        match self.send(body, true) {
+            Ok(()) => Status::Ok,
+            Err(_) => Status::Error,
+        }
+    }
+
+    /// The raw handle, for calls the safe layer does not wrap yet.
+    pub fn raw(&self) -> *mut sys::Request {
+        self.raw
+    }
+}
+
+/// Writes to the host's error log.
+pub fn log(level: u32, msg: &str) {
+    rt::log(level, msg)
+}

@@ -1,0 +1,286 @@
+//! Runtime support for [`crate::export_plugin!`]: the host table pointer
+//! and the generic trampolines the host calls. Not for direct use.
+
+use crate::sys::{self, Rc};
+use crate::{ConfCx, Phase, Plugin, Request};
+use std::ffi::{c_void, CString};
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::OnceLock;
+
+static HOST: AtomicPtr<sys::Host> = AtomicPtr::new(std::ptr::null_mut());
+
+/// An all-None table used until the entry point runs (unit tests).
+static EMPTY: OnceLock<HostPtr> = OnceLock::new();
+
+struct HostPtr(&'static sys::Host);
+// SAFETY: the host table is immutable after creation.
+unsafe impl Sync for HostPtr {}
+// SAFETY: as above.
+unsafe impl Send for HostPtr {}
+
+/// The host table handed to the entry point.
+pub fn host() -> &'static sys::Host {
+    let p = HOST.load(Ordering::Acquire);
+    if p.is_null() {
+        // SAFETY: an all-zero Host is valid: integers zero, pointers null,
+        // every Option<fn> None.
+        return EMPTY.get_or_init(|| HostPtr(Box::leak(Box::new(unsafe { std::mem::zeroed() })))).0;
+    }
+    // SAFETY: the host guarantees the table outlives the loaded image.
+    unsafe { &*p }
+}
+
+/// Records the host table (entry point), or a mock's.
+pub fn set_host(h: *const sys::Host) {
+    HOST.store(h as *mut sys::Host, Ordering::Release);
+}
+
+/// Views host-provided bytes as str (lossy on invalid UTF-8: empty).
+///
+/// # Safety
+/// `s` must point to bytes valid for `'a`.
+pub unsafe fn str_of<'a>(s: sys::Str) -> &'a str {
+    // SAFETY: forwarded from the caller.
+    std::str::from_utf8(unsafe { s.as_bytes() }).unwrap_or("")
+}
+
+/// Calls a host parse function on `s`.
+pub fn host_parse(f: Option<unsafe extern "C" fn(sys::Str, *mut u64) -> Rc>, s: &str) -> Option<u64> {
+    let f = f?;
+    let mut out = 0u64;
+    // SAFETY: s is borrowed for the call; out is a valid out-pointer.
+    (unsafe { f(sys::Str::from_bytes(s.as_bytes()), &mut out) } == sys::OK).then_some(out)
+}
+
+/// Writes to the error log through the host.
+pub fn log(level: u32, msg: &str) {
+    if let Some(f) = host().log {
+        // SAFETY: msg borrowed for the call.
+        unsafe { f(level, sys::Str::from_bytes(msg.as_bytes())) }
+    }
+}
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| e.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, turning a panic into a logged `fallback`.
+pub fn guard<T>(plugin: &str, what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(e) => {
+            log(sys::LOG_ALERT, &format!("plugin \"{plugin}\" panicked in {what}: {}", panic_text(&*e)));
+            fallback
+        }
+    }
+}
+
+/// The definition and the storage it points into, built once per image.
+pub struct Built {
+    /// The definition returned to the host.
+    pub def: sys::Def,
+    _names: Vec<CString>,
+    _dirs: Vec<sys::Directive>,
+    _handlers: Vec<sys::HttpHandler>,
+}
+
+// SAFETY: immutable after construction; only read by the host.
+unsafe impl Sync for Built {}
+// SAFETY: as above.
+unsafe impl Send for Built {}
+
+/// Builds the definition for `P` (called once from the entry point).
+pub fn build<P: Plugin>() -> Built {
+    let mut names = vec![CString::new(P::NAME).expect("plugin name has NUL"), CString::new(P::VERSION).unwrap_or_default()];
+    let mut dirs = Vec::new();
+    for d in P::directives() {
+        let c = CString::new(d.name).expect("directive name has NUL");
+        dirs.push(sys::Directive {
+            name: c.as_ptr(),
+            contexts: d.contexts,
+            flags: 0,
+            min_args: d.min_args,
+            max_args: d.max_args,
+            block_context: 0,
+            set: Some(set_tramp::<P>),
+        });
+        names.push(c);
+    }
+    let handlers: Vec<sys::HttpHandler> = P::phases()
+        .iter()
+        .map(|&p| sys::HttpHandler { phase: p as u32, handler: Some(handler_for::<P>(p as u32)) })
+        .collect();
+    let def = sys::Def {
+        struct_size: std::mem::size_of::<sys::Def>() as u32,
+        abi_major: sys::ABI_MAJOR,
+        abi_minor: sys::ABI_MINOR,
+        min_host_minor: 0,
+        name: names[0].as_ptr(),
+        version: names[1].as_ptr(),
+        directives: dirs.as_ptr(),
+        ndirectives: dirs.len(),
+        create_conf: Some(create_tramp::<P>),
+        merge_conf: Some(merge_tramp::<P>),
+        free_conf: Some(free_tramp::<P>),
+        init_cycle: None,
+        init_worker: Some(init_worker_tramp::<P>),
+        exit_worker: Some(exit_worker_tramp::<P>),
+        fini_cycle: None,
+        handlers: handlers.as_ptr(),
+        nhandlers: handlers.len(),
+        header_filter: None,
+        body_filter: None,
+    };
+    Built { def, _names: names, _dirs: dirs, _handlers: handlers }
+}
+
+fn handler_for<P: Plugin>(phase: u32) -> sys::HttpHandlerFn {
+    match phase {
+        sys::PHASE_POST_READ => handler_tramp::<P, { sys::PHASE_POST_READ }>,
+        sys::PHASE_SERVER_REWRITE => handler_tramp::<P, { sys::PHASE_SERVER_REWRITE }>,
+        sys::PHASE_REWRITE => handler_tramp::<P, { sys::PHASE_REWRITE }>,
+        sys::PHASE_PREACCESS => handler_tramp::<P, { sys::PHASE_PREACCESS }>,
+        sys::PHASE_ACCESS => handler_tramp::<P, { sys::PHASE_ACCESS }>,
+        sys::PHASE_PRECONTENT => handler_tramp::<P, { sys::PHASE_PRECONTENT }>,
+        sys::PHASE_CONTENT => handler_tramp::<P, { sys::PHASE_CONTENT }>,
+        _ => handler_tramp::<P, { sys::PHASE_LOG }>,
+    }
+}
+
+fn phase_of(p: u32) -> Phase {
+    match p {
+        sys::PHASE_POST_READ => Phase::PostRead,
+        sys::PHASE_SERVER_REWRITE => Phase::ServerRewrite,
+        sys::PHASE_REWRITE => Phase::Rewrite,
+        sys::PHASE_PREACCESS => Phase::Preaccess,
+        sys::PHASE_ACCESS => Phase::Access,
+        sys::PHASE_PRECONTENT => Phase::Precontent,
+        sys::PHASE_CONTENT => Phase::Content,
+        _ => Phase::Log,
+    }
+}
+
+unsafe extern "C" fn handler_tramp<P: Plugin, const PHASE: u32>(r: *mut sys::Request, conf: *mut c_void) -> Rc {
+    guard(P::NAME, "a phase handler", sys::ERROR, || {
+        if r.is_null() || conf.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: the host passes a live request and the conf object that
+        // create_tramp::<P> made for this location.
+        let (mut req, conf) = unsafe { (Request::from_raw(r), &*(conf as *const P::Conf)) };
+        P::handle(phase_of(PHASE), &mut req, conf).rc()
+    })
+}
+
+unsafe extern "C" fn create_tramp<P: Plugin>(_cf: *mut sys::Conf, _level: u32) -> *mut c_void {
+    guard(P::NAME, "create_conf", std::ptr::null_mut(), || Box::into_raw(Box::<P::Conf>::default()).cast())
+}
+
+unsafe extern "C" fn merge_tramp<P: Plugin>(
+    _cf: *mut sys::Conf,
+    _level: u32,
+    parent: *const c_void,
+    child: *mut c_void,
+) -> Rc {
+    guard(P::NAME, "merge_conf", sys::ERROR, || {
+        if parent.is_null() || child.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: both were made by create_tramp::<P>; the host does not
+        // alias them during the call.
+        unsafe { P::merge(&*(parent as *const P::Conf), &mut *(child as *mut P::Conf)) };
+        sys::OK
+    })
+}
+
+unsafe extern "C" fn free_tramp<P: Plugin>(_level: u32, conf: *mut c_void) {
+    guard(P::NAME, "free_conf", (), || {
+        if !conf.is_null() {
+            // SAFETY: made by create_tramp::<P> and freed exactly once.
+            drop(unsafe { Box::from_raw(conf as *mut P::Conf) });
+        }
+    })
+}
+
+unsafe extern "C" fn set_tramp<P: Plugin>(cf: *mut sys::Conf, conf: *mut c_void, args: *const sys::Str, nargs: usize) -> Rc {
+    guard(P::NAME, "a directive", sys::ERROR, || {
+        let h = host();
+        let (mut name, mut file, mut line) = (sys::Str::empty(), sys::Str::empty(), 0u32);
+        let Some(pos) = h.conf_position else { return sys::ERROR };
+        // SAFETY: valid out-pointers; strings borrowed for this call.
+        if unsafe { pos(cf, &mut name, &mut file, &mut line) } != sys::OK || conf.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: borrowed for this call.
+        let name = unsafe { str_of(name) };
+        let raw_args: &[sys::Str] =
+            if nargs == 0 { &[] } else { unsafe { std::slice::from_raw_parts(args, nargs) } };
+        // SAFETY: the host's args are borrowed for this call.
+        let words: Vec<&str> = raw_args.iter().map(|s| unsafe { str_of(*s) }).collect();
+        let cx = ConfCx { raw: cf, _l: PhantomData };
+        let Some(d) = P::directives().into_iter().find(|d| d.name == name) else { return sys::ERROR };
+        // SAFETY: conf was made by create_tramp::<P> for this block.
+        match (d.set)(unsafe { &mut *(conf as *mut P::Conf) }, &words, &cx) {
+            Ok(()) => sys::OK,
+            Err(msg) => {
+                if let Some(e) = h.conf_error {
+                    // SAFETY: msg borrowed for the call.
+                    unsafe { e(cf, sys::Str::from_bytes(msg.as_bytes())) };
+                }
+                sys::ERROR
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn init_worker_tramp<P: Plugin>(_cy: *mut sys::Cycle, main: *mut c_void) -> Rc {
+    guard(P::NAME, "init_worker", sys::ERROR, || {
+        if main.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: the main-level conf made by create_tramp::<P>.
+        match P::init_worker(unsafe { &*(main as *const P::Conf) }) {
+            Ok(()) => sys::OK,
+            Err(e) => {
+                log(sys::LOG_EMERG, &e);
+                sys::ERROR
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn exit_worker_tramp<P: Plugin>(_cy: *mut sys::Cycle, main: *mut c_void) {
+    guard(P::NAME, "exit_worker", (), || {
+        if !main.is_null() {
+            // SAFETY: the main-level conf made by create_tramp::<P>.
+            P::exit_worker(unsafe { &*(main as *const P::Conf) })
+        }
+    })
+}
+
+/// Exports `$plugin` (a type implementing [`Plugin`]) as this image's
+/// plugin: emits `ngx_plugin_entry_v1`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        /// The plugin entry point (ABI major 1).
+        #[no_mangle]
+        pub unsafe extern "C" fn ngx_plugin_entry_v1(
+            host: *const $crate::sys::Host,
+        ) -> *const $crate::sys::Def {
+            static BUILT: ::std::sync::OnceLock<$crate::rt::Built> = ::std::sync::OnceLock::new();
+            $crate::rt::guard(<$plugin as $crate::Plugin>::NAME, "the entry point", ::std::ptr::null(), || {
+                if host.is_null() {
+                    return ::std::ptr::null();
+                }
+                $crate::rt::set_host(host);
+                &BUILT.get_or_init(|| $crate::rt::build::<$plugin>()).def as *const _
+            })
+        }
+    };
+}
