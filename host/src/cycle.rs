@@ -6,6 +6,7 @@ use crate::config::core::{CoreConf, Prefix};
 use crate::config::parser::{self, Parsed};
 use crate::config::table::Registry;
 use crate::config::Directive;
+use crate::plugin::conf::Plugins;
 use std::path::PathBuf;
 
 /// What the command line says about where things are.
@@ -29,6 +30,8 @@ pub struct Cycle {
     pub core: CoreConf,
     /// Every file read, for `-T`.
     pub files: Vec<(PathBuf, String)>,
+    /// This generation's plugins and their configuration objects.
+    pub plugins: Plugins,
 }
 
 impl Cycle {
@@ -36,10 +39,38 @@ impl Cycle {
     pub fn load(paths: &Paths) -> Result<Cycle, String> {
         let Parsed { root, files } =
             parser::parse_file(&paths.conf, paths.directives.as_deref()).map_err(|e| e.to_string())?;
-        let registry = Registry::core();
+        let prefix = Prefix(paths.prefix.clone());
+        let mut registry = Registry::core();
+        // load_module lines are honoured first, wherever they stand in the
+        // main context, so a plugin's directives are known everywhere.
+        let mut list: Vec<crate::plugin::Plugin> = Vec::new();
+        for d in root.iter().filter(|d| d.name == "load_module") {
+            if d.args.len() != 1 {
+                return Err(d.err("invalid number of arguments in \"load_module\" directive").to_string());
+            }
+            let p = crate::plugin::load(&prefix.resolve(&d.args[0]), d).map_err(|e| e.to_string())?;
+            if let Some(old) = list.iter().find(|o| o.name == p.name) {
+                return Err(d
+                    .err(format!(
+                        "load_module \"{}\" failed: plugin \"{}\" is already loaded from \"{}\"",
+                        p.path.display(),
+                        p.name,
+                        old.path.display()
+                    ))
+                    .to_string());
+            }
+            list.push(p);
+            crate::plugin::register(&list, list.len() - 1, &mut registry, d).map_err(|e| e.to_string())?;
+        }
         registry.check(&root).map_err(|e| e.to_string())?;
-        let core = CoreConf::from_tree(&root, &Prefix(paths.prefix.clone())).map_err(|e| e.to_string())?;
-        Ok(Cycle { tree: root, core, files })
+        let core = CoreConf::from_tree(&root, &prefix).map_err(|e| e.to_string())?;
+        let mut plugins = Plugins::new(list, paths.prefix.clone());
+        plugins.configure(&root, &registry).map_err(|e| e.to_string())?;
+        plugins.init_cycle()?;
+        for p in &plugins.list {
+            crate::log!(Notice, "plugin \"{}\" loaded from \"{}\" (fnv1a {:016x})", p.name, p.path.display(), p.hash);
+        }
+        Ok(Cycle { tree: root, core, files, plugins })
     }
 
     /// Reads only the pid file path, for `-s`: a syntax-only parse that

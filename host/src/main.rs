@@ -10,6 +10,7 @@ pub mod cycle;
 pub mod http;
 pub mod log;
 pub mod master;
+pub mod plugin;
 pub mod sys;
 pub mod worker;
 

@@ -340,3 +340,30 @@ impl Hammer {
         self.handle.take().unwrap().join().unwrap()
     }
 }
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Compiles a C plugin with the project's flags
+/// (`cc -std=c99 -Wall -Wextra -Werror -fPIC -shared -Wl,-z,defs`)
+/// against the header directory `include`, with `-D` definitions.
+pub fn build_c_plugin(src: &Path, include: &Path, defines: &[&str], out: &Path) {
+    let mut cmd = Command::new("cc");
+    cmd.args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-Wl,-z,defs", "-I"])
+        .arg(include);
+    for d in defines {
+        cmd.arg(format!("-D{d}"));
+    }
+    let o = cmd.arg(src).arg("-o").arg(out).output().expect("cc must be installed");
+    assert!(o.status.success(), "cc {}: {}", src.display(), String::from_utf8_lossy(&o.stderr));
+}
+
+/// The Rust test plugin built by `cargo build --workspace`.
+pub fn testkit_so() -> PathBuf {
+    let bin = ngxr_bin();
+    let so = bin.parent().unwrap().join("libngxr_testkit.so");
+    assert!(so.exists(), "{} not found: run `cargo build --workspace` first", so.display());
+    so
+}

@@ -52,8 +52,9 @@ pub struct Spec {
     pub block: Option<u32>,
     /// Refuse a second occurrence in the same block ("is duplicate").
     pub unique: bool,
-    /// Who registered it: `None` for the host, else the plugin's name.
-    pub owner: Option<String>,
+    /// Who registered it: `None` for the host, else the plugin's index
+    /// in load order.
+    pub owner: Option<usize>,
 }
 
 impl Spec {

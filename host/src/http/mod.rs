@@ -2,11 +2,18 @@
 //!
 //! This is the first layer of the HTTP core: incremental request-head
 //! parsing (httparse), keepalive and pipelining, timeouts, and nginx-style
-//! error responses. No phase engine or content handler exists yet, so every
-//! well-formed request is answered 404 exactly as nginx answers a location
-//! with nothing to serve; the phase engine and plugins replace that answer.
+//! error responses. Each complete request runs through the plugins' phase
+//! handlers ([`phases`]); with no content handler the answer is 404.
+//! Request bodies, locations and streaming responses arrive with the HTTP
+//! core issue; for now a request with a body is answered and the
+//! connection closed.
 
+pub mod phases;
+
+use crate::cycle::Cycle;
+use crate::plugin::host_api::Req;
 use mio::net::TcpStream;
+use std::net::SocketAddr;
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -46,12 +53,14 @@ pub struct Conn {
     wpos: usize,
     state: State,
     requests: u32,
+    local: SocketAddr,
+    peer: SocketAddr,
 }
 
 impl Conn {
     /// Wraps a freshly accepted socket.
-    pub fn new(sock: TcpStream) -> Conn {
-        Conn { sock, rbuf: Vec::new(), wbuf: Vec::new(), wpos: 0, state: State::Reading, requests: 0 }
+    pub fn new(sock: TcpStream, local: SocketAddr, peer: SocketAddr) -> Conn {
+        Conn { sock, rbuf: Vec::new(), wbuf: Vec::new(), wpos: 0, state: State::Reading, requests: 0, local, peer }
     }
 
     /// True for a keepalive connection waiting for its next request with
@@ -62,7 +71,7 @@ impl Conn {
     }
 
     /// Does all the I/O the socket allows now.
-    pub fn on_ready(&mut self, now: Instant, quitting: bool) -> Next {
+    pub fn on_ready(&mut self, now: Instant, quitting: bool, cycle: &Cycle) -> Next {
         loop {
             match self.state {
                 State::Writing { close } => {
@@ -85,7 +94,7 @@ impl Conn {
                     self.state = State::Reading;
                 }
                 State::Reading => {
-                    if self.try_parse() {
+                    if self.try_parse(cycle) {
                         continue;
                     }
                     if quitting && self.is_idle() {
@@ -112,7 +121,7 @@ impl Conn {
     }
 
     /// Parses a buffered head; on success queues the response and returns true.
-    fn try_parse(&mut self) -> bool {
+    fn try_parse(&mut self, cycle: &Cycle) -> bool {
         if self.rbuf.is_empty() {
             return false;
         }
@@ -121,10 +130,17 @@ impl Conn {
         match req.parse(&self.rbuf) {
             Ok(httparse::Status::Complete(n)) => {
                 let head = request_head(&req);
+                let mut r = self.plugin_request(&req);
                 self.rbuf.drain(..n);
                 self.requests += 1;
                 let close = !head.keepalive || head.has_body || self.requests >= KEEPALIVE_REQUESTS;
-                self.respond(404, head.is_head, close);
+                let plugins = &cycle.plugins;
+                let server = plugins.server_for(self.local);
+                match phases::run(plugins, server, &mut r) {
+                    phases::Outcome::Response => self.respond_with(&r, head.is_head, close),
+                    phases::Outcome::Status(st) => self.respond(st, head.is_head, close),
+                }
+                phases::log(plugins, server, &mut r);
                 true
             }
             Ok(httparse::Status::Partial) => {
@@ -148,6 +164,51 @@ impl Conn {
                 true
             }
         }
+    }
+
+    fn plugin_request(&self, req: &httparse::Request<'_, '_>) -> Req {
+        let target = req.path.unwrap_or("/");
+        let (path, args) = target.split_once('?').unwrap_or((target, ""));
+        let headers_in: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let host = headers_in
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.split(':').next().unwrap_or("").to_ascii_lowercase())
+            .unwrap_or_default();
+        let mut r = Req::default();
+        r.method = req.method.unwrap_or("").to_string();
+        r.uri = path.to_string();
+        r.args = args.to_string();
+        r.request_uri = target.to_string();
+        r.protocol = format!("HTTP/1.{}", req.version.unwrap_or(1));
+        r.host = host;
+        r.remote_addr = self.peer.ip().to_string();
+        r.headers_in = headers_in;
+        r
+    }
+
+    fn respond_with(&mut self, r: &Req, head_only: bool, close: bool) {
+        use std::fmt::Write as _;
+        let status = if r.status == 0 { 200 } else { r.status };
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let mut head = format!("HTTP/1.1 {status} {}\r\nServer: ngxr/{}\r\nDate: {date}\r\n", reason(status), crate::VERSION);
+        for (k, v) in &r.headers_out {
+            if !k.eq_ignore_ascii_case("content-length") && !k.eq_ignore_ascii_case("connection") {
+                let _ = write!(head, "{k}: {v}\r\n");
+            }
+        }
+        let conn = if close { "close" } else { "keep-alive" };
+        let _ = write!(head, "Content-Length: {}\r\nConnection: {conn}\r\n\r\n", r.body.len());
+        self.wbuf = head.into_bytes();
+        if !head_only {
+            self.wbuf.extend_from_slice(&r.body);
+        }
+        self.wpos = 0;
+        self.state = State::Writing { close };
     }
 
     fn respond(&mut self, status: u16, head_only: bool, close: bool) {
@@ -203,8 +264,21 @@ fn request_head(req: &httparse::Request<'_, '_>) -> Head {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        304 => "Not Modified",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        405 => "Not Allowed",
+        413 => "Request Entity Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Temporarily Unavailable",
+        504 => "Gateway Time-out",
         414 => "Request-URI Too Large",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",

@@ -104,8 +104,17 @@ pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool) -> i32 {
         crate::log!(Alert, "master process {master} is gone, worker exiting");
         return 0;
     }
+    crate::plugin::host_api::set_worker_slot(slot as i32);
+    if let Err(e) = cycle.plugins.init_worker() {
+        crate::log!(Emerg, "{e}");
+        return 2;
+    }
     match Worker::new(cycle, bound, slot, single) {
-        Ok(mut w) => w.run(),
+        Ok(mut w) => {
+            let code = w.run();
+            cycle.plugins.exit_worker();
+            code
+        }
         Err(e) => {
             crate::log!(Emerg, "worker init failed: {e}");
             2
@@ -250,7 +259,7 @@ impl<'a> Worker<'a> {
             }
             let Some(l) = self.listeners.get(i) else { return };
             match l.accept() {
-                Ok((sock, _peer)) => self.add_conn(sock),
+                Ok((sock, peer)) => self.add_conn(sock, peer),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -275,13 +284,14 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn add_conn(&mut self, sock: mio::net::TcpStream) {
+    fn add_conn(&mut self, sock: mio::net::TcpStream, peer: std::net::SocketAddr) {
         let _ = sock.set_nodelay(true);
+        let Ok(local) = sock.local_addr() else { return };
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let mut slot = Slot { conn: Conn::new(sock), timer: None };
+        let mut slot = Slot { conn: Conn::new(sock, local, peer), timer: None };
         if let Err(e) = self.poll.registry().register(
             &mut slot.conn.sock,
             Token(CONN_BASE + idx),
@@ -300,7 +310,7 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         let quitting = self.quitting;
         let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
-        match slot.conn.on_ready(now, quitting) {
+        match slot.conn.on_ready(now, quitting, self.cycle) {
             Next::Close => self.close(idx),
             Next::Wait(at) => {
                 if let Some(k) = slot.timer.take() {

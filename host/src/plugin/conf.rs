@@ -1,0 +1,253 @@
+//! A generation's plugins and their configuration objects.
+//!
+//! [`Plugins::configure`] walks the checked tree once. Each block that is
+//! a configuration level (http, server, location, mail, mail server) gets
+//! one object per plugin from `create_conf`; the plugin's directives in
+//! that block are applied to it with `set`; when the block ends, the
+//! parent's object is merged into it (`merge_conf`), as nginx merges.
+//! Other block directives a plugin owns (`upstream {}`) keep the enclosing
+//! level's objects and pass data to their children via block data.
+
+#![allow(unsafe_code)]
+
+use super::host_api::{self, ConfCtx};
+use super::{Hooks, Plugin};
+use crate::config::table::{ctx, Registry};
+use crate::config::{ConfError, Directive};
+use plugin_api::sys;
+use std::ffi::c_void;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// One `server {}` in `http {}`, with each plugin's merged configuration.
+pub struct ServerConf {
+    /// Addresses its `listen` directives name (empty: the default listen).
+    pub listens: Vec<SocketAddr>,
+    /// `default_server` on one of its listens.
+    pub default: bool,
+    /// `server_name` values.
+    pub names: Vec<String>,
+    /// Per plugin (load order): its SERVER-level object, merged from http.
+    pub confs: Vec<*mut c_void>,
+    /// A content handler a directive in this server set: (plugin, handler).
+    pub content: Option<(usize, sys::HttpHandlerFn)>,
+}
+
+/// A generation's loaded plugins and every configuration object they made.
+pub struct Plugins {
+    /// Loaded plugins in `load_module` order.
+    pub list: Vec<Plugin>,
+    /// Each plugin's hooks.
+    pub hooks: Vec<Hooks>,
+    /// Each plugin's MAIN-level object.
+    pub main: Vec<*mut c_void>,
+    /// `http { server {} }` blocks in order.
+    pub servers: Vec<ServerConf>,
+    /// Every object made, for free_conf: (plugin, level, object).
+    made: Vec<(usize, u32, *mut c_void)>,
+    /// True once init_cycle ran (fini_cycle is owed).
+    initialised: bool,
+    prefix: PathBuf,
+}
+
+const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::MAIL_SERVER;
+
+impl Plugins {
+    /// Wraps loaded plugins; nothing is configured yet.
+    pub fn new(list: Vec<Plugin>, prefix: PathBuf) -> Plugins {
+        let hooks = list.iter().map(Plugin::hooks).collect();
+        Plugins { list, hooks, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, prefix }
+    }
+
+    fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {
+        let mut out = Vec::with_capacity(self.list.len());
+        for i in 0..self.list.len() {
+            let Some(f) = self.hooks[i].create_conf else {
+                out.push(std::ptr::null_mut());
+                continue;
+            };
+            let mut cx = ConfCtx::new(at, self.prefix.clone(), std::ptr::null_mut());
+            let p = &self.list[i];
+            // SAFETY: create_conf gets a live ConfCtx for the call.
+            let obj = host_api::with_plugin(i, &p.name, || unsafe { f((&mut cx as *mut ConfCtx).cast(), level) });
+            if obj.is_null() {
+                return Err(at.err(cx.error.unwrap_or_else(|| format!("plugin \"{}\" could not create its configuration", p.name))));
+            }
+            self.made.push((i, level, obj));
+            out.push(obj);
+        }
+        Ok(out)
+    }
+
+    fn merge(&self, level: u32, parent: &[*mut c_void], child: &[*mut c_void], at: &Directive) -> Result<(), ConfError> {
+        for i in 0..self.list.len() {
+            let Some(f) = self.hooks[i].merge_conf else { continue };
+            if parent[i].is_null() || child[i].is_null() {
+                continue;
+            }
+            let mut cx = ConfCtx::new(at, self.prefix.clone(), std::ptr::null_mut());
+            // SAFETY: both objects came from this plugin's create_conf.
+            let rc = host_api::with_plugin(i, &self.list[i].name, || unsafe {
+                f((&mut cx as *mut ConfCtx).cast(), level, parent[i], child[i])
+            });
+            if rc != sys::OK {
+                return Err(at.err(cx.error.unwrap_or_else(|| format!("plugin \"{}\" failed to merge its configuration", self.list[i].name))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates, applies and merges every plugin's configuration.
+    pub fn configure(&mut self, root: &[Directive], reg: &Registry) -> Result<(), ConfError> {
+        let top = Directive { name: "main".into(), args: vec![], file: "main".into(), line: 0, block: None };
+        let at = root.first().unwrap_or(&top);
+        self.main = self.create(sys::CTX_MAIN, at)?;
+        let main = self.main.clone();
+        let mut data = vec![std::ptr::null_mut(); self.list.len()];
+        let mut content = None;
+        self.apply(root, ctx::MAIN, &main, &mut data, reg, &mut content)
+    }
+
+    fn apply(
+        &mut self,
+        list: &[Directive],
+        in_ctx: u32,
+        confs: &[*mut c_void],
+        data: &mut Vec<*mut c_void>,
+        reg: &Registry,
+        content: &mut Option<(usize, sys::HttpHandlerFn)>,
+    ) -> Result<(), ConfError> {
+        for d in list {
+            let Ok(spec) = reg.find(&d.name, in_ctx) else { continue };
+            let mut child_data = data.clone();
+            if let Some(pi) = spec.owner {
+                let p = &self.list[pi];
+                let set = p.setters.iter().find(|(n, _)| *n == d.name).and_then(|(_, s)| *s);
+                if let Some(set) = set {
+                    let mut cx = ConfCtx::new(d, self.prefix.clone(), data[pi]);
+                    let (args, n) = (cx.args.as_ptr(), cx.args.len());
+                    // SAFETY: cx lives across the call; conf is this plugin's
+                    // object for the block; args borrow d.args.
+                    let rc = host_api::with_plugin(pi, &p.name, || unsafe {
+                        set((&mut cx as *mut ConfCtx).cast(), confs[pi], args, n)
+                    });
+                    if rc != sys::OK {
+                        let msg = cx.error.take().unwrap_or_else(|| format!("invalid parameters in \"{}\" directive", d.name));
+                        return Err(d.err(msg));
+                    }
+                    if let Some(h) = cx.content_handler {
+                        *content = Some((pi, h));
+                    }
+                    if let Some(bd) = cx.new_block_data {
+                        child_data[pi] = bd;
+                    }
+                }
+            }
+            let (Some(inner), Some(children)) = (spec.block, &d.block) else { continue };
+            if inner & ctx::OPAQUE != 0 {
+                continue;
+            }
+            if inner & LEVELS == 0 {
+                self.apply(children, inner, confs, &mut child_data, reg, content)?;
+                continue;
+            }
+            let level = inner;
+            let own = self.create(level, d)?;
+            let mut own_content = None;
+            self.apply(children, inner, &own, &mut child_data, reg, &mut own_content)?;
+            if level != ctx::HTTP && level != ctx::MAIL {
+                self.merge(level, confs, &own, d)?;
+            }
+            if level == ctx::SERVER && in_ctx == ctx::HTTP {
+                self.servers.push(server_conf(d, own, own_content.or(*content)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every plugin's init_cycle in the master.
+    pub fn init_cycle(&mut self) -> Result<(), String> {
+        self.initialised = true;
+        for i in 0..self.list.len() {
+            let Some(f) = self.hooks[i].init_cycle else { continue };
+            let name = &self.list[i].name;
+            // SAFETY: main[i] is this plugin's MAIN object; the cycle handle
+            // is reserved (NULL) until helpers and zones land.
+            let rc = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
+            if rc != sys::OK {
+                return Err(format!("plugin \"{name}\" failed to initialise (init_cycle returned {rc})"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs init_worker (after fork); an error names the plugin.
+    pub fn init_worker(&self) -> Result<(), String> {
+        for i in 0..self.list.len() {
+            let Some(f) = self.hooks[i].init_worker else { continue };
+            let name = &self.list[i].name;
+            // SAFETY: as for init_cycle.
+            let rc = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
+            if rc != sys::OK {
+                return Err(format!("plugin \"{name}\" failed to initialise the worker (init_worker returned {rc})"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs exit_worker before a worker exits.
+    pub fn exit_worker(&self) {
+        for i in 0..self.list.len() {
+            if let Some(f) = self.hooks[i].exit_worker {
+                // SAFETY: as for init_cycle.
+                host_api::with_plugin(i, &self.list[i].name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
+            }
+        }
+    }
+
+    /// The server block for a connection on `local` (exact address, then
+    /// wildcard of the port; default_server first, else the first).
+    pub fn server_for(&self, local: SocketAddr) -> Option<&ServerConf> {
+        let matches = |s: &&ServerConf| {
+            s.listens.iter().any(|a| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
+        };
+        self.servers.iter().filter(matches).find(|s| s.default).or_else(|| self.servers.iter().find(matches))
+    }
+}
+
+fn server_conf(d: &Directive, confs: Vec<*mut c_void>, content: Option<(usize, sys::HttpHandlerFn)>) -> ServerConf {
+    let mut s = ServerConf { listens: Vec::new(), default: false, names: Vec::new(), confs, content };
+    for c in d.children() {
+        match c.name.as_str() {
+            "listen" => {
+                if let Ok((l, _)) = crate::config::core::parse_listen(c) {
+                    s.default |= l.default_server;
+                    s.listens.push(l.addr);
+                }
+            }
+            "server_name" => s.names.extend(c.args.iter().cloned()),
+            _ => {}
+        }
+    }
+    s
+}
+
+impl Drop for Plugins {
+    fn drop(&mut self) {
+        if self.initialised {
+            for i in 0..self.list.len() {
+                if let (Some(f), Some(&m)) = (self.hooks[i].fini_cycle, self.main.get(i)) {
+                    // SAFETY: as for init_cycle; called once.
+                    host_api::with_plugin(i, &self.list[i].name, || unsafe { f(std::ptr::null_mut(), m) });
+                }
+            }
+        }
+        for (i, level, obj) in self.made.drain(..) {
+            if let Some(f) = self.hooks[i].free_conf {
+                // SAFETY: obj came from this plugin's create_conf and is freed once.
+                host_api::with_plugin(i, &self.list[i].name, || unsafe { f(level, obj) });
+            }
+        }
+        // Plugin images are dropped (dlclose) after their objects are freed.
+    }
+}

@@ -1,0 +1,585 @@
+//! The host table (`ngx_plugin_host_t`): every function a plugin may call.
+//!
+//! Handles are pointers to host structures that plugins never look inside:
+//! `*mut sys::Conf` is a [`ConfCtx`], `*mut sys::Request` a [`Req`]. Each
+//! function checks for NULL and answers `NGX_PLUGIN_INVALID` rather than
+//! trusting the caller. Slots later issues implement (body reading, async
+//! I/O, shared memory, helpers, protocol listeners) answer
+//! `NGX_PLUGIN_UNSUPPORTED`, and `supports()` says so in advance.
+
+#![allow(unsafe_code)]
+
+use crate::config::Directive;
+use plugin_api::sys::{self, Rc, Str};
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::path::PathBuf;
+
+thread_local! {
+    static CURRENT: Cell<(usize, *const u8, usize)> = const { Cell::new((usize::MAX, std::ptr::null(), 0)) };
+    static SLOT: Cell<i32> = const { Cell::new(-1) };
+}
+
+/// Runs `f` as plugin `idx` named `name` (for log tags and per-plugin state).
+pub fn with_plugin<T>(idx: usize, name: &str, f: impl FnOnce() -> T) -> T {
+    let prev = CURRENT.with(|c| c.replace((idx, name.as_ptr(), name.len())));
+    let r = f();
+    CURRENT.with(|c| c.set(prev));
+    r
+}
+
+fn current() -> (usize, &'static str) {
+    let (i, p, n) = CURRENT.with(Cell::get);
+    if p.is_null() {
+        return (i, "?");
+    }
+    // SAFETY: set by with_plugin from a &str owned by the Plugin, which
+    // outlives every call made inside with_plugin.
+    (i, std::str::from_utf8(unsafe { std::slice::from_raw_parts(p, n) }).unwrap_or("?"))
+}
+
+/// Records this process's worker slot for `worker_slot()`.
+pub fn set_worker_slot(slot: i32) {
+    SLOT.with(|s| s.set(slot));
+}
+
+/// The state behind a `ngx_plugin_conf_t` while one directive is applied.
+pub struct ConfCtx<'a> {
+    /// The directive being applied.
+    pub d: &'a Directive,
+    /// Its arguments as ABI strings (borrowing `d.args`).
+    pub args: Vec<Str>,
+    /// The prefix for conf_full_path.
+    pub prefix: PathBuf,
+    /// The error the plugin reported.
+    pub error: Option<String>,
+    /// Data stored by the nearest enclosing block of the calling plugin.
+    pub block_data: *mut c_void,
+    /// Data the current block directive stored for its children.
+    pub new_block_data: Option<*mut c_void>,
+    /// A content handler set for the block being configured.
+    pub content_handler: Option<sys::HttpHandlerFn>,
+    scratch: String,
+}
+
+impl<'a> ConfCtx<'a> {
+    /// A context for applying `d`.
+    pub fn new(d: &'a Directive, prefix: PathBuf, block_data: *mut c_void) -> Self {
+        let args = d.args.iter().map(|a| Str::from_bytes(a.as_bytes())).collect();
+        ConfCtx { d, args, prefix, error: None, block_data, new_block_data: None, content_handler: None, scratch: String::new() }
+    }
+}
+
+/// A response header or request header.
+pub type Header = (String, String);
+
+/// The state behind a `ngx_plugin_request_t`.
+#[derive(Default)]
+pub struct Req {
+    /// Method.
+    pub method: String,
+    /// Decoded, normalized path.
+    pub uri: String,
+    /// Query string.
+    pub args: String,
+    /// Target as received.
+    pub request_uri: String,
+    /// "HTTP/1.1".
+    pub protocol: String,
+    /// Host name.
+    pub host: String,
+    /// Client address.
+    pub remote_addr: String,
+    /// Request headers in order.
+    pub headers_in: Vec<Header>,
+    /// Response status (0 = not set).
+    pub status: u16,
+    /// Response headers.
+    pub headers_out: Vec<Header>,
+    /// Body produced so far.
+    pub body: Vec<u8>,
+    /// The header was sent (status and headers are frozen).
+    pub header_sent: bool,
+    /// A buffer marked last was sent.
+    pub finished: bool,
+    /// Per-plugin state: (plugin index, pointer, destructor).
+    pub ctx: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
+    /// Request-lifetime allocations from http_alloc.
+    pub arena: Vec<Box<[u8]>>,
+}
+
+impl Drop for Req {
+    fn drop(&mut self) {
+        for (idx, p, f) in self.ctx.drain(..) {
+            if let Some(f) = f {
+                // SAFETY: the plugin registered f to free p when the request ends.
+                with_plugin(idx, "ctx", || unsafe { f(p) });
+            }
+        }
+    }
+}
+
+fn s(x: Str) -> &'static str {
+    // SAFETY: plugins pass strings valid for the call; the result is used
+    // only within the call (the host copies what it keeps).
+    std::str::from_utf8(unsafe { x.as_bytes() }).unwrap_or("")
+}
+
+fn put(out: *mut Str, v: &str) -> Rc {
+    if out.is_null() {
+        return sys::INVALID;
+    }
+    // SAFETY: out is a non-null out-pointer from the plugin.
+    unsafe { *out = Str::from_bytes(v.as_bytes()) };
+    sys::OK
+}
+
+fn cf<'a>(c: *mut sys::Conf) -> Option<&'a mut ConfCtx<'a>> {
+    // SAFETY: the host passes only pointers to a live ConfCtx during set/create/merge.
+    unsafe { (c as *mut ConfCtx<'a>).as_mut() }
+}
+
+fn rq<'a>(r: *mut sys::Request) -> Option<&'a mut Req> {
+    // SAFETY: the host passes only pointers to a live Req during a handler call.
+    unsafe { (r as *mut Req).as_mut() }
+}
+
+unsafe extern "C" fn log(level: u32, msg: Str) {
+    use crate::log::Level::*;
+    let lvl = match level {
+        1 => Emerg,
+        2 => Alert,
+        3 => Crit,
+        4 => Error,
+        5 => Warn,
+        6 => Notice,
+        7 => Info,
+        _ => Debug,
+    };
+    crate::log::write(lvl, format_args!("[{}] {}", current().1, s(msg)));
+}
+
+unsafe extern "C" fn conf_error(c: *mut sys::Conf, msg: Str) {
+    if let Some(c) = cf(c) {
+        c.error = Some(s(msg).to_string());
+    }
+}
+
+unsafe extern "C" fn conf_position(c: *mut sys::Conf, name: *mut Str, file: *mut Str, line: *mut u32) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    if !name.is_null() {
+        put(name, &c.d.name);
+    }
+    if !file.is_null() {
+        put(file, &c.d.file);
+    }
+    if !line.is_null() {
+        // SAFETY: non-null out-pointer.
+        unsafe { *line = c.d.line };
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn parse_flag(v: Str, out: *mut bool) -> Rc {
+    let b = match s(v) {
+        "on" => true,
+        "off" => false,
+        _ => return sys::INVALID,
+    };
+    if out.is_null() {
+        return sys::INVALID;
+    }
+    // SAFETY: non-null out-pointer.
+    unsafe { *out = b };
+    sys::OK
+}
+
+fn put_u64(out: *mut u64, v: Option<u64>) -> Rc {
+    match v {
+        Some(v) if !out.is_null() => {
+            // SAFETY: non-null out-pointer.
+            unsafe { *out = v };
+            sys::OK
+        }
+        _ => sys::INVALID,
+    }
+}
+
+unsafe extern "C" fn parse_size(v: Str, out: *mut u64) -> Rc {
+    put_u64(out, crate::config::core::parse_size(s(v)).map(|n| n as u64))
+}
+
+unsafe extern "C" fn parse_time_ms(v: Str, out: *mut u64) -> Rc {
+    put_u64(out, crate::config::core::parse_duration(s(v)).map(|d| d.as_millis() as u64))
+}
+
+unsafe extern "C" fn conf_full_path(c: *mut sys::Conf, p: Str, out: *mut Str) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    c.scratch = crate::config::core::Prefix(c.prefix.clone()).resolve(s(p)).to_string_lossy().into_owned();
+    put(out, &c.scratch)
+}
+
+unsafe extern "C" fn conf_set_block_data(c: *mut sys::Conf, data: *mut c_void) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    if c.d.block.is_none() {
+        return sys::INVALID;
+    }
+    c.new_block_data = Some(data);
+    sys::OK
+}
+
+unsafe extern "C" fn conf_block_data(c: *mut sys::Conf) -> *mut c_void {
+    cf(c).map_or(std::ptr::null_mut(), |c| c.block_data)
+}
+
+unsafe extern "C" fn conf_block_child(c: *mut sys::Conf, i: usize, out: *mut Str, n: *mut usize) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    if n.is_null() {
+        return sys::INVALID;
+    }
+    let Some(child) = c.d.children().get(i) else { return sys::NOT_FOUND };
+    // SAFETY: n non-null; out has *n entries per the contract.
+    let cap = unsafe { *n };
+    let words: Vec<&String> = std::iter::once(&child.name).chain(child.args.iter()).collect();
+    for (k, w) in words.iter().enumerate().take(cap) {
+        if !out.is_null() {
+            // SAFETY: k < cap entries of out; words borrow the config tree,
+            // alive for the whole set call.
+            unsafe { *out.add(k) = Str::from_bytes(w.as_bytes()) };
+        }
+    }
+    // SAFETY: n non-null.
+    unsafe { *n = words.len() };
+    sys::OK
+}
+
+unsafe extern "C" fn conf_set_content_handler(c: *mut sys::Conf, h: Option<sys::HttpHandlerFn>) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    c.content_handler = h;
+    sys::OK
+}
+
+unsafe extern "C" fn worker_slot() -> i32 {
+    SLOT.with(Cell::get)
+}
+
+unsafe extern "C" fn supports(off: usize) -> bool {
+    IMPLEMENTED.iter().any(|&o| o == off)
+}
+
+unsafe extern "C" fn http_get(r: *mut sys::Request, what: u32, out: *mut Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    let v = match what {
+        sys::REQ_METHOD => &r.method,
+        sys::REQ_URI => &r.uri,
+        sys::REQ_ARGS => &r.args,
+        sys::REQ_REQUEST_URI => &r.request_uri,
+        sys::REQ_PROTOCOL => &r.protocol,
+        sys::REQ_HOST => &r.host,
+        sys::REQ_REMOTE_ADDR => &r.remote_addr,
+        _ => return sys::INVALID,
+    };
+    put(out, v)
+}
+
+unsafe extern "C" fn http_header_in(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    match r.headers_in.iter().find(|(k, _)| k.eq_ignore_ascii_case(s(name))) {
+        Some((_, v)) => put(out, v),
+        None => sys::NOT_FOUND,
+    }
+}
+
+unsafe extern "C" fn http_header_in_at(r: *mut sys::Request, i: usize, name: *mut Str, value: *mut Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some((k, v)) = r.headers_in.get(i) else { return sys::NOT_FOUND };
+    put(name, k);
+    put(value, v)
+}
+
+unsafe extern "C" fn http_set_status(r: *mut sys::Request, status: u32) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    if r.header_sent || !(100..600).contains(&status) {
+        return sys::INVALID;
+    }
+    r.status = status as u16;
+    sys::OK
+}
+
+unsafe extern "C" fn http_status(r: *mut sys::Request) -> u32 {
+    rq(r).map_or(0, |r| r.status as u32)
+}
+
+unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value: Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    let (n, v) = (s(name), s(value));
+    if r.header_sent || n.is_empty() || !valid_header(n, v) {
+        return sys::INVALID;
+    }
+    r.headers_out.push((n.to_string(), v.to_string()));
+    sys::OK
+}
+
+/// Refuses header text that would split the response.
+fn valid_header(name: &str, value: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_graphic() && b != b':') && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    let (n, v) = (s(name), s(value));
+    if r.header_sent || n.is_empty() || !valid_header(n, v) {
+        return sys::INVALID;
+    }
+    r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case(n));
+    if !value.data.is_null() {
+        r.headers_out.push((n.to_string(), v.to_string()));
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn http_header_out(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    match r.headers_out.iter().find(|(k, _)| k.eq_ignore_ascii_case(s(name))) {
+        Some((_, v)) => put(out, v),
+        None => sys::NOT_FOUND,
+    }
+}
+
+unsafe extern "C" fn http_send_header(r: *mut sys::Request) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    if r.status == 0 {
+        r.status = 200;
+    }
+    r.header_sent = true;
+    sys::OK
+}
+
+unsafe extern "C" fn http_send_body(r: *mut sys::Request, bufs: *const sys::Buf, n: usize) -> Rc {
+    let Some(req) = rq(r) else { return sys::INVALID };
+    if req.finished {
+        return sys::GONE;
+    }
+    if n > 0 && bufs.is_null() {
+        return sys::INVALID;
+    }
+    if !req.header_sent {
+        // SAFETY: r is the live request checked above.
+        unsafe { http_send_header(r) };
+    }
+    let list: &[sys::Buf] = if n == 0 {
+        &[]
+    } else {
+        // SAFETY: the plugin passes n valid buffers for the call.
+        unsafe { std::slice::from_raw_parts(bufs, n) }
+    };
+    for b in list {
+        if b.flags & sys::BUF_FILE != 0 {
+            // File regions arrive with the HTTP core's sendfile path.
+            return sys::UNSUPPORTED;
+        }
+        // SAFETY: a memory buffer points at len readable bytes.
+        req.body.extend_from_slice(unsafe { Str { data: b.data, len: b.len }.as_bytes() });
+        req.finished |= b.flags & sys::BUF_LAST != 0;
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn http_alloc(r: *mut sys::Request, size: usize) -> *mut c_void {
+    let Some(r) = rq(r) else { return std::ptr::null_mut() };
+    let mut b = vec![0u8; size.max(1)].into_boxed_slice();
+    let p = b.as_mut_ptr().cast();
+    r.arena.push(b);
+    p
+}
+
+unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    let idx = current().0;
+    r.ctx.retain(|(i, _, _)| *i != idx);
+    r.ctx.push((idx, ctx, f));
+    sys::OK
+}
+
+unsafe extern "C" fn http_ctx(r: *mut sys::Request) -> *mut c_void {
+    let idx = current().0;
+    rq(r).and_then(|r| r.ctx.iter().find(|(i, _, _)| *i == idx).map(|c| c.1)).unwrap_or(std::ptr::null_mut())
+}
+
+unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
+    let Some(r) = rq(r) else { return sys::INVALID };
+    let n = s(name);
+    let v = match n {
+        "uri" | "document_uri" => &r.uri,
+        "args" | "query_string" => &r.args,
+        "request_uri" => &r.request_uri,
+        "request_method" => &r.method,
+        "server_protocol" => &r.protocol,
+        "host" => &r.host,
+        "remote_addr" => &r.remote_addr,
+        _ => {
+            let Some(h) = n.strip_prefix("http_") else { return sys::NOT_FOUND };
+            match r.headers_in.iter().find(|(k, _)| k.replace('-', "_").eq_ignore_ascii_case(h)) {
+                Some((_, v)) => v,
+                None => return sys::NOT_FOUND,
+            }
+        }
+    };
+    put(out, v)
+}
+
+// Slots implemented by later issues answer UNSUPPORTED (never NULL, so a C
+// plugin that skips supports() gets an error code, not a crash).
+unsafe extern "C" fn un_conf_var(_: *mut sys::Conf, _: Str, _: Option<sys::VarFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_conf_shm(_: *mut sys::Conf, _: Str, _: u64, _: u32, _: *mut *mut sys::Shm) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_conf_listen(_: *mut sys::Conf, _: Str, _: bool, _: Option<sys::AcceptFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_helper(_: *mut sys::Cycle, _: Str, _: Option<sys::HelperFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_run_loop(_: *mut sys::Cycle) {}
+unsafe extern "C" fn un_next_body(_: *mut sys::Request, _: *const sys::Buf, _: usize) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_var_set(_: *mut sys::Request, _: Str, _: Str) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_read_body(_: *mut sys::Request, _: Option<sys::DoneFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_body(_: *mut sys::Request, _: *mut *const sys::Buf, _: *mut usize) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_redirect(_: *mut sys::Request, _: Str, _: Str) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_req(_: *mut sys::Request) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_finalize(_: *mut sys::Request, _: Rc) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_timer_add(_: *mut sys::Request, _: u64, _: Option<sys::TimerFn>, _: *mut c_void, _: *mut sys::Timer) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_timer_cancel(_: sys::Timer) {}
+unsafe extern "C" fn un_connect(_: *mut sys::Request, _: Str, _: u64, _: Option<sys::ConnFn>, _: *mut c_void, _: *mut *mut sys::Conn) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_watch(_: *mut sys::Conn, _: u32, _: Option<sys::ConnFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_read(_: *mut sys::Conn, _: *mut u8, _: usize, _: *mut usize) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_write(_: *mut sys::Conn, _: *const sys::Buf, _: usize, _: *mut usize) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_tls(_: *mut sys::Conn, _: Str, _: bool, _: Option<sys::ConnFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_peer(_: *mut sys::Conn, _: *mut Str) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_close(_: *mut sys::Conn) {}
+unsafe extern "C" fn un_relay(_: *mut sys::Request, _: *mut sys::Conn, _: *mut sys::Conn, _: Option<sys::DoneFn>, _: *mut c_void) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_shm_addr(_: *mut sys::Shm, _: *mut *mut c_void, _: *mut u64) -> Rc {
+    sys::UNSUPPORTED
+}
+unsafe extern "C" fn un_shm_new(_: *mut sys::Shm) -> bool {
+    false
+}
+unsafe extern "C" fn un_shm_lock(_: *mut sys::Shm) {}
+
+macro_rules! offsets {
+    ($($f:ident),*) => { [$(std::mem::offset_of!(sys::Host, $f)),*] };
+}
+
+/// Byte offsets of the slots this host implements (for `supports`).
+const IMPLEMENTED: [usize; 28] = offsets!(
+    log, conf_error, conf_position, parse_flag, parse_size, parse_time_ms, conf_full_path,
+    conf_set_block_data, conf_block_data, conf_block_child, conf_set_content_handler, worker_slot,
+    http_get, http_header_in, http_header_in_at, http_set_status, http_status, http_header_out_add,
+    http_header_out_set, http_header_out, http_send_header, http_send_body, http_alloc,
+    http_set_ctx, http_ctx, http_var, supports, version
+);
+
+struct Table(sys::Host);
+// SAFETY: the table is immutable after construction and holds only
+// function pointers and a pointer to a static string.
+unsafe impl Sync for Table {}
+
+static VERSION: &str = concat!("ngxr/", env!("CARGO_PKG_VERSION"), "\0");
+
+static TABLE: Table = Table(sys::Host {
+    struct_size: std::mem::size_of::<sys::Host>() as u32,
+    abi_major: sys::ABI_MAJOR,
+    abi_minor: sys::ABI_MINOR,
+    reserved: 0,
+    version: VERSION.as_ptr().cast(),
+    supports: Some(supports),
+    log: Some(log),
+    conf_error: Some(conf_error),
+    conf_position: Some(conf_position),
+    parse_flag: Some(parse_flag),
+    parse_size: Some(parse_size),
+    parse_time_ms: Some(parse_time_ms),
+    conf_full_path: Some(conf_full_path),
+    conf_set_block_data: Some(conf_set_block_data),
+    conf_block_data: Some(conf_block_data),
+    conf_block_child: Some(conf_block_child),
+    conf_set_content_handler: Some(conf_set_content_handler),
+    conf_define_variable: Some(un_conf_var),
+    conf_shm_zone: Some(un_conf_shm),
+    conf_listen: Some(un_conf_listen),
+    spawn_helper: Some(un_helper),
+    run_loop: Some(un_run_loop),
+    worker_slot: Some(worker_slot),
+    http_get: Some(http_get),
+    http_header_in: Some(http_header_in),
+    http_header_in_at: Some(http_header_in_at),
+    http_set_status: Some(http_set_status),
+    http_status: Some(http_status),
+    http_header_out_add: Some(http_header_out_add),
+    http_header_out_set: Some(http_header_out_set),
+    http_header_out: Some(http_header_out),
+    http_send_header: Some(http_send_header),
+    http_send_body: Some(http_send_body),
+    http_next_body_filter: Some(un_next_body),
+    http_alloc: Some(http_alloc),
+    http_set_ctx: Some(http_set_ctx),
+    http_ctx: Some(http_ctx),
+    http_var: Some(http_var),
+    http_var_set: Some(un_var_set),
+    http_read_body: Some(un_read_body),
+    http_body: Some(un_body),
+    http_internal_redirect: Some(un_redirect),
+    http_resume: Some(un_req),
+    http_finalize: Some(un_finalize),
+    timer_add: Some(un_timer_add),
+    timer_cancel: Some(un_timer_cancel),
+    conn_connect: Some(un_connect),
+    conn_watch: Some(un_watch),
+    conn_read: Some(un_read),
+    conn_write: Some(un_write),
+    conn_start_tls: Some(un_tls),
+    conn_peer: Some(un_peer),
+    conn_close: Some(un_close),
+    relay: Some(un_relay),
+    shm_addr: Some(un_shm_addr),
+    shm_is_new: Some(un_shm_new),
+    shm_lock: Some(un_shm_lock),
+    shm_unlock: Some(un_shm_lock),
+});
+
+/// The host table handed to every plugin.
+pub fn table() -> *const sys::Host {
+    &TABLE.0
+}

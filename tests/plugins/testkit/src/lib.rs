@@ -1,0 +1,105 @@
+//! `testkit`: a Rust test plugin exercising the plugin-api crate.
+//!
+//! - `testkit_reply TEXT;` (http, server, location): answer with TEXT,
+//!   inherited by inner blocks.
+//! - `testkit_panic on;`: requests to `/panic` panic inside the handler
+//!   (the host must turn that into a 500 and keep the worker alive).
+//! - Requests echo `$uri`, `?args` and the `X-Test` header back in
+//!   response headers so tests can see the request API work.
+
+use plugin_api::{export_plugin, sys, DirectiveSpec, Phase, Plugin, Request, Status};
+
+/// Per-block configuration.
+#[derive(Default, Clone)]
+pub struct Conf {
+    reply: Option<String>,
+    panic: Option<bool>,
+}
+
+/// The plugin.
+pub struct Testkit;
+
+const ANY_HTTP: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
+
+impl Plugin for Testkit {
+    const NAME: &'static str = "testkit";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        vec![
+            DirectiveSpec::new("testkit_reply", ANY_HTTP, 1, 1, |c, a, _| {
+                c.reply = Some(a[0].to_string());
+                Ok(())
+            }),
+            DirectiveSpec::new("testkit_panic", ANY_HTTP, 1, 1, |c, a, cx| {
+                c.panic = Some(cx.flag(a[0])?);
+                Ok(())
+            }),
+        ]
+    }
+
+    fn merge(parent: &Conf, child: &mut Conf) {
+        if child.reply.is_none() {
+            child.reply = parent.reply.clone();
+        }
+        if child.panic.is_none() {
+            child.panic = parent.panic;
+        }
+    }
+
+    fn phases() -> &'static [Phase] {
+        &[Phase::Content]
+    }
+
+    fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        let Some(reply) = &conf.reply else { return Status::Declined };
+        if conf.panic == Some(true) && req.uri() == "/panic" {
+            panic!("testkit was asked to panic");
+        }
+        if req.uri() == "/teapot" {
+            return Status::Http(418);
+        }
+        let (uri, args) = (req.uri().to_string(), req.args().to_string());
+        let xt = req.header("x-test").unwrap_or("").to_string();
+        req.add_header("X-Uri", &uri);
+        req.add_header("X-Args", &args);
+        req.add_header("X-Test-Echo", &xt);
+        req.respond(200, "text/plain", reply.as_bytes())
+    }
+}
+
+export_plugin!(Testkit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::mock::{run, MockRequest};
+
+    #[test]
+    fn replies_with_configured_text() {
+        let conf = Conf { reply: Some("hi".into()), panic: None };
+        let mut r = MockRequest::get("/a?b=c");
+        assert_eq!(run::<Testkit>(Phase::Content, &conf, &mut r), Status::Ok);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
+        assert_eq!(r.header_out("x-args"), Some("b=c"));
+        assert!(r.finished);
+    }
+
+    #[test]
+    fn declines_without_reply_and_panics_are_caught() {
+        let mut r = MockRequest::get("/");
+        assert_eq!(run::<Testkit>(Phase::Content, &Conf::default(), &mut r), Status::Declined);
+        let conf = Conf { reply: Some("x".into()), panic: Some(true) };
+        let mut r = MockRequest::get("/panic");
+        assert_eq!(run::<Testkit>(Phase::Content, &conf, &mut r), Status::Error);
+    }
+
+    #[test]
+    fn merge_inherits_unset_values() {
+        let parent = Conf { reply: Some("p".into()), panic: Some(true) };
+        let mut child = Conf { reply: Some("c".into()), panic: None };
+        Testkit::merge(&parent, &mut child);
+        assert_eq!((child.reply.as_deref(), child.panic), (Some("c"), Some(true)));
+    }
+}

@@ -1,0 +1,217 @@
+//! Plugins through the real binary: C and Rust plugins load and serve, a
+//! plugin built against the frozen 1.0 header still loads, every refusal
+//! names the file and the reason, panics fail one request only, and a
+//! `.so` replaced in place is picked up by reload while in-flight requests
+//! finish on the old code.
+
+use ngxr_tests::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SECS: Duration = Duration::from_secs(10);
+
+fn hello_c(dir: &Path, variant: &str, include: &Path) -> PathBuf {
+    let out = dir.join(format!("hello_c-{variant}.so"));
+    let def = format!("HELLO_VARIANT=\"{variant}\"");
+    build_c_plugin(&repo_root().join("plugins/hello_c/hello_c.c"), include, &[&def], &out);
+    out
+}
+
+fn refuse(dir: &Path, tag: &str, defines: &[&str]) -> PathBuf {
+    let out = dir.join(format!("refuse-{tag}.so"));
+    build_c_plugin(&repo_root().join("tests/fixtures/refuse.c"), &repo_root().join("include"), defines, &out);
+    out
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn c_plugin_and_frozen_abi_1_0_fixture_serve() {
+    let p = Prefix::new();
+    let cur = hello_c(p.path(), "current", &repo_root().join("include"));
+    let frozen = hello_c(p.path(), "frozen", &repo_root().join("tests/fixtures/abi-1.0"));
+    for so in [cur, frozen] {
+        let port = free_port();
+        let pre = Prefix::new();
+        pre.write_conf(&format!(
+            "load_module {};\n{}events {{}}\nhttp {{ hello_c \"hi from C\"; server {{ listen 127.0.0.1:{port}; }} }}\n",
+            so.display(),
+            conf_head()
+        ));
+        let s = Server::start_in(pre, port);
+        let r = get(s.port, "/").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hi from C"[..]), "{}", so.display());
+        assert!(s.prefix.error_log().contains("plugin \"hello_c\" loaded from"));
+    }
+}
+
+#[test]
+fn rust_plugin_request_api_and_merge() {
+    let so = testkit_so();
+    let s = Server::start(&format!(
+        "load_module {};\nevents {{}}\nhttp {{ testkit_reply outer;
+           server {{ listen 127.0.0.1:PORT; }}
+           server {{ listen 127.0.0.1:PORT2; testkit_reply inner; }} }}\n",
+        so.display()
+    )
+    .replace("PORT2", &free_port().to_string()));
+    let buf = raw(s.port, b"GET /a/b?x=1 HTTP/1.1\r\nHost: h\r\nX-Test: hello\r\nConnection: close\r\n\r\n").unwrap();
+    let (r, _) = parse_response(&buf).unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"outer"[..]));
+    assert_eq!(r.header("x-uri"), Some("/a/b"));
+    assert_eq!(r.header("x-args"), Some("x=1"));
+    assert_eq!(r.header("x-test-echo"), Some("hello"));
+    assert_eq!(get(s.port, "/teapot").unwrap().status, 418);
+    let conf = std::fs::read_to_string(s.prefix.path().join("conf/ngxr.conf")).unwrap();
+    let p2: u16 = conf.split("127.0.0.1:").nth(2).unwrap().split(';').next().unwrap().parse().unwrap();
+    assert_eq!(get(p2, "/").unwrap().body, b"inner");
+}
+
+#[test]
+fn panic_in_rust_handler_fails_only_that_request() {
+    let so = testkit_so();
+    let s = Server::start(&format!(
+        "load_module {};\nevents {{}}\nhttp {{ server {{ listen 127.0.0.1:PORT; testkit_reply ok; testkit_panic on; }} }}\n",
+        so.display()
+    ));
+    let w = s.wait_workers(1, &[]);
+    // Same connection, same worker: the panic, then a good request.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(SECS)).unwrap();
+    c.write_all(b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\nGET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    c.read_to_end(&mut buf).unwrap();
+    let (first, n) = parse_response(&buf).unwrap();
+    let (second, _) = parse_response(&buf[n..]).unwrap();
+    assert_eq!(first.status, 500);
+    assert_eq!((second.status, second.body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!(s.workers(), w, "the worker survived");
+    assert!(s.prefix.error_log().contains("plugin \"testkit\" panicked in a phase handler: testkit was asked to panic"));
+}
+
+#[test]
+fn refusals_name_the_file_and_the_reason() {
+    let p = Prefix::new();
+    let dir = p.path();
+    std::fs::write(dir.join("text.so"), "not a library\n").unwrap();
+    let good = hello_c(dir, "good", &repo_root().join("include"));
+    let cases: Vec<(String, String)> = vec![
+        ("modules/missing.so".into(), "failed: open() \"{p}/modules/missing.so\" failed (2: No such file or directory)".into()),
+        (dir.join("text.so").display().to_string(), "failed: not a shared object (no ELF header)".into()),
+        (refuse(dir, "noentry", &["NO_ENTRY"]).display().to_string(), "failed: no \"ngx_plugin_entry_v1\" symbol".into()),
+        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), "failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); this host implements ABI 1.0".into()),
+        (refuse(dir, "null", &["ENTRY_NULL"]).display().to_string(), "failed: the plugin refused to load (its entry point returned NULL)".into()),
+        (refuse(dir, "major", &["MAJOR=2"]).display().to_string(), "failed: built for plugin ABI 2.0; this host implements ABI 1.0".into()),
+        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), "failed: needs plugin ABI 1.7; this host implements ABI 1.0".into()),
+        (refuse(dir, "clash", &["DIRECTIVE=\"listen\""]).display().to_string(), "plugin \"refuse\" declares directive \"listen\", which the host already declares".into()),
+    ];
+    for (path, want) in cases {
+        p.write_conf(&format!("load_module {path};\nevents {{}}\n"));
+        let o = p.ngxr(&["-t"]);
+        let want = want.replace("{p}", &dir.display().to_string());
+        let conf = dir.join("conf/ngxr.conf").display().to_string();
+        assert_eq!(o.status.code(), Some(1), "{path}");
+        let out = text(&o);
+        assert!(out.contains(&format!("[emerg] load_module \"")), "{out}");
+        assert!(out.contains(&want), "{path}: want {want:?} in {out}");
+        assert!(out.contains(&format!(" in {conf}:1")), "{out}");
+    }
+    // Duplicate name: the same plugin twice; clash between two plugins.
+    let twin = refuse(dir, "twin", &["NAME=\"twin\"", "DIRECTIVE=\"hello_c\""]);
+    for (conf, want) in [
+        (format!("load_module {0};\nload_module {0};\n", good.display()), "plugin \"hello_c\" is already loaded from".to_string()),
+        (format!("load_module {};\nload_module {};\n", good.display(), twin.display()), "plugin \"twin\" declares directive \"hello_c\", which plugin \"hello_c\" already declares".to_string()),
+    ] {
+        p.write_conf(&format!("{conf}events {{}}\n"));
+        let o = p.ngxr(&["-t"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(text(&o).contains(&want), "{}", text(&o));
+        assert!(text(&o).contains("conf/ngxr.conf:2"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn plugin_directive_errors_carry_file_and_line() {
+    let p = Prefix::new();
+    let so = hello_c(p.path(), "e", &repo_root().join("include"));
+    p.write_conf(&format!("load_module {};\nevents {{}}\nhttp {{\n  server {{\n    hello_c \"\";\n  }}\n}}\n", so.display()));
+    let o = p.ngxr(&["-t"]);
+    assert_eq!(o.status.code(), Some(1));
+    let conf = p.path().join("conf/ngxr.conf").display().to_string();
+    assert!(text(&o).contains(&format!("\"hello_c\" needs a non-empty text in {conf}:5")), "{}", text(&o));
+    p.write_conf(&format!("load_module {};\nevents {{}}\nhello_c x;\n", so.display()));
+    assert!(text(&p.ngxr(&["-t"])).contains("\"hello_c\" directive is not allowed here"));
+}
+
+#[test]
+fn refused_plugin_on_reload_keeps_old_generation() {
+    let p = Prefix::new();
+    let so = hello_c(p.path(), "A", &repo_root().join("include"));
+    let live = p.path().join("modules/hello.so");
+    std::fs::create_dir_all(live.parent().unwrap()).unwrap();
+    std::fs::copy(&so, &live).unwrap();
+    let port = free_port();
+    p.write_conf(&format!(
+        "load_module modules/hello.so;\n{}events {{}}\nhttp {{ hello_c A; server {{ listen 127.0.0.1:{port}; }} }}\n",
+        conf_head()
+    ));
+    let s = Server::start_in(p, port);
+    let w = s.wait_workers(1, &[]);
+    // Deploy something that is not a plugin, then reload: refused, old serves.
+    let tmp = s.prefix.path().join("modules/.hello.so.new");
+    std::fs::write(&tmp, "garbage").unwrap();
+    std::fs::rename(&tmp, &live).unwrap();
+    s.signal(libc::SIGHUP);
+    poll_until("the refusal", SECS, || s.prefix.error_log().contains("not a shared object").then_some(()));
+    assert_eq!(s.workers(), w);
+    assert_eq!(get(s.port, "/").unwrap().header("x-hello-variant"), Some("A"));
+}
+
+#[test]
+fn plugin_swapped_in_place_across_reload() {
+    let p = Prefix::new();
+    let a = hello_c(p.path(), "A", &repo_root().join("include"));
+    let b = hello_c(p.path(), "B", &repo_root().join("include"));
+    let live = p.path().join("modules/hello.so");
+    std::fs::create_dir_all(live.parent().unwrap()).unwrap();
+    std::fs::copy(&a, &live).unwrap();
+    let port = free_port();
+    p.write_conf(&format!(
+        "load_module modules/hello.so;\n{}events {{}}\nhttp {{ hello_c swap; server {{ listen 127.0.0.1:{port}; }} }}\n",
+        conf_head()
+    ));
+    let s = Server::start_in(p, port);
+    let old = s.wait_workers(1, &[]);
+    assert_eq!(get(s.port, "/").unwrap().header("x-hello-variant"), Some("A"));
+
+    let hammer = Hammer::start(s.port);
+    // A slow request in flight on the old worker (it sleeps 1.5 s inside A).
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    slow.set_read_timeout(Some(SECS)).unwrap();
+    slow.write_all(b"GET /?sleep=1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // let the old worker pick it up
+
+    // Overwrite the file in place (same inode, as `cp` does), then reload.
+    std::fs::copy(&b, &live).unwrap();
+    assert!(s.prefix.ngxr(&["-s", "reload"]).status.success());
+    s.wait_workers(1, &old);
+    poll_until("B to answer", SECS, || {
+        (get(s.port, "/").ok()?.header("x-hello-variant") == Some("B")).then_some(())
+    });
+    for _ in 0..20 {
+        assert_eq!(get(s.port, "/").unwrap().header("x-hello-variant"), Some("B"));
+    }
+    let mut buf = Vec::new();
+    slow.read_to_end(&mut buf).unwrap();
+    let (r, _) = parse_response(&buf).unwrap();
+    assert_eq!(r.header("x-hello-variant"), Some("A"), "the in-flight request finished on the old code");
+    let (ok, errs) = hammer.finish();
+    assert!(errs.is_empty(), "{ok} ok, failures during the swap: {errs:?}");
+    let log = s.prefix.error_log();
+    let hashes: std::collections::BTreeSet<&str> =
+        log.lines().filter(|l| l.contains("plugin \"hello_c\" loaded")).filter_map(|l| l.split("fnv1a ").nth(1)).collect();
+    assert_eq!(hashes.len(), 2, "each generation logs the hash it runs: {log}");
+}
