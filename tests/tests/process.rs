@@ -268,15 +268,18 @@ fn workers_drop_privileges_when_master_is_root() {
     }
     let s = Server::start(&format!("user nobody;\n{}", http_conf(1)));
     let w = s.wait_workers(1, &[])[0];
-    let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     let nobody = std::fs::read_to_string("/etc/passwd")
         .unwrap()
         .lines()
         .find(|l| l.starts_with("nobody:"))
         .and_then(|l| l.split(':').nth(2).map(str::to_string))
         .unwrap();
-    assert!(uid_line.split_whitespace().skip(1).all(|u| u == nobody), "{uid_line}");
+    // The worker drops privileges right after fork: wait for it.
+    poll_until("the worker to run as nobody", SECS, || {
+        let status = std::fs::read_to_string(format!("/proc/{w}/status")).ok()?;
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+        uid_line.split_whitespace().skip(1).all(|u| u == nobody).then_some(())
+    });
     assert_eq!(get(s.port, "/").unwrap().status, 404);
 }
 
