@@ -32,6 +32,8 @@ pub struct Cycle {
     pub files: Vec<(PathBuf, String)>,
     /// This generation's plugins and their configuration objects.
     pub plugins: Plugins,
+    /// Generation number for shared zones (see [`crate::shm`]).
+    pub shm_gen: u64,
 }
 
 impl Cycle {
@@ -40,6 +42,7 @@ impl Cycle {
         let Parsed { root, files } =
             parser::parse_file(&paths.conf, paths.directives.as_deref()).map_err(|e| e.to_string())?;
         let prefix = Prefix(paths.prefix.clone());
+        let shm_gen = crate::shm::begin_generation();
         let mut registry = Registry::core();
         // load_module lines are honoured first, wherever they stand in the
         // main context, so a plugin's directives are known everywhere.
@@ -70,7 +73,7 @@ impl Cycle {
         for p in &plugins.list {
             crate::log!(Notice, "plugin \"{}\" loaded from \"{}\" (fnv1a {:016x})", p.name, p.path.display(), p.hash);
         }
-        Ok(Cycle { tree: root, core, files, plugins })
+        Ok(Cycle { tree: root, core, files, plugins, shm_gen })
     }
 
     /// Reads only the pid file path, for `-s`: a syntax-only parse that

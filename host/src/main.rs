@@ -11,6 +11,7 @@ pub mod http;
 pub mod log;
 pub mod master;
 pub mod plugin;
+pub mod shm;
 pub mod sys;
 pub mod worker;
 

@@ -165,6 +165,63 @@ impl ConfCx<'_> {
     pub fn raw(&self) -> *mut sys::Conf {
         self.raw
     }
+
+    /// Declares (or, across reload, finds again) a shared memory zone of
+    /// `size` bytes; `layout` is the version of what you store in it: a
+    /// different value gives a fresh zone instead of reusing the old one.
+    pub fn shm_zone(&self, name: &str, size: u64, layout: u32) -> Result<Shm, String> {
+        let f = rt::host().conf_shm_zone.ok_or("shared zones are not supported by this host")?;
+        let mut z = std::ptr::null_mut();
+        // SAFETY: live conf handle; name borrowed for the call; z is a
+        // valid out-pointer.
+        match unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), size, layout, &mut z) } {
+            sys::OK if !z.is_null() => Ok(Shm { raw: z }),
+            rc => Err(format!("cannot create shared zone \"{name}\" (rc {rc})")),
+        }
+    }
+}
+
+/// A shared memory zone: the same bytes in every worker, behind a
+/// cross-process lock. Store offsets, never pointers, inside it.
+#[derive(Clone, Copy, Debug)]
+pub struct Shm {
+    raw: *mut sys::Shm,
+}
+
+impl Shm {
+    /// True if this generation created the zone (initialise it then).
+    pub fn is_new(&self) -> bool {
+        // SAFETY: live zone handle from the host.
+        rt::host().shm_is_new.is_some_and(|f| unsafe { f(self.raw) })
+    }
+
+    /// Runs `f` on the zone's bytes with the zone locked (unlocked even if
+    /// `f` panics).
+    pub fn with<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, sys::Rc> {
+        let h = rt::host();
+        let (Some(addr), Some(lock), Some(unlock)) = (h.shm_addr, h.shm_lock, h.shm_unlock) else {
+            return Err(sys::UNSUPPORTED);
+        };
+        let (mut p, mut n) = (std::ptr::null_mut(), 0u64);
+        // SAFETY: live zone handle; valid out-pointers.
+        let rc = unsafe { addr(self.raw, &mut p, &mut n) };
+        if rc != sys::OK || p.is_null() {
+            return Err(rc);
+        }
+        struct Unlock(unsafe extern "C" fn(*mut sys::Shm), *mut sys::Shm);
+        impl Drop for Unlock {
+            fn drop(&mut self) {
+                // SAFETY: releases the lock taken below on the same zone.
+                unsafe { (self.0)(self.1) }
+            }
+        }
+        // SAFETY: live zone handle.
+        unsafe { lock(self.raw) };
+        let _guard = Unlock(unlock, self.raw);
+        // SAFETY: the host maps n bytes at p in this process; the lock makes
+        // this the only process touching them until the guard drops.
+        Ok(f(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), n as usize) }))
+    }
 }
 
 /// A borrowed view of one HTTP request, valid for one handler call.

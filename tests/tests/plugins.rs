@@ -215,3 +215,29 @@ fn plugin_swapped_in_place_across_reload() {
         log.lines().filter(|l| l.contains("plugin \"hello_c\" loaded")).filter_map(|l| l.split("fnv1a ").nth(1)).collect();
     assert_eq!(hashes.len(), 2, "each generation logs the hash it runs: {log}");
 }
+
+#[test]
+fn shared_zone_counts_across_workers_and_survives_reload() {
+    let so = testkit_so();
+    let s = Server::start(&format!(
+        "load_module {};\nworker_processes 2;\nevents {{}}\nhttp {{ server {{ listen 127.0.0.1:PORT reuseport; testkit_reply x; testkit_counter hits; }} }}\n",
+        so.display()
+    ));
+    let old = s.wait_workers(2, &[]);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let r = get(s.port, "/count").unwrap();
+        assert_eq!(r.status, 200);
+        seen.insert(String::from_utf8(r.body.clone()).unwrap().parse::<u64>().unwrap());
+        pids.insert(r.header("x-pid").unwrap().to_string());
+    }
+    assert_eq!(seen, (1..=60).collect(), "no lost or repeated increments");
+    // reuseport hashes each new connection to one of the two workers'
+    // sockets: 60 connections all landing on one worker has odds 2^-59.
+    assert_eq!(pids.len(), 2, "both workers incremented the same counter");
+    s.signal(libc::SIGHUP);
+    s.wait_workers(2, &old);
+    let r = get(s.port, "/count").unwrap();
+    assert_eq!(r.body, b"61", "the zone (same name, size, layout) is kept across reload");
+}

@@ -356,6 +356,7 @@ impl Master {
                 Err(e) => crate::log!(Alert, "{e}"),
             }
         }
+        crate::shm::retain_generation(cycle.shm_gen);
         self.cycle = cycle;
         self.gen += 1;
         self.retired = false;

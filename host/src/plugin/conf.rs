@@ -47,6 +47,8 @@ pub struct Plugins {
     made: Vec<(usize, u32, *mut c_void)>,
     /// True once init_cycle ran (fini_cycle is owed).
     initialised: bool,
+    /// Shared zones this generation's plugins declared.
+    pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
     prefix: PathBuf,
 }
 
@@ -56,7 +58,7 @@ impl Plugins {
     /// Wraps loaded plugins; nothing is configured yet.
     pub fn new(list: Vec<Plugin>, prefix: PathBuf) -> Plugins {
         let hooks = list.iter().map(Plugin::hooks).collect();
-        Plugins { list, hooks, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, prefix }
+        Plugins { list, hooks, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, zones: Vec::new(), prefix }
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {
@@ -135,6 +137,7 @@ impl Plugins {
                         let msg = cx.error.take().unwrap_or_else(|| format!("invalid parameters in \"{}\" directive", d.name));
                         return Err(d.err(msg));
                     }
+                    self.zones.append(&mut cx.zones);
                     if let Some(h) = cx.content_handler {
                         *content = Some((pi, h));
                     }

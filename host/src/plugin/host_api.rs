@@ -59,6 +59,8 @@ pub struct ConfCtx<'a> {
     pub new_block_data: Option<*mut c_void>,
     /// A content handler set for the block being configured.
     pub content_handler: Option<sys::HttpHandlerFn>,
+    /// Zones declared while applying (kept alive by the generation).
+    pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
     scratch: String,
 }
 
@@ -66,7 +68,17 @@ impl<'a> ConfCtx<'a> {
     /// A context for applying `d`.
     pub fn new(d: &'a Directive, prefix: PathBuf, block_data: *mut c_void) -> Self {
         let args = d.args.iter().map(|a| Str::from_bytes(a.as_bytes())).collect();
-        ConfCtx { d, args, prefix, error: None, block_data, new_block_data: None, content_handler: None, scratch: String::new() }
+        ConfCtx {
+            d,
+            args,
+            prefix,
+            error: None,
+            block_data,
+            new_block_data: None,
+            content_handler: None,
+            zones: Vec::new(),
+            scratch: String::new(),
+        }
     }
 }
 
@@ -433,8 +445,60 @@ unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) ->
 unsafe extern "C" fn un_conf_var(_: *mut sys::Conf, _: Str, _: Option<sys::VarFn>, _: *mut c_void) -> Rc {
     sys::UNSUPPORTED
 }
-unsafe extern "C" fn un_conf_shm(_: *mut sys::Conf, _: Str, _: u64, _: u32, _: *mut *mut sys::Shm) -> Rc {
-    sys::UNSUPPORTED
+unsafe extern "C" fn conf_shm_zone(c: *mut sys::Conf, name: Str, size: u64, version: u32, out: *mut *mut sys::Shm) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    if out.is_null() || s(name).is_empty() {
+        return sys::INVALID;
+    }
+    match crate::shm::zone(current().1, s(name), size, version) {
+        Ok(z) => {
+            // SAFETY: out is non-null; the Zone lives in an Rc kept by the
+            // generation (and the zone registry) for as long as its handle
+            // can be used.
+            unsafe { *out = std::rc::Rc::as_ptr(&z) as *mut sys::Shm };
+            c.zones.push(z);
+            sys::OK
+        }
+        Err(e) => {
+            c.error = Some(e);
+            sys::ERROR
+        }
+    }
+}
+
+fn zone<'a>(z: *mut sys::Shm) -> Option<&'a crate::shm::Zone> {
+    // SAFETY: handles are Rc<Zone> pointers kept alive by the generation.
+    unsafe { (z as *const crate::shm::Zone).as_ref() }
+}
+
+unsafe extern "C" fn shm_addr(z: *mut sys::Shm, addr: *mut *mut c_void, size: *mut u64) -> Rc {
+    let Some(z) = zone(z) else { return sys::INVALID };
+    let (p, n) = z.user();
+    if !addr.is_null() {
+        // SAFETY: non-null out-pointer.
+        unsafe { *addr = p.cast() };
+    }
+    if !size.is_null() {
+        // SAFETY: non-null out-pointer.
+        unsafe { *size = n };
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn shm_is_new(z: *mut sys::Shm) -> bool {
+    zone(z).is_some_and(|z| z.is_new.get())
+}
+
+unsafe extern "C" fn shm_lock(z: *mut sys::Shm) {
+    if let Some(z) = zone(z) {
+        z.lock();
+    }
+}
+
+unsafe extern "C" fn shm_unlock(z: *mut sys::Shm) {
+    if let Some(z) = zone(z) {
+        z.unlock();
+    }
 }
 unsafe extern "C" fn un_conf_listen(_: *mut sys::Conf, _: Str, _: bool, _: Option<sys::AcceptFn>, _: *mut c_void) -> Rc {
     sys::UNSUPPORTED
@@ -490,20 +554,14 @@ unsafe extern "C" fn un_close(_: *mut sys::Conn) {}
 unsafe extern "C" fn un_relay(_: *mut sys::Request, _: *mut sys::Conn, _: *mut sys::Conn, _: Option<sys::DoneFn>, _: *mut c_void) -> Rc {
     sys::UNSUPPORTED
 }
-unsafe extern "C" fn un_shm_addr(_: *mut sys::Shm, _: *mut *mut c_void, _: *mut u64) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_shm_new(_: *mut sys::Shm) -> bool {
-    false
-}
-unsafe extern "C" fn un_shm_lock(_: *mut sys::Shm) {}
 
 macro_rules! offsets {
     ($($f:ident),*) => { [$(std::mem::offset_of!(sys::Host, $f)),*] };
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 28] = offsets!(
+const IMPLEMENTED: [usize; 33] = offsets!(
+    conf_shm_zone, shm_addr, shm_is_new, shm_lock, shm_unlock,
     log, conf_error, conf_position, parse_flag, parse_size, parse_time_ms, conf_full_path,
     conf_set_block_data, conf_block_data, conf_block_child, conf_set_content_handler, worker_slot,
     http_get, http_header_in, http_header_in_at, http_set_status, http_status, http_header_out_add,
@@ -537,7 +595,7 @@ static TABLE: Table = Table(sys::Host {
     conf_block_child: Some(conf_block_child),
     conf_set_content_handler: Some(conf_set_content_handler),
     conf_define_variable: Some(un_conf_var),
-    conf_shm_zone: Some(un_conf_shm),
+    conf_shm_zone: Some(conf_shm_zone),
     conf_listen: Some(un_conf_listen),
     spawn_helper: Some(un_helper),
     run_loop: Some(un_run_loop),
@@ -573,10 +631,10 @@ static TABLE: Table = Table(sys::Host {
     conn_peer: Some(un_peer),
     conn_close: Some(un_close),
     relay: Some(un_relay),
-    shm_addr: Some(un_shm_addr),
-    shm_is_new: Some(un_shm_new),
-    shm_lock: Some(un_shm_lock),
-    shm_unlock: Some(un_shm_lock),
+    shm_addr: Some(shm_addr),
+    shm_is_new: Some(shm_is_new),
+    shm_lock: Some(shm_lock),
+    shm_unlock: Some(shm_unlock),
 });
 
 /// The host table handed to every plugin.

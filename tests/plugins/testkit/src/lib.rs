@@ -4,16 +4,19 @@
 //!   inherited by inner blocks.
 //! - `testkit_panic on;`: requests to `/panic` panic inside the handler
 //!   (the host must turn that into a 500 and keep the worker alive).
+//! - `testkit_counter ZONE;`: `/count` increments a counter kept in a
+//!   shared zone (all workers, kept across reload) and answers its value.
 //! - Requests echo `$uri`, `?args` and the `X-Test` header back in
 //!   response headers so tests can see the request API work.
 
-use plugin_api::{export_plugin, sys, DirectiveSpec, Phase, Plugin, Request, Status};
+use plugin_api::{export_plugin, sys, DirectiveSpec, Phase, Plugin, Request, Shm, Status};
 
 /// Per-block configuration.
 #[derive(Default, Clone)]
 pub struct Conf {
     reply: Option<String>,
     panic: Option<bool>,
+    counter: Option<Shm>,
 }
 
 /// The plugin.
@@ -36,6 +39,10 @@ impl Plugin for Testkit {
                 c.panic = Some(cx.flag(a[0])?);
                 Ok(())
             }),
+            DirectiveSpec::new("testkit_counter", sys::CTX_SERVER, 1, 1, |c, a, cx| {
+                c.counter = Some(cx.shm_zone(a[0], 4096, 1)?);
+                Ok(())
+            }),
         ]
     }
 
@@ -45,6 +52,9 @@ impl Plugin for Testkit {
         }
         if child.panic.is_none() {
             child.panic = parent.panic;
+        }
+        if child.counter.is_none() {
+            child.counter = parent.counter;
         }
     }
 
@@ -59,6 +69,17 @@ impl Plugin for Testkit {
         }
         if req.uri() == "/teapot" {
             return Status::Http(418);
+        }
+        if let (Some(zone), "/count") = (conf.counter, req.uri()) {
+            let Ok(n) = zone.with(|mem| {
+                let n = u64::from_ne_bytes(mem[..8].try_into().unwrap()) + 1;
+                mem[..8].copy_from_slice(&n.to_ne_bytes());
+                n
+            }) else {
+                return Status::Error;
+            };
+            req.add_header("X-Pid", &std::process::id().to_string());
+            return req.respond(200, "text/plain", n.to_string().as_bytes());
         }
         let (uri, args) = (req.uri().to_string(), req.args().to_string());
         let xt = req.header("x-test").unwrap_or("").to_string();
@@ -78,7 +99,7 @@ mod tests {
 
     #[test]
     fn replies_with_configured_text() {
-        let conf = Conf { reply: Some("hi".into()), panic: None };
+        let conf = Conf { reply: Some("hi".into()), ..Conf::default() };
         let mut r = MockRequest::get("/a?b=c");
         assert_eq!(run::<Testkit>(Phase::Content, &conf, &mut r), Status::Ok);
         assert_eq!((r.status, r.body.as_slice()), (200, &b"hi"[..]));
@@ -90,15 +111,15 @@ mod tests {
     fn declines_without_reply_and_panics_are_caught() {
         let mut r = MockRequest::get("/");
         assert_eq!(run::<Testkit>(Phase::Content, &Conf::default(), &mut r), Status::Declined);
-        let conf = Conf { reply: Some("x".into()), panic: Some(true) };
+        let conf = Conf { reply: Some("x".into()), panic: Some(true), ..Conf::default() };
         let mut r = MockRequest::get("/panic");
         assert_eq!(run::<Testkit>(Phase::Content, &conf, &mut r), Status::Error);
     }
 
     #[test]
     fn merge_inherits_unset_values() {
-        let parent = Conf { reply: Some("p".into()), panic: Some(true) };
-        let mut child = Conf { reply: Some("c".into()), panic: None };
+        let parent = Conf { reply: Some("p".into()), panic: Some(true), ..Conf::default() };
+        let mut child = Conf { reply: Some("c".into()), ..Conf::default() };
         Testkit::merge(&parent, &mut child);
         assert_eq!((child.reply.as_deref(), child.panic), (Some("c"), Some(true)));
     }
