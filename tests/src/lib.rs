@@ -197,13 +197,24 @@ impl Drop for Server {
             }
         }
         if let Some(mut c) = self.child.take() {
-            for w in children_named(c.id() as i32, "ngxr: worker") {
-                kill(w, libc::SIGKILL);
-            }
+            // The master first, so it cannot respawn what we kill next.
+            let workers = children_named(c.id() as i32, "ngxr: worker");
             let _ = c.kill();
             let _ = c.wait();
+            for w in workers.into_iter().chain(children_named(1, "ngxr: worker")) {
+                if std::fs::read_link(format!("/proc/{w}/cwd")).is_ok() && is_from(w, self.prefix.path()) {
+                    kill(w, libc::SIGKILL);
+                }
+            }
         }
     }
+}
+
+/// True when process `pid` was started with `-p prefix`.
+fn is_from(pid: i32, prefix: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&*prefix.to_string_lossy()))
+        .unwrap_or(false)
 }
 
 /// Sends `sig` to `pid`.

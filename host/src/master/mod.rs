@@ -93,7 +93,7 @@ pub fn start(paths: Paths) -> Result<(), String> {
     write_pid(&pid_file)?;
     if !cycle.core.master_process {
         crate::log!(Notice, "ngxr/{} running in a single process", crate::VERSION);
-        let code = crate::worker::run(&cycle, &bound, 0, true);
+        let code = crate::worker::run(&cycle, &bound, 0, true, sys::pid());
         remove_pid(&pid_file);
         return if code == 0 { Ok(()) } else { Err("worker failed".into()) };
     }
@@ -235,10 +235,11 @@ impl Master {
     }
 
     fn spawn(&mut self, slot: usize) {
+        let master = sys::pid();
         match sys::fork() {
             Err(e) => crate::log!(Alert, "fork() failed while spawning \"worker process\" ({e})"),
             Ok(Fork::Child) => {
-                let code = crate::worker::run(&self.cycle, &self.bound, slot, false);
+                let code = crate::worker::run(&self.cycle, &self.bound, slot, false, master);
                 std::process::exit(code);
             }
             Ok(Fork::Parent(pid)) => {

@@ -335,9 +335,3 @@ pub fn parent_death_signal(sig: i32, expected_parent: i32) -> bool {
         libc::getppid() == expected_parent
     }
 }
-
-/// The parent's pid.
-pub fn ppid() -> i32 {
-    // SAFETY: getppid cannot fail.
-    unsafe { libc::getppid() }
-}

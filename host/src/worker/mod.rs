@@ -89,11 +89,12 @@ fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> 
 
 /// Runs a worker until it exits; returns the process exit code
 /// (0 normal, 2 fatal: the master does not respawn it).
-pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool) -> i32 {
+/// `master` is the master's pid, taken before fork (a child reading
+/// getppid() could already see init if the master just died).
+pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool, master: i32) -> i32 {
     if !single {
         sys::set_name("ngxr: worker");
     }
-    let master = sys::ppid();
     if let Err(e) = init_process(cycle, slot, single) {
         crate::log!(Emerg, "{e}");
         return 2;
