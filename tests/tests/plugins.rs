@@ -146,19 +146,25 @@ fn plugin_directive_errors_carry_file_and_line() {
     assert!(text(&p.ngxr(&["-t"])).contains("\"hello_c\" directive is not allowed here"));
 }
 
+/// Copies `so` to `modules/hello.so` (the path operators deploy to) and
+/// starts one worker serving `hello_c` from it.
+fn serve_live_copy(p: Prefix, so: &Path) -> (Server, PathBuf) {
+    let live = p.path().join("modules/hello.so");
+    std::fs::create_dir_all(live.parent().unwrap()).unwrap();
+    std::fs::copy(so, &live).unwrap();
+    let port = free_port();
+    p.write_conf(&format!(
+        "load_module modules/hello.so;\n{}events {{}}\nhttp {{ hello_c live; server {{ listen 127.0.0.1:{port}; }} }}\n",
+        conf_head()
+    ));
+    (Server::start_in(p, port), live)
+}
+
 #[test]
 fn refused_plugin_on_reload_keeps_old_generation() {
     let p = Prefix::new();
     let so = hello_c(p.path(), "A", &repo_root().join("include"));
-    let live = p.path().join("modules/hello.so");
-    std::fs::create_dir_all(live.parent().unwrap()).unwrap();
-    std::fs::copy(&so, &live).unwrap();
-    let port = free_port();
-    p.write_conf(&format!(
-        "load_module modules/hello.so;\n{}events {{}}\nhttp {{ hello_c A; server {{ listen 127.0.0.1:{port}; }} }}\n",
-        conf_head()
-    ));
-    let s = Server::start_in(p, port);
+    let (s, live) = serve_live_copy(p, &so);
     let w = s.wait_workers(1, &[]);
     // Deploy something that is not a plugin, then reload: refused, old serves.
     let tmp = s.prefix.path().join("modules/.hello.so.new");
@@ -175,15 +181,7 @@ fn plugin_swapped_in_place_across_reload() {
     let p = Prefix::new();
     let a = hello_c(p.path(), "A", &repo_root().join("include"));
     let b = hello_c(p.path(), "B", &repo_root().join("include"));
-    let live = p.path().join("modules/hello.so");
-    std::fs::create_dir_all(live.parent().unwrap()).unwrap();
-    std::fs::copy(&a, &live).unwrap();
-    let port = free_port();
-    p.write_conf(&format!(
-        "load_module modules/hello.so;\n{}events {{}}\nhttp {{ hello_c swap; server {{ listen 127.0.0.1:{port}; }} }}\n",
-        conf_head()
-    ));
-    let s = Server::start_in(p, port);
+    let (s, live) = serve_live_copy(p, &a);
     let old = s.wait_workers(1, &[]);
     assert_eq!(get(s.port, "/").unwrap().header("x-hello-variant"), Some("A"));
 
