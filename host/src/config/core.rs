@@ -219,11 +219,14 @@ impl CoreConf {
     }
 
     fn read_http(&mut self, http: &Directive) -> Result<(), ConfError> {
+        // Addresses whose socket options were already given by a `listen`.
+        let mut with_opts: Vec<SocketAddr> = Vec::new();
         for server in http.children().iter().filter(|d| d.name == "server") {
             let mut any = false;
             for d in server.children().iter().filter(|d| d.name == "listen") {
                 any = true;
-                self.add_listen(parse_listen(d)?, d)?;
+                let (l, has_opts) = parse_listen(d)?;
+                self.add_listen(l, has_opts, &mut with_opts, d)?;
             }
             if !any {
                 // nginx's default: listen *:80 (8000 when not root).
@@ -238,7 +241,21 @@ impl CoreConf {
         Ok(())
     }
 
-    fn add_listen(&mut self, (l, has_opts): (Listen, bool), d: &Directive) -> Result<(), ConfError> {
+    /// Merges one `listen` into the set: socket options may be given once
+    /// per address; `default_server` once per address.
+    fn add_listen(
+        &mut self,
+        l: Listen,
+        has_opts: bool,
+        with_opts: &mut Vec<SocketAddr>,
+        d: &Directive,
+    ) -> Result<(), ConfError> {
+        if has_opts {
+            if with_opts.contains(&l.addr) {
+                return Err(d.err(format!("duplicate listen options for {}", l.addr)));
+            }
+            with_opts.push(l.addr);
+        }
         let Some(have) = self.listens.iter_mut().find(|x| x.addr == l.addr) else {
             self.listens.push(l);
             return Ok(());
@@ -246,16 +263,12 @@ impl CoreConf {
         if l.default_server && have.default_server {
             return Err(d.err(format!("a duplicate default server for {}", l.addr)));
         }
+        let (ds, ssl) = (have.default_server || l.default_server, have.ssl || l.ssl);
         if has_opts {
-            if *have != default_listen(have.addr) && !(have.default_server && *have == Listen { default_server: true, ..default_listen(have.addr) }) {
-                return Err(d.err(format!("duplicate listen options for {}", l.addr)));
-            }
-            let ds = have.default_server || l.default_server;
-            *have = Listen { default_server: ds, ..l };
-        } else {
-            have.default_server |= l.default_server;
-            have.ssl |= l.ssl;
+            *have = l;
         }
+        have.default_server = ds;
+        have.ssl = ssl;
         Ok(())
     }
 

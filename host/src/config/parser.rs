@@ -27,13 +27,13 @@ pub fn parse_file(path: &Path, extra: Option<&str>) -> Result<Parsed, ConfError>
     let mut p = Parser { conf_prefix, parsed: Parsed::default(), depth: 0 };
     let mut root = Vec::new();
     if let Some(text) = extra {
-        root = p.parse_text(text, Arc::from("command line"), false)?;
+        root = p.parse_text(text, Arc::from("command line"))?;
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfError::bare(format!("open() \"{}\" failed ({})", path.display(), os_err(&e)))
     })?;
     p.parsed.files.push((path.to_path_buf(), text.clone()));
-    root.extend(p.parse_text(&text, Arc::from(path.to_string_lossy().as_ref()), false)?);
+    root.extend(p.parse_text(&text, Arc::from(path.to_string_lossy().as_ref()))?);
     p.parsed.root = root;
     Ok(p.parsed)
 }
@@ -41,7 +41,7 @@ pub fn parse_file(path: &Path, extra: Option<&str>) -> Result<Parsed, ConfError>
 /// Parses a string as a whole config (tests and `-g`).
 pub fn parse_str(text: &str, name: &str) -> Result<Vec<Directive>, ConfError> {
     let mut p = Parser { conf_prefix: PathBuf::from("."), parsed: Parsed::default(), depth: 0 };
-    p.parse_text(text, Arc::from(name), false)
+    p.parse_text(text, Arc::from(name))
 }
 
 /// Renders an io error as nginx does: `2: No such file or directory`.
@@ -63,15 +63,9 @@ struct Parser {
 }
 
 impl Parser {
-    fn parse_text(
-        &mut self,
-        text: &str,
-        file: Arc<str>,
-        _nested: bool,
-    ) -> Result<Vec<Directive>, ConfError> {
+    fn parse_text(&mut self, text: &str, file: Arc<str>) -> Result<Vec<Directive>, ConfError> {
         let mut lx = Lexer::new(text, file.clone());
-        let out = self.block(&mut lx, &file, false)?;
-        Ok(out)
+        self.block(&mut lx, &file, false)
     }
 
     /// Reads directives until `}` (if `in_block`) or end of file.

@@ -101,9 +101,9 @@ impl Pool {
             let Some(addr) = s.local_addr().ok().and_then(|a| a.as_socket()) else { continue };
             let reuseport = s.reuse_port().unwrap_or(false);
             let _ = crate::sys::set_cloexec(fd, true);
-            crate::log!(Notice, "using inherited sockets from \"{v}\"");
             p.socks.push((addr, reuseport, s));
         }
+        crate::log!(Notice, "using inherited sockets from \"{v}\"");
         p
     }
 
