@@ -66,9 +66,18 @@ impl Cycle {
             crate::plugin::register(&list, list.len() - 1, &mut registry, d).map_err(|e| e.to_string())?;
         }
         registry.check(&root).map_err(|e| e.to_string())?;
-        let core = CoreConf::from_tree(&root, &prefix).map_err(|e| e.to_string())?;
+        let mut core = CoreConf::from_tree(&root, &prefix).map_err(|e| e.to_string())?;
         let mut plugins = Plugins::new(list, paths.prefix.clone());
         plugins.configure(&root, &registry).map_err(|e| e.to_string())?;
+        for &(addr, pi, _, _) in &plugins.proto {
+            if core.listens.iter().any(|l| l.addr == addr) {
+                return Err(format!(
+                    "plugin \"{}\" listens on {addr}, which the http configuration also uses",
+                    plugins.list[pi].name
+                ));
+            }
+            core.listens.push(crate::config::core::default_listen(addr));
+        }
         plugins.init_cycle()?;
         for p in &plugins.list {
             crate::log!(Notice, "plugin \"{}\" loaded from \"{}\" (fnv1a {:016x})", p.name, p.path.display(), p.hash);

@@ -239,3 +239,83 @@ fn shared_zone_counts_across_workers_and_survives_reload() {
     let r = get(s.port, "/count").unwrap();
     assert_eq!(r.body, b"61", "the zone (same name, size, layout) is kept across reload");
 }
+
+fn lineecho(dir: &Path) -> PathBuf {
+    let out = dir.join("lineecho.so");
+    build_c_plugin(&repo_root().join("tests/fixtures/lineecho.c"), &repo_root().join("include"), &[], &out);
+    out
+}
+
+fn read_line(r: &mut impl std::io::BufRead) -> String {
+    let mut l = String::new();
+    r.read_line(&mut l).unwrap();
+    l
+}
+
+#[test]
+fn protocol_listener_echoes_lines_with_an_idle_timer() {
+    use std::io::BufRead;
+    let p = Prefix::new();
+    let so = lineecho(p.path());
+    let port = free_port();
+    p.write_conf(&format!("load_module {};\n{}worker_processes 2;\nevents {{}}\nline_echo 127.0.0.1:{port} 300ms;\n", so.display(), conf_head()));
+    let s = Server::start_in(p, port);
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(SECS)).unwrap();
+        let r = std::io::BufReader::new(c.try_clone().unwrap());
+        (c, r)
+    };
+    let (mut a, mut ra) = connect();
+    let (mut b, mut rb) = connect();
+    assert_eq!(read_line(&mut ra), "+OK ngxr line echo\r\n");
+    assert_eq!(read_line(&mut rb), "+OK ngxr line echo\r\n");
+    a.write_all(b"hello\r\nwor").unwrap();
+    b.write_all(b"from b\n").unwrap();
+    assert_eq!(read_line(&mut ra), "echo: hello\r\n");
+    assert_eq!(read_line(&mut rb), "echo: from b\r\n");
+    a.write_all(b"ld\nquit\n").unwrap();
+    assert_eq!(read_line(&mut ra), "echo: world\r\n");
+    assert_eq!(read_line(&mut ra), "+OK bye\r\n");
+    assert_eq!(read_line(&mut ra), "", "closed after quit");
+    // b stays idle: the plugin's 300 ms timer closes it.
+    let t0 = std::time::Instant::now();
+    assert_eq!(read_line(&mut rb), "-ERR timeout\r\n");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(read_line(&mut rb), "");
+    let mut buf = [0u8; 1];
+    assert_eq!(rb.get_mut().read(&mut buf).unwrap_or(0), 0);
+    drop(b);
+}
+
+#[test]
+fn helper_process_is_supervised() {
+    let p = Prefix::new();
+    let so = lineecho(p.path());
+    let port = free_port();
+    // The helper runs unprivileged (nobody) when the master is root.
+    let run = p.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    p.write_conf(&format!(
+        "load_module {};\n{}events {{}}\nhelper_pidfile run/helper.pid;\nhttp {{ server {{ listen 127.0.0.1:{port}; }} }}\n",
+        so.display(),
+        conf_head()
+    ));
+    let mut s = Server::start_in(p, port);
+    let pidfile = s.prefix.path().join("run/helper.pid");
+    let helper = poll_until("the helper", SECS, || {
+        let pid = read_pid(&pidfile)?;
+        children_named(s.master(), "ngxr: pidfile").contains(&pid).then_some(pid)
+    });
+    assert_eq!(s.workers().len(), 1, "the helper is not a worker");
+    kill(helper, libc::SIGKILL);
+    let again = poll_until("the helper to be respawned", SECS, || {
+        let pid = read_pid(&pidfile)?;
+        (pid != helper && children_named(s.master(), "ngxr: pidfile").contains(&pid)).then_some(pid)
+    });
+    s.signal(libc::SIGQUIT);
+    assert_eq!(s.wait_exit(SECS), Some(0));
+    assert!(!alive(again), "the helper stopped with its master");
+}

@@ -291,7 +291,8 @@ impl CoreConf {
     }
 }
 
-fn default_listen(addr: SocketAddr) -> Listen {
+/// A listen with nginx's default options.
+pub fn default_listen(addr: SocketAddr) -> Listen {
     Listen {
         addr,
         default_server: false,

@@ -226,8 +226,10 @@ impl Master {
         }
     }
 
+    /// Starts the generation's processes: slots 0..n are workers, the
+    /// slots after them the plugins' helper processes.
     fn start_workers(&mut self) {
-        let n = self.cycle.core.worker_processes;
+        let n = self.cycle.core.worker_processes + self.cycle.plugins.helpers.len();
         self.crashes = vec![(0, Instant::now()); n];
         for slot in 0..n {
             self.spawn(slot);
@@ -239,11 +241,17 @@ impl Master {
         match sys::fork() {
             Err(e) => crate::log!(Alert, "fork() failed while spawning \"worker process\" ({e})"),
             Ok(Fork::Child) => {
-                let code = crate::worker::run(&self.cycle, &self.bound, slot, false, master);
+                let workers = self.cycle.core.worker_processes;
+                let code = if slot < workers {
+                    crate::worker::run(&self.cycle, &self.bound, slot, false, master)
+                } else {
+                    crate::worker::run_helper(&self.cycle, slot - workers, master)
+                };
                 std::process::exit(code);
             }
             Ok(Fork::Parent(pid)) => {
-                crate::log!(Notice, "start worker process {pid}");
+                let kind = if slot < self.cycle.core.worker_processes { "worker" } else { "helper" };
+                crate::log!(Notice, "start {kind} process {pid}");
                 self.procs.push(Proc { pid, gen: self.gen, slot, retiring: false });
             }
         }

@@ -47,6 +47,10 @@ pub struct Plugins {
     made: Vec<(usize, u32, *mut c_void)>,
     /// True once init_cycle ran (fini_cycle is owed).
     initialised: bool,
+    /// Protocol listeners plugins declared: (address, plugin, callback, data).
+    pub proto: Vec<(SocketAddr, usize, sys::AcceptFn, *mut c_void)>,
+    /// Helper processes plugins asked for in init_cycle.
+    pub helpers: Vec<host_api::HelperSpec>,
     /// Shared zones this generation's plugins declared.
     pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
     prefix: PathBuf,
@@ -58,7 +62,7 @@ impl Plugins {
     /// Wraps loaded plugins; nothing is configured yet.
     pub fn new(list: Vec<Plugin>, prefix: PathBuf) -> Plugins {
         let hooks = list.iter().map(Plugin::hooks).collect();
-        Plugins { list, hooks, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, zones: Vec::new(), prefix }
+        Plugins { list, hooks, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), prefix }
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {
@@ -138,6 +142,12 @@ impl Plugins {
                         return Err(d.err(msg));
                     }
                     self.zones.append(&mut cx.zones);
+                    for (addr, cb, data) in cx.listens.drain(..) {
+                        if self.proto.iter().any(|p| p.0 == addr) {
+                            return Err(d.err(format!("a duplicate listen {addr}")));
+                        }
+                        self.proto.push((addr, pi, cb, data));
+                    }
                     if let Some(h) = cx.content_handler {
                         *content = Some((pi, h));
                     }
@@ -171,16 +181,20 @@ impl Plugins {
     /// Runs every plugin's init_cycle in the master.
     pub fn init_cycle(&mut self) -> Result<(), String> {
         self.initialised = true;
-        for i in 0..self.list.len() {
-            let Some(f) = self.hooks[i].init_cycle else { continue };
-            let name = &self.list[i].name;
-            // SAFETY: main[i] is this plugin's MAIN object; the cycle handle
-            // is reserved (NULL) until helpers and zones land.
-            let rc = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
-            if rc != sys::OK {
-                return Err(format!("plugin \"{name}\" failed to initialise (init_cycle returned {rc})"));
+        let helpers = host_api::collect_helpers(|| {
+            for i in 0..self.list.len() {
+                let Some(f) = self.hooks[i].init_cycle else { continue };
+                let name = &self.list[i].name;
+                // SAFETY: main[i] is this plugin's MAIN object; the cycle
+                // handle is reserved (NULL) in this version.
+                let rc = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
+                if rc != sys::OK {
+                    return Err(format!("plugin \"{name}\" failed to initialise (init_cycle returned {rc})"));
+                }
             }
-        }
+            Ok(())
+        })?;
+        self.helpers = helpers;
         Ok(())
     }
 

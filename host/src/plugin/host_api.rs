@@ -28,6 +28,11 @@ pub fn with_plugin<T>(idx: usize, name: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// The plugin whose code is running now: (index, name).
+pub fn current_plugin() -> (usize, &'static str) {
+    current()
+}
+
 fn current() -> (usize, &'static str) {
     let (i, p, n) = CURRENT.with(Cell::get);
     if p.is_null() {
@@ -61,6 +66,8 @@ pub struct ConfCtx<'a> {
     pub content_handler: Option<sys::HttpHandlerFn>,
     /// Zones declared while applying (kept alive by the generation).
     pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
+    /// Protocol listeners declared while applying: (address, callback, data).
+    pub listens: Vec<(std::net::SocketAddr, sys::AcceptFn, *mut c_void)>,
     scratch: String,
 }
 
@@ -77,6 +84,7 @@ impl<'a> ConfCtx<'a> {
             new_block_data: None,
             content_handler: None,
             zones: Vec::new(),
+            listens: Vec::new(),
             scratch: String::new(),
         }
     }
@@ -122,6 +130,7 @@ pub struct Req {
 
 impl Drop for Req {
     fn drop(&mut self) {
+        super::io::drop_owner(self as *mut Req as usize);
         for (idx, p, f) in self.ctx.drain(..) {
             if let Some(f) = f {
                 // SAFETY: the plugin registered f to free p when the request ends.
@@ -500,13 +509,75 @@ unsafe extern "C" fn shm_unlock(z: *mut sys::Shm) {
         z.unlock();
     }
 }
-unsafe extern "C" fn un_conf_listen(_: *mut sys::Conf, _: Str, _: bool, _: Option<sys::AcceptFn>, _: *mut c_void) -> Rc {
-    sys::UNSUPPORTED
+unsafe extern "C" fn conf_listen(c: *mut sys::Conf, addr: Str, ssl: bool, cb: Option<sys::AcceptFn>, data: *mut c_void) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    let Some(cb) = cb else { return sys::INVALID };
+    if ssl {
+        c.error = Some("TLS on plugin listeners is not supported by this host yet".into());
+        return sys::UNSUPPORTED;
+    }
+    let mut d = c.d.clone();
+    d.name = "listen".into();
+    d.args = vec![s(addr).to_string()];
+    d.block = None;
+    match crate::config::core::parse_listen(&d) {
+        Ok((l, _)) => {
+            c.listens.push((l.addr, cb, data));
+            sys::OK
+        }
+        Err(e) => {
+            c.error = Some(e.msg);
+            sys::INVALID
+        }
+    }
 }
-unsafe extern "C" fn un_helper(_: *mut sys::Cycle, _: Str, _: Option<sys::HelperFn>, _: *mut c_void) -> Rc {
-    sys::UNSUPPORTED
+
+/// A helper process a plugin asked for in init_cycle.
+#[derive(Clone)]
+pub struct HelperSpec {
+    /// Plugin index.
+    pub plugin: usize,
+    /// Plugin name.
+    pub plugin_name: String,
+    /// The helper's name (for logs and the process title).
+    pub name: String,
+    /// Its main function.
+    pub run: sys::HelperFn,
+    /// Its argument.
+    pub data: *mut c_void,
 }
-unsafe extern "C" fn un_run_loop(_: *mut sys::Cycle) {}
+
+thread_local! {
+    static HELPERS: std::cell::RefCell<Vec<HelperSpec>> = const { std::cell::RefCell::new(Vec::new()) };
+    static IN_INIT_CYCLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with spawn_helper allowed, returning the helpers requested.
+pub fn collect_helpers(f: impl FnOnce() -> Result<(), String>) -> Result<Vec<HelperSpec>, String> {
+    IN_INIT_CYCLE.with(|c| c.set(true));
+    let r = f();
+    IN_INIT_CYCLE.with(|c| c.set(false));
+    let list = HELPERS.with(|h| std::mem::take(&mut *h.borrow_mut()));
+    r.map(|()| list)
+}
+
+unsafe extern "C" fn spawn_helper(_cy: *mut sys::Cycle, name: Str, run: Option<sys::HelperFn>, data: *mut c_void) -> Rc {
+    if !IN_INIT_CYCLE.with(Cell::get) {
+        return sys::INVALID;
+    }
+    let Some(run) = run else { return sys::INVALID };
+    let (plugin, pname) = current();
+    let name = s(name).to_string();
+    if name.is_empty() {
+        return sys::INVALID;
+    }
+    HELPERS.with(|h| h.borrow_mut().push(HelperSpec { plugin, plugin_name: pname.to_string(), name, run, data }));
+    sys::OK
+}
+
+unsafe extern "C" fn run_loop(_cy: *mut sys::Cycle) {
+    crate::worker::helper_loop();
+}
 unsafe extern "C" fn un_next_body(_: *mut sys::Request, _: *const sys::Buf, _: usize) -> Rc {
     sys::UNSUPPORTED
 }
@@ -528,29 +599,12 @@ unsafe extern "C" fn un_req(_: *mut sys::Request) -> Rc {
 unsafe extern "C" fn un_finalize(_: *mut sys::Request, _: Rc) -> Rc {
     sys::UNSUPPORTED
 }
-unsafe extern "C" fn un_timer_add(_: *mut sys::Request, _: u64, _: Option<sys::TimerFn>, _: *mut c_void, _: *mut sys::Timer) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_timer_cancel(_: sys::Timer) {}
 unsafe extern "C" fn un_connect(_: *mut sys::Request, _: Str, _: u64, _: Option<sys::ConnFn>, _: *mut c_void, _: *mut *mut sys::Conn) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_watch(_: *mut sys::Conn, _: u32, _: Option<sys::ConnFn>, _: *mut c_void) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_read(_: *mut sys::Conn, _: *mut u8, _: usize, _: *mut usize) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_write(_: *mut sys::Conn, _: *const sys::Buf, _: usize, _: *mut usize) -> Rc {
     sys::UNSUPPORTED
 }
 unsafe extern "C" fn un_tls(_: *mut sys::Conn, _: Str, _: bool, _: Option<sys::ConnFn>, _: *mut c_void) -> Rc {
     sys::UNSUPPORTED
 }
-unsafe extern "C" fn un_peer(_: *mut sys::Conn, _: *mut Str) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_close(_: *mut sys::Conn) {}
 unsafe extern "C" fn un_relay(_: *mut sys::Request, _: *mut sys::Conn, _: *mut sys::Conn, _: Option<sys::DoneFn>, _: *mut c_void) -> Rc {
     sys::UNSUPPORTED
 }
@@ -560,7 +614,9 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 33] = offsets!(
+const IMPLEMENTED: [usize; 43] = offsets!(
+    conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
+    conn_peer, conn_close,
     conf_shm_zone, shm_addr, shm_is_new, shm_lock, shm_unlock,
     log, conf_error, conf_position, parse_flag, parse_size, parse_time_ms, conf_full_path,
     conf_set_block_data, conf_block_data, conf_block_child, conf_set_content_handler, worker_slot,
@@ -596,9 +652,9 @@ static TABLE: Table = Table(sys::Host {
     conf_set_content_handler: Some(conf_set_content_handler),
     conf_define_variable: Some(un_conf_var),
     conf_shm_zone: Some(conf_shm_zone),
-    conf_listen: Some(un_conf_listen),
-    spawn_helper: Some(un_helper),
-    run_loop: Some(un_run_loop),
+    conf_listen: Some(conf_listen),
+    spawn_helper: Some(spawn_helper),
+    run_loop: Some(run_loop),
     worker_slot: Some(worker_slot),
     http_get: Some(http_get),
     http_header_in: Some(http_header_in),
@@ -621,15 +677,15 @@ static TABLE: Table = Table(sys::Host {
     http_internal_redirect: Some(un_redirect),
     http_resume: Some(un_req),
     http_finalize: Some(un_finalize),
-    timer_add: Some(un_timer_add),
-    timer_cancel: Some(un_timer_cancel),
+    timer_add: Some(super::io::timer_add),
+    timer_cancel: Some(super::io::timer_cancel),
     conn_connect: Some(un_connect),
-    conn_watch: Some(un_watch),
-    conn_read: Some(un_read),
-    conn_write: Some(un_write),
+    conn_watch: Some(super::io::conn_watch),
+    conn_read: Some(super::io::conn_read),
+    conn_write: Some(super::io::conn_write),
     conn_start_tls: Some(un_tls),
-    conn_peer: Some(un_peer),
-    conn_close: Some(un_close),
+    conn_peer: Some(super::io::conn_peer),
+    conn_close: Some(super::io::conn_close),
     relay: Some(un_relay),
     shm_addr: Some(shm_addr),
     shm_is_new: Some(shm_is_new),

@@ -12,6 +12,7 @@
 
 pub mod conf;
 pub mod host_api;
+pub mod io;
 
 use crate::config::table::{Registry, Spec};
 use crate::config::{ConfError, Directive};
@@ -270,4 +271,11 @@ pub fn call_handler(h: sys::HttpHandlerFn, r: *mut sys::Request, conf: *mut c_vo
     // SAFETY: h comes from a validated plugin definition; r is a live
     // request and conf the plugin's own object, per the phase contract.
     unsafe { h(r, conf) }
+}
+
+/// Calls a helper's main function in the helper process.
+pub fn call_helper(h: &host_api::HelperSpec) {
+    // SAFETY: run/data come from the plugin's spawn_helper call; the cycle
+    // handle is reserved (NULL) in this version.
+    host_api::with_plugin(h.plugin, &h.plugin_name, || unsafe { (h.run)(std::ptr::null_mut(), h.data) });
 }

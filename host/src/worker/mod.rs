@@ -40,6 +40,8 @@ struct Worker<'a> {
     cycle: &'a Cycle,
     poll: Poll,
     listeners: Vec<TcpListener>,
+    /// For each listener: the plugin protocol listener it serves, if any.
+    proto: Vec<Option<usize>>,
     accepting: bool,
     conns: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -59,7 +61,7 @@ fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> 
     if let Some(n) = core.rlimit_nofile {
         sys::set_nofile(n).map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {n}) failed ({e})"))?;
     }
-    if let Some(masks) = &core.cpu_affinity {
+    if let (Some(masks), true) = (&core.cpu_affinity, slot != usize::MAX) {
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);
         let mask = if masks.is_empty() {
             1u64 << (slot % ncpu)
@@ -126,8 +128,11 @@ pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool, master: i3
 impl<'a> Worker<'a> {
     fn new(cycle: &'a Cycle, bound: &[Bound], slot: usize, single: bool) -> std::io::Result<Self> {
         let poll = Poll::new()?;
+        crate::plugin::io::init(poll.registry())?;
         let mut listeners = Vec::new();
+        let mut proto = Vec::new();
         for (i, b) in bound.iter().enumerate() {
+            proto.push(cycle.plugins.proto.iter().position(|p| p.0 == b.conf.addr));
             let std_l: std::net::TcpListener = b.for_slot(slot).try_clone()?.into();
             let mut l = TcpListener::from_std(std_l);
             poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
@@ -137,6 +142,7 @@ impl<'a> Worker<'a> {
             cycle,
             poll,
             listeners,
+            proto,
             accepting: true,
             conns: Vec::new(),
             free: Vec::new(),
@@ -164,10 +170,14 @@ impl<'a> Worker<'a> {
         }
         let mut events = Events::with_capacity(512);
         while !self.exit {
-            if self.quitting && self.active == 0 {
+            if self.quitting && self.active == 0 && crate::plugin::io::active() == 0 {
                 break;
             }
-            let wait = self.timers.next_wait(Instant::now());
+            let now = Instant::now();
+            let wait = match (self.timers.next_wait(now), crate::plugin::io::next_wait(now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Err(e) = self.poll.poll(&mut events, wait) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     crate::log!(Alert, "epoll_wait() failed ({e})");
@@ -181,10 +191,17 @@ impl<'a> Worker<'a> {
                             self.on_signal(sig);
                         }
                     }
+                    Token(t) if t >= crate::plugin::io::TOKEN_BASE => crate::plugin::io::on_event(
+                        t,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable(),
+                        ev.is_error(),
+                    ),
                     Token(i) if i < CONN_BASE => self.accept(i),
                     Token(t) => self.conn_ready(t - CONN_BASE),
                 }
             }
+            crate::plugin::io::run_due();
             let now = Instant::now();
             while let Some(t) = self.timers.pop_due(now) {
                 self.on_timer(t);
@@ -260,7 +277,14 @@ impl<'a> Worker<'a> {
             }
             let Some(l) = self.listeners.get(i) else { return };
             match l.accept() {
-                Ok((sock, peer)) => self.add_conn(sock, peer),
+                Ok((sock, peer)) => match self.proto.get(i).copied().flatten() {
+                    Some(p) => {
+                        let (_, pi, cb, data) = self.cycle.plugins.proto[p];
+                        let name = &self.cycle.plugins.list[pi].name;
+                        crate::plugin::io::accept(sock, peer, pi, name, cb, data);
+                    }
+                    None => self.add_conn(sock, peer),
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -353,5 +377,59 @@ impl<'a> Worker<'a> {
                 self.exit = true;
             }
         }
+    }
+}
+
+/// Runs a helper process (declared by a plugin with spawn_helper): the
+/// plugin's main function, which normally calls `run_loop`.
+pub fn run_helper(cycle: &Cycle, idx: usize, master: i32) -> i32 {
+    let Some(h) = cycle.plugins.helpers.get(idx) else { return 2 };
+    sys::set_name(&format!("ngxr: {}", h.name));
+    if let Err(e) = init_process(cycle, usize::MAX, false) {
+        crate::log!(Emerg, "{e}");
+        return 2;
+    }
+    if !sys::parent_death_signal(libc::SIGQUIT, master) {
+        return 0;
+    }
+    crate::log!(Notice, "helper \"{}\" of plugin \"{}\" started", h.name, h.plugin_name);
+    crate::plugin::call_helper(h);
+    0
+}
+
+/// The event loop of a helper process: plugin timers and connections,
+/// until QUIT or TERM.
+pub fn helper_loop() {
+    let sigs = [libc::SIGQUIT, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP, libc::SIGWINCH];
+    let (Ok(mut poll), Ok(sigfd)) = (Poll::new(), sys::signalfd(&sigs)) else {
+        crate::log!(Alert, "helper: cannot create its event loop");
+        return;
+    };
+    let raw = sigfd.as_raw_fd();
+    if poll.registry().register(&mut SourceFd(&raw), SIGNAL, Interest::READABLE).is_err()
+        || crate::plugin::io::init(poll.registry()).is_err()
+    {
+        crate::log!(Alert, "helper: cannot register its event sources");
+        return;
+    }
+    let mut events = Events::with_capacity(64);
+    loop {
+        let wait = crate::plugin::io::next_wait(Instant::now());
+        let _ = poll.poll(&mut events, wait);
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNAL => {
+                    for sig in sys::read_signalfd(raw) {
+                        match sig {
+                            libc::SIGQUIT | libc::SIGTERM | libc::SIGINT => return,
+                            libc::SIGUSR1 => crate::log::reopen(),
+                            _ => {}
+                        }
+                    }
+                }
+                Token(t) => crate::plugin::io::on_event(t, ev.is_readable(), ev.is_writable(), ev.is_error()),
+            }
+        }
+        crate::plugin::io::run_due();
     }
 }

@@ -49,6 +49,12 @@ impl<T> Timers<T> {
         }
     }
 
+    /// Removes every timer for which `keep` is false; returns them.
+    pub fn remove_if(&mut self, mut drop: impl FnMut(&T) -> bool) -> Vec<T> {
+        let keys: Vec<TimerKey> = self.map.iter().filter(|(_, v)| drop(v)).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| self.map.remove(&k)).collect()
+    }
+
     /// Number of armed timers.
     pub fn len(&self) -> usize {
         self.map.len()
