@@ -55,6 +55,8 @@ struct State {
     timer_keys: HashMap<u64, TimerKey>,
     next_timer: u64,
     pending: Vec<(usize, u32)>,
+    /// Tokens closed during callbacks, freed by reap().
+    closing: Vec<usize>,
 }
 
 thread_local! {
@@ -133,18 +135,23 @@ pub fn on_event(token: usize, readable: bool, writable: bool, error: bool) {
 
 fn dispatch(token: usize, ev: u32) {
     let Some(p) = ST.with(|s| s.borrow().conns.get(&token).copied()) else { return };
-    // SAFETY: p is a live Box<PConn> owned by ST until reap() frees it.
+    // SAFETY: p is a live Box<PConn> owned by ST; it is freed only by
+    // reap(), never during a callback (closing is deferred). Copy the
+    // scalars out so no reference into the PConn is held while the plugin
+    // calls back into conn_* (which take it mutably).
     let (cb, data, interest, closed, plugin, name) = unsafe {
         let c = &*p;
-        (c.cb, c.data, c.interest, c.closed, c.plugin, c.name.clone())
+        (c.cb, c.data, c.interest, c.closed, c.plugin, c.name.as_str() as *const str)
     };
     let want = ev & (interest | sys::EV_ERROR);
     if closed || want == 0 {
         return;
     }
     if let Some(cb) = cb {
-        // SAFETY: the plugin registered cb/data for this connection.
-        host_api::with_plugin(plugin, &name, || unsafe { cb(handle(token), want, data) });
+        // SAFETY: name points into the String's own heap buffer, which no
+        // conn_* call modifies and which lives until reap(); the plugin
+        // registered cb/data for this connection.
+        host_api::with_plugin(plugin, unsafe { &*name }, || unsafe { cb(handle(token), want, data) });
     }
 }
 
@@ -177,13 +184,10 @@ pub fn run_due() {
 fn reap() {
     let closed: Vec<*mut PConn> = ST.with(|s| {
         let mut s = s.borrow_mut();
-        let ids: Vec<usize> = s
-            .conns
-            .iter()
-            // SAFETY: every pointer in the map is a live Box<PConn>.
-            .filter(|(_, &p)| unsafe { (*p).closed })
-            .map(|(&t, _)| t)
-            .collect();
+        if s.closing.is_empty() {
+            return Vec::new();
+        }
+        let ids = std::mem::take(&mut s.closing);
         ids.iter().filter_map(|t| s.conns.remove(t)).collect()
     });
     for p in closed {
@@ -371,5 +375,7 @@ pub(super) unsafe extern "C" fn conn_close(c: *mut sys::Conn) {
     if let Ok(pc) = conn(c) {
         pc.closed = true;
         let _ = pc.sock.shutdown(std::net::Shutdown::Both);
+        let token = pc.token;
+        ST.with(|s| s.borrow_mut().closing.push(token));
     }
 }
