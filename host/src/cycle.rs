@@ -5,7 +5,6 @@
 use crate::config::core::{CoreConf, Prefix};
 use crate::config::parser::{self, Parsed};
 use crate::config::table::Registry;
-use crate::config::Directive;
 use crate::plugin::conf::Plugins;
 use std::path::PathBuf;
 
@@ -24,8 +23,6 @@ pub struct Paths {
 
 /// One loaded configuration generation.
 pub struct Cycle {
-    /// The directive tree (main context).
-    pub tree: Vec<Directive>,
     /// The host's settings.
     pub core: CoreConf,
     /// Every file read, for `-T`.
@@ -82,7 +79,7 @@ impl Cycle {
         for p in &plugins.list {
             crate::log!(Notice, "plugin \"{}\" loaded from \"{}\" (fnv1a {:016x})", p.name, p.path.display(), p.hash);
         }
-        Ok(Cycle { tree: root, core, files, plugins, shm_gen })
+        Ok(Cycle { core, files, plugins, shm_gen })
     }
 
     /// Reads only the pid file path, for `-s`: a syntax-only parse that

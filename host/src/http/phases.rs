@@ -26,14 +26,10 @@ fn call(plugins: &Plugins, i: usize, h: sys::HttpHandlerFn, req: &mut Req, conf:
 pub fn run(plugins: &Plugins, server: Option<&ServerConf>, req: &mut Req) -> Outcome {
     let conf_of = |i: usize| server.map_or(plugins.main[i], |s| s.confs[i]);
     for phase in sys::PHASE_POST_READ..=sys::PHASE_CONTENT {
-        let mut list: Vec<(usize, sys::HttpHandlerFn)> = Vec::new();
-        if phase == sys::PHASE_CONTENT {
-            list.extend(server.and_then(|s| s.content));
-        }
-        for (i, p) in plugins.list.iter().enumerate() {
-            list.extend(p.handlers.iter().filter(|(ph, _)| *ph == phase).map(|(_, h)| (i, *h)));
-        }
-        for (i, h) in list {
+        // In CONTENT, the server's own content handler runs first.
+        let own = server.and_then(|s| s.content).filter(|_| phase == sys::PHASE_CONTENT);
+        let declared = plugins.phase_handlers[phase as usize].iter().copied();
+        for (i, h) in own.into_iter().chain(declared) {
             let rc = call(plugins, i, h, req, conf_of(i));
             match rc {
                 sys::DECLINED => continue,
@@ -57,12 +53,8 @@ pub fn run(plugins: &Plugins, server: Option<&ServerConf>, req: &mut Req) -> Out
 
 /// Runs the log phase (return values ignored).
 pub fn log(plugins: &Plugins, server: Option<&ServerConf>, req: &mut Req) {
-    for (i, p) in plugins.list.iter().enumerate() {
-        for (ph, h) in &p.handlers {
-            if *ph == sys::PHASE_LOG {
-                let conf = server.map_or(plugins.main[i], |s| s.confs[i]);
-                call(plugins, i, *h, req, conf);
-            }
-        }
+    for &(i, h) in &plugins.phase_handlers[sys::PHASE_LOG as usize] {
+        let conf = server.map_or(plugins.main[i], |s| s.confs[i]);
+        call(plugins, i, h, req, conf);
     }
 }

@@ -39,6 +39,9 @@ pub struct Plugins {
     pub list: Vec<Plugin>,
     /// Each plugin's hooks.
     pub hooks: Vec<Hooks>,
+    /// Declared phase handlers, per phase, in load then declaration order
+    /// (computed once per generation, not per request).
+    pub phase_handlers: Vec<Vec<(usize, sys::HttpHandlerFn)>>,
     /// Each plugin's MAIN-level object.
     pub main: Vec<*mut c_void>,
     /// `http { server {} }` blocks in order.
@@ -62,7 +65,15 @@ impl Plugins {
     /// Wraps loaded plugins; nothing is configured yet.
     pub fn new(list: Vec<Plugin>, prefix: PathBuf) -> Plugins {
         let hooks = list.iter().map(Plugin::hooks).collect();
-        Plugins { list, hooks, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), prefix }
+        let phase_handlers = (sys::PHASE_POST_READ..=sys::PHASE_LOG)
+            .map(|phase| {
+                list.iter()
+                    .enumerate()
+                    .flat_map(|(i, p)| p.handlers.iter().filter(move |(ph, _)| *ph == phase).map(move |(_, h)| (i, *h)))
+                    .collect()
+            })
+            .collect();
+        Plugins { list, hooks, phase_handlers, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), prefix }
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {
@@ -178,48 +189,47 @@ impl Plugins {
         Ok(())
     }
 
+    /// Calls one lifecycle hook (picked by `get`) of every plugin that has
+    /// it, with the plugin's MAIN object, handing each result to `check`.
+    fn each_main_hook<R>(
+        &self,
+        get: impl Fn(&Hooks) -> Option<unsafe extern "C" fn(*mut sys::Cycle, *mut c_void) -> R>,
+        mut check: impl FnMut(&str, R) -> Result<(), String>,
+    ) -> Result<(), String> {
+        for i in 0..self.list.len() {
+            let (Some(f), Some(&main)) = (get(&self.hooks[i]), self.main.get(i)) else { continue };
+            let name = &self.list[i].name;
+            // SAFETY: main is this plugin's MAIN object; the cycle handle is
+            // reserved (NULL) in this version.
+            let r = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), main) });
+            check(name, r)?;
+        }
+        Ok(())
+    }
+
     /// Runs every plugin's init_cycle in the master.
     pub fn init_cycle(&mut self) -> Result<(), String> {
         self.initialised = true;
-        let helpers = host_api::collect_helpers(|| {
-            for i in 0..self.list.len() {
-                let Some(f) = self.hooks[i].init_cycle else { continue };
-                let name = &self.list[i].name;
-                // SAFETY: main[i] is this plugin's MAIN object; the cycle
-                // handle is reserved (NULL) in this version.
-                let rc = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
-                if rc != sys::OK {
-                    return Err(format!("plugin \"{name}\" failed to initialise (init_cycle returned {rc})"));
-                }
-            }
-            Ok(())
+        self.helpers = host_api::collect_helpers(|| {
+            self.each_main_hook(|h| h.init_cycle, |name, rc| match rc {
+                sys::OK => Ok(()),
+                rc => Err(format!("plugin \"{name}\" failed to initialise (init_cycle returned {rc})")),
+            })
         })?;
-        self.helpers = helpers;
         Ok(())
     }
 
     /// Runs init_worker (after fork); an error names the plugin.
     pub fn init_worker(&self) -> Result<(), String> {
-        for i in 0..self.list.len() {
-            let Some(f) = self.hooks[i].init_worker else { continue };
-            let name = &self.list[i].name;
-            // SAFETY: as for init_cycle.
-            let rc = host_api::with_plugin(i, name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
-            if rc != sys::OK {
-                return Err(format!("plugin \"{name}\" failed to initialise the worker (init_worker returned {rc})"));
-            }
-        }
-        Ok(())
+        self.each_main_hook(|h| h.init_worker, |name, rc| match rc {
+            sys::OK => Ok(()),
+            rc => Err(format!("plugin \"{name}\" failed to initialise the worker (init_worker returned {rc})")),
+        })
     }
 
     /// Runs exit_worker before a worker exits.
     pub fn exit_worker(&self) {
-        for i in 0..self.list.len() {
-            if let Some(f) = self.hooks[i].exit_worker {
-                // SAFETY: as for init_cycle.
-                host_api::with_plugin(i, &self.list[i].name, || unsafe { f(std::ptr::null_mut(), self.main[i]) });
-            }
-        }
+        let _ = self.each_main_hook(|h| h.exit_worker, |_, ()| Ok(()));
     }
 
     /// The server block for a connection on `local` (exact address, then
@@ -252,12 +262,7 @@ fn server_conf(d: &Directive, confs: Vec<*mut c_void>, content: Option<(usize, s
 impl Drop for Plugins {
     fn drop(&mut self) {
         if self.initialised {
-            for i in 0..self.list.len() {
-                if let (Some(f), Some(&m)) = (self.hooks[i].fini_cycle, self.main.get(i)) {
-                    // SAFETY: as for init_cycle; called once.
-                    host_api::with_plugin(i, &self.list[i].name, || unsafe { f(std::ptr::null_mut(), m) });
-                }
-            }
+            let _ = self.each_main_hook(|h| h.fini_cycle, |_, ()| Ok(()));
         }
         for (i, level, obj) in self.made.drain(..) {
             if let Some(f) = self.hooks[i].free_conf {
