@@ -29,6 +29,8 @@ pub struct Cycle {
     pub files: Vec<(PathBuf, String)>,
     /// This generation's plugins and their configuration objects.
     pub plugins: Plugins,
+    /// The HTTP servers and locations.
+    pub http: crate::http::conf::HttpConf,
     /// Generation number for shared zones (see [`crate::shm`]).
     pub shm_gen: u64,
 }
@@ -66,6 +68,9 @@ impl Cycle {
         let mut core = CoreConf::from_tree(&root, &prefix).map_err(|e| e.to_string())?;
         let mut plugins = Plugins::new(list, paths.prefix.clone());
         plugins.configure(&root, &registry).map_err(|e| e.to_string())?;
+        let port = if crate::sys::is_root() { 80 } else { 8000 };
+        let default_addr = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+        let http = crate::http::conf::HttpConf::build(&plugins, &prefix, default_addr).map_err(|e| e.to_string())?;
         for &(addr, pi, _, _) in &plugins.proto {
             if core.listens.iter().any(|l| l.addr == addr) {
                 return Err(format!(
@@ -79,7 +84,7 @@ impl Cycle {
         for p in &plugins.list {
             crate::log!(Notice, "plugin \"{}\" loaded from \"{}\" (fnv1a {:016x})", p.name, p.path.display(), p.hash);
         }
-        Ok(Cycle { core, files, plugins, shm_gen })
+        Ok(Cycle { core, files, plugins, http, shm_gen })
     }
 
     /// Reads only the pid file path, for `-s`: a syntax-only parse that

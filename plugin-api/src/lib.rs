@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod sys;
+pub mod template;
 #[cfg(feature = "mock")]
 pub mod mock;
 #[doc(hidden)]

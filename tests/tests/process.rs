@@ -33,7 +33,7 @@ fn killed_worker_is_respawned() {
     poll_until("the crash to be logged", SECS, || {
         s.prefix.error_log().contains(&format!("worker process {} exited on signal 9", before[0])).then_some(())
     });
-    assert_eq!(get(s.port, "/").unwrap().status, 404);
+    assert_eq!(get(s.port, "/").unwrap().status, 403);
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn reload_with_broken_config_keeps_old_generation_serving() {
     let log = s.prefix.error_log();
     assert!(log.contains(&format!("unknown directive \"broken_directive\" in {conf}:")), "{log}");
     assert_eq!(s.workers(), before, "old workers keep running");
-    assert_eq!(get(s.port, "/").unwrap().status, 404, "listeners still accept");
+    assert_eq!(get(s.port, "/").unwrap().status, 403, "listeners still accept");
 }
 
 #[test]
@@ -81,7 +81,7 @@ fn reload_replaces_workers_without_refusing_connections() {
     s.signal(libc::SIGHUP);
     let after = s.wait_workers(2, &before);
     for _ in 0..20 {
-        assert_eq!(get(s.port, "/").unwrap().status, 404);
+        assert_eq!(get(s.port, "/").unwrap().status, 403);
     }
     let (ok, errs) = hammer.finish();
     assert!(errs.is_empty(), "{ok} ok, failures: {errs:?}");
@@ -185,7 +185,7 @@ fn binary_upgrade_hands_listeners_over_without_refusals() {
     assert_eq!(s.wait_exit(SECS), Some(0));
     assert!(old_workers.iter().all(|&w| !alive(w)));
     for _ in 0..20 {
-        assert_eq!(get(s.port, "/").unwrap().status, 404);
+        assert_eq!(get(s.port, "/").unwrap().status, 403);
     }
     let (ok, errs) = hammer.finish();
     assert!(errs.is_empty(), "{ok} ok, failures: {errs:?}");
@@ -207,7 +207,7 @@ fn failed_upgrade_restores_pid_file() {
         s.prefix.error_log().contains("new binary process").then_some(())
     });
     poll_until("the pid file restored", SECS, || (s.prefix.pid() == Some(s.master())).then_some(()));
-    assert_eq!(get(s.port, "/").unwrap().status, 404);
+    assert_eq!(get(s.port, "/").unwrap().status, 403);
 }
 
 #[test]
@@ -229,7 +229,7 @@ fn daemon_mode_detaches_and_stops_by_signal() {
 fn single_process_mode_serves_and_quits() {
     let mut s = Server::start("master_process off;\nevents {}\nhttp { server { listen 127.0.0.1:PORT; } }\n");
     assert!(s.workers().is_empty());
-    assert_eq!(get(s.port, "/").unwrap().status, 404);
+    assert_eq!(get(s.port, "/").unwrap().status, 403);
     s.signal(libc::SIGQUIT);
     assert_eq!(s.wait_exit(SECS), Some(0));
 }
@@ -245,7 +245,7 @@ fn ipv6_reuseport_and_backlog_listeners() {
     let s = Server::start(&conf);
     s.wait_workers(2, &[]);
     for _ in 0..20 {
-        assert_eq!(get(s.port, "/").unwrap().status, 404);
+        assert_eq!(get(s.port, "/").unwrap().status, 403);
     }
     if v6 {
         let buf = {
@@ -256,7 +256,7 @@ fn ipv6_reuseport_and_backlog_listeners() {
             c.read_to_end(&mut b).unwrap();
             b
         };
-        assert!(buf.starts_with(b"HTTP/1.1 404"));
+        assert!(buf.starts_with(b"HTTP/1.1 403"));
     }
 }
 
@@ -280,7 +280,7 @@ fn workers_drop_privileges_when_master_is_root() {
         let uid_line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
         uid_line.split_whitespace().skip(1).all(|u| u == nobody).then_some(())
     });
-    assert_eq!(get(s.port, "/").unwrap().status, 404);
+    assert_eq!(get(s.port, "/").unwrap().status, 403);
 }
 
 fn is_root() -> bool {
@@ -308,5 +308,5 @@ fn worker_connections_cap_defers_accepts() {
     c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let mut b = Vec::new();
     let _ = c.read_to_end(&mut b);
-    assert!(b.starts_with(b"HTTP/1.1 404") || s.prefix.error_log().contains("not enough"));
+    assert!(b.starts_with(b"HTTP/1.1 403") || s.prefix.error_log().contains("not enough"));
 }

@@ -129,6 +129,9 @@ impl Registry {
         ] {
             r.add(s);
         }
+        for &(name, contexts, min, max) in crate::http::conf::DIRECTIVES {
+            r.add(Spec::new(name, contexts, min, max));
+        }
         r
     }
 

@@ -1,295 +1,700 @@
 //! HTTP/1.x connections as the worker sees them.
 //!
-//! This is the first layer of the HTTP core: incremental request-head
-//! parsing (httparse), keepalive and pipelining, timeouts, and nginx-style
-//! error responses. Each complete request runs through the plugins' phase
-//! handlers ([`phases`]); with no content handler the answer is 404.
-//! Request bodies, locations and streaming responses arrive with the HTTP
-//! core issue; for now a request with a body is answered and the
-//! connection closed.
+//! A [`Conn`] reads request heads incrementally (httparse, then nginx's
+//! stricter checks in [`parse`]), picks the virtual server, and hands the
+//! request to the phase engine ([`request`]). It then pumps the request
+//! body (Content-Length or chunked) when a plugin reads it — or discards
+//! it so keepalive stays correct — and flushes the response (memory and
+//! sendfile file regions). Keepalive, pipelining, timeouts and lingering
+//! close follow nginx.
+//!
+//! Plugins suspend requests and resume them from timers or other
+//! connections' callbacks; [`wake`] queues the connection and the worker
+//! runs it again after the current event.
 
-pub mod phases;
+pub mod conf;
+pub mod parse;
+pub mod request;
+pub mod vars;
 
 use crate::cycle::Cycle;
-use crate::plugin::host_api::Req;
+use crate::plugin::host_api;
+use conf::Server;
 use mio::net::TcpStream;
-use std::net::SocketAddr;
+use parse::{Chunked, Framing, Step};
+use plugin_api::sys;
+use request::{BodyIn, Chunk, Req, Run};
+use std::cell::{Cell, RefCell};
 use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-/// nginx's default `client_header_timeout`.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// nginx's default `keepalive_timeout`.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
-/// nginx's default `send_timeout`.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
-/// nginx's default `large_client_header_buffers 4 8k`: 8k per line.
-const MAX_LINE: usize = 8 * 1024;
-/// …and 32k for the whole head.
-const MAX_HEAD: usize = 32 * 1024;
-/// nginx's default `keepalive_requests`.
-const KEEPALIVE_REQUESTS: u32 = 1000;
+thread_local! {
+    static WAKE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    static SERIAL: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Asks the worker to run connection `conn` again after the current event.
+pub fn wake(conn: usize) {
+    WAKE.with(|w| w.borrow_mut().push(conn));
+}
+
+/// Takes the queued wakeups into `into` (cleared first).
+pub fn take_wakes(into: &mut Vec<usize>) {
+    into.clear();
+    WAKE.with(|w| std::mem::swap(&mut *w.borrow_mut(), into));
+}
 
 /// What the worker should do with a connection after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
     /// Keep it; fire its timeout at this instant.
     Wait(Instant),
+    /// Keep it with no timeout (a plugin holds the request).
+    Park,
     /// Close it now.
     Close,
 }
 
-enum State {
-    Reading,
-    Writing { close: bool },
+enum Head {
+    NeedMore,
+    Started,
 }
 
 /// One client connection.
-pub struct Conn {
+pub struct Conn<'a> {
     /// The socket (registered with the worker's poll).
     pub sock: TcpStream,
     rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
+    rstart: usize,
     wpos: usize,
-    state: State,
+    req: Box<RefCell<Req<'a>>>,
+    active: bool,
     requests: u32,
     local: SocketAddr,
-    peer: SocketAddr,
+    cycle: &'a Cycle,
+    default: &'a Server,
+    body_left: u64,
+    chunked: Chunked,
+    linger: Option<Instant>,
+    continue_sent: bool,
+    timed_out: bool,
+    keepalive_timeout: Duration,
+    serial: u64,
 }
 
-impl Conn {
-    /// Wraps a freshly accepted socket.
-    pub fn new(sock: TcpStream, local: SocketAddr, peer: SocketAddr) -> Conn {
-        Conn { sock, rbuf: Vec::new(), wbuf: Vec::new(), wpos: 0, state: State::Reading, requests: 0, local, peer }
+const READ_CHUNK: usize = 16 * 1024;
+
+impl<'a> Conn<'a> {
+    /// Wraps a freshly accepted socket; `idx` is the worker's slot for it.
+    /// None when no server listens on `local` (cannot happen for sockets
+    /// the http configuration opened).
+    pub fn new(sock: TcpStream, local: SocketAddr, peer: SocketAddr, idx: usize, cycle: &'a Cycle) -> Option<Conn<'a>> {
+        let default = cycle.http.default_server(local)?;
+        let serial = SERIAL.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        Some(Conn {
+            sock,
+            rbuf: Vec::new(),
+            rstart: 0,
+            wpos: 0,
+            req: Box::new(RefCell::new(Req::new(idx, cycle, default, peer, local))),
+            active: false,
+            requests: 0,
+            local,
+            cycle,
+            default,
+            body_left: 0,
+            chunked: Chunked::default(),
+            linger: None,
+            continue_sent: false,
+            timed_out: false,
+            keepalive_timeout: Duration::from_secs(75),
+            serial,
+        })
+    }
+
+    fn cycle(&self) -> &'a Cycle {
+        self.cycle
     }
 
     /// True for a keepalive connection waiting for its next request with
-    /// nothing buffered: a draining worker may close it at once. A fresh
-    /// connection whose first request has not arrived yet is not idle.
+    /// nothing buffered: a draining worker may close it at once.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Reading) && self.rbuf.is_empty() && self.requests > 0
+        !self.active && self.rstart >= self.rbuf.len() && self.requests > 0 && self.linger.is_none()
     }
 
-    /// Does all the I/O the socket allows now.
-    pub fn on_ready(&mut self, now: Instant, quitting: bool, cycle: &Cycle) -> Next {
-        loop {
-            match self.state {
-                State::Writing { close } => {
-                    while self.wpos < self.wbuf.len() {
-                        match self.sock.write(&self.wbuf[self.wpos..]) {
-                            Ok(0) => return Next::Close,
-                            Ok(n) => self.wpos += n,
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                return Next::Wait(now + SEND_TIMEOUT)
-                            }
-                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                            Err(_) => return Next::Close,
-                        }
+    /// A timer set by the last `Next::Wait` fired.
+    pub fn on_timeout(&mut self, now: Instant, quitting: bool) -> Next {
+        if !self.active || self.linger.is_some() {
+            return Next::Close;
+        }
+        let reading = self.req.borrow().body_state == BodyIn::Reading;
+        if reading {
+            self.timed_out = true;
+            return self.on_ready(now, quitting);
+        }
+        // send_timeout, or discarding a body too slowly.
+        let mut r = self.req.borrow_mut();
+        if r.status == 0 || !r.header_sent {
+            r.status = 408;
+        }
+        Next::Close
+    }
+
+    /// The connection is being closed: log the request in progress.
+    pub fn closing(&mut self) {
+        if self.active {
+            {
+                let mut r = self.req.borrow_mut();
+                if !r.header_sent || r.run != Run::Finalized {
+                    // nginx's 499: the client closed before the response.
+                    if !r.header_sent && r.status == 0 {
+                        r.status = 499;
                     }
-                    self.wbuf.clear();
-                    self.wpos = 0;
-                    if close || quitting {
-                        return Next::Close;
-                    }
-                    self.state = State::Reading;
                 }
-                State::Reading => {
-                    if self.try_parse(cycle) {
-                        continue;
+            }
+            request::log_phase(&self.req);
+            self.end_request();
+        }
+        let mut r = self.req.borrow_mut();
+        r.free_plugin_state();
+    }
+
+    fn end_request(&mut self) {
+        let mut r = self.req.borrow_mut();
+        r.free_plugin_state();
+        host_api::unregister_request(r.handle);
+        r.handle = 0;
+        r.out.clear();
+        self.active = false;
+        self.wpos = 0;
+    }
+
+    /// Does all the work the socket and the request allow now.
+    pub fn on_ready(&mut self, now: Instant, quitting: bool) -> Next {
+        loop {
+            if let Some(deadline) = self.linger {
+                return self.lingering(now, deadline);
+            }
+            if !self.active {
+                if quitting && self.is_idle() {
+                    return Next::Close;
+                }
+                match self.read_head() {
+                    Ok(Head::Started) => {}
+                    Ok(Head::NeedMore) => {
+                        let t = if self.rstart >= self.rbuf.len() && self.requests > 0 {
+                            self.keepalive_timeout
+                        } else {
+                            self.default.header_timeout
+                        };
+                        return Next::Wait(now + t);
                     }
-                    if quitting && self.is_idle() {
-                        return Next::Close;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    match self.sock.read(&mut chunk) {
-                        Ok(0) => return Next::Close,
-                        Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            let t = if self.rbuf.is_empty() && self.requests > 0 {
-                                KEEPALIVE_TIMEOUT
-                            } else {
-                                HEADER_TIMEOUT
-                            };
-                            return Next::Wait(now + t);
-                        }
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(_) => return Next::Close,
-                    }
+                    Err(()) => return Next::Close,
+                }
+            }
+            // A request is active.
+            let mut wait_read = false;
+            let state = self.req.borrow().body_state;
+            if matches!(state, BodyIn::Reading | BodyIn::Discarding) {
+                match self.pump_body() {
+                    Ok(true) => {}
+                    Ok(false) => wait_read = true,
+                    Err(()) => return Next::Close,
+                }
+            }
+            request::run(&self.req);
+            let flushed = match self.flush() {
+                Ok(f) => f,
+                Err(()) => return Next::Close,
+            };
+            let (complete, send_timeout, body_timeout) = {
+                let r = self.req.borrow();
+                let core = Some(&r.location().core);
+                (
+                    r.complete(),
+                    core.map_or(Duration::from_secs(60), |c| c.send_timeout),
+                    core.map_or(Duration::from_secs(60), |c| c.client_body_timeout),
+                )
+            };
+            if !flushed {
+                return Next::Wait(now + send_timeout);
+            }
+            if complete {
+                match self.after_response(now, quitting) {
+                    Some(next) => return next,
+                    None => continue,
+                }
+            }
+            let reading = matches!(self.req.borrow().body_state, BodyIn::Reading | BodyIn::Discarding);
+            if reading && wait_read {
+                return Next::Wait(now + body_timeout);
+            }
+            if reading {
+                continue;
+            }
+            return Next::Park;
+        }
+    }
+
+    /// The response is out: discard an unread body, log, and keep the
+    /// connection for the next request or close it. `None` = go on.
+    fn after_response(&mut self, now: Instant, quitting: bool) -> Option<Next> {
+        let (state, must_close, expect) = {
+            let r = self.req.borrow();
+            (r.body_state, r.must_close, r.expect_continue && !self.continue_sent)
+        };
+        if matches!(state, BodyIn::Idle | BodyIn::Reading) {
+            if must_close || expect {
+                // The client may or may not send the body now: framing is
+                // lost, so the connection ends (lingering).
+                self.req.borrow_mut().must_close = true;
+            } else {
+                self.req.borrow_mut().body_state = BodyIn::Discarding;
+                return None;
+            }
+        } else if state == BodyIn::Discarding && !must_close {
+            return None;
+        }
+        request::log_phase(&self.req);
+        let (keep, core_ka, linger_mode) = {
+            let r = self.req.borrow();
+            let core = Some(r.location().core.clone());
+            let ka = core.as_ref().map_or(Duration::from_secs(75), |c| c.keepalive_timeout);
+            let kr = core.as_ref().map_or(1000, |c| c.keepalive_requests);
+            let keep = !r.must_close && r.keepalive && !quitting && self.requests < kr && !ka.is_zero();
+            (keep, ka, core.map_or((1, Duration::from_secs(30), Duration::from_secs(5)), |c| (c.lingering_close, c.lingering_time, c.lingering_timeout)))
+        };
+        let unread_body = matches!(self.req.borrow().body_state, BodyIn::Idle | BodyIn::Reading | BodyIn::Discarding);
+        self.end_request();
+        self.keepalive_timeout = core_ka;
+        if keep {
+            if self.rstart >= self.rbuf.len() {
+                self.rbuf.clear();
+                self.rstart = 0;
+                if self.rbuf.capacity() > 64 * 1024 {
+                    self.rbuf.shrink_to(READ_CHUNK);
+                }
+            }
+            return None;
+        }
+        let (mode, time, timeout) = linger_mode;
+        let pending = unread_body || self.rstart < self.rbuf.len();
+        if mode == 2 || (mode == 1 && pending) {
+            crate::sys::shutdown_write(self.sock.as_raw_fd());
+            self.linger = Some(now + time);
+            self.rbuf.clear();
+            self.rstart = 0;
+            return Some(Next::Wait((now + timeout).min(now + time)));
+        }
+        Some(Next::Close)
+    }
+
+    fn lingering(&mut self, now: Instant, deadline: Instant) -> Next {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => return Next::Close,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Next::Close,
+            }
+        }
+        if now >= deadline {
+            return Next::Close;
+        }
+        Next::Wait((now + Duration::from_secs(5)).min(deadline))
+    }
+
+    /// Reads more into rbuf. Ok(false) on WouldBlock; Err on EOF/error.
+    fn fill(&mut self) -> Result<bool, ()> {
+        if self.rstart > 0 && self.rstart >= self.rbuf.len() {
+            self.rbuf.clear();
+            self.rstart = 0;
+        } else if self.rstart > 64 * 1024 {
+            self.rbuf.drain(..self.rstart);
+            self.rstart = 0;
+        }
+        let len = self.rbuf.len();
+        self.rbuf.resize(len + READ_CHUNK, 0);
+        loop {
+            match self.sock.read(&mut self.rbuf[len..]) {
+                Ok(0) => {
+                    self.rbuf.truncate(len);
+                    return Err(());
+                }
+                Ok(n) => {
+                    self.rbuf.truncate(len + n);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.rbuf.truncate(len);
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.rbuf.truncate(len);
+                    return Err(());
                 }
             }
         }
     }
 
-    /// Parses a buffered head; on success queues the response and returns true.
-    fn try_parse(&mut self, cycle: &Cycle) -> bool {
-        if self.rbuf.is_empty() {
-            return false;
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&self.rbuf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let head = request_head(&req);
-                let mut r = self.plugin_request(&req);
-                self.rbuf.drain(..n);
-                self.requests += 1;
-                let close = !head.keepalive || head.has_body || self.requests >= KEEPALIVE_REQUESTS;
-                let plugins = &cycle.plugins;
-                let server = plugins.server_for(self.local);
-                match phases::run(plugins, server, &mut r) {
-                    phases::Outcome::Response => self.respond_with(&r, head.is_head, close),
-                    phases::Outcome::Status(st) => self.respond(st, head.is_head, close),
+    fn read_head(&mut self) -> Result<Head, ()> {
+        loop {
+            // nginx skips empty lines before a request line.
+            while self.rstart < self.rbuf.len() && matches!(self.rbuf[self.rstart], b'\r' | b'\n') {
+                self.rstart += 1;
+            }
+            if self.rstart < self.rbuf.len() {
+                if let Some(h) = self.try_head() {
+                    return Ok(h);
                 }
-                phases::log(plugins, server, &mut r);
-                true
+            }
+            match self.fill() {
+                Ok(true) => continue,
+                Ok(false) => return Ok(Head::NeedMore),
+                Err(()) => return Err(()),
+            }
+        }
+    }
+
+    /// Parses a head from rbuf: Some(Started) when a request (or an error
+    /// response) began, None when more bytes are needed.
+    fn try_head(&mut self) -> Option<Head> {
+        let s = self.default;
+        let (large, max_head, underscores, merge) = (s.large_header, s.max_head, s.underscores_in_headers, s.merge_slashes);
+        let rbuf = std::mem::take(&mut self.rbuf);
+        let out = self.try_head_in(&rbuf, large, max_head, underscores, merge);
+        self.rbuf = rbuf;
+        out
+    }
+
+    fn try_head_in(&mut self, rbuf: &[u8], large: usize, max_head: usize, underscores: bool, merge: bool) -> Option<Head> {
+        let buf = &rbuf[self.rstart..];
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        let parsed = req.parse(buf);
+        match parsed {
+            Ok(httparse::Status::Complete(n)) => {
+                let checked = parse::check_head(&req, underscores);
+                let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(n);
+                if line_len > large {
+                    self.error_request(Some(&req), 414, "client sent too long URI");
+                } else if let Some(long) = too_long_header(&buf[..n], large) {
+                    let _ = long;
+                    self.error_request(Some(&req), 494, "client sent too long header line");
+                } else {
+                    match checked {
+                        Ok(info) => self.start_request(&req, info, n, merge),
+                        Err((st, why)) => self.error_request(Some(&req), st, why),
+                    }
+                }
+                self.rstart += n;
+                Some(Head::Started)
             }
             Ok(httparse::Status::Partial) => {
-                let line_end = self.rbuf.iter().position(|&b| b == b'\n');
-                if line_end.map_or(self.rbuf.len(), |i| i) > MAX_LINE {
-                    self.respond(414, false, true);
-                    return true;
+                let line_end = buf.iter().position(|&b| b == b'\n');
+                if line_end.unwrap_or(buf.len()) > large {
+                    self.error_request(None, 414, "client sent too long URI");
+                    return Some(Head::Started);
                 }
-                if self.rbuf.len() > MAX_HEAD {
-                    self.respond(400, false, true);
-                    return true;
+                if buf.len() > max_head || too_long_header(buf, large).is_some() {
+                    self.error_request(None, 494, "client sent too large request");
+                    return Some(Head::Started);
                 }
-                false
+                None
             }
-            Err(httparse::Error::Version) => {
-                self.respond(505, false, true);
-                true
-            }
-            Err(_) => {
-                self.respond(400, false, true);
-                true
+            Err(e) => {
+                let (st, why) = match e {
+                    httparse::Error::Version if version_like(buf) => (505, "client sent unsupported HTTP version"),
+                    httparse::Error::TooManyHeaders => (494, "client sent too many headers"),
+                    httparse::Error::HeaderName | httparse::Error::HeaderValue => (400, "client sent invalid header line"),
+                    _ => (400, "client sent invalid request"),
+                };
+                self.error_request(None, st, why);
+                Some(Head::Started)
             }
         }
     }
 
-    fn plugin_request(&self, req: &httparse::Request<'_, '_>) -> Req {
-        let target = req.path.unwrap_or("/");
-        let (path, args) = target.split_once('?').unwrap_or((target, ""));
-        let headers_in: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-            .collect();
-        let host = headers_in
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
-            .map(|(_, v)| v.split(':').next().unwrap_or("").to_ascii_lowercase())
-            .unwrap_or_default();
-        let mut r = Req::default();
-        r.method = req.method.unwrap_or("").to_string();
-        r.uri = path.to_string();
-        r.args = args.to_string();
-        r.request_uri = target.to_string();
-        r.protocol = format!("HTTP/1.{}", req.version.unwrap_or(1));
-        r.host = host;
-        r.remote_addr = self.peer.ip().to_string();
-        r.headers_in = headers_in;
+    fn begin(&mut self) -> std::cell::RefMut<'_, Req<'a>> {
+        self.requests += 1;
+        self.active = true;
+        self.continue_sent = false;
+        self.timed_out = false;
+        let srv = self.default;
+        let mut r = self.req.borrow_mut();
+        r.reset();
+        r.srv = srv;
+        r.conn_requests = self.requests;
+        r.conn_serial = self.serial;
+        r.handle = host_api::register_request(&self.req);
         r
     }
 
-    fn respond_with(&mut self, r: &Req, head_only: bool, close: bool) {
-        use std::fmt::Write as _;
-        let status = if r.status == 0 { 200 } else { r.status };
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let mut head = format!("HTTP/1.1 {status} {}\r\nServer: ngxr/{}\r\nDate: {date}\r\n", reason(status), crate::VERSION);
-        for (k, v) in &r.headers_out {
-            if !k.eq_ignore_ascii_case("content-length") && !k.eq_ignore_ascii_case("connection") {
-                let _ = write!(head, "{k}: {v}\r\n");
-            }
-        }
-        let conn = if close { "close" } else { "keep-alive" };
-        let _ = write!(head, "Content-Length: {}\r\nConnection: {conn}\r\n\r\n", r.body.len());
-        self.wbuf = head.into_bytes();
-        if !head_only {
-            self.wbuf.extend_from_slice(&r.body);
-        }
-        self.wpos = 0;
-        self.state = State::Writing { close };
-    }
-
-    fn respond(&mut self, status: u16, head_only: bool, close: bool) {
-        let body = error_page(status);
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let conn = if close { "close" } else { "keep-alive" };
-        self.wbuf = format!(
-            "HTTP/1.1 {status} {}\r\nServer: ngxr/{}\r\nDate: {date}\r\nContent-Type: text/html\r\n\
-             Content-Length: {}\r\nConnection: {conn}\r\n\r\n",
-            reason(status),
-            crate::VERSION,
-            body.len()
-        )
-        .into_bytes();
-        if !head_only {
-            self.wbuf.extend_from_slice(body.as_bytes());
-        }
-        self.wpos = 0;
-        if close {
-            self.rbuf.clear();
-        }
-        self.state = State::Writing { close };
-    }
-}
-
-struct Head {
-    keepalive: bool,
-    has_body: bool,
-    is_head: bool,
-}
-
-fn request_head(req: &httparse::Request<'_, '_>) -> Head {
-    let mut keepalive = req.version == Some(1);
-    let mut has_body = false;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.contains("close") {
-                keepalive = false;
-            } else if v.contains("keep-alive") {
-                keepalive = true;
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding")
-            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+    fn error_request(&mut self, req: Option<&httparse::Request<'_, '_>>, status: u16, why: &str) {
+        crate::log!(Info, "{why} while reading client request headers, client: {}", self.req.borrow().remote_addr);
+        let len = self.rbuf.len() - self.rstart;
         {
-            has_body = true;
+            let mut r = self.begin();
+            if let Some(q) = req {
+                r.method.push_str(q.method.unwrap_or(""));
+                r.request_uri.push_str(q.path.unwrap_or(""));
+                r.minor = q.version.unwrap_or(1) as u8;
+            }
+            r.head_len = len;
+            r.keepalive = false;
+            r.must_close = true;
+            r.body_state = BodyIn::Done;
+        }
+        // Nothing after a bad head can be trusted.
+        self.rstart = self.rbuf.len();
+        request::finalize_status(&self.req, status);
+    }
+
+    fn start_request(&mut self, q: &httparse::Request<'_, '_>, info: parse::HeadInfo, n: usize, merge: bool) {
+        let local = self.local;
+        let srv = self.cycle().http.find_server(local, &info.host);
+        let mut bad = None;
+        {
+            let mut r = self.begin();
+            if let Some(s) = srv {
+                r.srv = s;
+            }
+            let target = q.path.unwrap_or("/");
+            r.method.push_str(q.method.unwrap_or(""));
+            r.request_uri.push_str(target);
+            r.minor = q.version.unwrap_or(1) as u8;
+            r.host.push_str(&info.host);
+            r.head_len = n;
+            r.keepalive = info.keepalive;
+            r.expect_continue = info.expect_continue && r.minor == 1;
+            r.framing = info.framing;
+            r.body_state = if info.framing == Framing::None { BodyIn::Done } else { BodyIn::Idle };
+            for h in q.headers.iter() {
+                r.headers_in.push((h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()));
+            }
+            match parse::origin_form(target) {
+                None => bad = Some((400, "client sent invalid request target")),
+                Some(t) => {
+                    let (path, args) = t.split_once('?').unwrap_or((t, ""));
+                    r.args.push_str(args);
+                    let mut decoded = Vec::with_capacity(path.len());
+                    match parse::normalize(path, merge, &mut decoded) {
+                        Ok(()) => r.uri.push_str(&String::from_utf8_lossy(&decoded)),
+                        Err(why) => bad = Some((400, why)),
+                    }
+                }
+            }
+        }
+        self.body_left = match info.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        self.chunked = Chunked::default();
+        if let Some((st, why)) = bad {
+            crate::log!(Info, "{why}, client: {}", self.req.borrow().remote_addr);
+            self.req.borrow_mut().must_close = true;
+            request::finalize_status(&self.req, st);
         }
     }
-    Head { keepalive, has_body, is_head: req.method == Some("HEAD") }
-}
 
-/// The reason phrase nginx sends for `status`.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Moved Temporarily",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Not Allowed",
-        413 => "Request Entity Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Temporarily Unavailable",
-        504 => "Gateway Time-out",
-        414 => "Request-URI Too Large",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
+    /// Moves request-body bytes from rbuf/socket into the request (or the
+    /// bin). Ok(true): done or waiting on the plugin; Ok(false): needs more
+    /// from the socket; Err: close.
+    fn pump_body(&mut self) -> Result<bool, ()> {
+        loop {
+            let (state, framing, max) = {
+                let r = self.req.borrow();
+                let max = r.location().core.client_max_body_size;
+                (r.body_state, r.framing, max)
+            };
+            if !matches!(state, BodyIn::Reading | BodyIn::Discarding) {
+                return Ok(true);
+            }
+            if self.timed_out {
+                self.timed_out = false;
+                return self.body_failed(408);
+            }
+            let avail = self.rbuf.len() - self.rstart;
+            let mut finished = false;
+            if avail > 0 {
+                let (used, data, done) = match framing {
+                    Framing::Length(_) => {
+                        let n = (self.body_left as usize).min(avail);
+                        self.body_left -= n as u64;
+                        (n, 0..n, self.body_left == 0)
+                    }
+                    Framing::Chunked => match self.chunked.step(&self.rbuf[self.rstart..]) {
+                        Ok(Step::Progress { used, data }) => (used, data, false),
+                        Ok(Step::Done { used }) => (used, 0..0, true),
+                        Err(why) => {
+                            crate::log!(Info, "{why}");
+                            return self.body_failed(400);
+                        }
+                    },
+                    Framing::None => (0, 0..0, true),
+                };
+                {
+                    let mut r = self.req.borrow_mut();
+                    let len = data.len() as u64;
+                    r.body_received += len;
+                    if max > 0 && r.body_received > max {
+                        drop(r);
+                        crate::log!(Error, "client intended to send too large chunked body");
+                        return self.body_failed(413);
+                    }
+                    if state == BodyIn::Reading {
+                        let start = self.rstart;
+                        r.body_in.extend_from_slice(&self.rbuf[start + data.start..start + data.end]);
+                    }
+                }
+                self.rstart += used;
+                finished = done;
+            } else if (framing == Framing::Length(0)) || (matches!(framing, Framing::Length(_)) && self.body_left == 0) {
+                finished = true;
+            }
+            if finished {
+                return self.body_complete(state);
+            }
+            if self.rstart < self.rbuf.len() {
+                continue;
+            }
+            self.send_continue(state);
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(()) => {
+                    crate::log!(Info, "client prematurely closed connection while reading client request body");
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    fn send_continue(&mut self, state: BodyIn) {
+        let (expect, sent) = {
+            let r = self.req.borrow();
+            (r.expect_continue, r.header_sent)
+        };
+        if expect && !self.continue_sent && !sent && state == BodyIn::Reading && self.rstart >= self.rbuf.len() {
+            self.continue_sent = true;
+            let _ = self.sock.write(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+    }
+
+    fn body_complete(&mut self, state: BodyIn) -> Result<bool, ()> {
+        let done = {
+            let mut r = self.req.borrow_mut();
+            r.body_state = BodyIn::Done;
+            r.body_done.take().filter(|_| state == BodyIn::Reading)
+        };
+        if let Some((pi, f, data)) = done {
+            let handle = self.req.borrow().handle;
+            host_api::call_done(self.cycle(), pi, f, handle, sys::OK, data);
+        }
+        Ok(true)
+    }
+
+    fn body_failed(&mut self, status: u16) -> Result<bool, ()> {
+        let (state, done) = {
+            let mut r = self.req.borrow_mut();
+            let st = r.body_state;
+            r.body_state = BodyIn::Done;
+            r.must_close = true;
+            (st, r.body_done.take())
+        };
+        if state == BodyIn::Discarding {
+            return Err(());
+        }
+        match done {
+            Some((pi, f, data)) => {
+                let handle = self.req.borrow().handle;
+                host_api::call_done(self.cycle(), pi, f, handle, status as sys::Rc, data);
+            }
+            None => request::finalize_status(&self.req, status),
+        }
+        Ok(true)
+    }
+
+    /// Writes queued output. Ok(true) when everything is out.
+    fn flush(&mut self) -> Result<bool, ()> {
+        let fd = self.sock.as_raw_fd();
+        let sendfile = {
+            let r = self.req.borrow();
+            r.location().core.sendfile
+        };
+        let mut r = self.req.borrow_mut();
+        while let Some(front) = r.out.front_mut() {
+            match front {
+                Chunk::Mem(v) => {
+                    while self.wpos < v.len() {
+                        match self.sock.write(&v[self.wpos..]) {
+                            Ok(0) => return Err(()),
+                            Ok(n) => self.wpos += n,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => return Err(()),
+                        }
+                    }
+                    self.wpos = 0;
+                }
+                Chunk::File { fd: file, pos, end } => {
+                    while *pos < *end {
+                        let want = ((*end - *pos) as usize).min(1 << 20);
+                        let res = if sendfile {
+                            crate::sys::sendfile(fd, file.as_raw_fd(), pos, want)
+                        } else {
+                            let mut buf = vec![0u8; want.min(64 * 1024)];
+                            let f = std::fs::File::from(file.try_clone().map_err(|_| ())?);
+                            use std::os::unix::fs::FileExt;
+                            match f.read_at(&mut buf, *pos) {
+                                Ok(0) => Ok(0),
+                                Ok(n) => match self.sock.write(&buf[..n]) {
+                                    Ok(w) => {
+                                        *pos += w as u64;
+                                        Ok(w)
+                                    }
+                                    Err(e) => Err(e),
+                                },
+                                Err(e) => Err(e),
+                            }
+                        };
+                        match res {
+                            Ok(0) => {
+                                crate::log!(Alert, "file was truncated while it was being sent");
+                                return Err(());
+                            }
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(_) => return Err(()),
+                        }
+                    }
+                }
+            }
+            r.out.pop_front();
+        }
+        Ok(true)
     }
 }
 
-/// The built-in error page for `status`, in nginx's shape.
-pub fn error_page(status: u16) -> String {
-    let title = format!("{status} {}", reason(status));
-    format!(
-        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n\
-         <hr><center>ngxr</center>\r\n</body>\r\n</html>\r\n"
-    )
+/// A header line in a (partial) head longer than `max`.
+fn too_long_header(head: &[u8], max: usize) -> Option<usize> {
+    head.split(|&b| b == b'\n').skip(1).map(<[u8]>::len).find(|&l| l > max)
+}
+
+/// "METHOD target HTTP/d.d" with a well-formed but unsupported version.
+fn version_like(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(b"");
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let v = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
+    v.len() >= 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[5] != b'0' && v[5] != b'1'
+        || (v.len() >= 8 && v.starts_with(b"HTTP/1.") && v[7].is_ascii_digit())
 }

@@ -19,17 +19,23 @@ use std::ffi::c_void;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// One `server {}` in `http {}`, with each plugin's merged configuration.
-pub struct ServerConf {
-    /// Addresses its `listen` directives name (empty: the default listen).
-    pub listens: Vec<SocketAddr>,
-    /// `default_server` on one of its listens.
-    pub default: bool,
-    /// `server_name` values.
-    pub names: Vec<String>,
-    /// Per plugin (load order): its SERVER-level object, merged from http.
+/// A configuration level block (http, server, location, mail, mail
+/// server) with each plugin's object for it, recorded in file order so a
+/// parent always comes before its children.
+pub struct Node {
+    /// The level (`ctx::HTTP`, `ctx::SERVER`, …).
+    pub level: u32,
+    /// The context the block appears in (a `location` in a server or in a
+    /// location; a `server` in http or in mail).
+    pub in_ctx: u32,
+    /// The enclosing level block, if any.
+    pub parent: Option<usize>,
+    /// The block directive itself (with its children).
+    pub d: Directive,
+    /// Per plugin (load order): its object for this block (NULL if none),
+    /// merged from the parent's.
     pub confs: Vec<*mut c_void>,
-    /// A content handler a directive in this server set: (plugin, handler).
+    /// A content handler a directive in this block set: (plugin, handler).
     pub content: Option<(usize, sys::HttpHandlerFn)>,
 }
 
@@ -42,10 +48,16 @@ pub struct Plugins {
     /// Declared phase handlers, per phase, in load then declaration order
     /// (computed once per generation, not per request).
     pub phase_handlers: Vec<Vec<(usize, sys::HttpHandlerFn)>>,
+    /// Header filters, in the order they run (reverse load order, as nginx).
+    pub header_filters: Vec<(usize, sys::HeaderFilterFn)>,
+    /// Body filters, likewise.
+    pub body_filters: Vec<(usize, sys::BodyFilterFn)>,
+    /// Variables plugins defined: (name, plugin, getter, data).
+    pub vars: Vec<(String, usize, sys::VarFn, *mut c_void)>,
     /// Each plugin's MAIN-level object.
     pub main: Vec<*mut c_void>,
-    /// `http { server {} }` blocks in order.
-    pub servers: Vec<ServerConf>,
+    /// Every level block, parents before children.
+    pub nodes: Vec<Node>,
     /// Every object made, for free_conf: (plugin, level, object).
     made: Vec<(usize, u32, *mut c_void)>,
     /// True once init_cycle ran (fini_cycle is owed).
@@ -64,7 +76,7 @@ const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::M
 impl Plugins {
     /// Wraps loaded plugins; nothing is configured yet.
     pub fn new(list: Vec<Plugin>, prefix: PathBuf) -> Plugins {
-        let hooks = list.iter().map(Plugin::hooks).collect();
+        let hooks: Vec<Hooks> = list.iter().map(Plugin::hooks).collect();
         let phase_handlers = (sys::PHASE_POST_READ..=sys::PHASE_LOG)
             .map(|phase| {
                 list.iter()
@@ -73,7 +85,9 @@ impl Plugins {
                     .collect()
             })
             .collect();
-        Plugins { list, hooks, phase_handlers, main: Vec::new(), servers: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), prefix }
+        let header_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.header_filter.map(|f| (i, f))).collect();
+        let body_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.body_filter.map(|f| (i, f))).collect();
+        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), prefix }
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {
@@ -121,8 +135,16 @@ impl Plugins {
         self.main = self.create(sys::CTX_MAIN, at)?;
         let main = self.main.clone();
         let mut data = vec![std::ptr::null_mut(); self.list.len()];
-        let mut content = None;
-        self.apply(root, ctx::MAIN, &main, &mut data, reg, &mut content)
+        self.apply(root, ctx::MAIN, &main, None, &mut data, reg)?;
+        // Merge top-down once everything is read, as nginx does: a
+        // location inherits from its server after the server has inherited
+        // from http, whatever the order of directives in the file.
+        for i in 0..self.nodes.len() {
+            let (level, Some(p)) = (self.nodes[i].level, self.nodes[i].parent) else { continue };
+            let parent = self.nodes[p].confs.clone();
+            self.merge(level, &parent, &self.nodes[i].confs, &self.nodes[i].d)?;
+        }
+        Ok(())
     }
 
     fn apply(
@@ -130,9 +152,9 @@ impl Plugins {
         list: &[Directive],
         in_ctx: u32,
         confs: &[*mut c_void],
+        node: Option<usize>,
         data: &mut Vec<*mut c_void>,
         reg: &Registry,
-        content: &mut Option<(usize, sys::HttpHandlerFn)>,
     ) -> Result<(), ConfError> {
         for d in list {
             let Ok(spec) = reg.find(&d.name, in_ctx) else { continue };
@@ -153,14 +175,20 @@ impl Plugins {
                         return Err(d.err(msg));
                     }
                     self.zones.append(&mut cx.zones);
+                    for (name, get, vdata) in cx.vars.drain(..) {
+                        if self.vars.iter().any(|v| v.0 == name) || crate::http::vars::is_core(&name) {
+                            return Err(d.err(format!("variable \"{name}\" is already defined")));
+                        }
+                        self.vars.push((name, pi, get, vdata));
+                    }
                     for (addr, cb, data) in cx.listens.drain(..) {
                         if self.proto.iter().any(|p| p.0 == addr) {
                             return Err(d.err(format!("a duplicate listen {addr}")));
                         }
                         self.proto.push((addr, pi, cb, data));
                     }
-                    if let Some(h) = cx.content_handler {
-                        *content = Some((pi, h));
+                    if let (Some(h), Some(n)) = (cx.content_handler, node) {
+                        self.nodes[n].content = Some((pi, h));
                     }
                     if let Some(bd) = cx.new_block_data {
                         child_data[pi] = bd;
@@ -172,19 +200,14 @@ impl Plugins {
                 continue;
             }
             if inner & LEVELS == 0 {
-                self.apply(children, inner, confs, &mut child_data, reg, content)?;
+                self.apply(children, inner, confs, node, &mut child_data, reg)?;
                 continue;
             }
-            let level = inner;
-            let own = self.create(level, d)?;
-            let mut own_content = None;
-            self.apply(children, inner, &own, &mut child_data, reg, &mut own_content)?;
-            if level != ctx::HTTP && level != ctx::MAIL {
-                self.merge(level, confs, &own, d)?;
-            }
-            if level == ctx::SERVER && in_ctx == ctx::HTTP {
-                self.servers.push(server_conf(d, own, own_content.or(*content)));
-            }
+            let own = self.create(inner, d)?;
+            let parent = if inner == ctx::HTTP || inner == ctx::MAIL { None } else { node };
+            self.nodes.push(Node { level: inner, in_ctx, parent, d: d.clone(), confs: own.clone(), content: None });
+            let me = self.nodes.len() - 1;
+            self.apply(children, inner, &own, Some(me), &mut child_data, reg)?;
         }
         Ok(())
     }
@@ -231,32 +254,6 @@ impl Plugins {
     pub fn exit_worker(&self) {
         let _ = self.each_main_hook(|h| h.exit_worker, |_, ()| Ok(()));
     }
-
-    /// The server block for a connection on `local` (exact address, then
-    /// wildcard of the port; default_server first, else the first).
-    pub fn server_for(&self, local: SocketAddr) -> Option<&ServerConf> {
-        let matches = |s: &&ServerConf| {
-            s.listens.iter().any(|a| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
-        };
-        self.servers.iter().filter(matches).find(|s| s.default).or_else(|| self.servers.iter().find(matches))
-    }
-}
-
-fn server_conf(d: &Directive, confs: Vec<*mut c_void>, content: Option<(usize, sys::HttpHandlerFn)>) -> ServerConf {
-    let mut s = ServerConf { listens: Vec::new(), default: false, names: Vec::new(), confs, content };
-    for c in d.children() {
-        match c.name.as_str() {
-            "listen" => {
-                if let Ok((l, _)) = crate::config::core::parse_listen(c) {
-                    s.default |= l.default_server;
-                    s.listens.push(l.addr);
-                }
-            }
-            "server_name" => s.names.extend(c.args.iter().cloned()),
-            _ => {}
-        }
-    }
-    s
 }
 
 impl Drop for Plugins {

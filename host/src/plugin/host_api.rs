@@ -66,6 +66,8 @@ pub struct ConfCtx<'a> {
     pub content_handler: Option<sys::HttpHandlerFn>,
     /// Zones declared while applying (kept alive by the generation).
     pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
+    /// Variables defined while applying: (name, getter, data).
+    pub vars: Vec<(String, sys::VarFn, *mut c_void)>,
     /// Protocol listeners declared while applying: (address, callback, data).
     pub listens: Vec<(std::net::SocketAddr, sys::AcceptFn, *mut c_void)>,
     scratch: String,
@@ -84,60 +86,118 @@ impl<'a> ConfCtx<'a> {
             new_block_data: None,
             content_handler: None,
             zones: Vec::new(),
+            vars: Vec::new(),
             listens: Vec::new(),
             scratch: String::new(),
         }
     }
 }
 
-/// A response header or request header.
-pub type Header = (String, String);
+use crate::http::request::{self as hreq, Req};
+use std::cell::RefCell;
 
-/// The state behind a `ngx_plugin_request_t`.
-#[derive(Default)]
-pub struct Req {
-    /// Method.
-    pub method: String,
-    /// Decoded, normalized path.
-    pub uri: String,
-    /// Query string.
-    pub args: String,
-    /// Target as received.
-    pub request_uri: String,
-    /// "HTTP/1.1".
-    pub protocol: String,
-    /// Host name.
-    pub host: String,
-    /// Client address.
-    pub remote_addr: String,
-    /// Request headers in order.
-    pub headers_in: Vec<Header>,
-    /// Response status (0 = not set).
-    pub status: u16,
-    /// Response headers.
-    pub headers_out: Vec<Header>,
-    /// Body produced so far.
-    pub body: Vec<u8>,
-    /// The header was sent (status and headers are frozen).
-    pub header_sent: bool,
-    /// A buffer marked last was sent.
-    pub finished: bool,
-    /// Per-plugin state: (plugin index, pointer, destructor).
-    pub ctx: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
-    /// Request-lifetime allocations from http_alloc.
-    pub arena: Vec<Box<[u8]>>,
+thread_local! {
+    /// Live requests: slot → (request cell, generation). A handle encodes
+    /// (generation, slot + 1), so a stale handle answers GONE instead of
+    /// reaching freed or reused memory.
+    static REQS: RefCell<(Vec<(*const RefCell<Req<'static>>, u32)>, Vec<usize>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-impl Drop for Req {
-    fn drop(&mut self) {
-        super::io::drop_owner(self as *mut Req as usize);
-        for (idx, p, f) in self.ctx.drain(..) {
-            if let Some(f) = f {
-                // SAFETY: the plugin registered f to free p when the request ends.
-                with_plugin(idx, "ctx", || unsafe { f(p) });
+/// Registers a request cell; returns its ABI handle (never 0).
+pub fn register_request(cell: &RefCell<Req<'_>>) -> usize {
+    // The lifetime is erased for the table; cell() hands it back only for
+    // the length of a host call, while the connection owning it is alive.
+    let cell = (cell as *const RefCell<Req<'_>>).cast::<RefCell<Req<'static>>>();
+    REQS.with(|t| {
+        let mut t = t.borrow_mut();
+        let (slots, free) = &mut *t;
+        let i = match free.pop() {
+            Some(i) => i,
+            None => {
+                slots.push((std::ptr::null(), 0));
+                slots.len() - 1
+            }
+        };
+        slots[i].0 = cell;
+        ((slots[i].1 as usize) << 32) | (i + 1)
+    })
+}
+
+/// Ends a handle: later calls with it answer GONE.
+pub fn unregister_request(handle: usize) {
+    if handle == 0 {
+        return;
+    }
+    REQS.with(|t| {
+        let mut t = t.borrow_mut();
+        let (slots, free) = &mut *t;
+        let i = (handle & 0xffff_ffff) - 1;
+        if let Some(s) = slots.get_mut(i) {
+            if s.1 as usize == handle >> 32 && !s.0.is_null() {
+                s.0 = std::ptr::null();
+                s.1 = s.1.wrapping_add(1);
+                free.push(i);
             }
         }
+    })
+}
+
+fn cell<'a>(r: *mut sys::Request) -> Option<&'a RefCell<Req<'static>>> {
+    let h = r as usize;
+    if h == 0 {
+        return None;
     }
+    let p = REQS.with(|t| {
+        let t = t.borrow();
+        t.0.get((h & 0xffff_ffff).wrapping_sub(1)).filter(|s| s.1 as usize == h >> 32).map(|s| s.0)
+    })?;
+    // SAFETY: registered cells are boxed inside live connections and are
+    // unregistered before the connection (or request) goes away.
+    unsafe { p.as_ref() }
+}
+
+fn handle_of(h: usize) -> *mut sys::Request {
+    h as *mut sys::Request
+}
+
+/// Runs a phase (or log) handler of plugin `i` for the request `handle`.
+pub fn call_phase_handler(plugins: &crate::plugin::conf::Plugins, i: usize, h: sys::HttpHandlerFn, handle: usize, conf: *mut c_void) -> Rc {
+    with_plugin(i, &plugins.list[i].name, || crate::plugin::call_handler(h, handle_of(handle), conf))
+}
+
+/// Runs a header filter.
+pub fn call_header_filter(plugins: &crate::plugin::conf::Plugins, i: usize, f: sys::HeaderFilterFn, handle: usize, conf: *mut c_void) -> Rc {
+    // SAFETY: f comes from a validated plugin definition; the handle is live.
+    with_plugin(i, &plugins.list[i].name, || unsafe { f(handle_of(handle), conf) })
+}
+
+/// Runs a body filter over `bufs`.
+pub fn call_body_filter(plugins: &crate::plugin::conf::Plugins, i: usize, f: sys::BodyFilterFn, handle: usize, conf: *mut c_void, bufs: &[sys::Buf]) -> Rc {
+    // SAFETY: as above; bufs are borrowed for the call.
+    with_plugin(i, &plugins.list[i].name, || unsafe { f(handle_of(handle), conf, bufs.as_ptr(), bufs.len()) })
+}
+
+/// Runs a body-read completion callback.
+pub fn call_done(cycle: &crate::cycle::Cycle, i: usize, f: sys::DoneFn, handle: usize, rc: Rc, data: *mut c_void) {
+    let name = cycle.plugins.list.get(i).map_or("?", |p| p.name.as_str());
+    // SAFETY: f and data come from the plugin's http_read_body call.
+    with_plugin(i, name, || unsafe { f(handle_of(handle), rc, data) })
+}
+
+/// Runs a plugin's destructor for per-request state.
+pub fn call_free(i: usize, f: sys::FreeFn, p: *mut c_void) {
+    // SAFETY: the plugin registered f to free p when the request ends.
+    with_plugin(i, "ctx", || unsafe { f(p) })
+}
+
+/// The bytes of a memory buffer.
+pub fn buf_bytes<'a>(b: &sys::Buf) -> &'a [u8] {
+    if b.data.is_null() || b.len == 0 {
+        return &[];
+    }
+    // SAFETY: a memory buffer from a plugin points at len readable bytes
+    // for the duration of the call that passed it.
+    unsafe { std::slice::from_raw_parts(b.data, b.len) }
 }
 
 fn s(x: Str) -> &'static str {
@@ -158,11 +218,6 @@ fn put(out: *mut Str, v: &str) -> Rc {
 fn cf<'a>(c: *mut sys::Conf) -> Option<&'a mut ConfCtx<'a>> {
     // SAFETY: the host passes only pointers to a live ConfCtx during set/create/merge.
     unsafe { (c as *mut ConfCtx<'a>).as_mut() }
-}
-
-fn rq<'a>(r: *mut sys::Request) -> Option<&'a mut Req> {
-    // SAFETY: the host passes only pointers to a live Req during a handler call.
-    unsafe { (r as *mut Req).as_mut() }
 }
 
 unsafe extern "C" fn log(level: u32, msg: Str) {
@@ -288,14 +343,28 @@ unsafe extern "C" fn supports(off: usize) -> bool {
     IMPLEMENTED.iter().any(|&o| o == off)
 }
 
+/// Copies `v` into request-lifetime memory and points `out` at it.
+fn put_owned(r: &mut Req, out: *mut Str, v: &[u8]) -> Rc {
+    if out.is_null() {
+        return sys::INVALID;
+    }
+    let b: Box<[u8]> = v.into();
+    // SAFETY: out is non-null; the box lives in the arena until the
+    // request ends (moving a Box does not move its heap bytes).
+    unsafe { *out = Str { data: b.as_ptr(), len: b.len() } };
+    r.arena.push(b);
+    sys::OK
+}
+
 unsafe extern "C" fn http_get(r: *mut sys::Request, what: u32, out: *mut Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
-    let v = match what {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(r) = c.try_borrow() else { return sys::INVALID };
+    let v: &str = match what {
         sys::REQ_METHOD => &r.method,
         sys::REQ_URI => &r.uri,
         sys::REQ_ARGS => &r.args,
         sys::REQ_REQUEST_URI => &r.request_uri,
-        sys::REQ_PROTOCOL => &r.protocol,
+        sys::REQ_PROTOCOL => r.protocol(),
         sys::REQ_HOST => &r.host,
         sys::REQ_REMOTE_ADDR => &r.remote_addr,
         _ => return sys::INVALID,
@@ -304,22 +373,25 @@ unsafe extern "C" fn http_get(r: *mut sys::Request, what: u32, out: *mut Str) ->
 }
 
 unsafe extern "C" fn http_header_in(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
-    match r.headers_in.iter().find(|(k, _)| k.eq_ignore_ascii_case(s(name))) {
-        Some((_, v)) => put(out, v),
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(r) = c.try_borrow() else { return sys::INVALID };
+    match r.header_in(s(name)) {
+        Some(v) => put(out, v),
         None => sys::NOT_FOUND,
     }
 }
 
 unsafe extern "C" fn http_header_in_at(r: *mut sys::Request, i: usize, name: *mut Str, value: *mut Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(r) = c.try_borrow() else { return sys::INVALID };
     let Some((k, v)) = r.headers_in.get(i) else { return sys::NOT_FOUND };
     put(name, k);
     put(value, v)
 }
 
 unsafe extern "C" fn http_set_status(r: *mut sys::Request, status: u32) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
     if r.header_sent || !(100..600).contains(&status) {
         return sys::INVALID;
     }
@@ -328,11 +400,12 @@ unsafe extern "C" fn http_set_status(r: *mut sys::Request, status: u32) -> Rc {
 }
 
 unsafe extern "C" fn http_status(r: *mut sys::Request) -> u32 {
-    rq(r).map_or(0, |r| r.status as u32)
+    cell(r).and_then(|c| c.try_borrow().ok().map(|r| r.status as u32)).unwrap_or(0)
 }
 
 unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value: Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
     let (n, v) = (s(name), s(value));
     if r.header_sent || n.is_empty() || !valid_header(n, v) {
         return sys::INVALID;
@@ -347,12 +420,16 @@ fn valid_header(name: &str, value: &str) -> bool {
 }
 
 unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
     let (n, v) = (s(name), s(value));
     if r.header_sent || n.is_empty() || !valid_header(n, v) {
         return sys::INVALID;
     }
     r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case(n));
+    if n.eq_ignore_ascii_case("content-length") {
+        r.content_length = if value.data.is_null() { None } else { v.trim().parse().ok() };
+    }
     if !value.data.is_null() {
         r.headers_out.push((n.to_string(), v.to_string()));
     }
@@ -360,54 +437,74 @@ unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value:
 }
 
 unsafe extern "C" fn http_header_out(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
-    match r.headers_out.iter().find(|(k, _)| k.eq_ignore_ascii_case(s(name))) {
-        Some((_, v)) => put(out, v),
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(r) = c.try_borrow() else { return sys::INVALID };
+    match r.header_out(s(name)) {
+        Some(v) => put(out, v),
         None => sys::NOT_FOUND,
     }
 }
 
 unsafe extern "C" fn http_send_header(r: *mut sys::Request) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
-    if r.status == 0 {
-        r.status = 200;
-    }
-    r.header_sent = true;
-    sys::OK
-}
-
-unsafe extern "C" fn http_send_body(r: *mut sys::Request, bufs: *const sys::Buf, n: usize) -> Rc {
-    let Some(req) = rq(r) else { return sys::INVALID };
-    if req.finished {
-        return sys::GONE;
-    }
-    if n > 0 && bufs.is_null() {
+    let Some(c) = cell(r) else { return sys::GONE };
+    if c.try_borrow().is_err() {
         return sys::INVALID;
     }
-    if !req.header_sent {
-        // SAFETY: r is the live request checked above.
-        unsafe { http_send_header(r) };
+    if c.borrow().header_sent {
+        return sys::OK;
     }
-    let list: &[sys::Buf] = if n == 0 {
-        &[]
+    if hreq::send_header(c) {
+        sys::OK
     } else {
-        // SAFETY: the plugin passes n valid buffers for the call.
-        unsafe { std::slice::from_raw_parts(bufs, n) }
-    };
-    for b in list {
-        if b.flags & sys::BUF_FILE != 0 {
-            // File regions arrive with the HTTP core's sendfile path.
-            return sys::UNSUPPORTED;
-        }
-        // SAFETY: a memory buffer points at len readable bytes.
-        req.body.extend_from_slice(unsafe { Str { data: b.data, len: b.len }.as_bytes() });
-        req.finished |= b.flags & sys::BUF_LAST != 0;
+        sys::ERROR
     }
-    sys::OK
+}
+
+fn bufs<'a>(p: *const sys::Buf, n: usize) -> Option<&'a [sys::Buf]> {
+    if n == 0 {
+        return Some(&[]);
+    }
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the plugin passes n valid buffers for the call.
+    Some(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+unsafe extern "C" fn http_send_body(r: *mut sys::Request, b: *const sys::Buf, n: usize) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Some(list) = bufs(b, n) else { return sys::INVALID };
+    {
+        let Ok(mut req) = c.try_borrow_mut() else { return sys::INVALID };
+        if req.body_done_out {
+            return sys::GONE;
+        }
+        // A whole body in one call: its length is known up front.
+        if !req.header_sent && req.content_length.is_none() && list.iter().any(|b| b.flags & sys::BUF_LAST != 0) {
+            let total: u64 = list.iter().map(|b| if b.flags & sys::BUF_FILE != 0 { b.file_len.max(0) as u64 } else { b.len as u64 }).sum();
+            if req.header_out("content-length").is_none() {
+                req.content_length = Some(total);
+            }
+        }
+    }
+    if !c.borrow().header_sent && !hreq::send_header(c) {
+        return sys::ERROR;
+    }
+    let rc = hreq::body_chain(c, 0, list);
+    crate::http::wake(c.borrow().conn);
+    rc
+}
+
+unsafe extern "C" fn http_next_body_filter(r: *mut sys::Request, b: *const sys::Buf, n: usize) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Some(list) = bufs(b, n) else { return sys::INVALID };
+    let Ok(pos) = c.try_borrow().map(|r| r.filter_pos) else { return sys::INVALID };
+    hreq::body_chain(c, pos, list)
 }
 
 unsafe extern "C" fn http_alloc(r: *mut sys::Request, size: usize) -> *mut c_void {
-    let Some(r) = rq(r) else { return std::ptr::null_mut() };
+    let Some(c) = cell(r) else { return std::ptr::null_mut() };
+    let Ok(mut r) = c.try_borrow_mut() else { return std::ptr::null_mut() };
     let mut b = vec![0u8; size.max(1)].into_boxed_slice();
     let p = b.as_mut_ptr().cast();
     r.arena.push(b);
@@ -415,7 +512,8 @@ unsafe extern "C" fn http_alloc(r: *mut sys::Request, size: usize) -> *mut c_voi
 }
 
 unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
     let idx = current().0;
     r.ctx.retain(|(i, _, _)| *i != idx);
     r.ctx.push((idx, ctx, f));
@@ -424,35 +522,131 @@ unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Opt
 
 unsafe extern "C" fn http_ctx(r: *mut sys::Request) -> *mut c_void {
     let idx = current().0;
-    rq(r).and_then(|r| r.ctx.iter().find(|(i, _, _)| *i == idx).map(|c| c.1)).unwrap_or(std::ptr::null_mut())
+    cell(r)
+        .and_then(|c| c.try_borrow().ok().and_then(|r| r.ctx.iter().find(|(i, _, _)| *i == idx).map(|c| c.1)))
+        .unwrap_or(std::ptr::null_mut())
 }
 
 unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
-    let Some(r) = rq(r) else { return sys::INVALID };
+    let Some(c) = cell(r) else { return sys::GONE };
     let n = s(name);
-    let v = match n {
-        "uri" | "document_uri" => &r.uri,
-        "args" | "query_string" => &r.args,
-        "request_uri" => &r.request_uri,
-        "request_method" => &r.method,
-        "server_protocol" => &r.protocol,
-        "host" => &r.host,
-        "remote_addr" => &r.remote_addr,
+    // Plugin-defined variables run plugin code: no borrow is held.
+    let def = c.try_borrow().ok().and_then(|req| {
+        if req.vars.iter().any(|(k, _)| k == n) {
+            return None;
+        }
+        let cy = req.cycle();
+        cy.plugins.vars.iter().find(|v| v.0 == n).map(|v| (v.1, v.2, v.3, cy))
+    });
+    if let Some((pi, get, data, cy)) = def {
+        let mut tmp = Str::empty();
+        let pname = &cy.plugins.list[pi].name;
+        // SAFETY: get/data come from the plugin's conf_define_variable.
+        let rc = with_plugin(pi, pname, || unsafe { get(r, data, &mut tmp) });
+        if rc != sys::OK {
+            return sys::NOT_FOUND;
+        }
+        let bytes = if tmp.data.is_null() { Vec::new() } else { tmp.as_bytes().to_vec() };
+        let Ok(mut req) = c.try_borrow_mut() else { return sys::INVALID };
+        return put_owned(&mut req, out, &bytes);
+    }
+    let Ok(mut req) = c.try_borrow_mut() else { return sys::INVALID };
+    let mut v = String::new();
+    if !crate::http::vars::get(&req, n, &mut v) {
+        return sys::NOT_FOUND;
+    }
+    put_owned(&mut req, out, v.as_bytes())
+}
+
+unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    let (n, v) = (s(name), String::from_utf8_lossy(value.as_bytes()).into_owned());
+    if n.is_empty() {
+        return sys::INVALID;
+    }
+    match n {
+        "uri" => r.uri = v,
+        "args" | "query_string" => r.args = v,
+        _ if crate::http::vars::is_core(n) || r.cycle().plugins.vars.iter().any(|x| x.0 == n) => return sys::INVALID,
         _ => {
-            let Some(h) = n.strip_prefix("http_") else { return sys::NOT_FOUND };
-            match r.headers_in.iter().find(|(k, _)| k.replace('-', "_").eq_ignore_ascii_case(h)) {
-                Some((_, v)) => v,
-                None => return sys::NOT_FOUND,
+            if let Some(slot) = r.vars.iter_mut().find(|(k, _)| k == n) {
+                slot.1 = v;
+            } else {
+                r.vars.push((n.to_string(), v));
             }
         }
-    };
-    put(out, v)
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn http_read_body(r: *mut sys::Request, done: Option<sys::DoneFn>, data: *mut c_void) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    let idx = current().0;
+    hreq::start_body(&mut r, done.map(|f| (idx, f, data)))
+}
+
+unsafe extern "C" fn http_body(r: *mut sys::Request, out: *mut *const sys::Buf, n: *mut usize) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    if out.is_null() || n.is_null() {
+        return sys::INVALID;
+    }
+    if r.body_state != hreq::BodyIn::Done {
+        return sys::AGAIN;
+    }
+    let (p, len) = (r.body_in.as_ptr(), r.body_in.len());
+    r.body_buf = sys::Buf { data: p, len, fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 };
+    // SAFETY: out-pointers checked non-null; body_buf lives in the request.
+    unsafe {
+        *out = &r.body_buf;
+        *n = 1;
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn http_internal_redirect(r: *mut sys::Request, uri: Str, args: Str) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    let u = s(uri);
+    if r.header_sent || u.is_empty() || !(u.starts_with('/') || u.starts_with('@')) {
+        return sys::INVALID;
+    }
+    r.redirect = Some(hreq::Redirect { uri: u.to_string(), args: s(args).to_string() });
+    crate::http::wake(r.conn);
+    sys::OK
+}
+
+unsafe extern "C" fn http_resume(r: *mut sys::Request) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    r.resume = true;
+    crate::http::wake(r.conn);
+    sys::OK
+}
+
+unsafe extern "C" fn http_finalize(r: *mut sys::Request, rc: Rc) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    if r.run == hreq::Run::Finalized {
+        return sys::GONE;
+    }
+    r.finalize = Some(rc);
+    crate::http::wake(r.conn);
+    sys::OK
 }
 
 // Slots implemented by later issues answer UNSUPPORTED (never NULL, so a C
 // plugin that skips supports() gets an error code, not a crash).
-unsafe extern "C" fn un_conf_var(_: *mut sys::Conf, _: Str, _: Option<sys::VarFn>, _: *mut c_void) -> Rc {
-    sys::UNSUPPORTED
+unsafe extern "C" fn conf_define_variable(c: *mut sys::Conf, name: Str, get: Option<sys::VarFn>, data: *mut c_void) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    let (Some(get), n) = (get, s(name)) else { return sys::INVALID };
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return sys::INVALID;
+    }
+    c.vars.push((n.to_string(), get, data));
+    sys::OK
 }
 unsafe extern "C" fn conf_shm_zone(c: *mut sys::Conf, name: Str, size: u64, version: u32, out: *mut *mut sys::Shm) -> Rc {
     let Some(c) = cf(c) else { return sys::INVALID };
@@ -578,27 +772,6 @@ unsafe extern "C" fn spawn_helper(_cy: *mut sys::Cycle, name: Str, run: Option<s
 unsafe extern "C" fn run_loop(_cy: *mut sys::Cycle) {
     crate::worker::helper_loop();
 }
-unsafe extern "C" fn un_next_body(_: *mut sys::Request, _: *const sys::Buf, _: usize) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_var_set(_: *mut sys::Request, _: Str, _: Str) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_read_body(_: *mut sys::Request, _: Option<sys::DoneFn>, _: *mut c_void) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_body(_: *mut sys::Request, _: *mut *const sys::Buf, _: *mut usize) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_redirect(_: *mut sys::Request, _: Str, _: Str) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_req(_: *mut sys::Request) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_finalize(_: *mut sys::Request, _: Rc) -> Rc {
-    sys::UNSUPPORTED
-}
 unsafe extern "C" fn un_connect(_: *mut sys::Request, _: Str, _: u64, _: Option<sys::ConnFn>, _: *mut c_void, _: *mut *mut sys::Conn) -> Rc {
     sys::UNSUPPORTED
 }
@@ -614,7 +787,9 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 43] = offsets!(
+const IMPLEMENTED: [usize; 51] = offsets!(
+    conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
+    http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
     conn_peer, conn_close,
     conf_shm_zone, shm_addr, shm_is_new, shm_lock, shm_unlock,
@@ -650,7 +825,7 @@ static TABLE: Table = Table(sys::Host {
     conf_block_data: Some(conf_block_data),
     conf_block_child: Some(conf_block_child),
     conf_set_content_handler: Some(conf_set_content_handler),
-    conf_define_variable: Some(un_conf_var),
+    conf_define_variable: Some(conf_define_variable),
     conf_shm_zone: Some(conf_shm_zone),
     conf_listen: Some(conf_listen),
     spawn_helper: Some(spawn_helper),
@@ -666,17 +841,17 @@ static TABLE: Table = Table(sys::Host {
     http_header_out: Some(http_header_out),
     http_send_header: Some(http_send_header),
     http_send_body: Some(http_send_body),
-    http_next_body_filter: Some(un_next_body),
+    http_next_body_filter: Some(http_next_body_filter),
     http_alloc: Some(http_alloc),
     http_set_ctx: Some(http_set_ctx),
     http_ctx: Some(http_ctx),
     http_var: Some(http_var),
-    http_var_set: Some(un_var_set),
-    http_read_body: Some(un_read_body),
-    http_body: Some(un_body),
-    http_internal_redirect: Some(un_redirect),
-    http_resume: Some(un_req),
-    http_finalize: Some(un_finalize),
+    http_var_set: Some(http_var_set),
+    http_read_body: Some(http_read_body),
+    http_body: Some(http_body),
+    http_internal_redirect: Some(http_internal_redirect),
+    http_resume: Some(http_resume),
+    http_finalize: Some(http_finalize),
     timer_add: Some(super::io::timer_add),
     timer_cancel: Some(super::io::timer_cancel),
     conn_connect: Some(un_connect),

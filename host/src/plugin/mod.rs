@@ -56,6 +56,10 @@ pub struct Hooks {
     pub exit_worker: Option<unsafe extern "C" fn(*mut sys::Cycle, *mut c_void)>,
     /// See `ngx_plugin_def_t`.
     pub fini_cycle: Option<unsafe extern "C" fn(*mut sys::Cycle, *mut c_void)>,
+    /// See `ngx_plugin_def_t`.
+    pub header_filter: Option<sys::HeaderFilterFn>,
+    /// See `ngx_plugin_def_t`.
+    pub body_filter: Option<sys::BodyFilterFn>,
 }
 
 impl Plugin {
@@ -72,6 +76,8 @@ impl Plugin {
             init_worker: d.init_worker,
             exit_worker: d.exit_worker,
             fini_cycle: d.fini_cycle,
+            header_filter: d.header_filter,
+            body_filter: d.body_filter,
         }
     }
 }

@@ -335,3 +335,44 @@ pub fn parent_death_signal(sig: i32, expected_parent: i32) -> bool {
         libc::getppid() == expected_parent
     }
 }
+
+/// sendfile(2) from `file` at `*offset` to the socket `out`: bytes sent
+/// (`*offset` advanced), or the error (WouldBlock when the socket is full).
+pub fn sendfile(out: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::Result<usize> {
+    let mut off = *offset as libc::off_t;
+    // SAFETY: both fds are open for the call; off is a valid in/out pointer.
+    let n = unsafe { libc::sendfile(out, file, &mut off, count) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    *offset = off as u64;
+    Ok(n as usize)
+}
+
+/// dup(2) with close-on-exec.
+pub fn dup_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC on a caller-provided descriptor; a new fd is
+    // returned (owned from here on) or -1.
+    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: n is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(n) })
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let n = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// shutdown(SHUT_WR) for lingering close.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: shutdown on an open socket has no memory effects.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}

@@ -31,8 +31,8 @@ enum Timer {
     ShutdownTimeout,
 }
 
-struct Slot {
-    conn: Conn,
+struct Slot<'a> {
+    conn: Conn<'a>,
     timer: Option<TimerKey>,
 }
 
@@ -43,13 +43,14 @@ struct Worker<'a> {
     /// For each listener: the plugin protocol listener it serves, if any.
     proto: Vec<Option<usize>>,
     accepting: bool,
-    conns: Vec<Option<Slot>>,
+    conns: Vec<Option<Slot<'a>>>,
     free: Vec<usize>,
     active: usize,
     timers: Timers<Timer>,
     quitting: bool,
     exit: bool,
     single: bool,
+    wakes: Vec<usize>,
 }
 
 /// Sets up this process as a worker; returns a message on fatal failure.
@@ -151,6 +152,7 @@ impl<'a> Worker<'a> {
             quitting: false,
             exit: false,
             single,
+            wakes: Vec::new(),
         })
     }
 
@@ -201,7 +203,9 @@ impl<'a> Worker<'a> {
                     Token(t) => self.conn_ready(t - CONN_BASE),
                 }
             }
+            self.run_wakes();
             crate::plugin::io::run_due();
+            self.run_wakes();
             let now = Instant::now();
             while let Some(t) = self.timers.pop_due(now) {
                 self.on_timer(t);
@@ -316,7 +320,11 @@ impl<'a> Worker<'a> {
             self.conns.push(None);
             self.conns.len() - 1
         });
-        let mut slot = Slot { conn: Conn::new(sock, local, peer), timer: None };
+        let Some(conn) = Conn::new(sock, local, peer, idx, self.cycle) else {
+            self.free.push(idx);
+            return;
+        };
+        let mut slot = Slot { conn, timer: None };
         if let Err(e) = self.poll.registry().register(
             &mut slot.conn.sock,
             Token(CONN_BASE + idx),
@@ -335,14 +343,34 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         let quitting = self.quitting;
         let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
-        match slot.conn.on_ready(now, quitting, self.cycle) {
+        let next = slot.conn.on_ready(now, quitting);
+        self.apply(idx, next);
+    }
+
+    fn apply(&mut self, idx: usize, next: Next) {
+        let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
+        if let Some(k) = slot.timer.take() {
+            self.timers.cancel(k);
+        }
+        match next {
             Next::Close => self.close(idx),
-            Next::Wait(at) => {
-                if let Some(k) = slot.timer.take() {
-                    self.timers.cancel(k);
-                }
-                slot.timer = Some(self.timers.add(at, Timer::Conn(idx)));
+            Next::Park => {}
+            Next::Wait(at) => slot.timer = Some(self.timers.add(at, Timer::Conn(idx))),
+        }
+    }
+
+    /// Runs connections that plugins woke (resumed requests, body reads).
+    fn run_wakes(&mut self) {
+        for _ in 0..64 {
+            crate::http::take_wakes(&mut self.wakes);
+            if self.wakes.is_empty() {
+                return;
             }
+            let list = std::mem::take(&mut self.wakes);
+            for &idx in &list {
+                self.conn_ready(idx);
+            }
+            self.wakes = list;
         }
     }
 
@@ -351,6 +379,7 @@ impl<'a> Worker<'a> {
         if let Some(k) = slot.timer.take() {
             self.timers.cancel(k);
         }
+        slot.conn.closing();
         let _ = self.poll.registry().deregister(&mut slot.conn.sock);
         self.free.push(idx);
         self.active -= 1;
@@ -362,10 +391,11 @@ impl<'a> Worker<'a> {
     fn on_timer(&mut self, t: Timer) {
         match t {
             Timer::Conn(idx) => {
-                if let Some(Some(slot)) = self.conns.get_mut(idx) {
-                    slot.timer = None;
-                }
-                self.close(idx);
+                let quitting = self.quitting;
+                let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
+                slot.timer = None;
+                let next = slot.conn.on_timeout(Instant::now(), quitting);
+                self.apply(idx, next);
             }
             Timer::ResumeAccept => {
                 if !self.quitting {

@@ -1,0 +1,764 @@
+//! The HTTP configuration a worker serves from: virtual servers with their
+//! names and listens, each server's location tree, and the host's own
+//! per-location settings (root/alias, try_files, error_page, limits and
+//! timeouts), inherited down the tree as nginx merges them.
+//!
+//! Built once per generation from the plugin configuration nodes
+//! ([`crate::plugin::conf::Node`]), which already hold every plugin's
+//! merged object for each block.
+
+use crate::config::core::{parse_duration, parse_size, Prefix};
+use crate::config::table::ctx;
+use crate::config::{ConfError, Directive};
+use crate::plugin::conf::Plugins;
+use plugin_api::sys;
+use regex::{Regex, RegexBuilder};
+use std::ffi::c_void;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One `error_page` rule.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    /// Statuses it applies to.
+    pub codes: Vec<u16>,
+    /// `=code`: answer with this status; `=` alone: the target's status.
+    pub set: Option<Option<u16>>,
+    /// A URI, `@named` location or absolute URL (redirect).
+    pub target: String,
+}
+
+/// The host's per-location settings (nginx's core location conf).
+#[derive(Debug, Clone)]
+pub struct Core {
+    /// `root` (absolute, prefix-resolved); `alias` replaces the location's
+    /// path instead of being prepended.
+    pub root: String,
+    /// True when `root` came from `alias`.
+    pub alias: bool,
+    /// `try_files` arguments (not inherited, as in nginx).
+    pub try_files: Vec<String>,
+    /// `error_page` rules (a block with any replaces the inherited list).
+    pub error_pages: Vec<ErrorPage>,
+    /// `recursive_error_pages`.
+    pub recursive_error_pages: bool,
+    /// `client_max_body_size` (0 = unlimited).
+    pub client_max_body_size: u64,
+    /// `client_body_timeout`.
+    pub client_body_timeout: Duration,
+    /// `keepalive_timeout` (0 disables keepalive).
+    pub keepalive_timeout: Duration,
+    /// `keepalive_requests`.
+    pub keepalive_requests: u32,
+    /// `send_timeout`.
+    pub send_timeout: Duration,
+    /// `server_tokens`.
+    pub server_tokens: bool,
+    /// `sendfile`.
+    pub sendfile: bool,
+    /// `internal` (not inherited).
+    pub internal: bool,
+    /// `log_not_found`.
+    pub log_not_found: bool,
+    /// `chunked_transfer_encoding`.
+    pub chunked: bool,
+    /// `lingering_close off|on|always` as 0/1/2.
+    pub lingering_close: u8,
+    /// `lingering_time`.
+    pub lingering_time: Duration,
+    /// `lingering_timeout`.
+    pub lingering_timeout: Duration,
+    /// `absolute_redirect`.
+    pub absolute_redirect: bool,
+    /// `port_in_redirect`.
+    pub port_in_redirect: bool,
+    /// `server_name_in_redirect`.
+    pub server_name_in_redirect: bool,
+    /// `client_body_buffer_size` (kept for `$request_body` users).
+    pub client_body_buffer_size: u64,
+}
+
+impl Core {
+    fn defaults(prefix: &Prefix) -> Core {
+        Core {
+            root: prefix.resolve("html").to_string_lossy().into_owned(),
+            alias: false,
+            try_files: Vec::new(),
+            error_pages: Vec::new(),
+            recursive_error_pages: false,
+            client_max_body_size: 1024 * 1024,
+            client_body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            keepalive_requests: 1000,
+            send_timeout: Duration::from_secs(60),
+            server_tokens: true,
+            sendfile: false,
+            internal: false,
+            log_not_found: true,
+            chunked: true,
+            lingering_close: 1,
+            lingering_time: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
+            absolute_redirect: true,
+            port_in_redirect: true,
+            server_name_in_redirect: false,
+            client_body_buffer_size: 16 * 1024,
+        }
+    }
+}
+
+/// How a location matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The server level itself (used when no location matches).
+    Server,
+    /// `location = /x`.
+    Exact,
+    /// `location /x`.
+    Prefix,
+    /// `location ^~ /x`: a match stops the regex search.
+    NoRegex,
+    /// `location ~ re` / `location ~* re`.
+    Regex,
+    /// `location @name`: only reachable by internal redirects.
+    Named,
+}
+
+/// One location (or the server level, at index 0 of [`Server::locs`]).
+pub struct Loc {
+    /// How it matches.
+    pub kind: Kind,
+    /// The path, regex source or name, as written.
+    pub path: String,
+    /// The compiled regex for `~`/`~*`.
+    pub regex: Option<Regex>,
+    /// Per plugin: its merged object for this location.
+    pub confs: Vec<*mut c_void>,
+    /// The content handler set here (or inherited from server/http level).
+    pub content: Option<(usize, sys::HttpHandlerFn)>,
+    /// The host's settings.
+    pub core: Core,
+    /// Nested exact, prefix and regex locations, in file order.
+    pub exact: Vec<usize>,
+    /// See `exact`.
+    pub prefix: Vec<usize>,
+    /// See `exact`.
+    pub regexes: Vec<usize>,
+}
+
+/// A `server_name` entry.
+#[derive(Debug)]
+pub enum Name {
+    /// `example.com` (lowercase).
+    Exact(String),
+    /// `*.example.com` (stored `.example.com`) or `.example.com`, which
+    /// also matches `example.com` itself (stored with `also_bare`).
+    Suffix(String, bool),
+    /// `www.example.*` (stored `www.example.`).
+    PrefixWild(String),
+    /// `~regex`.
+    Regex(Regex),
+}
+
+/// One `server {}`.
+pub struct Server {
+    /// Addresses its `listen` directives name.
+    pub listens: Vec<SocketAddr>,
+    /// Addresses it is `default_server` for.
+    pub default_for: Vec<SocketAddr>,
+    /// `server_name`s.
+    pub names: Vec<Name>,
+    /// The first name (`$server_name`).
+    pub primary_name: String,
+    /// Locations; 0 is the server level.
+    pub locs: Vec<Loc>,
+    /// `@name` locations.
+    pub named: Vec<(String, usize)>,
+    /// `client_header_timeout`.
+    pub header_timeout: Duration,
+    /// `large_client_header_buffers` size: the longest line.
+    pub large_header: usize,
+    /// …and count × size: the whole head.
+    pub max_head: usize,
+    /// `merge_slashes`.
+    pub merge_slashes: bool,
+    /// `underscores_in_headers`.
+    pub underscores_in_headers: bool,
+    /// `ignore_invalid_headers`.
+    pub ignore_invalid_headers: bool,
+}
+
+/// A generation's HTTP configuration.
+#[derive(Default)]
+pub struct HttpConf {
+    /// `http { server {} }` blocks in order.
+    pub servers: Vec<Server>,
+}
+
+/// The host's directives that live in http/server/location blocks.
+pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
+    use ctx::*;
+    const H: u32 = HTTP | SERVER | LOCATION;
+    const HS: u32 = HTTP | SERVER;
+    const ANY: usize = usize::MAX;
+    &[
+        ("root", H | IF, 1, 1),
+        ("alias", LOCATION, 1, 1),
+        ("try_files", SERVER | LOCATION, 2, ANY),
+        ("error_page", H | IF, 2, ANY),
+        ("recursive_error_pages", H, 1, 1),
+        ("client_max_body_size", H, 1, 1),
+        ("client_body_timeout", H, 1, 1),
+        ("client_body_buffer_size", H, 1, 1),
+        ("client_header_timeout", HS, 1, 1),
+        ("client_header_buffer_size", HS, 1, 1),
+        ("large_client_header_buffers", HS, 2, 2),
+        ("keepalive_timeout", H, 1, 2),
+        ("keepalive_requests", H, 1, 1),
+        ("send_timeout", H, 1, 1),
+        ("server_tokens", H, 1, 1),
+        ("sendfile", H | IF, 1, 1),
+        ("tcp_nopush", H, 1, 1),
+        ("tcp_nodelay", H, 1, 1),
+        ("internal", LOCATION, 0, 0),
+        ("log_not_found", H, 1, 1),
+        ("chunked_transfer_encoding", H, 1, 1),
+        ("lingering_close", H, 1, 1),
+        ("lingering_time", H, 1, 1),
+        ("lingering_timeout", H, 1, 1),
+        ("absolute_redirect", H, 1, 1),
+        ("port_in_redirect", H, 1, 1),
+        ("server_name_in_redirect", H, 1, 1),
+        ("merge_slashes", HS, 1, 1),
+        ("underscores_in_headers", HS, 1, 1),
+        ("ignore_invalid_headers", HS, 1, 1),
+        ("reset_timedout_connection", H, 1, 1),
+        ("server_names_hash_bucket_size", HTTP, 1, 1),
+        ("server_names_hash_max_size", HTTP, 1, 1),
+        ("variables_hash_max_size", HTTP, 1, 1),
+        ("variables_hash_bucket_size", HTTP, 1, 1),
+        ("msie_padding", H, 1, 1),
+        ("output_buffers", H, 2, 2),
+        ("postpone_output", H, 1, 1),
+        ("send_lowat", H, 1, 1),
+    ]
+};
+
+fn dur(d: &Directive, i: usize) -> Result<Duration, ConfError> {
+    parse_duration(&d.args[i]).ok_or_else(|| d.err(format!("\"{}\" directive invalid value", d.name)))
+}
+
+fn size(d: &Directive, i: usize) -> Result<u64, ConfError> {
+    parse_size(&d.args[i]).map(|n| n as u64).ok_or_else(|| d.err(format!("\"{}\" directive invalid value", d.name)))
+}
+
+/// Server-level header settings being read.
+struct Head {
+    header_timeout: Duration,
+    large_header: usize,
+    max_head: usize,
+    merge_slashes: bool,
+    underscores: bool,
+    ignore_invalid: bool,
+}
+
+impl Head {
+    fn apply(&mut self, d: &Directive) -> Result<(), ConfError> {
+        match d.name.as_str() {
+            "client_header_timeout" => self.header_timeout = dur(d, 0)?,
+            "large_client_header_buffers" => {
+                let n: usize = d.args[0].parse().ok().filter(|&n| n > 0).ok_or_else(|| d.invalid(0))?;
+                let s = size(d, 1)? as usize;
+                if s == 0 {
+                    return Err(d.invalid(1));
+                }
+                self.large_header = s;
+                self.max_head = n * s;
+            }
+            "merge_slashes" => self.merge_slashes = d.flag()?,
+            "underscores_in_headers" => self.underscores = d.flag()?,
+            "ignore_invalid_headers" => self.ignore_invalid = d.flag()?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Applies one host directive of a block to `c`; `first_error_page`
+/// tracks whether this block replaced the inherited error_page list yet.
+fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bool, in_loc: bool) -> Result<(), ConfError> {
+    match d.name.as_str() {
+        "root" | "alias" => {
+            let mut p = prefix.resolve(&d.args[0]).to_string_lossy().into_owned();
+            if d.name == "root" && p.len() > 1 && p.ends_with('/') {
+                p.pop();
+            }
+            c.root = p;
+            c.alias = d.name == "alias";
+        }
+        "try_files" => c.try_files = d.args.clone(),
+        "error_page" => {
+            if !*fresh_pages {
+                c.error_pages.clear();
+                *fresh_pages = true;
+            }
+            let mut args: &[String] = &d.args;
+            let target = args.last().cloned().unwrap_or_default();
+            args = &args[..args.len() - 1];
+            let mut set = None;
+            if let Some(last) = args.last().filter(|a| a.starts_with('=')) {
+                set = Some(if last.len() == 1 {
+                    None
+                } else {
+                    Some(last[1..].parse::<u16>().ok().filter(|c| (100..600).contains(c)).ok_or_else(|| d.err(format!("invalid value \"{last}\"")))?)
+                });
+                args = &args[..args.len() - 1];
+            }
+            if args.is_empty() {
+                return Err(d.err("invalid number of arguments in \"error_page\" directive"));
+            }
+            let mut codes = Vec::new();
+            for a in args {
+                let code = a.parse::<u16>().ok().filter(|c| (300..600).contains(c)).ok_or_else(|| {
+                    d.err(format!("value \"{a}\" must be between 300 and 599"))
+                })?;
+                codes.push(code);
+            }
+            c.error_pages.push(ErrorPage { codes, set, target });
+        }
+        "recursive_error_pages" => c.recursive_error_pages = d.flag()?,
+        "client_max_body_size" => c.client_max_body_size = size(d, 0)?,
+        "client_body_timeout" => c.client_body_timeout = dur(d, 0)?,
+        "client_body_buffer_size" => c.client_body_buffer_size = size(d, 0)?,
+        "keepalive_timeout" => c.keepalive_timeout = dur(d, 0)?,
+        "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
+        "send_timeout" => c.send_timeout = dur(d, 0)?,
+        "server_tokens" => {
+            c.server_tokens = match d.args[0].as_str() {
+                "build" => true,
+                _ => d.flag()?,
+            }
+        }
+        "sendfile" => c.sendfile = d.flag()?,
+        "internal" if in_loc => c.internal = true,
+        "log_not_found" => c.log_not_found = d.flag()?,
+        "chunked_transfer_encoding" => c.chunked = d.flag()?,
+        "lingering_close" => {
+            c.lingering_close = match d.args[0].as_str() {
+                "off" => 0,
+                "on" => 1,
+                "always" => 2,
+                _ => return Err(d.invalid(0)),
+            }
+        }
+        "lingering_time" => c.lingering_time = dur(d, 0)?,
+        "lingering_timeout" => c.lingering_timeout = dur(d, 0)?,
+        "absolute_redirect" => c.absolute_redirect = d.flag()?,
+        "port_in_redirect" => c.port_in_redirect = d.flag()?,
+        "server_name_in_redirect" => c.server_name_in_redirect = d.flag()?,
+        "tcp_nopush" | "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" => {
+            d.flag()?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Reads a block's host directives over a copy of the parent's settings.
+fn block_core(parent: &Core, d: &Directive, prefix: &Prefix, in_loc: bool) -> Result<Core, ConfError> {
+    let mut c = parent.clone();
+    c.try_files.clear();
+    c.internal = false;
+    let mut fresh = false;
+    let (mut root, mut alias) = (None::<&Directive>, None::<&Directive>);
+    for ch in d.children() {
+        match ch.name.as_str() {
+            "root" if root.is_some() => return Err(ch.err("\"root\" directive is duplicate")),
+            "alias" if alias.is_some() => return Err(ch.err("\"alias\" directive is duplicate")),
+            "root" if alias.is_some() => return Err(ch.err("\"root\" directive is duplicate, \"alias\" directive was specified earlier")),
+            "alias" if root.is_some() => return Err(ch.err("\"alias\" directive is duplicate, \"root\" directive was specified earlier")),
+            "root" => root = Some(ch),
+            "alias" => alias = Some(ch),
+            _ => {}
+        }
+        apply_core(&mut c, ch, prefix, &mut fresh, in_loc)?;
+    }
+    Ok(c)
+}
+
+fn location_kind(d: &Directive) -> Result<(Kind, String, Option<Regex>), ConfError> {
+    let regex = |src: &str, ci: bool| {
+        RegexBuilder::new(src)
+            .case_insensitive(ci)
+            .build()
+            .map_err(|e| d.err(format!("pcre2_compile() failed: {} in \"{src}\"", first_line(&e.to_string()))))
+    };
+    let (a0, a1) = (d.args[0].as_str(), d.args.get(1).map(String::as_str));
+    Ok(match (a0, a1) {
+        ("=", Some(p)) => (Kind::Exact, p.to_string(), None),
+        ("^~", Some(p)) => (Kind::NoRegex, p.to_string(), None),
+        ("~", Some(p)) => (Kind::Regex, p.to_string(), Some(regex(p, false)?)),
+        ("~*", Some(p)) => (Kind::Regex, p.to_string(), Some(regex(p, true)?)),
+        (_, Some(_)) => return Err(d.err(format!("invalid location modifier \"{a0}\""))),
+        (p, None) if p.starts_with('@') => (Kind::Named, p.to_string(), None),
+        (p, None) if p.starts_with('=') && p.len() > 1 => (Kind::Exact, p[1..].to_string(), None),
+        (p, None) if p.starts_with("^~") && p.len() > 2 => (Kind::NoRegex, p[2..].to_string(), None),
+        (p, None) if p.starts_with("~*") && p.len() > 2 => (Kind::Regex, p[2..].to_string(), Some(regex(&p[2..], true)?)),
+        (p, None) if p.starts_with('~') && p.len() > 1 => (Kind::Regex, p[1..].to_string(), Some(regex(&p[1..], false)?)),
+        (p, None) => (Kind::Prefix, p.to_string(), None),
+    })
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().rev().find(|l| !l.trim().is_empty()).map_or(s, str::trim)
+}
+
+fn server_name(d: &Directive, n: &str) -> Result<Option<Name>, ConfError> {
+    if let Some(re) = n.strip_prefix('~') {
+        let r = RegexBuilder::new(re)
+            .case_insensitive(true)
+            .build()
+            .map_err(|e| d.err(format!("pcre2_compile() failed: {} in \"{re}\"", first_line(&e.to_string()))))?;
+        return Ok(Some(Name::Regex(r)));
+    }
+    let n = n.to_ascii_lowercase();
+    if n.is_empty() || n == "_" || n == "\"\"" {
+        return Ok(None);
+    }
+    if n.contains('/') {
+        return Err(d.err(format!("server name \"{n}\" has suspicious symbols")));
+    }
+    Ok(Some(if let Some(rest) = n.strip_prefix("*.") {
+        Name::Suffix(format!(".{rest}"), false)
+    } else if n.starts_with('.') {
+        Name::Suffix(n, true)
+    } else if let Some(rest) = n.strip_suffix(".*") {
+        Name::PrefixWild(format!("{rest}."))
+    } else if n.contains('*') {
+        return Err(d.err(format!("invalid server name or wildcard \"{n}\"")));
+    } else {
+        Name::Exact(n)
+    }))
+}
+
+impl HttpConf {
+    /// Builds the HTTP configuration from the plugins' configuration nodes.
+    pub fn build(plugins: &Plugins, prefix: &Prefix, default_addr: SocketAddr) -> Result<HttpConf, ConfError> {
+        let nodes = &plugins.nodes;
+        let mut out = HttpConf::default();
+        let base = Core::defaults(prefix);
+        let mut http_core = base.clone();
+        let mut http_head = Head {
+            header_timeout: Duration::from_secs(60),
+            large_header: 8 * 1024,
+            max_head: 32 * 1024,
+            merge_slashes: true,
+            underscores: false,
+            ignore_invalid: true,
+        };
+        let mut http_content = None;
+        // Node index → (server index, loc index) for locations' parents.
+        let mut where_: Vec<Option<(usize, usize)>> = vec![None; nodes.len()];
+        for (ni, n) in nodes.iter().enumerate() {
+            match (n.level, n.in_ctx) {
+                (ctx::HTTP, _) => {
+                    http_core = block_core(&base, &n.d, prefix, false)?;
+                    for ch in n.d.children() {
+                        http_head.apply(ch)?;
+                    }
+                    http_content = n.content;
+                }
+                (ctx::SERVER, ctx::HTTP) => {
+                    let core = block_core(&http_core, &n.d, prefix, false)?;
+                    let mut head = Head { ..http_head };
+                    for ch in n.d.children() {
+                        head.apply(ch)?;
+                    }
+                    let mut s = Server {
+                        listens: Vec::new(),
+                        default_for: Vec::new(),
+                        names: Vec::new(),
+                        primary_name: String::new(),
+                        locs: vec![Loc {
+                            kind: Kind::Server,
+                            path: String::new(),
+                            regex: None,
+                            confs: n.confs.clone(),
+                            content: n.content.or(http_content),
+                            core,
+                            exact: Vec::new(),
+                            prefix: Vec::new(),
+                            regexes: Vec::new(),
+                        }],
+                        named: Vec::new(),
+                        header_timeout: head.header_timeout,
+                        large_header: head.large_header,
+                        max_head: head.max_head,
+                        merge_slashes: head.merge_slashes,
+                        underscores_in_headers: head.underscores,
+                        ignore_invalid_headers: head.ignore_invalid,
+                    };
+                    for c in n.d.children() {
+                        match c.name.as_str() {
+                            "listen" => {
+                                let (l, _) = crate::config::core::parse_listen(c)?;
+                                if l.default_server {
+                                    if let Some(other) = out.servers.iter().find(|o| o.default_for.contains(&l.addr)) {
+                                        let _ = other;
+                                        return Err(c.err(format!("a duplicate default server for {}", l.addr)));
+                                    }
+                                    s.default_for.push(l.addr);
+                                }
+                                s.listens.push(l.addr);
+                            }
+                            "server_name" => {
+                                for a in &c.args {
+                                    if s.primary_name.is_empty() && !a.starts_with('~') {
+                                        s.primary_name = a.trim_start_matches("*.").to_string();
+                                    }
+                                    if let Some(name) = server_name(c, a)? {
+                                        s.names.push(name);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if s.listens.is_empty() {
+                        s.listens.push(default_addr);
+                    }
+                    out.servers.push(s);
+                    where_[ni] = Some((out.servers.len() - 1, 0));
+                }
+                (ctx::LOCATION, _) => {
+                    let Some((si, parent)) = n.parent.and_then(|p| where_[p]) else { continue };
+                    let s = &mut out.servers[si];
+                    let (kind, path, regex) = location_kind(&n.d)?;
+                    let pl = &s.locs[parent];
+                    if pl.kind == Kind::Named {
+                        return Err(n.d.err(format!("location \"{path}\" could not be inside the named location \"{}\"", pl.path)));
+                    }
+                    if pl.kind == Kind::Exact {
+                        return Err(n.d.err(format!("location \"{path}\" could not be inside the exact location \"{}\"", pl.path)));
+                    }
+                    if kind == Kind::Named && parent != 0 {
+                        return Err(n.d.err(format!("named location \"{path}\" can be on the server level only")));
+                    }
+                    if matches!(kind, Kind::Prefix | Kind::NoRegex | Kind::Exact)
+                        && matches!(pl.kind, Kind::Prefix | Kind::NoRegex)
+                        && !path.starts_with(&pl.path)
+                    {
+                        return Err(n.d.err(format!("location \"{path}\" is outside location \"{}\"", pl.path)));
+                    }
+                    let core = block_core(&pl.core, &n.d, prefix, true)?;
+                    // A content handler set at server/http level is inherited;
+                    // one set in a location is not (as nginx's clcf->handler).
+                    let content = n.content.or(if pl.kind == Kind::Server { pl.content } else { None });
+                    let dup = |list: &[usize], locs: &[Loc]| list.iter().any(|&i| locs[i].path == path);
+                    let me = s.locs.len();
+                    match kind {
+                        Kind::Exact if dup(&s.locs[parent].exact, &s.locs) => {
+                            return Err(n.d.err(format!("duplicate location \"{path}\"")))
+                        }
+                        Kind::Prefix | Kind::NoRegex if dup(&s.locs[parent].prefix, &s.locs) => {
+                            return Err(n.d.err(format!("duplicate location \"{path}\"")))
+                        }
+                        Kind::Named if s.named.iter().any(|(p, _)| *p == path) => {
+                            return Err(n.d.err(format!("duplicate location \"{path}\"")))
+                        }
+                        Kind::Exact => s.locs[parent].exact.push(me),
+                        Kind::Prefix | Kind::NoRegex => s.locs[parent].prefix.push(me),
+                        Kind::Regex => s.locs[parent].regexes.push(me),
+                        Kind::Named => s.named.push((path.clone(), me)),
+                        Kind::Server => {}
+                    }
+                    s.locs.push(Loc {
+                        kind,
+                        path,
+                        regex,
+                        confs: n.confs.clone(),
+                        content,
+                        core,
+                        exact: Vec::new(),
+                        prefix: Vec::new(),
+                        regexes: Vec::new(),
+                    });
+                    where_[ni] = Some((si, me));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The server for a connection on `local` with `host` (lowercase, no
+    /// port): exact name, longest `*.` suffix, longest `.*` prefix, first
+    /// matching regex, else the address's default server.
+    pub fn find_server(&self, local: SocketAddr, host: &str) -> Option<&Server> {
+        let on = |s: &&Server| {
+            s.listens.iter().any(|a| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
+        };
+        if !host.is_empty() {
+            let cands = || self.servers.iter().filter(on);
+            if let Some(s) = cands().find(|s| s.names.iter().any(|n| matches!(n, Name::Exact(e) if e == host))) {
+                return Some(s);
+            }
+            let best = |f: &dyn Fn(&Name) -> Option<usize>| {
+                cands().filter_map(|s| s.names.iter().filter_map(f).max().map(|l| (l, s))).max_by_key(|(l, _)| *l).map(|(_, s)| s)
+            };
+            let suffix = |n: &Name| match n {
+                Name::Suffix(sfx, bare) if host.ends_with(sfx.as_str()) || (*bare && host == &sfx[1..]) => Some(sfx.len()),
+                _ => None,
+            };
+            if let Some(s) = best(&suffix) {
+                return Some(s);
+            }
+            let pre = |n: &Name| match n {
+                Name::PrefixWild(p) if host.starts_with(p.as_str()) => Some(p.len()),
+                _ => None,
+            };
+            if let Some(s) = best(&pre) {
+                return Some(s);
+            }
+            if let Some(s) = cands().find(|s| s.names.iter().any(|n| matches!(n, Name::Regex(r) if r.is_match(host)))) {
+                return Some(s);
+            }
+        }
+        self.default_server(local)
+    }
+
+    /// The default server for `local`: the one marked `default_server`
+    /// for that address (or the wildcard of its port), else the first.
+    pub fn default_server(&self, local: SocketAddr) -> Option<&Server> {
+        let covers = |a: &SocketAddr| *a == local || (a.ip().is_unspecified() && a.port() == local.port());
+        self.servers
+            .iter()
+            .find(|s| s.default_for.iter().any(|a| *a == local))
+            .or_else(|| self.servers.iter().find(|s| s.default_for.iter().any(covers)))
+            .or_else(|| self.servers.iter().find(|s| s.listens.iter().any(covers)))
+    }
+}
+
+/// The outcome of a location search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    None,
+    /// A prefix match (regexes may still win).
+    Prefix(usize, bool),
+    /// Exact or regex match: final.
+    Final(usize),
+}
+
+impl Server {
+    /// The location for `uri`, nginx's way: an exact match wins; else the
+    /// longest prefix, whose nested locations are searched next; unless it
+    /// is `^~`, regexes are then tried in order (nested ones first) and
+    /// the first that matches wins; else the longest prefix; else the
+    /// server level (0).
+    pub fn find_location(&self, uri: &str) -> usize {
+        match self.search(0, uri) {
+            Found::None => 0,
+            Found::Prefix(i, _) | Found::Final(i) => i,
+        }
+    }
+
+    fn search(&self, at: usize, uri: &str) -> Found {
+        let l = &self.locs[at];
+        if let Some(&i) = l.exact.iter().find(|&&i| self.locs[i].path == uri) {
+            return Found::Final(i);
+        }
+        let mut found = Found::None;
+        let mut noregex = false;
+        let best = l
+            .prefix
+            .iter()
+            .filter(|&&i| uri.starts_with(self.locs[i].path.as_str()))
+            .max_by_key(|&&i| self.locs[i].path.len());
+        if let Some(&p) = best {
+            noregex = self.locs[p].kind == Kind::NoRegex;
+            found = Found::Prefix(p, noregex);
+            match self.search(p, uri) {
+                Found::Final(i) => return Found::Final(i),
+                Found::Prefix(i, nr) => found = Found::Prefix(i, nr),
+                Found::None => {}
+            }
+        }
+        if !noregex {
+            for &r in &l.regexes {
+                if self.locs[r].regex.as_ref().is_some_and(|re| re.is_match(uri)) {
+                    return match self.search(r, uri) {
+                        Found::None => Found::Final(r),
+                        Found::Prefix(i, _) | Found::Final(i) => Found::Final(i),
+                    };
+                }
+            }
+        }
+        found
+    }
+
+    /// The `@name` location.
+    pub fn named(&self, name: &str) -> Option<usize> {
+        self.named.iter().find(|(n, _)| n == name).map(|&(_, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(conf: &str) -> Server {
+        let dir = std::env::temp_dir();
+        let parsed = crate::config::parser::parse_str(conf, "t.conf").unwrap();
+        let reg = crate::config::table::Registry::core();
+        reg.check(&parsed).unwrap();
+        let mut p = Plugins::new(Vec::new(), dir.clone());
+        p.configure(&parsed, &reg).unwrap();
+        let addr = "0.0.0.0:80".parse().unwrap();
+        HttpConf::build(&p, &Prefix(dir), addr).unwrap().servers.remove(0)
+    }
+
+    #[test]
+    fn nginx_location_order() {
+        let s = server(
+            "http { server {
+                location = / { }
+                location / { }
+                location /documents/ { location ~ \\.txt$ { } }
+                location ^~ /images/ { }
+                location ~* \\.(gif|jpg|jpeg)$ { }
+                location @fallback { }
+            } }",
+        );
+        let path = |u: &str| {
+            let l = &s.locs[s.find_location(u)];
+            format!("{:?} {}", l.kind, l.path)
+        };
+        assert_eq!(path("/"), "Exact /");
+        assert_eq!(path("/index.html"), "Prefix /");
+        assert_eq!(path("/documents/document.html"), "Prefix /documents/");
+        assert_eq!(path("/documents/a.txt"), "Regex \\.txt$");
+        assert_eq!(path("/images/1.gif"), "NoRegex /images/");
+        assert_eq!(path("/documents/1.JPG"), "Regex \\.(gif|jpg|jpeg)$");
+        assert_eq!(path("/x.jpg"), "Regex \\.(gif|jpg|jpeg)$");
+        assert_eq!(s.named("@fallback").map(|i| s.locs[i].kind), Some(Kind::Named));
+    }
+
+    #[test]
+    fn inheritance_and_errors() {
+        let s = server(
+            "http { client_max_body_size 5m; root /srv; error_page 404 /404.html;
+              server { location /a { error_page 500 = /err; location /a/b { } } location /c { alias /data/; internal; } } }",
+        );
+        let a = &s.locs[s.find_location("/a")];
+        assert_eq!(a.core.client_max_body_size, 5 << 20);
+        assert_eq!(a.core.root, "/srv");
+        assert_eq!(a.core.error_pages.len(), 1);
+        assert_eq!(a.core.error_pages[0].codes, vec![500]);
+        let b = &s.locs[s.find_location("/a/b/x")];
+        assert_eq!(b.core.error_pages[0].set, Some(None));
+        let c = &s.locs[s.find_location("/c/x")];
+        assert!(c.core.alias && c.core.internal);
+        assert!(!b.core.internal);
+        assert_eq!(s.locs[0].core.error_pages[0].target, "/404.html");
+    }
+}

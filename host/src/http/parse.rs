@@ -1,0 +1,428 @@
+//! Request-head validation, URI normalisation and the chunked decoder —
+//! the parts of HTTP/1.1 parsing where nginx is stricter than httparse.
+//!
+//! httparse tokenises the head; [`check_head`] then refuses what nginx
+//! refuses (smuggling vectors, missing or duplicate Host, bad methods),
+//! and [`normalize`] turns the request target into `$uri` the way
+//! `ngx_http_parse_complex_uri` does: `%XX` decoded, `//` merged, `/./`
+//! and `/../` resolved without ever climbing above `/`.
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What the head says, beyond method/target/version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadInfo {
+    /// Body framing.
+    pub framing: Framing,
+    /// The Host header (or the absolute target's host), lowercase, no port.
+    pub host: String,
+    /// The client wants the connection kept.
+    pub keepalive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+/// Why a head is refused: the status and the error-log reason.
+pub type Refusal = (u16, &'static str);
+
+fn valid_method(m: &str) -> bool {
+    !m.is_empty() && m.len() <= 32 && m.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+}
+
+/// Validates a host name as nginx's `ngx_http_validate_host`: strips the
+/// port and a trailing dot, lowercases, refuses `/`, `\0`, `..` and
+/// leading dots. `None` = invalid.
+pub fn validate_host(h: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(h.len());
+    let mut in_bracket = false;
+    let mut prev_dot = false;
+    for (i, &b) in h.iter().enumerate() {
+        match b {
+            b'.' => {
+                if prev_dot || i == 0 {
+                    return None;
+                }
+                prev_dot = true;
+                out.push('.');
+                continue;
+            }
+            b':' if !in_bracket => {
+                if !h[i + 1..].iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                break;
+            }
+            b'[' if i == 0 => in_bracket = true,
+            b']' => in_bracket = false,
+            b'/' | b'\\' | 0 | b' ' | b'\t' => return None,
+            _ if b < 0x20 || b == 0x7f => return None,
+            _ => {}
+        }
+        prev_dot = false;
+        out.push((b as char).to_ascii_lowercase());
+    }
+    if out.ends_with('.') {
+        out.pop();
+    }
+    Some(out)
+}
+
+/// Checks a parsed head as nginx would: returns what the rest of the
+/// request needs, or the status to refuse it with.
+pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool) -> Result<HeadInfo, Refusal> {
+    let method = req.method.unwrap_or("");
+    if !valid_method(method) {
+        return Err((400, "client sent invalid method"));
+    }
+    let minor = req.version.unwrap_or(1);
+    let mut info = HeadInfo { framing: Framing::None, host: String::new(), keepalive: minor == 1, expect_continue: false };
+    let (mut cl, mut te, mut host): (Option<u64>, Option<bool>, Option<&[u8]>) = (None, None, None);
+    for h in req.headers.iter() {
+        let name = h.name;
+        if !underscores && name.contains('_') {
+            // nginx ignores such headers (ignore_invalid_headers on).
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Err((400, "client sent duplicate host header"));
+            }
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if cl.is_some() {
+                return Err((400, "client sent duplicate header line: \"Content-Length\""));
+            }
+            let v = std::str::from_utf8(h.value).map_err(|_| (400, "client sent invalid \"Content-Length\" header"))?;
+            let v = v.trim_matches(|c| c == ' ' || c == '\t');
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.len() > 18 {
+                return Err((400, "client sent invalid \"Content-Length\" header"));
+            }
+            cl = Some(v.parse().map_err(|_| (400, "client sent invalid \"Content-Length\" header"))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if te.is_some() {
+                return Err((400, "client sent duplicate header line: \"Transfer-Encoding\""));
+            }
+            let v = String::from_utf8_lossy(h.value);
+            te = Some(v.trim().eq_ignore_ascii_case("chunked"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.split(',').any(|t| t.trim() == "close") {
+                info.keepalive = false;
+            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+                info.keepalive = true;
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            info.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    let target = req.path.unwrap_or("");
+    let abs_host = absolute_host(target);
+    match (abs_host, host) {
+        (Some(a), _) => info.host = validate_host(a.as_bytes()).ok_or((400, "client sent invalid host in request line"))?,
+        (None, Some(h)) => info.host = validate_host(h).ok_or((400, "client sent invalid host header"))?,
+        (None, None) if minor == 1 => return Err((400, "client sent HTTP/1.1 request without \"Host\" header")),
+        (None, None) => {}
+    }
+    match (te, cl) {
+        (Some(_), Some(_)) => return Err((400, "client sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time")),
+        (Some(_), None) if minor == 0 => return Err((400, "client sent HTTP/1.0 request with \"Transfer-Encoding\" header")),
+        (Some(true), None) => info.framing = Framing::Chunked,
+        (Some(false), None) => return Err((501, "client sent unknown \"Transfer-Encoding\"")),
+        (None, Some(0)) | (None, None) => {}
+        (None, Some(n)) => info.framing = Framing::Length(n),
+    }
+    Ok(info)
+}
+
+/// The host part of an absolute-form target (`http://host:port/path`).
+fn absolute_host(target: &str) -> Option<&str> {
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// The origin-form part of a target: `/path?query` (absolute form reduced).
+pub fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+    Some(rest.find(['/', '?']).map_or("/", |i| &rest[i..]))
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` and normalises a path into `out`: merges `//` (when
+/// `merge`), resolves `.` and `..` segments. `Err` when the path is not
+/// absolute, climbs above the root, has a bad escape or a decoded NUL.
+pub fn normalize(path: &str, merge: bool, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    out.clear();
+    let p = path.as_bytes();
+    if p.first() != Some(&b'/') {
+        return Err("client sent invalid request");
+    }
+    let mut i = 0;
+    while i < p.len() {
+        let mut b = p[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (p.get(i + 1).copied().and_then(hex), p.get(i + 2).copied().and_then(hex)) else {
+                return Err("client sent invalid escape in URI");
+            };
+            b = h << 4 | l;
+            i += 2;
+            if b == 0 {
+                return Err("client sent invalid \"%00\" in URI");
+            }
+        }
+        i += 1;
+        out.push(b);
+        if b != b'/' {
+            continue;
+        }
+        // Just pushed a '/': fold the segment before it if it was "." or "..".
+        let n = out.len();
+        if merge && n >= 2 && out[n - 2] == b'/' {
+            out.pop();
+        } else if n >= 3 && &out[n - 3..] == b"/./" {
+            out.truncate(n - 2);
+        } else if n >= 4 && &out[n - 4..] == b"/../" {
+            if n == 4 {
+                return Err("client sent invalid request");
+            }
+            out.truncate(n - 3);
+            let cut = out[..out.len() - 1].iter().rposition(|&c| c == b'/').map_or(0, |k| k + 1);
+            out.truncate(cut);
+        }
+    }
+    // A trailing "/." or "/.." segment.
+    let n = out.len();
+    if n >= 2 && &out[n - 2..] == b"/." {
+        out.pop();
+    } else if n >= 3 && &out[n - 3..] == b"/.." {
+        if n == 3 {
+            return Err("client sent invalid request");
+        }
+        out.truncate(n - 2);
+        let cut = out[..out.len() - 1].iter().rposition(|&c| c == b'/').map_or(0, |k| k + 1);
+        out.truncate(cut);
+    }
+    Ok(())
+}
+
+/// Decodes a chunked body incrementally.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: CState,
+    size: u64,
+    digits: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum CState {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLine,
+    TrailerLf,
+    LastLf,
+    Done,
+}
+
+/// One step of chunked decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Some input consumed, part of it body data.
+    Progress {
+        /// Input bytes consumed.
+        used: usize,
+        /// The body data among them (relative to the input).
+        data: std::ops::Range<usize>,
+    },
+    /// The terminating chunk and trailers were read.
+    Done {
+        /// Input bytes consumed.
+        used: usize,
+    },
+}
+
+impl Chunked {
+    /// True once the last chunk and trailers were read.
+    pub fn done(&self) -> bool {
+        self.state == CState::Done
+    }
+
+    /// Consumes input up to the next piece of data (or the end).
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, &'static str> {
+        use CState::*;
+        let bad = "client sent invalid chunked body";
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                Size => match hex(b) {
+                    Some(v) => {
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(bad);
+                        }
+                        self.size = self.size << 4 | v as u64;
+                    }
+                    None if self.digits == 0 => return Err(bad),
+                    None if b == b'\r' => self.state = SizeLf,
+                    None if b == b';' || b == b' ' || b == b'\t' => self.state = Ext,
+                    None => return Err(bad),
+                },
+                Ext => match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' | 0 => return Err(bad),
+                    _ => {}
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.digits = 0;
+                    self.state = if self.size == 0 { Trailer } else { Data };
+                }
+                Data => {
+                    let n = (self.size as usize).min(input.len() - i);
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    return Ok(Step::Progress { used: i + n, data: i..i + n });
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err(bad);
+                    }
+                    self.state = DataLf;
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.state = Size;
+                }
+                Trailer => match b {
+                    b'\r' => self.state = LastLf,
+                    _ => self.state = TrailerLine,
+                },
+                TrailerLine => {
+                    if b == b'\r' {
+                        self.state = TrailerLf;
+                    }
+                }
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.state = Trailer;
+                }
+                LastLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.state = Done;
+                    return Ok(Step::Done { used: i + 1 });
+                }
+                Done => return Ok(Step::Done { used: i }),
+            }
+            i += 1;
+        }
+        if self.state == Done {
+            return Ok(Step::Done { used: i });
+        }
+        Ok(Step::Progress { used: i, data: i..i })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, &'static str> {
+        let mut v = Vec::new();
+        normalize(p, true, &mut v).map(|()| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn uri_normalisation() {
+        for (i, o) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("//a///b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/%61%2Fb", "/a/b"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/b/../../c", "/c"),
+        ] {
+            assert_eq!(norm(i).as_deref(), Ok(o), "{i}");
+        }
+        for bad in ["/..", "/../x", "/a/../../x", "/%zz", "/%2", "/a%00b", "x", "/%2e%2e/"] {
+            assert!(norm(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn dechunk(input: &[u8]) -> Result<(Vec<u8>, bool), &'static str> {
+        let mut c = Chunked::default();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        loop {
+            match c.step(&input[pos..])? {
+                Step::Progress { used, data } => {
+                    out.extend_from_slice(&input[pos..][data]);
+                    pos += used;
+                    if used == 0 {
+                        return Ok((out, false));
+                    }
+                }
+                Step::Done { .. } => return Ok((out, true)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked() {
+        assert_eq!(dechunk(b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"), Ok((b"hello world".to_vec(), true)));
+        assert_eq!(dechunk(b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"), Ok((b"abc".to_vec(), true)));
+        assert_eq!(dechunk(b"3\r\nab"), Ok((b"ab".to_vec(), false)));
+        for bad in [&b"x\r\n"[..], b"3\r\nabcX", b"3\nabc", b"ffffffffffffffffff\r\n", b"-1\r\n"] {
+            assert!(dechunk(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(validate_host(b"Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(validate_host(b"example.com.").as_deref(), Some("example.com"));
+        assert_eq!(validate_host(b"[::1]:80").as_deref(), Some("[::1]"));
+        for bad in [&b"a/b"[..], b"..", b"a..b", b".a", b"a:b", b"a\0"] {
+            assert!(validate_host(bad).is_none(), "{:?}", bad);
+        }
+    }
+}

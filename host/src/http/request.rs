@@ -1,0 +1,1071 @@
+//! One HTTP request: its state, the phase engine that runs plugin
+//! handlers over it (with suspension and internal redirects), the
+//! finalisation rules (error_page, built-in error pages), and the output
+//! path: header filters → rendered head, body filters → framed body in
+//! the connection's output queue (memory or file regions for sendfile).
+//!
+//! A request lives in a `RefCell` owned by its connection. Plugin code is
+//! never called while the cell is borrowed, so a handler may call back
+//! into the host freely; host functions borrow for the duration of their
+//! own work only.
+
+use super::conf::{Kind, Loc, Server};
+use super::parse::Framing;
+use crate::cycle::Cycle;
+use crate::plugin::host_api;
+use plugin_api::sys;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::time::{Instant, SystemTime};
+
+/// A piece of output waiting for the socket.
+pub enum Chunk {
+    /// Bytes (head, framing, memory body).
+    Mem(Vec<u8>),
+    /// A file region: sent with sendfile(2) (or read and written).
+    File {
+        /// Our own descriptor (dup()ed from the plugin's).
+        fd: OwnedFd,
+        /// Next offset to send.
+        pos: u64,
+        /// End offset.
+        end: u64,
+    },
+}
+
+/// How the phase engine stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Handlers are to be run (or are running).
+    Running,
+    /// A handler returned AGAIN: it is called again on http_resume.
+    Suspended,
+    /// A handler returned DONE without finishing: http_finalize ends it.
+    Waiting,
+    /// The response is produced (or being flushed).
+    Finalized,
+}
+
+/// State of the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyIn {
+    /// Not asked for yet (will be discarded if never read).
+    Idle,
+    /// A plugin asked for it; being read into `body_in`.
+    Reading,
+    /// Being read and thrown away.
+    Discarding,
+    /// Completely read (or there was none).
+    Done,
+}
+
+/// A pending internal redirect.
+pub struct Redirect {
+    /// New URI (or `@name`).
+    pub uri: String,
+    /// New args.
+    pub args: String,
+}
+
+/// The state behind an `ngx_plugin_request_t`.
+pub struct Req<'a> {
+    /// The ABI handle of the current request (changes per request).
+    pub handle: usize,
+    /// The worker's index of the connection (for wakeups).
+    pub conn: usize,
+    /// The generation serving it.
+    pub cycle: &'a Cycle,
+    /// The virtual server.
+    pub srv: &'a Server,
+    /// Index of the current location in the server.
+    pub loc: usize,
+    /// Method.
+    pub method: String,
+    /// Target as received.
+    pub request_uri: String,
+    /// Decoded, normalised path.
+    pub uri: String,
+    /// Query string.
+    pub args: String,
+    /// 0 or 1 (HTTP/1.x).
+    pub minor: u8,
+    /// `$host`.
+    pub host: String,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// `$remote_addr`.
+    pub remote_addr: String,
+    /// Our address.
+    pub local: SocketAddr,
+    /// Request headers in order.
+    pub headers_in: Vec<(String, String)>,
+    /// Request body framing.
+    pub framing: Framing,
+    /// `Expect: 100-continue` not yet answered.
+    pub expect_continue: bool,
+    /// The client allows keepalive.
+    pub keepalive: bool,
+    /// Request start.
+    pub start: Instant,
+    /// Request start, wall clock.
+    pub start_wall: SystemTime,
+    /// Bytes of the request head.
+    pub head_len: usize,
+    /// Requests served on this connection, this one included.
+    pub conn_requests: u32,
+    /// Connection serial number (`$connection`).
+    pub conn_serial: u64,
+    /// Request body state.
+    pub body_state: BodyIn,
+    /// The body read so far (when a plugin asked for it).
+    pub body_in: Vec<u8>,
+    /// Body bytes received (read or discarded).
+    pub body_received: u64,
+    /// Who to tell when the body is complete: (plugin, callback, data).
+    pub body_done: Option<(usize, sys::DoneFn, *mut c_void)>,
+    /// The buffer http_body hands out.
+    pub body_buf: sys::Buf,
+    /// Response status (0 = not set).
+    pub status: u16,
+    /// Response headers.
+    pub headers_out: Vec<(String, String)>,
+    /// Content-Length of the response, if known.
+    pub content_length: Option<u64>,
+    /// The head went through the header filters and into the output.
+    pub header_sent: bool,
+    /// HEAD, 204, 304: no body is written.
+    pub header_only: bool,
+    /// The body is chunked on the wire.
+    pub chunked: bool,
+    /// The response body ended (LAST reached the writer).
+    pub body_done_out: bool,
+    /// Output waiting for the socket.
+    pub out: VecDeque<Chunk>,
+    /// Body bytes written into the output (`$body_bytes_sent`, framing excluded).
+    pub body_bytes: u64,
+    /// Head bytes.
+    pub head_bytes: u64,
+    /// Phase engine state.
+    pub run: Run,
+    /// Current phase.
+    pub phase: u32,
+    /// Next handler index within the phase.
+    pub hidx: usize,
+    /// The handler to call again on resume: (plugin, handler, conf).
+    pub again: Option<(usize, sys::HttpHandlerFn, *mut c_void)>,
+    /// http_resume was called.
+    pub resume: bool,
+    /// http_finalize was called with this code.
+    pub finalize: Option<sys::Rc>,
+    /// A pending internal redirect.
+    pub redirect: Option<Redirect>,
+    /// Internal redirects so far (nginx allows 10).
+    pub redirects: u8,
+    /// This request reached its location through a redirect (`internal`).
+    pub internal: bool,
+    /// Serving an error_page: the status to answer with (and no recursion).
+    pub error_page: Option<u16>,
+    /// The connection must close after this response.
+    pub must_close: bool,
+    /// Position in the body filter chain while filters run.
+    pub filter_pos: usize,
+    /// The log phase ran.
+    pub logged: bool,
+    /// Per-plugin state: (plugin, pointer, destructor).
+    pub ctx: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
+    /// Request-lifetime allocations (http_alloc, computed variables).
+    pub arena: Vec<Box<[u8]>>,
+    /// Variables set with http_var_set.
+    pub vars: Vec<(String, String)>,
+}
+
+impl<'a> Req<'a> {
+    /// An empty request for a connection.
+    pub fn new(conn: usize, cycle: &'a Cycle, srv: &'a Server, peer: SocketAddr, local: SocketAddr) -> Req<'a> {
+        Req {
+            handle: 0,
+            conn,
+            cycle,
+            srv,
+            loc: 0,
+            method: String::new(),
+            request_uri: String::new(),
+            uri: String::new(),
+            args: String::new(),
+            minor: 1,
+            host: String::new(),
+            peer,
+            remote_addr: peer.ip().to_string(),
+            local,
+            headers_in: Vec::new(),
+            framing: Framing::None,
+            expect_continue: false,
+            keepalive: false,
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+            head_len: 0,
+            conn_requests: 0,
+            conn_serial: 0,
+            body_state: BodyIn::Done,
+            body_in: Vec::new(),
+            body_received: 0,
+            body_done: None,
+            body_buf: sys::Buf { data: std::ptr::null(), len: 0, fd: -1, flags: 0, file_pos: 0, file_len: 0 },
+            status: 0,
+            headers_out: Vec::new(),
+            content_length: None,
+            header_sent: false,
+            header_only: false,
+            chunked: false,
+            body_done_out: false,
+            out: VecDeque::new(),
+            body_bytes: 0,
+            head_bytes: 0,
+            run: Run::Finalized,
+            phase: 0,
+            hidx: 0,
+            again: None,
+            resume: false,
+            finalize: None,
+            redirect: None,
+            redirects: 0,
+            internal: false,
+            error_page: None,
+            must_close: false,
+            filter_pos: 0,
+            logged: true,
+            ctx: Vec::new(),
+            arena: Vec::new(),
+            vars: Vec::new(),
+        }
+    }
+
+    /// Clears per-request state, keeping buffers' capacity.
+    pub fn reset(&mut self) {
+        self.free_plugin_state();
+        self.method.clear();
+        self.request_uri.clear();
+        self.uri.clear();
+        self.args.clear();
+        self.host.clear();
+        self.headers_in.clear();
+        self.framing = Framing::None;
+        self.expect_continue = false;
+        self.keepalive = false;
+        self.start = Instant::now();
+        self.start_wall = SystemTime::now();
+        self.body_state = BodyIn::Done;
+        self.body_in.clear();
+        self.body_received = 0;
+        self.body_done = None;
+        self.status = 0;
+        self.headers_out.clear();
+        self.content_length = None;
+        self.header_sent = false;
+        self.header_only = false;
+        self.chunked = false;
+        self.body_done_out = false;
+        self.out.clear();
+        self.body_bytes = 0;
+        self.head_bytes = 0;
+        self.run = Run::Running;
+        self.phase = 0;
+        self.hidx = 0;
+        self.again = None;
+        self.resume = false;
+        self.finalize = None;
+        self.redirect = None;
+        self.redirects = 0;
+        self.internal = false;
+        self.error_page = None;
+        self.must_close = false;
+        self.filter_pos = 0;
+        self.logged = false;
+        self.vars.clear();
+        self.loc = 0;
+    }
+
+    /// Runs plugin destructors and drops request-lifetime memory.
+    pub fn free_plugin_state(&mut self) {
+        if self.handle != 0 {
+            crate::plugin::io::drop_owner(self.handle);
+        }
+        for (idx, p, f) in self.ctx.drain(..) {
+            if let Some(f) = f {
+                host_api::call_free(idx, f, p);
+            }
+        }
+        self.arena.clear();
+    }
+
+    /// The generation.
+    pub fn cycle(&self) -> &'a Cycle {
+        self.cycle
+    }
+
+    /// The virtual server.
+    pub fn server(&self) -> &'a Server {
+        self.srv
+    }
+
+    /// The current location.
+    pub fn location(&self) -> &'a Loc {
+        &self.server().locs[self.loc]
+    }
+
+    /// `HTTP/1.0` or `HTTP/1.1`.
+    pub fn protocol(&self) -> &'static str {
+        if self.minor == 0 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        }
+    }
+
+    /// The first request header `name`.
+    pub fn header_in(&self, name: &str) -> Option<&str> {
+        self.headers_in.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The first response header `name`.
+    pub fn header_out(&self, name: &str) -> Option<&str> {
+        self.headers_out.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// True when the request is over and its output flushed.
+    pub fn complete(&self) -> bool {
+        self.run == Run::Finalized && self.out.is_empty()
+    }
+
+    /// Maps a URI to a file path with the location's root or alias.
+    pub fn map_to_path(&self, uri: &str, out: &mut String) {
+        let loc = self.location();
+        out.clear();
+        out.push_str(&loc.core.root);
+        if loc.core.alias && loc.kind != Kind::Regex {
+            out.push_str(uri.get(loc.path.len()..).unwrap_or(""));
+        } else if !loc.core.alias {
+            out.push_str(uri);
+        }
+    }
+}
+
+/// Appends bytes to the output, merging with a trailing memory chunk.
+pub fn push_mem(out: &mut VecDeque<Chunk>, b: &[u8]) {
+    if b.is_empty() {
+        return;
+    }
+    if let Some(Chunk::Mem(v)) = out.back_mut() {
+        v.extend_from_slice(b);
+        return;
+    }
+    out.push_back(Chunk::Mem(b.to_vec()));
+}
+
+/// The reason phrase nginx sends for `status`.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Time-out",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Requested Range Not Satisfiable",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        494 => "Request Header Or Cookie Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Temporarily Unavailable",
+        504 => "Gateway Time-out",
+        505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
+        _ => "",
+    }
+}
+
+/// The status actually sent for an internal code (494 is sent as 400).
+pub fn wire_status(status: u16) -> u16 {
+    match status {
+        494 => 400,
+        s => s,
+    }
+}
+
+fn server_string(tokens: bool) -> &'static str {
+    if tokens {
+        concat!("ngxr/", env!("CARGO_PKG_VERSION"))
+    } else {
+        "ngxr"
+    }
+}
+
+/// The built-in page for `status`, in nginx's shape.
+pub fn error_body(status: u16, tokens: bool, out: &mut Vec<u8>) {
+    let r = reason(status);
+    let code = wire_status(status);
+    let _ = write!(
+        VecW(out),
+        "<html>\r\n<head><title>{code} {r}</title></head>\r\n<body>\r\n<center><h1>{code} {r}</h1></center>\r\n\
+         <hr><center>{}</center>\r\n</body>\r\n</html>\r\n",
+        server_string(tokens)
+    );
+}
+
+struct VecW<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecW<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Appends the current HTTP date (cached per second).
+fn push_date(out: &mut Vec<u8>) {
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        let now = SystemTime::now();
+        let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(d.1.as_bytes());
+    });
+}
+
+/// Headers the host renders itself; plugin copies are not sent twice.
+fn host_header(name: &str) -> bool {
+    ["content-length", "connection", "transfer-encoding", "date", "server", "keep-alive"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Runs the header filters and renders the head into the output.
+/// Returns false if a filter aborted the response.
+pub fn send_header(cell: &RefCell<Req>) -> bool {
+    {
+        let mut r = cell.borrow_mut();
+        if r.header_sent {
+            return true;
+        }
+        if r.status == 0 {
+            r.status = 200;
+        }
+        r.header_sent = true;
+        if let Some(cl) = r.header_out("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            r.content_length = Some(cl);
+        }
+    }
+    let (plugins, handle) = {
+        let r = cell.borrow();
+        (&r.cycle.plugins, r.handle)
+    };
+    for &(i, f) in &plugins.header_filters {
+        let conf = cell.borrow().location().confs.get(i).copied().unwrap_or(std::ptr::null_mut());
+        let rc = host_api::call_header_filter(plugins, i, f, handle, conf);
+        if rc != sys::OK {
+            crate::log!(Error, "header filter of plugin \"{}\" failed (rc {rc})", plugins.list[i].name);
+            return false;
+        }
+    }
+    let mut r = cell.borrow_mut();
+    render_head(&mut r);
+    true
+}
+
+fn render_head(r: &mut Req) {
+    // error_page 404 =200 /x; or error_page 404 /x.html: a target served
+    // successfully answers with the configured status.
+    if let Some(code) = r.error_page.filter(|&c| c != 0 && r.status < 300) {
+        r.status = code;
+    }
+    let status = r.status;
+    let core_tokens = r.location().core.server_tokens;
+    if matches!(status, 204 | 304) || (100..200).contains(&status) {
+        r.header_only = true;
+        r.content_length = None;
+    }
+    if r.method == "HEAD" {
+        r.header_only = true;
+    }
+    let known = r.content_length.is_some();
+    if !known && !r.header_only {
+        if r.minor == 1 && r.location().core.chunked {
+            r.chunked = true;
+        } else {
+            r.must_close = true;
+        }
+    }
+    let keep = !r.must_close && r.keepalive;
+    let mut h = Vec::with_capacity(256);
+    let wire = wire_status(status);
+    let _ = write!(VecW(&mut h), "HTTP/1.1 {wire} {}\r\nServer: {}\r\nDate: ", reason(status), server_string(core_tokens));
+    push_date(&mut h);
+    h.extend_from_slice(b"\r\n");
+    let absolute = absolute_prefix(r);
+    for (k, v) in &r.headers_out {
+        if host_header(k) {
+            continue;
+        }
+        h.extend_from_slice(k.as_bytes());
+        h.extend_from_slice(b": ");
+        if let (true, Some(prefix)) = (k.eq_ignore_ascii_case("location") && v.starts_with('/'), &absolute) {
+            h.extend_from_slice(prefix.as_bytes());
+        }
+        h.extend_from_slice(v.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = r.content_length {
+        if status != 304 {
+            let _ = write!(VecW(&mut h), "Content-Length: {n}\r\n");
+        }
+    }
+    if r.chunked {
+        h.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    h.extend_from_slice(if keep { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
+    h.extend_from_slice(b"\r\n");
+    r.head_bytes = h.len() as u64;
+    match r.out.back_mut() {
+        Some(Chunk::Mem(v)) => v.extend_from_slice(&h),
+        _ => r.out.push_back(Chunk::Mem(h)),
+    }
+}
+
+/// `scheme://host[:port]` for relative Location headers (absolute_redirect).
+fn absolute_prefix(r: &Req<'_>) -> Option<String> {
+    let core = &r.location().core;
+    if !core.absolute_redirect {
+        return None;
+    }
+    let host = if core.server_name_in_redirect || r.host.is_empty() {
+        let n = &r.server().primary_name;
+        if n.is_empty() {
+            r.local.ip().to_string()
+        } else {
+            n.clone()
+        }
+    } else {
+        r.host.clone()
+    };
+    let port = r.local.port();
+    Some(if core.port_in_redirect && port != 80 { format!("http://{host}:{port}") } else { format!("http://{host}") })
+}
+
+/// The last stage of the body filter chain: frames and queues buffers.
+pub fn write_body(r: &mut Req, bufs: &[sys::Buf]) -> sys::Rc {
+    if r.body_done_out {
+        return sys::OK;
+    }
+    for b in bufs {
+        let last = b.flags & sys::BUF_LAST != 0;
+        if !r.header_only {
+            if b.flags & sys::BUF_FILE != 0 {
+                if b.fd < 0 || b.file_pos < 0 || b.file_len < 0 {
+                    return sys::INVALID;
+                }
+                if b.file_len > 0 {
+                    let Ok(fd) = crate::sys::dup_fd(b.fd) else { return sys::ERROR };
+                    let len = b.file_len as u64;
+                    if r.chunked {
+                        let mut line = Vec::with_capacity(12);
+                        let _ = write!(VecW(&mut line), "{len:x}\r\n");
+                        push_mem(&mut r.out, &line);
+                    }
+                    r.out.push_back(Chunk::File { fd, pos: b.file_pos as u64, end: b.file_pos as u64 + len });
+                    if r.chunked {
+                        push_mem(&mut r.out, b"\r\n");
+                    }
+                    r.body_bytes += len;
+                }
+            } else if b.len > 0 {
+                if b.data.is_null() {
+                    return sys::INVALID;
+                }
+                let data = host_api::buf_bytes(b);
+                if r.chunked {
+                    let mut line = Vec::with_capacity(12);
+                    let _ = write!(VecW(&mut line), "{:x}\r\n", data.len());
+                    push_mem(&mut r.out, &line);
+                }
+                push_mem(&mut r.out, data);
+                if r.chunked {
+                    push_mem(&mut r.out, b"\r\n");
+                }
+                r.body_bytes += data.len() as u64;
+            }
+        }
+        if last {
+            if r.chunked && !r.header_only {
+                push_mem(&mut r.out, b"0\r\n\r\n");
+            }
+            r.body_done_out = true;
+            if let Some(cl) = r.content_length {
+                if cl != r.body_bytes && !r.header_only {
+                    crate::log!(Error, "response body of \"{}\" is {} bytes, Content-Length said {cl}", r.uri, r.body_bytes);
+                    r.must_close = true;
+                }
+            }
+            break;
+        }
+    }
+    sys::OK
+}
+
+/// Sends body buffers through the body filter chain from position `pos`.
+pub fn body_chain(cell: &RefCell<Req>, pos: usize, bufs: &[sys::Buf]) -> sys::Rc {
+    let (plugins, handle) = {
+        let r = cell.borrow();
+        (&r.cycle.plugins, r.handle)
+    };
+    if let Some(&(i, f)) = plugins.body_filters.get(pos) {
+        let conf = {
+            let mut r = cell.borrow_mut();
+            r.filter_pos = pos + 1;
+            r.location().confs.get(i).copied().unwrap_or(std::ptr::null_mut())
+        };
+        let prev = pos;
+        let rc = host_api::call_body_filter(plugins, i, f, handle, conf, bufs);
+        cell.borrow_mut().filter_pos = prev;
+        return rc;
+    }
+    write_body(&mut cell.borrow_mut(), bufs)
+}
+
+/// Sends a complete in-memory response (used for built-in pages).
+fn send_simple(cell: &RefCell<Req>, body: &[u8]) {
+    {
+        let mut r = cell.borrow_mut();
+        r.content_length = Some(body.len() as u64);
+        r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+    }
+    if !send_header(cell) {
+        cell.borrow_mut().must_close = true;
+        return;
+    }
+    let b = sys::Buf { data: body.as_ptr(), len: body.len(), fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 };
+    body_chain(cell, 0, std::slice::from_ref(&b));
+}
+
+/// Finalizes the request with `status`: error_page, or the built-in page.
+pub fn finalize_status(cell: &RefCell<Req>, status: u16) {
+    let header_sent = cell.borrow().header_sent;
+    if header_sent {
+        // Too late for an error page: end the response and the connection.
+        let mut r = cell.borrow_mut();
+        r.must_close = true;
+        r.body_done_out = true;
+        r.run = Run::Finalized;
+        return;
+    }
+    if try_error_page(cell, status) {
+        return;
+    }
+    let body = {
+        let mut r = cell.borrow_mut();
+        r.status = status;
+        if matches!(status, 400 | 408 | 413 | 414 | 494 | 495 | 496 | 497 | 500 | 501 | 505) {
+            r.must_close = true;
+        }
+        r.headers_out.retain(|(k, _)| {
+            !["content-type", "content-length", "content-encoding", "last-modified", "etag", "accept-ranges", "content-range"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
+        });
+        let tokens = r.location().core.server_tokens;
+        let mut body = Vec::new();
+        if status >= 300 && status != 304 {
+            error_body(status, tokens, &mut body);
+            r.headers_out.push(("Content-Type".into(), "text/html".into()));
+        }
+        r.run = Run::Finalized;
+        body
+    };
+    send_simple(cell, &body);
+}
+
+/// Applies an `error_page` for `status`, if one is configured and allowed.
+fn try_error_page(cell: &RefCell<Req>, status: u16) -> bool {
+    let mut r = cell.borrow_mut();
+    if r.error_page.is_some() && !r.location().core.recursive_error_pages {
+        return false;
+    }
+    let Some(page) = r.location().core.error_pages.iter().find(|p| p.codes.contains(&status)).cloned() else {
+        return false;
+    };
+    let answer = match page.set {
+        None => status,
+        Some(Some(code)) => code,
+        Some(None) => 0,
+    };
+    let target = super::vars::expand(&r, &page.target);
+    if target.starts_with("http://") || target.starts_with("https://") {
+        let code = if matches!(answer, 301 | 302 | 303 | 307 | 308) { answer } else { 302 };
+        r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case("location"));
+        r.headers_out.push(("Location".into(), target));
+        r.error_page = Some(code);
+        drop(r);
+        finalize_status(cell, code);
+        return true;
+    }
+    r.error_page = Some(answer);
+    r.status = answer;
+    if r.method != "HEAD" {
+        r.method.clear();
+        r.method.push_str("GET");
+    }
+    let (uri, args) = match target.split_once('?') {
+        Some((u, a)) => (u.to_string(), a.to_string()),
+        None => (target, String::new()),
+    };
+    r.redirect = Some(Redirect { uri, args });
+    r.run = Run::Running;
+    true
+}
+
+/// Applies a pending internal redirect; false if the limit was hit.
+fn apply_redirect(r: &mut Req) -> Result<(), u16> {
+    let Some(Redirect { uri, args }) = r.redirect.take() else { return Ok(()) };
+    r.redirects += 1;
+    if r.redirects > 10 {
+        crate::log!(Error, "rewrite or internal redirection cycle while internally redirecting to \"{uri}\"");
+        return Err(500);
+    }
+    // Plugins start afresh in the new location, as nginx clears module ctx.
+    for (idx, p, f) in r.ctx.drain(..) {
+        if let Some(f) = f {
+            host_api::call_free(idx, f, p);
+        }
+    }
+    r.internal = true;
+    r.again = None;
+    r.hidx = 0;
+    if uri.starts_with('@') {
+        match r.server().named(&uri) {
+            Some(i) => {
+                r.loc = i;
+                r.phase = sys::PHASE_REWRITE;
+                Ok(())
+            }
+            None => {
+                crate::log!(Error, "could not find named location \"{uri}\"");
+                Err(500)
+            }
+        }
+    } else {
+        r.uri = uri;
+        r.args = args;
+        r.phase = sys::PHASE_SERVER_REWRITE;
+        r.loc = 0;
+        Ok(())
+    }
+}
+
+/// After location lookup: `internal`, `client_max_body_size`.
+fn check_location(r: &mut Req) -> Result<(), u16> {
+    let loc = r.location();
+    if loc.core.internal && !r.internal {
+        return Err(404);
+    }
+    let max = loc.core.client_max_body_size;
+    if let Framing::Length(n) = r.framing {
+        if max > 0 && n > max {
+            crate::log!(Error, "client intended to send too large body: {n} bytes");
+            r.must_close = true;
+            return Err(413);
+        }
+    }
+    Ok(())
+}
+
+/// The handlers of `phase` for the current location: (plugin, handler).
+fn handler_at(r: &Req, phase: u32, idx: usize) -> Option<(usize, sys::HttpHandlerFn)> {
+    let plugins = &r.cycle().plugins;
+    if phase == sys::PHASE_CONTENT {
+        if let Some(h) = r.location().content {
+            return (idx == 0).then_some(h);
+        }
+    }
+    plugins.phase_handlers[phase as usize].get(idx).copied()
+}
+
+/// Runs the phase engine until the request suspends or is finalized.
+pub fn run(cell: &RefCell<Req>) {
+    loop {
+        {
+            let mut r = cell.borrow_mut();
+            if r.redirect.is_some() {
+                if let Err(st) = apply_redirect(&mut r) {
+                    r.error_page = Some(st);
+                    drop(r);
+                    finalize_status(cell, st);
+                    continue;
+                }
+            }
+            if let Some(rc) = r.finalize.take() {
+                r.run = Run::Running;
+                r.again = None;
+                drop(r);
+                finish_with(cell, rc, true);
+                continue;
+            }
+            match r.run {
+                Run::Finalized => return,
+                Run::Waiting => return,
+                Run::Suspended if !r.resume => return,
+                Run::Suspended => {
+                    r.resume = false;
+                    r.run = Run::Running;
+                }
+                Run::Running => {}
+            }
+        }
+        step(cell);
+    }
+}
+
+/// Handles a handler's (or http_finalize's) return code.
+fn finish_with(cell: &RefCell<Req>, rc: sys::Rc, content: bool) {
+    match rc {
+        sys::OK | sys::DONE if content => {
+            let done = cell.borrow().body_done_out;
+            if !done {
+                let last = sys::Buf { data: std::ptr::null(), len: 0, fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 };
+                if cell.borrow().header_sent {
+                    body_chain(cell, 0, std::slice::from_ref(&last));
+                } else if cell.borrow().status >= 300 {
+                    let st = cell.borrow().status;
+                    finalize_status(cell, st);
+                    return;
+                } else {
+                    cell.borrow_mut().content_length.get_or_insert(0);
+                    if send_header(cell) {
+                        body_chain(cell, 0, std::slice::from_ref(&last));
+                    }
+                }
+            }
+            cell.borrow_mut().run = Run::Finalized;
+        }
+        100..=599 => finalize_status(cell, rc as u16),
+        _ => finalize_status(cell, 500),
+    }
+}
+
+/// Runs one handler (or a host step) of the current phase.
+fn step(cell: &RefCell<Req>) {
+    let (phase, target) = {
+        let mut r = cell.borrow_mut();
+        if r.phase > sys::PHASE_CONTENT {
+            drop(r);
+            no_content(cell);
+            return;
+        }
+        let phase = r.phase;
+        if let Some(again) = r.again.take() {
+            (phase, Some(again))
+        } else {
+            match handler_at(&r, phase, r.hidx) {
+                Some((i, h)) => {
+                    r.hidx += 1;
+                    let conf = r.location().confs.get(i).copied().unwrap_or(std::ptr::null_mut());
+                    (phase, Some((i, h, conf)))
+                }
+                None => {
+                    drop(r);
+                    next_phase(cell);
+                    return;
+                }
+            }
+        }
+    };
+    let Some((i, h, conf)) = target else { return };
+    let (handle, plugins) = {
+        let r = cell.borrow();
+        (r.handle, &r.cycle.plugins)
+    };
+    let rc = host_api::call_phase_handler(plugins, i, h, handle, conf);
+    let mut r = cell.borrow_mut();
+    if r.run == Run::Finalized {
+        return;
+    }
+    if r.redirect.is_some() {
+        r.run = Run::Running;
+        return;
+    }
+    match rc {
+        sys::DECLINED => {}
+        sys::AGAIN => {
+            r.again = Some((i, h, conf));
+            if !r.resume {
+                r.run = Run::Suspended;
+            } else {
+                r.resume = false;
+            }
+        }
+        sys::OK if phase != sys::PHASE_CONTENT => {
+            drop(r);
+            next_phase(cell);
+        }
+        sys::DONE if !r.body_done_out => {
+            if r.finalize.is_none() {
+                r.run = Run::Waiting;
+            }
+        }
+        rc => {
+            if rc == sys::ERROR || !(rc == sys::OK || rc == sys::DONE || (100..600).contains(&rc)) {
+                crate::log!(Error, "plugin \"{}\" failed the request \"{} {}\" (rc {rc})", plugins.list[i].name, r.method, r.request_uri);
+            }
+            drop(r);
+            finish_with(cell, rc, phase == sys::PHASE_CONTENT);
+        }
+    }
+}
+
+/// Moves to the next phase, running the host's own steps between phases.
+fn next_phase(cell: &RefCell<Req>) {
+    let mut r = cell.borrow_mut();
+    r.hidx = 0;
+    let from = r.phase;
+    r.phase += 1;
+    if from == sys::PHASE_SERVER_REWRITE {
+        // FIND_CONFIG.
+        let uri = std::mem::take(&mut r.uri);
+        r.loc = r.server().find_location(&uri);
+        r.uri = uri;
+        if let Err(st) = check_location(&mut r) {
+            drop(r);
+            finalize_status(cell, st);
+            return;
+        }
+    }
+    if r.phase == sys::PHASE_PRECONTENT {
+        drop(r);
+        try_files(cell);
+    }
+}
+
+/// The content phase found no handler: 403 for a directory, else 404.
+fn no_content(cell: &RefCell<Req>) {
+    let st = {
+        let r = cell.borrow();
+        if r.uri.ends_with('/') {
+            crate::log!(Error, "directory index of \"{}{}\" is forbidden", r.location().core.root, r.uri);
+            403
+        } else {
+            404
+        }
+    };
+    finalize_status(cell, st);
+}
+
+/// The host's try_files step at the start of PRECONTENT.
+fn try_files(cell: &RefCell<Req>) {
+    let mut r = cell.borrow_mut();
+    let list = r.location().core.try_files.clone();
+    if list.is_empty() {
+        return;
+    }
+    let mut path = String::new();
+    for arg in &list[..list.len() - 1] {
+        let uri = super::vars::expand(&r, arg);
+        let dir = uri.ends_with('/');
+        r.map_to_path(&uri, &mut path);
+        let meta = std::fs::metadata(path.trim_end_matches('/').to_string() + if dir { "/" } else { "" });
+        let ok = match meta {
+            Ok(m) if dir => m.is_dir(),
+            Ok(m) => !m.is_dir(),
+            Err(_) => false,
+        };
+        if ok {
+            if !r.location().core.alias {
+                r.uri = uri;
+            } else {
+                let p = r.location().path.clone();
+                r.uri = format!("{p}{}", uri.trim_start_matches('/'));
+                if !uri.starts_with('/') {
+                    r.uri = uri;
+                }
+            }
+            return;
+        }
+    }
+    let last = super::vars::expand(&r, &list[list.len() - 1]);
+    if let Some(code) = last.strip_prefix('=') {
+        let st = code.parse::<u16>().ok().filter(|c| (100..600).contains(c)).unwrap_or(500);
+        drop(r);
+        finalize_status(cell, st);
+        return;
+    }
+    let (uri, args) = match last.split_once('?') {
+        Some((u, a)) => (u.to_string(), a.to_string()),
+        None => (last, r.args.clone()),
+    };
+    r.redirect = Some(Redirect { uri, args });
+}
+
+/// Handles a plugin's http_read_body call.
+pub fn start_body(r: &mut Req, done: Option<(usize, sys::DoneFn, *mut c_void)>) -> sys::Rc {
+    match r.body_state {
+        BodyIn::Done => sys::OK,
+        BodyIn::Reading => sys::INVALID,
+        BodyIn::Idle | BodyIn::Discarding => {
+            if r.body_state == BodyIn::Discarding && r.body_received > 0 {
+                return sys::INVALID;
+            }
+            r.body_state = BodyIn::Reading;
+            r.body_done = done;
+            super::wake(r.conn);
+            sys::AGAIN
+        }
+    }
+}
+
+/// The access-log moment: runs LOG-phase handlers once.
+pub fn log_phase(cell: &RefCell<Req>) {
+    let (handle, plugins) = {
+        let mut r = cell.borrow_mut();
+        if r.logged {
+            r.logged = true;
+            return;
+        }
+        r.logged = true;
+        (r.handle, &r.cycle.plugins)
+    };
+    for &(i, h) in &plugins.phase_handlers[sys::PHASE_LOG as usize] {
+        let conf = cell.borrow().location().confs.get(i).copied().unwrap_or(std::ptr::null_mut());
+        host_api::call_phase_handler(plugins, i, h, handle, conf);
+    }
+}

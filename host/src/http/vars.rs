@@ -1,0 +1,216 @@
+//! Core HTTP variables (`$uri`, `$http_*`, `$status`, …) and `$var`
+//! template expansion for the host's own directives (try_files,
+//! error_page).
+
+use super::request::Req;
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+/// Names of the host's variables (prefix families end with `_`).
+const CORE: &[&str] = &[
+    "uri", "document_uri", "args", "query_string", "is_args", "request_uri", "request_method", "request",
+    "server_protocol", "host", "hostname", "remote_addr", "remote_port", "server_addr", "server_port",
+    "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
+    "request_time", "time_local", "time_iso8601", "msec", "content_length", "content_type", "document_root",
+    "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
+    "request_body", "http_", "sent_http_", "arg_", "cookie_",
+];
+
+/// True if `name` is (or is in a family of) the host's variables.
+pub fn is_core(name: &str) -> bool {
+    CORE.iter().any(|c| if c.ends_with('_') { name.starts_with(c) } else { name == *c })
+}
+
+fn header_matches(header: &str, var: &str) -> bool {
+    header.len() == var.len()
+        && header.bytes().zip(var.bytes()).all(|(h, v)| {
+            let h = if h == b'-' { b'_' } else { h.to_ascii_lowercase() };
+            h == v.to_ascii_lowercase()
+        })
+}
+
+fn format_local(t: SystemTime, iso: bool, out: &mut String) {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let (y, mo, d, h, mi, s, off) = crate::sys::localtime(secs);
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let sign = if off < 0 { '-' } else { '+' };
+    let (oh, om) = (off.abs() / 3600, off.abs() % 3600 / 60);
+    if iso {
+        let _ = write!(out, "{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{sign}{oh:02}:{om:02}");
+    } else {
+        let _ = write!(out, "{d:02}/{}/{y}:{h:02}:{mi:02}:{s:02} {sign}{oh:02}{om:02}", MON[(mo as usize + 11) % 12]);
+    }
+}
+
+/// Writes the value of `$name` into `out`; false if it is not set.
+pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
+    if let Some((_, v)) = r.vars.iter().find(|(k, _)| k == name) {
+        out.push_str(v);
+        return true;
+    }
+    match name {
+        "uri" | "document_uri" => out.push_str(&r.uri),
+        "args" | "query_string" => out.push_str(&r.args),
+        "is_args" => {
+            if !r.args.is_empty() {
+                out.push('?')
+            }
+        }
+        "request_uri" => out.push_str(&r.request_uri),
+        "request_method" => out.push_str(&r.method),
+        "request" => {
+            let _ = write!(out, "{} {} {}", r.method, r.request_uri, r.protocol());
+        }
+        "server_protocol" => out.push_str(r.protocol()),
+        "host" => {
+            if r.host.is_empty() {
+                out.push_str(&r.server().primary_name);
+            } else {
+                out.push_str(&r.host)
+            }
+        }
+        "hostname" => out.push_str(&crate::sys::hostname()),
+        "remote_addr" => out.push_str(&r.remote_addr),
+        "remote_port" => {
+            let _ = write!(out, "{}", r.peer.port());
+        }
+        "server_addr" => {
+            let _ = write!(out, "{}", r.local.ip());
+        }
+        "server_port" => {
+            let _ = write!(out, "{}", r.local.port());
+        }
+        "server_name" => out.push_str(&r.server().primary_name),
+        "scheme" => out.push_str("http"),
+        "https" => {}
+        "status" => {
+            let _ = write!(out, "{:03}", super::request::wire_status(if r.status == 0 { 0 } else { r.status }));
+        }
+        "body_bytes_sent" => {
+            let _ = write!(out, "{}", r.body_bytes);
+        }
+        "bytes_sent" => {
+            let _ = write!(out, "{}", r.body_bytes + r.head_bytes);
+        }
+        "request_length" => {
+            let _ = write!(out, "{}", r.head_len as u64 + r.body_received);
+        }
+        "request_time" => {
+            let t = r.start.elapsed();
+            let _ = write!(out, "{}.{:03}", t.as_secs(), t.subsec_millis());
+        }
+        "msec" => {
+            let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let _ = write!(out, "{}.{:03}", t.as_secs(), t.subsec_millis());
+        }
+        "time_local" => format_local(SystemTime::now(), false, out),
+        "time_iso8601" => format_local(SystemTime::now(), true, out),
+        "content_length" => match r.header_in("content-length") {
+            Some(v) => out.push_str(v),
+            None => return false,
+        },
+        "content_type" => match r.header_in("content-type") {
+            Some(v) => out.push_str(v),
+            None => return false,
+        },
+        "document_root" => out.push_str(&r.location().core.root),
+        "realpath_root" => {
+            let root = &r.location().core.root;
+            match std::fs::canonicalize(root) {
+                Ok(p) => out.push_str(&p.to_string_lossy()),
+                Err(_) => return false,
+            }
+        }
+        "request_filename" => {
+            let mut p = String::new();
+            r.map_to_path(&r.uri, &mut p);
+            out.push_str(&p);
+        }
+        "connection" => {
+            let _ = write!(out, "{}", r.conn_serial);
+        }
+        "connection_requests" => {
+            let _ = write!(out, "{}", r.conn_requests);
+        }
+        "pid" => {
+            let _ = write!(out, "{}", std::process::id());
+        }
+        "nginx_version" => out.push_str(env!("CARGO_PKG_VERSION")),
+        "request_body" => {
+            if r.body_state != super::request::BodyIn::Done || r.body_in.is_empty() {
+                return false;
+            }
+            out.push_str(&String::from_utf8_lossy(&r.body_in));
+        }
+        _ => {
+            if let Some(h) = name.strip_prefix("http_") {
+                return match r.headers_in.iter().find(|(k, _)| header_matches(k, h)) {
+                    Some((_, v)) => {
+                        out.push_str(v);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            if let Some(h) = name.strip_prefix("sent_http_") {
+                if h == "content_length" {
+                    if let Some(n) = r.content_length {
+                        let _ = write!(out, "{n}");
+                        return true;
+                    }
+                }
+                if h == "connection" {
+                    out.push_str(if r.must_close || !r.keepalive { "close" } else { "keep-alive" });
+                    return true;
+                }
+                return match r.headers_out.iter().find(|(k, _)| header_matches(k, h)) {
+                    Some((_, v)) => {
+                        out.push_str(v);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            if let Some(a) = name.strip_prefix("arg_") {
+                for pair in r.args.split('&') {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if k.eq_ignore_ascii_case(a) {
+                        out.push_str(v);
+                        return true;
+                    }
+                }
+                return false;
+            }
+            if let Some(c) = name.strip_prefix("cookie_") {
+                for h in r.headers_in.iter().filter(|(k, _)| k.eq_ignore_ascii_case("cookie")) {
+                    for pair in h.1.split(';') {
+                        let (k, v) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
+                        if k == c {
+                            out.push_str(v);
+                            return true;
+                        }
+                    }
+                }
+                return false;
+            }
+            return false;
+        }
+    }
+    true
+}
+
+/// Expands `$name` and `${name}` in `t` with the request's variables
+/// (unset ones expand to nothing).
+pub fn expand(r: &Req, t: &str) -> String {
+    if !t.contains('$') {
+        return t.to_string();
+    }
+    let mut out = String::with_capacity(t.len() + 32);
+    plugin_api::template::walk(t, |seg| match seg {
+        plugin_api::template::Seg::Lit(s) => out.push_str(s),
+        plugin_api::template::Seg::Var(v) => {
+            get(r, v, &mut out);
+        }
+    });
+    out
+}
