@@ -90,12 +90,30 @@ pub struct DirectiveSpec<C> {
     pub max_args: u32,
     /// Applies it.
     pub set: SetFn<C>,
+    /// `sys::DIR_*` flags.
+    pub flags: u32,
+    /// For blocks: the children's context.
+    pub block_context: u32,
 }
 
 impl<C> DirectiveSpec<C> {
     /// A directive taking `min..=max` arguments in `contexts`.
     pub const fn new(name: &'static str, contexts: Contexts, min_args: u32, max_args: u32, set: SetFn<C>) -> Self {
-        DirectiveSpec { name, contexts, min_args, max_args, set }
+        DirectiveSpec { name, contexts, min_args, max_args, set, flags: 0, block_context: 0 }
+    }
+
+    /// Makes it a block whose children are free-form words (like
+    /// `types {}`): read them in `set` with [`ConfCx::block_children`].
+    pub const fn opaque_block(mut self) -> Self {
+        self.flags |= sys::DIR_BLOCK;
+        self.block_context = sys::CTX_OPAQUE;
+        self
+    }
+
+    /// Refuses a second occurrence in the same block.
+    pub const fn unique(mut self) -> Self {
+        self.flags |= sys::DIR_UNIQUE;
+        self
     }
 }
 
@@ -111,6 +129,12 @@ pub trait Plugin: 'static {
     /// Directives this plugin adds.
     fn directives() -> Vec<DirectiveSpec<Self::Conf>> {
         Vec::new()
+    }
+
+    /// Creates the configuration object for one block at `level` (a
+    /// `sys::CTX_*` bit), before its directives. By default `Default`.
+    fn create(_cx: &ConfCx<'_>, _level: u32) -> Self::Conf {
+        Self::Conf::default()
     }
 
     /// Merges the enclosing block's configuration into a child's: called
@@ -165,6 +189,35 @@ impl ConfCx<'_> {
     /// The raw handle, for calls the safe layer does not wrap yet.
     pub fn raw(&self) -> *mut sys::Conf {
         self.raw
+    }
+
+    /// The children of the opaque block being applied: each child's words
+    /// (name first), in file order.
+    pub fn block_children(&self) -> Vec<Vec<String>> {
+        let Some(f) = rt::host().conf_block_child else { return Vec::new() };
+        let mut out = Vec::new();
+        for i in 0.. {
+            let mut words = [sys::Str::empty(); 64];
+            let mut n = words.len();
+            // SAFETY: live conf handle; words has n entries.
+            if unsafe { f(self.raw, i, words.as_mut_ptr(), &mut n) } != sys::OK {
+                break;
+            }
+            // SAFETY: the host's words are borrowed for the set call.
+            out.push(words[..n.min(64)].iter().map(|w| unsafe { rt::str_of(*w) }.to_string()).collect());
+        }
+        out
+    }
+
+    /// A config path resolved against the prefix.
+    pub fn full_path(&self, p: &str) -> String {
+        let Some(f) = rt::host().conf_full_path else { return p.to_string() };
+        let mut out = sys::Str::empty();
+        // SAFETY: live conf handle; the result is borrowed for the set call.
+        match unsafe { f(self.raw, sys::Str::from_bytes(p.as_bytes()), &mut out) } {
+            sys::OK => unsafe { rt::str_of(out) }.to_string(),
+            _ => p.to_string(),
+        }
     }
 
     /// Declares (or, across reload, finds again) a shared memory zone of
@@ -327,9 +380,142 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The protocol ("HTTP/1.1").
+    pub fn protocol(&self) -> &str {
+        self.get(sys::REQ_PROTOCOL)
+    }
+
+    /// `$host`.
+    pub fn host(&self) -> &str {
+        self.get(sys::REQ_HOST)
+    }
+
+    /// Request headers in received order.
+    pub fn headers(&self) -> Headers<'_> {
+        Headers { req: self, i: 0 }
+    }
+
+    /// A variable's value (`"uri"` for `$uri`) as bytes; `None` if unset.
+    pub fn var_bytes(&self, name: &str) -> Option<&[u8]> {
+        let f = rt::host().http_var?;
+        let mut out = sys::Str::empty();
+        // SAFETY: live handle; the host keeps the value for the request's
+        // lifetime (copied into request memory).
+        (unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), &mut out) } == sys::OK)
+            .then(|| unsafe { out.as_bytes() })
+    }
+
+    /// A variable's value as text (lossy: invalid UTF-8 reads as empty).
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.var_bytes(name).map(|b| std::str::from_utf8(b).unwrap_or(""))
+    }
+
+    /// Sets a (user) variable, or `uri`/`args`.
+    pub fn set_var(&mut self, name: &str, value: &str) -> Result<(), sys::Rc> {
+        let f = rt::host().http_var_set.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle; strings copied by the host.
+        match unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), sys::Str::from_bytes(value.as_bytes())) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// The response status set so far (0 if none).
+    pub fn status(&self) -> u16 {
+        // SAFETY: live handle.
+        rt::host().http_status.map_or(0, |f| unsafe { f(self.raw) } as u16)
+    }
+
+    /// The first response header `name`.
+    pub fn header_out(&self, name: &str) -> Option<&str> {
+        let f = rt::host().http_header_out?;
+        let mut out = sys::Str::empty();
+        // SAFETY: live handle; value borrowed until it changes (tied to &self).
+        (unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), &mut out) } == sys::OK)
+            .then(|| unsafe { rt::str_of(out) })
+    }
+
+    /// Replaces every response header `name` with one `value`.
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        if let Some(f) = rt::host().http_header_out_set {
+            // SAFETY: live handle; strings copied.
+            unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), sys::Str::from_bytes(value.as_bytes())) };
+        }
+    }
+
+    /// Removes every response header `name`.
+    pub fn remove_header(&mut self, name: &str) {
+        if let Some(f) = rt::host().http_header_out_set {
+            // SAFETY: live handle; a NULL value removes.
+            unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), sys::Str::empty()) };
+        }
+    }
+
+    /// Sends the status and headers (through the header filters).
+    pub fn send_header(&mut self) -> Result<(), sys::Rc> {
+        let f = rt::host().http_send_header.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle.
+        match unsafe { f(self.raw) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// Sends a file region as body (the host dup()s `fd`; close yours
+    /// whenever you like). `last` ends the body.
+    pub fn send_file(&mut self, fd: i32, pos: u64, len: u64, last: bool) -> Result<(), sys::Rc> {
+        let buf = sys::Buf {
+            data: std::ptr::null(),
+            len: 0,
+            fd,
+            flags: sys::BUF_FILE | if last { sys::BUF_LAST } else { 0 },
+            file_pos: pos as i64,
+            file_len: len as i64,
+        };
+        let f = rt::host().http_send_body.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle; buf borrowed for the call.
+        match unsafe { f(self.raw, &buf, 1) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// Restarts the request at `uri` (or `@name`) with `args`; return the
+    /// result from the handler.
+    pub fn internal_redirect(&mut self, uri: &str, args: &str) -> Status {
+        let Some(f) = rt::host().http_internal_redirect else { return Status::Error };
+        // SAFETY: live handle; strings copied.
+        match unsafe { f(self.raw, sys::Str::from_bytes(uri.as_bytes()), sys::Str::from_bytes(args.as_bytes())) } {
+            sys::OK => Status::Done,
+            _ => Status::Error,
+        }
+    }
+
     /// The raw handle, for calls the safe layer does not wrap yet.
     pub fn raw(&self) -> *mut sys::Request {
         self.raw
+    }
+}
+
+/// Iterator over request headers: (name, value).
+pub struct Headers<'r> {
+    req: &'r Request<'r>,
+    i: usize,
+}
+
+impl<'r> Iterator for Headers<'r> {
+    type Item = (&'r str, &'r str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let f = rt::host().http_header_in_at?;
+        let (mut k, mut v) = (sys::Str::empty(), sys::Str::empty());
+        // SAFETY: live handle; values live until the request finishes.
+        if unsafe { f(self.req.raw, self.i, &mut k, &mut v) } != sys::OK {
+            return None;
+        }
+        self.i += 1;
+        // SAFETY: as above.
+        Some(unsafe { (rt::str_of(k), rt::str_of(v)) })
     }
 }
 

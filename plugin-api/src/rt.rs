@@ -103,10 +103,10 @@ pub fn build<P: Plugin>() -> Built {
         dirs.push(sys::Directive {
             name: c.as_ptr(),
             contexts: d.contexts,
-            flags: 0,
+            flags: d.flags,
             min_args: d.min_args,
             max_args: d.max_args,
-            block_context: 0,
+            block_context: d.block_context,
             set: Some(set_tramp::<P>),
         });
         names.push(c);
@@ -177,8 +177,11 @@ unsafe extern "C" fn handler_tramp<P: Plugin, const PHASE: u32>(r: *mut sys::Req
     })
 }
 
-unsafe extern "C" fn create_tramp<P: Plugin>(_cf: *mut sys::Conf, _level: u32) -> *mut c_void {
-    guard(P::NAME, "create_conf", std::ptr::null_mut(), || Box::into_raw(Box::<P::Conf>::default()).cast())
+unsafe extern "C" fn create_tramp<P: Plugin>(cf: *mut sys::Conf, level: u32) -> *mut c_void {
+    guard(P::NAME, "create_conf", std::ptr::null_mut(), || {
+        let cx = ConfCx { raw: cf, _l: PhantomData };
+        Box::into_raw(Box::new(P::create(&cx, level))).cast()
+    })
 }
 
 unsafe extern "C" fn merge_tramp<P: Plugin>(

@@ -701,7 +701,7 @@ pub fn finalize_status(cell: &RefCell<Req>, status: u16) {
             r.must_close = true;
         }
         r.headers_out.retain(|(k, _)| {
-            !["content-type", "content-length", "content-encoding", "last-modified", "etag", "accept-ranges", "content-range"]
+            !["content-type", "content-length", "content-encoding", "last-modified", "etag", "accept-ranges"]
                 .iter()
                 .any(|h| k.eq_ignore_ascii_case(h))
         });

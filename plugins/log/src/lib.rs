@@ -1,0 +1,277 @@
+//! `log`: the access log, as nginx's log module.
+//!
+//! - `log_format name [escape=default|json|none] string…;` (http)
+//! - `access_log path [format [buffer=size] [flush=time]] | off;`
+//!   (http, server, location; several may be given; inherited as a whole)
+//!
+//! The predefined `combined` format is the default; without any
+//! `access_log`, requests are logged to `logs/access.log` in `combined`.
+//! Unset variables are written as `-`. Files are opened (appending) while
+//! the configuration is read, in the master, so workers that dropped
+//! privileges still write to them; a reload reopens them.
+
+use plugin_api::{export_plugin, log, sys, template::Template, DirectiveSpec, Phase, Plugin, Request, Status};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::rc::Rc;
+
+const COMBINED: &str =
+    "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\"";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Escape {
+    Default,
+    Json,
+    None,
+}
+
+/// A compiled `log_format`.
+#[derive(Clone, Debug)]
+struct Format {
+    t: Template,
+    escape: Escape,
+}
+
+/// An open log file, shared by every `access_log` naming its path.
+struct LogFile {
+    path: String,
+    file: std::fs::File,
+    buf: RefCell<Vec<u8>>,
+    cap: usize,
+}
+
+impl LogFile {
+    fn write(&self, line: &[u8]) {
+        let mut b = self.buf.borrow_mut();
+        if self.cap == 0 {
+            if let Err(e) = (&self.file).write_all(line) {
+                log(sys::LOG_ALERT, &format!("write() to \"{}\" failed ({e})", self.path));
+            }
+            return;
+        }
+        if b.len() + line.len() > self.cap {
+            self.flush_buf(&mut b);
+        }
+        b.extend_from_slice(line);
+    }
+
+    fn flush_buf(&self, b: &mut Vec<u8>) {
+        if b.is_empty() {
+            return;
+        }
+        if let Err(e) = (&self.file).write_all(b) {
+            log(sys::LOG_ALERT, &format!("write() to \"{}\" failed ({e})", self.path));
+        }
+        b.clear();
+    }
+
+    fn flush(&self) {
+        self.flush_buf(&mut self.buf.borrow_mut());
+    }
+}
+
+/// One `access_log`.
+#[derive(Clone)]
+struct Target {
+    file: Rc<LogFile>,
+    format: Rc<Format>,
+}
+
+/// Per-block configuration.
+#[derive(Default, Clone)]
+pub struct Conf {
+    /// `log_format`s (http level; shared downwards).
+    formats: Rc<RefCell<HashMap<String, Rc<Format>>>>,
+    /// Targets; `Some(empty)` = `access_log off`.
+    targets: Option<Vec<Target>>,
+    /// The main-level object also remembers every file for exit flushes.
+    files: Rc<RefCell<Vec<Rc<LogFile>>>>,
+    /// The prefix-resolved default path (`logs/access.log`).
+    default_path: Option<String>,
+}
+
+type Formats = Rc<RefCell<HashMap<String, Rc<Format>>>>;
+type Files = Rc<RefCell<Vec<Rc<LogFile>>>>;
+
+thread_local! {
+    /// Formats and files of the generation being configured: one registry
+    /// shared by all its blocks (log_format is http-wide in nginx). A new
+    /// generation starts new ones; the old generation keeps its own.
+    static GEN: RefCell<(Formats, Files)> = RefCell::new(Default::default());
+}
+
+/// The plugin.
+pub struct Log;
+
+const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
+
+fn open(path: &str, cap: usize) -> Result<Rc<LogFile>, String> {
+    let files = GEN.with(|g| g.borrow().1.clone());
+    if let Some(f) = files.borrow().iter().find(|f| f.path == path) {
+        return Ok(f.clone());
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("open() \"{path}\" failed ({e})"))?;
+    let f = Rc::new(LogFile { path: path.to_string(), file, buf: RefCell::new(Vec::with_capacity(cap)), cap });
+    files.borrow_mut().push(f.clone());
+    Ok(f)
+}
+
+fn combined() -> Rc<Format> {
+    Rc::new(Format { t: Template::parse(COMBINED), escape: Escape::Default })
+}
+
+impl Plugin for Log {
+    const NAME: &'static str = "log";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        vec![
+            DirectiveSpec::<Conf>::new("log_format", sys::CTX_HTTP, 2, sys::ARGS_ANY, |c, a, _| {
+                let name = a[0];
+                let mut rest = &a[1..];
+                let mut escape = Escape::Default;
+                if let Some(e) = rest.first().and_then(|s| s.strip_prefix("escape=")) {
+                    escape = match e {
+                        "default" => Escape::Default,
+                        "json" => Escape::Json,
+                        "none" => Escape::None,
+                        v => return Err(format!("unknown log format escaping \"{v}\"")),
+                    };
+                    rest = &rest[1..];
+                }
+                if rest.is_empty() {
+                    return Err("invalid number of arguments in \"log_format\" directive".into());
+                }
+                let mut fm = c.formats.borrow_mut();
+                if fm.contains_key(name) || name == "combined" {
+                    return Err(format!("duplicate \"log_format\" name \"{name}\""));
+                }
+                fm.insert(name.to_string(), Rc::new(Format { t: Template::parse(&rest.concat()), escape }));
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("access_log", H, 1, sys::ARGS_ANY, |c, a, cx| {
+                if a[0] == "off" {
+                    if a.len() > 1 {
+                        return Err("invalid parameter \"".to_string() + a[1] + "\"");
+                    }
+                    c.targets = Some(Vec::new());
+                    return Ok(());
+                }
+                let path = cx.full_path(a[0]);
+                let format = match a.get(1).filter(|f| !f.contains('=')) {
+                    None | Some(&"combined") => combined(),
+                    Some(name) => c
+                        .formats
+                        .borrow()
+                        .get(*name)
+                        .cloned()
+                        .ok_or_else(|| format!("unknown log format \"{name}\""))?,
+                };
+                let mut cap = 0;
+                for p in a.iter().skip(1).filter(|p| p.contains('=')) {
+                    match p.split_once('=') {
+                        Some(("buffer", v)) => cap = cx.size(v)? as usize,
+                        Some(("flush", v)) => {
+                            cx.time_ms(v)?;
+                        }
+                        Some(("gzip" | "if", _)) => return Err(format!("\"{p}\" is not supported by ngxr yet")),
+                        _ => return Err(format!("invalid parameter \"{p}\"")),
+                    }
+                }
+                let file = open(&path, cap)?;
+                c.targets.get_or_insert_with(Vec::new).push(Target { file, format });
+                Ok(())
+            }),
+        ]
+    }
+
+    fn create(cx: &plugin_api::ConfCx<'_>, level: u32) -> Conf {
+        if level == sys::CTX_MAIN {
+            GEN.with(|g| *g.borrow_mut() = Default::default());
+        }
+        let (formats, files) = GEN.with(|g| g.borrow().clone());
+        Conf { formats, targets: None, files, default_path: (level == sys::CTX_HTTP).then(|| cx.full_path("logs/access.log")) }
+    }
+
+    fn merge(parent: &Conf, child: &mut Conf) {
+        if child.targets.is_some() {
+            return;
+        }
+        if parent.targets.is_some() {
+            child.targets = parent.targets.clone();
+            return;
+        }
+        // No access_log above: nginx's default, logs/access.log combined.
+        if let Some(path) = &parent.default_path {
+            match open(path, 0) {
+                Ok(file) => child.targets = Some(vec![Target { file, format: combined() }]),
+                Err(e) => log(sys::LOG_ALERT, &e),
+            }
+        }
+    }
+
+    fn phases() -> &'static [Phase] {
+        &[Phase::Log]
+    }
+
+    fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        let Some(targets) = &conf.targets else { return Status::Ok };
+        let mut line = Vec::with_capacity(256);
+        for t in targets {
+            line.clear();
+            render(req, &t.format, &mut line);
+            line.push(b'\n');
+            t.file.write(&line);
+        }
+        Status::Ok
+    }
+
+    fn exit_worker(main: &Conf) {
+        for f in main.files.borrow().iter() {
+            f.flush();
+        }
+    }
+}
+
+fn render(req: &Request<'_>, f: &Format, out: &mut Vec<u8>) {
+    f.t.render(out, |name, out| match req.var_bytes(name) {
+        Some(v) if !v.is_empty() => escape(v, f.escape, out),
+        Some(_) if f.escape == Escape::Json => {}
+        Some(_) if name.starts_with("http_") || name == "remote_user" => out.push(b'-'),
+        Some(_) => {}
+        None if f.escape == Escape::Json => {}
+        None => out.push(b'-'),
+    });
+}
+
+fn escape(v: &[u8], mode: Escape, out: &mut Vec<u8>) {
+    for &b in v {
+        match mode {
+            Escape::None => out.push(b),
+            Escape::Default => {
+                if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+                    out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
+                } else {
+                    out.push(b);
+                }
+            }
+            Escape::Json => match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                b if b < 0x20 => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                b => out.push(b),
+            },
+        }
+    }
+}
+
+export_plugin!(Log);

@@ -1,0 +1,372 @@
+//! `static`: serves files, as nginx's static module with its
+//! not-modified and range filters.
+//!
+//! The host maps the URI to a path (`root`/`alias`, `$request_filename`);
+//! this plugin opens it and answers: 301 for a directory without its
+//! trailing slash, 403/404 as the filesystem says, 405 for methods other
+//! than GET/HEAD, ETag and Last-Modified with If-None-Match /
+//! If-Modified-Since → 304 and If-Match / If-Unmodified-Since → 412, and
+//! Range (single → 206, several → multipart/byteranges, none satisfiable
+//! → 416). The body goes out as a file region (sendfile).
+//!
+//! Directives: `types { type ext…; }`, `default_type`, `etag on|off`,
+//! `if_modified_since off|exact|before`, `max_ranges n`.
+
+use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Per-block configuration.
+#[derive(Default, Clone)]
+pub struct Conf {
+    types: Option<Rc<HashMap<String, String>>>,
+    default_type: Option<String>,
+    etag: Option<bool>,
+    /// 0 off, 1 exact, 2 before.
+    if_modified_since: Option<u8>,
+    max_ranges: Option<usize>,
+}
+
+const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
+
+/// The plugin.
+pub struct Static;
+
+fn builtin_types() -> Rc<HashMap<String, String>> {
+    let mut m = HashMap::new();
+    for (t, e) in [("text/html", "html"), ("image/gif", "gif"), ("image/jpeg", "jpg")] {
+        m.insert(e.to_string(), t.to_string());
+    }
+    Rc::new(m)
+}
+
+impl Plugin for Static {
+    const NAME: &'static str = "static";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        vec![
+            DirectiveSpec::<Conf>::new("types", H, 0, 0, |c, _, cx| {
+                let mut m = HashMap::new();
+                for words in cx.block_children() {
+                    let Some((t, exts)) = words.split_first() else { continue };
+                    if exts.is_empty() {
+                        return Err(format!("invalid number of arguments in \"{t}\" of \"types\" block"));
+                    }
+                    for e in exts {
+                        m.insert(e.to_ascii_lowercase(), t.clone());
+                    }
+                }
+                c.types = Some(Rc::new(m));
+                Ok(())
+            })
+            .opaque_block(),
+            DirectiveSpec::<Conf>::new("default_type", H, 1, 1, |c, a, _| {
+                c.default_type = Some(a[0].to_string());
+                Ok(())
+            })
+            .unique(),
+            DirectiveSpec::<Conf>::new("etag", H, 1, 1, |c, a, cx| {
+                c.etag = Some(cx.flag(a[0])?);
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("if_modified_since", H, 1, 1, |c, a, _| {
+                c.if_modified_since = Some(match a[0] {
+                    "off" => 0,
+                    "exact" => 1,
+                    "before" => 2,
+                    v => return Err(format!("invalid value \"{v}\" in \"if_modified_since\" directive")),
+                });
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("max_ranges", H, 1, 1, |c, a, _| {
+                c.max_ranges = Some(a[0].parse().map_err(|_| format!("invalid value \"{}\"", a[0]))?);
+                Ok(())
+            }),
+        ]
+    }
+
+    fn merge(parent: &Conf, child: &mut Conf) {
+        if child.types.is_none() {
+            child.types = parent.types.clone();
+        }
+        if child.default_type.is_none() {
+            child.default_type = parent.default_type.clone();
+        }
+        child.etag = child.etag.or(parent.etag);
+        child.if_modified_since = child.if_modified_since.or(parent.if_modified_since);
+        child.max_ranges = child.max_ranges.or(parent.max_ranges);
+    }
+
+    fn phases() -> &'static [Phase] {
+        &[Phase::Content]
+    }
+
+    fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        serve(req, conf)
+    }
+}
+
+fn os_error(e: &std::io::Error) -> String {
+    let code = e.raw_os_error().unwrap_or(0);
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    format!("{code}: {text}")
+}
+
+fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
+    let uri = req.uri().to_string();
+    if uri.ends_with('/') {
+        return Status::Declined;
+    }
+    let method = req.method().to_string();
+    if !matches!(method.as_str(), "GET" | "HEAD" | "POST") {
+        return Status::Http(405);
+    }
+    let Some(path) = req.var("request_filename").map(str::to_string) else { return Status::Error };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            let st = match e.kind() {
+                ErrorKind::NotFound => 404,
+                ErrorKind::PermissionDenied => 403,
+                _ if e.raw_os_error() == Some(20) || e.raw_os_error() == Some(36) => 404, // ENOTDIR, ENAMETOOLONG
+                _ => 500,
+            };
+            let lvl = if st == 500 { sys::LOG_CRIT } else { sys::LOG_ERR };
+            log(lvl, &format!("open() \"{path}\" failed ({})", os_error(&e)));
+            return Status::Http(st);
+        }
+    };
+    let Ok(meta) = file.metadata() else { return Status::Error };
+    if meta.is_dir() {
+        let args = req.args().to_string();
+        let mut loc = format!("{uri}/");
+        if !args.is_empty() {
+            loc.push('?');
+            loc.push_str(&args);
+        }
+        req.set_header("Location", &loc);
+        return Status::Http(301);
+    }
+    if !meta.is_file() {
+        log(sys::LOG_ERR, &format!("\"{path}\" is not a regular file"));
+        return Status::Http(404);
+    }
+    if method == "POST" {
+        return Status::Http(405);
+    }
+    let size = meta.len();
+    let mtime = meta.mtime().max(0) as u64;
+    let etag = format!("\"{:x}-{:x}\"", mtime, size);
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime));
+    let ctype = content_type(&uri, conf);
+    req.set_header("Content-Type", &ctype);
+    req.set_header("Last-Modified", &last_modified);
+    if conf.etag != Some(false) {
+        req.set_header("ETag", &etag);
+    }
+    // The not-modified filter.
+    let cond = conditional(req, conf, mtime, &etag);
+    if cond != 200 {
+        if cond == 304 {
+            req.remove_header("Content-Type");
+            req.set_status(304);
+            return match req.send_header() {
+                Ok(()) => Status::Ok,
+                Err(_) => Status::Error,
+            };
+        }
+        return Status::Http(cond);
+    }
+    req.set_header("Accept-Ranges", "bytes");
+    let fd = file.as_raw_fd();
+    // The range filter.
+    let range = req.header("Range").map(str::to_string);
+    let if_range_ok = match req.header("If-Range") {
+        None => true,
+        Some(v) if v.starts_with('"') || v.starts_with("W/") => v == etag,
+        Some(v) => httpdate::parse_http_date(v).ok().map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())) == Some(mtime),
+    };
+    if let (Some(spec), true) = (range, if_range_ok) {
+        match parse_ranges(&spec, size) {
+            Ranges::Ignore => {}
+            Ranges::Unsatisfiable => {
+                req.remove_header("Accept-Ranges");
+                req.remove_header("Last-Modified");
+                req.remove_header("ETag");
+                req.set_header("Content-Range", &format!("bytes */{size}"));
+                return Status::Http(416);
+            }
+            Ranges::List(list) if list.len() > conf.max_ranges.unwrap_or(usize::MAX) => {}
+            Ranges::List(list) if list.len() == 1 => {
+                let (a, b) = list[0];
+                req.set_status(206);
+                req.set_header("Content-Range", &format!("bytes {a}-{b}/{size}"));
+                req.set_header("Content-Length", &(b - a + 1).to_string());
+                return sent(req.send_file(fd, a, b - a + 1, true));
+            }
+            Ranges::List(list) => return multipart(req, fd, &list, size, &ctype),
+        }
+    }
+    req.set_status(200);
+    req.set_header("Content-Length", &size.to_string());
+    sent(req.send_file(fd, 0, size, true))
+}
+
+fn sent(r: Result<(), sys::Rc>) -> Status {
+    match r {
+        Ok(()) => Status::Ok,
+        Err(_) => Status::Error,
+    }
+}
+
+fn content_type(uri: &str, conf: &Conf) -> String {
+    let name = uri.rsplit('/').next().unwrap_or("");
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let types = conf.types.clone().unwrap_or_else(builtin_types);
+    ext.and_then(|e| types.get(&e).cloned())
+        .or_else(|| conf.default_type.clone())
+        .unwrap_or_else(|| "text/plain".to_string())
+}
+
+fn http_time(v: &str) -> Option<u64> {
+    httpdate::parse_http_date(v.trim()).ok().map(|t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+fn etag_match(list: &str, etag: &str, weak: bool) -> bool {
+    let bare = etag.trim_start_matches("W/");
+    list.split(',').map(str::trim).any(|t| {
+        t == "*" || t == etag || (weak && t.trim_start_matches("W/") == bare)
+    })
+}
+
+/// nginx's not-modified filter: 200 to go on, 304 or 412.
+fn conditional(req: &Request<'_>, conf: &Conf, mtime: u64, etag: &str) -> u16 {
+    if let Some(v) = req.header("If-Unmodified-Since") {
+        if http_time(v).is_some_and(|t| mtime > t) {
+            return 412;
+        }
+    }
+    if let Some(v) = req.header("If-Match") {
+        if !etag_match(v, etag, false) {
+            return 412;
+        }
+    }
+    let inm = req.header("If-None-Match");
+    if let Some(v) = inm {
+        return if etag_match(v, etag, true) { 304 } else { 200 };
+    }
+    if let Some(v) = req.header("If-Modified-Since") {
+        let mode = conf.if_modified_since.unwrap_or(1);
+        if let (Some(t), true) = (http_time(v), mode != 0) {
+            if (mode == 1 && t == mtime) || (mode == 2 && mtime <= t) {
+                return 304;
+            }
+        }
+    }
+    200
+}
+
+#[derive(Debug, PartialEq)]
+enum Ranges {
+    Ignore,
+    Unsatisfiable,
+    List(Vec<(u64, u64)>),
+}
+
+/// Parses `bytes=a-b,c-,-n` against `size`: inclusive (start, end) pairs.
+fn parse_ranges(spec: &str, size: u64) -> Ranges {
+    let Some(list) = spec.trim().strip_prefix("bytes=") else { return Ranges::Ignore };
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for part in list.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let Some((a, b)) = part.split_once('-') else { return Ranges::Ignore };
+        let (a, b) = (a.trim(), b.trim());
+        let num = |s: &str| s.parse::<u64>().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()));
+        let (start, end) = if a.is_empty() {
+            let Some(n) = num(b) else { return Ranges::Ignore };
+            if n == 0 {
+                continue;
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        } else {
+            let Some(s) = num(a) else { return Ranges::Ignore };
+            let e = if b.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                match num(b) {
+                    Some(e) if e >= s => e.min(size.saturating_sub(1)),
+                    _ => return Ranges::Ignore,
+                }
+            };
+            if s >= size {
+                continue;
+            }
+            (s, e)
+        };
+        if size == 0 {
+            continue;
+        }
+        total += end - start + 1;
+        out.push((start, end));
+    }
+    if out.is_empty() {
+        return Ranges::Unsatisfiable;
+    }
+    if total > size && out.len() > 1 {
+        // nginx: overlapping ranges larger than the file → the whole file.
+        return Ranges::Ignore;
+    }
+    Ranges::List(out)
+}
+
+fn multipart(req: &mut Request<'_>, fd: i32, list: &[(u64, u64)], size: u64, ctype: &str) -> Status {
+    let boundary = format!("{:020}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64 % 10_000_000_000));
+    let heads: Vec<String> = list
+        .iter()
+        .map(|(a, b)| format!("\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n"))
+        .collect();
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let len: u64 = heads.iter().map(|h| h.len() as u64).sum::<u64>()
+        + list.iter().map(|(a, b)| b - a + 1).sum::<u64>()
+        + tail.len() as u64;
+    req.set_status(206);
+    req.set_header("Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
+    req.set_header("Content-Length", &len.to_string());
+    for (h, (a, b)) in heads.iter().zip(list) {
+        if req.send(h.as_bytes(), false).is_err() || req.send_file(fd, *a, b - a + 1, false).is_err() {
+            return Status::Error;
+        }
+    }
+    sent(req.send(tail.as_bytes(), true))
+}
+
+export_plugin!(Static);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_ranges("bytes=0-4", 10), Ranges::List(vec![(0, 4)]));
+        assert_eq!(parse_ranges("bytes=5-", 10), Ranges::List(vec![(5, 9)]));
+        assert_eq!(parse_ranges("bytes=-3", 10), Ranges::List(vec![(7, 9)]));
+        assert_eq!(parse_ranges("bytes=0-100", 10), Ranges::List(vec![(0, 9)]));
+        assert_eq!(parse_ranges("bytes=0-1,4-5", 10), Ranges::List(vec![(0, 1), (4, 5)]));
+        assert_eq!(parse_ranges("bytes=20-30", 10), Ranges::Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=5-2", 10), Ranges::Ignore);
+        assert_eq!(parse_ranges("items=0-1", 10), Ranges::Ignore);
+        assert_eq!(parse_ranges("bytes=0-9,0-9", 10), Ranges::Ignore);
+    }
+}
