@@ -33,8 +33,11 @@ pub enum Status {
     Http(u16),
     /// Failure: finalize with 500.
     Error,
-    /// The handler finalized the request itself.
+    /// The handler finalized the request itself (or redirected it).
     Done,
+    /// Suspended: the host calls the handler again after `http_resume`
+    /// (see [`Request::read_body`], [`Request::resume_after`]).
+    Again,
 }
 
 impl Status {
@@ -46,6 +49,7 @@ impl Status {
             Status::Http(s) if (100..600).contains(&s) => s as sys::Rc,
             Status::Http(_) | Status::Error => sys::ERROR,
             Status::Done => sys::DONE,
+            Status::Again => sys::AGAIN,
         }
     }
 }
@@ -489,6 +493,66 @@ impl<'a> Request<'a> {
             sys::OK => Status::Done,
             _ => Status::Error,
         }
+    }
+
+    /// Starts reading the request body. `Ok(true)`: it is complete now
+    /// (see [`Request::body`]); `Ok(false)`: return [`Status::Again`] — the
+    /// handler is called again once it is complete (a failed read, such as
+    /// 413 or 408, finalizes the request instead).
+    pub fn read_body(&mut self) -> Result<bool, sys::Rc> {
+        let f = rt::host().http_read_body.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle; the callback is a plain function.
+        match unsafe { f(self.raw, Some(rt::resume_on_done), std::ptr::null_mut()) } {
+            sys::OK => Ok(true),
+            sys::AGAIN => Ok(false),
+            rc => Err(rc),
+        }
+    }
+
+    /// The request body read so far (complete after [`Request::read_body`]).
+    pub fn body(&self) -> Option<&[u8]> {
+        let f = rt::host().http_body?;
+        let (mut bufs, mut n) = (std::ptr::null(), 0usize);
+        // SAFETY: live handle; valid out-pointers.
+        if unsafe { f(self.raw, &mut bufs, &mut n) } != sys::OK || bufs.is_null() || n == 0 {
+            return None;
+        }
+        // SAFETY: the host's buffer lives in the request.
+        let b = unsafe { &*bufs };
+        Some(unsafe { sys::Str { data: b.data, len: b.len }.as_bytes() })
+    }
+
+    /// Resumes the request after `ms` milliseconds: return
+    /// [`Status::Again`]; the handler is called again then. The timer is
+    /// owned by the request (gone if the request ends first).
+    pub fn resume_after(&mut self, ms: u64) -> Result<(), sys::Rc> {
+        let f = rt::host().timer_add.ok_or(sys::UNSUPPORTED)?;
+        let mut id = 0;
+        // SAFETY: live handle; the callback gets the handle back as data.
+        match unsafe { f(self.raw, ms, Some(rt::resume_timer), self.raw.cast(), &mut id) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// This plugin's per-request state, created with `Default` on first
+    /// use and dropped when the request ends.
+    pub fn ctx<T: Default + 'static>(&mut self) -> &mut T {
+        let h = rt::host();
+        // SAFETY: live handle.
+        let p = h.http_ctx.map_or(std::ptr::null_mut(), |f| unsafe { f(self.raw) });
+        if !p.is_null() {
+            // SAFETY: set below by this plugin with a Box<T>; one type per
+            // plugin by contract of this method.
+            return unsafe { &mut *(p as *mut T) };
+        }
+        let b = Box::into_raw(Box::<T>::default());
+        if let Some(f) = h.http_set_ctx {
+            // SAFETY: live handle; the host calls drop_box::<T> once.
+            unsafe { f(self.raw, b.cast(), Some(rt::drop_box::<T>)) };
+        }
+        // SAFETY: just allocated; owned by the request from now on.
+        unsafe { &mut *b }
     }
 
     /// The raw handle, for calls the safe layer does not wrap yet.

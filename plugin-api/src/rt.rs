@@ -80,6 +80,39 @@ pub fn guard<T>(plugin: &str, what: &str, fallback: T, f: impl FnOnce() -> T) ->
     }
 }
 
+/// A body read finished: resume the handler, or finalize on failure.
+pub unsafe extern "C" fn resume_on_done(r: *mut sys::Request, rc: Rc, _data: *mut c_void) {
+    let h = host();
+    // SAFETY: r is the live request the host passes to this callback.
+    unsafe {
+        if rc == sys::OK {
+            if let Some(f) = h.http_resume {
+                f(r);
+            }
+        } else if let Some(f) = h.http_finalize {
+            f(r, rc);
+        }
+    }
+}
+
+/// A resume_after timer fired.
+pub unsafe extern "C" fn resume_timer(data: *mut c_void) {
+    if let Some(f) = host().http_resume {
+        // SAFETY: data is the request handle; the timer is owned by that
+        // request, so it only fires while the request lives (and the host
+        // answers GONE for a finished one anyway).
+        unsafe { f(data.cast()) };
+    }
+}
+
+/// Frees per-request state made by `Request::ctx`.
+pub unsafe extern "C" fn drop_box<T>(p: *mut c_void) {
+    if !p.is_null() {
+        // SAFETY: made by Box::into_raw::<T> in Request::ctx, freed once.
+        drop(unsafe { Box::from_raw(p as *mut T) });
+    }
+}
+
 /// The definition and the storage it points into, built once per image.
 pub struct Built {
     /// The definition returned to the host.

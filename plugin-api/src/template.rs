@@ -30,7 +30,12 @@ pub fn walk<'a>(t: &'a str, mut f: impl FnMut(Seg<'a>)) {
                 None => (i + 1, i + 1, i + 1),
             }
         } else {
-            let n = b[i + 1..].iter().take_while(|&&c| is_name(c)).count();
+            // `$1x` is capture 1 then "x", as in nginx.
+            let n = if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count()
+            } else {
+                b[i + 1..].iter().take_while(|&&c| is_name(c)).count()
+            };
             (i + 1, i + 1 + n, i + 1 + n)
         };
         if end == start {

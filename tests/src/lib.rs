@@ -289,6 +289,39 @@ pub fn raw(port: u16, req: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// Parses one response from the front of `buf` (Content-Length bodies).
 pub fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
+    parse_response_to(buf, false)
+}
+
+/// Decodes a chunked body at the start of `buf`: (body, bytes used).
+fn dechunk(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut body = Vec::new();
+    let mut pos = 0;
+    loop {
+        let line_end = buf[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+        let size_text = std::str::from_utf8(&buf[pos..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        pos = line_end + 2;
+        if size == 0 {
+            // Trailers end with an empty line.
+            let end = buf[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+            if end != pos {
+                let t = buf[pos..].windows(4).position(|w| w == b"\r\n\r\n")? + pos + 4;
+                return Some((body, t));
+            }
+            return Some((body, end + 2));
+        }
+        body.extend_from_slice(buf.get(pos..pos + size)?);
+        pos += size;
+        if buf.get(pos..pos + 2)? != b"\r\n" {
+            return None;
+        }
+        pos += 2;
+    }
+}
+
+/// Parses one response; `head_only` for a HEAD request (no body follows
+/// whatever Content-Length says). Chunked bodies are decoded.
+pub fn parse_response_to(buf: &[u8], head_only: bool) -> Option<(Response, usize)> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -298,6 +331,13 @@ pub fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
+    if head_only || status == 304 || status == 204 || (100..200).contains(&status) {
+        return Some((Response { status, headers, body: Vec::new() }, end));
+    }
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
+        let (body, used) = dechunk(&buf[end..])?;
+        return Some((Response { status, headers, body }, end + used));
+    }
     let len: usize = headers
         .iter()
         .find(|(k, _)| k == "content-length")
@@ -372,9 +412,95 @@ pub fn build_c_plugin(src: &Path, include: &Path, defines: &[&str], out: &Path) 
 }
 
 /// The Rust test plugin built by `cargo build --workspace`.
+pub fn plugin_so(name: &str) -> PathBuf {
+    let so = ngxr_bin().parent().unwrap().join(format!("libngxr_{name}.so"));
+    assert!(so.exists(), "{} not found: run `cargo build --workspace` first", so.display());
+    so
+}
+
+/// `load_module` lines for the named product plugins (in this order).
+pub fn load_plugins(names: &[&str]) -> String {
+    names.iter().map(|n| format!("load_module {};\n", plugin_so(n).display())).collect()
+}
+
+/// A client connection for keepalive and pipelining conversations.
+pub struct Client {
+    /// The socket.
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to 127.0.0.1:port with a 5 s read timeout.
+    pub fn new(port: u16) -> Client {
+        let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Client { sock, buf: Vec::new() }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, b: &[u8]) {
+        self.sock.write_all(b).unwrap();
+    }
+
+    /// Reads one response (None on EOF before a complete one).
+    pub fn response_to(&mut self, head_only: bool) -> Option<Response> {
+        loop {
+            if let Some((r, n)) = parse_response_to(&self.buf, head_only) {
+                // A close-delimited body is complete only at EOF.
+                let delimited = !head_only
+                    && r.header("content-length").is_none()
+                    && r.header("transfer-encoding").is_none()
+                    && r.status >= 200
+                    && r.status != 204
+                    && r.status != 304;
+                if !delimited {
+                    self.buf.drain(..n);
+                    return Some(r);
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    let r = parse_response_to(&self.buf, head_only).map(|(r, _)| r);
+                    self.buf.clear();
+                    return r;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads one response to a non-HEAD request.
+    pub fn response(&mut self) -> Option<Response> {
+        self.response_to(false)
+    }
+
+    /// True once the server closed the connection (EOF within 5 s).
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1024];
+        loop {
+            match self.sock.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The path of the testkit plugin.
 pub fn testkit_so() -> PathBuf {
     let bin = ngxr_bin();
     let so = bin.parent().unwrap().join("libngxr_testkit.so");
     assert!(so.exists(), "{} not found: run `cargo build --workspace` first", so.display());
     so
+}
+
+/// True when the tests run as root (workers then drop to nobody).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
 }

@@ -80,6 +80,7 @@ pub struct Conn<'a> {
     linger: Option<Instant>,
     continue_sent: bool,
     timed_out: bool,
+    skip_input: bool,
     keepalive_timeout: Duration,
     serial: u64,
 }
@@ -112,6 +113,7 @@ impl<'a> Conn<'a> {
             linger: None,
             continue_sent: false,
             timed_out: false,
+            skip_input: false,
             keepalive_timeout: Duration::from_secs(75),
             serial,
         })
@@ -372,6 +374,11 @@ impl<'a> Conn<'a> {
         let rbuf = std::mem::take(&mut self.rbuf);
         let out = self.try_head_in(&rbuf, large, max_head, underscores, merge);
         self.rbuf = rbuf;
+        if self.skip_input {
+            // Nothing after a bad head can be trusted.
+            self.skip_input = false;
+            self.rstart = self.rbuf.len();
+        }
         out
     }
 
@@ -386,8 +393,7 @@ impl<'a> Conn<'a> {
                 let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(n);
                 if line_len > large {
                     self.error_request(Some(&req), 414, "client sent too long URI");
-                } else if let Some(long) = too_long_header(&buf[..n], large) {
-                    let _ = long;
+                } else if n > max_head || too_long_header(&buf[..n], large).is_some() {
                     self.error_request(Some(&req), 494, "client sent too long header line");
                 } else {
                     match checked {
@@ -440,7 +446,7 @@ impl<'a> Conn<'a> {
 
     fn error_request(&mut self, req: Option<&httparse::Request<'_, '_>>, status: u16, why: &str) {
         crate::log!(Info, "{why} while reading client request headers, client: {}", self.req.borrow().remote_addr);
-        let len = self.rbuf.len() - self.rstart;
+        self.skip_input = true;
         {
             let mut r = self.begin();
             if let Some(q) = req {
@@ -448,13 +454,10 @@ impl<'a> Conn<'a> {
                 r.request_uri.push_str(q.path.unwrap_or(""));
                 r.minor = q.version.unwrap_or(1) as u8;
             }
-            r.head_len = len;
             r.keepalive = false;
             r.must_close = true;
             r.body_state = BodyIn::Done;
         }
-        // Nothing after a bad head can be trusted.
-        self.rstart = self.rbuf.len();
         request::finalize_status(&self.req, status);
     }
 

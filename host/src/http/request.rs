@@ -529,7 +529,11 @@ fn render_head(r: &mut Req) {
             r.must_close = true;
         }
     }
-    let keep = !r.must_close && r.keepalive;
+    let core = &r.location().core;
+    let keep = !r.must_close && r.keepalive && r.conn_requests < core.keepalive_requests && !core.keepalive_timeout.is_zero();
+    if !keep {
+        r.must_close = true;
+    }
     let mut h = Vec::with_capacity(256);
     let wire = wire_status(status);
     let _ = write!(VecW(&mut h), "HTTP/1.1 {wire} {}\r\nServer: {}\r\nDate: ", reason(status), server_string(core_tokens));

@@ -50,6 +50,8 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
     }
     match name {
         "uri" | "document_uri" => out.push_str(&r.uri),
+        // Empty args read as unset, as nginx's (logged as "-").
+        "args" | "query_string" if r.args.is_empty() => return false,
         "args" | "query_string" => out.push_str(&r.args),
         "is_args" => {
             if !r.args.is_empty() {

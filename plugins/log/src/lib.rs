@@ -240,11 +240,9 @@ impl Plugin for Log {
 }
 
 fn render(req: &Request<'_>, f: &Format, out: &mut Vec<u8>) {
+    // Unset variables log as "-" (nothing in JSON), as nginx's.
     f.t.render(out, |name, out| match req.var_bytes(name) {
-        Some(v) if !v.is_empty() => escape(v, f.escape, out),
-        Some(_) if f.escape == Escape::Json => {}
-        Some(_) if name.starts_with("http_") || name == "remote_user" => out.push(b'-'),
-        Some(_) => {}
+        Some(v) => escape(v, f.escape, out),
         None if f.escape == Escape::Json => {}
         None => out.push(b'-'),
     });

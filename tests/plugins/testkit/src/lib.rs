@@ -8,6 +8,12 @@
 //!   shared zone (all workers, kept across reload) and answers its value.
 //! - Requests echo `$uri`, `?args` and the `X-Test` header back in
 //!   response headers so tests can see the request API work.
+//! - `/echo` reads the request body asynchronously (the handler suspends
+//!   and is resumed when it is complete) and answers it back.
+//! - `/sleep?ms=N` suspends for N ms on a request-owned timer, then
+//!   answers "slept".
+//! - `/chunks` sends its body in three pieces without a length (chunked
+//!   on HTTP/1.1, close-delimited on HTTP/1.0).
 
 use plugin_api::{export_plugin, sys, DirectiveSpec, Phase, Plugin, Request, Shm, Status};
 
@@ -80,6 +86,40 @@ impl Plugin for Testkit {
             };
             req.add_header("X-Pid", &std::process::id().to_string());
             return req.respond(200, "text/plain", n.to_string().as_bytes());
+        }
+        match req.uri() {
+            "/echo" => {
+                return match req.read_body() {
+                    Ok(true) => {
+                        let body = req.body().unwrap_or(b"").to_vec();
+                        req.respond(200, "application/octet-stream", &body)
+                    }
+                    Ok(false) => Status::Again,
+                    Err(_) => Status::Error,
+                };
+            }
+            "/sleep" => {
+                let slept: &mut bool = req.ctx();
+                if *slept {
+                    return req.respond(200, "text/plain", b"slept");
+                }
+                *slept = true;
+                let ms = req.args().strip_prefix("ms=").and_then(|v| v.parse().ok()).unwrap_or(10);
+                return match req.resume_after(ms) {
+                    Ok(()) => Status::Again,
+                    Err(_) => Status::Error,
+                };
+            }
+            "/chunks" => {
+                req.set_status(200);
+                for (i, piece) in [&b"one,"[..], b"two,", b"three"].iter().enumerate() {
+                    if req.send(piece, i == 2).is_err() {
+                        return Status::Error;
+                    }
+                }
+                return Status::Ok;
+            }
+            _ => {}
         }
         let (uri, args) = (req.uri().to_string(), req.args().to_string());
         let xt = req.header("x-test").unwrap_or("").to_string();
