@@ -349,6 +349,16 @@ fn request_bodies() {
     assert_eq!(r.status, 413);
     let big = format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n", "x".repeat(2048));
     assert_eq!(req(s.port, &big).status, 413);
+    // Lingering close: the client is still sending a large body when the
+    // 413 goes out; the server keeps reading (and dropping) so the client
+    // sees the response rather than a reset.
+    let mut c = Client::new(s.port);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n");
+    for _ in 0..16 {
+        let _ = std::io::Write::write_all(&mut c.sock, &[b'z'; 65536]);
+    }
+    let r = c.response().unwrap();
+    assert_eq!((r.status, r.header("connection")), (413, Some("close")));
 }
 
 #[test]

@@ -316,3 +316,42 @@ fn helper_process_is_supervised() {
     assert_eq!(s.wait_exit(SECS), Some(0));
     assert!(!alive(again), "the helper stopped with its master");
 }
+
+/// A C plugin's header and body filters and its variable: memory buffers
+/// are rewritten into request memory, file regions pass untouched, and
+/// the log phase reads the plugin-defined variable.
+#[test]
+fn c_output_filters_and_plugin_variable() {
+    let p = Prefix::new();
+    let dir = p.path();
+    let so = dir.join("upper.so");
+    build_c_plugin(&repo_root().join("tests/fixtures/upper.c"), &repo_root().join("include"), &[], &so);
+    p.write("html/f.txt", "file text");
+    let port = free_port();
+    p.write_conf(&format!(
+        "{}load_module {};\nload_module {};\n{}events {{}}\n\
+         http {{ log_format up '$uri $upper_bytes'; access_log logs/up.log up;\n\
+           server {{ listen 127.0.0.1:{port}; root html;\n\
+             location /up/ {{ upper on; testkit_reply \"hello, filters\"; }}\n\
+             location /file/ {{ upper on; alias html/; }}\n\
+             location /plain/ {{ testkit_reply plain; }} }} }}\n",
+        conf_head(),
+        testkit_so().display(),
+        so.display(),
+        load_plugins(&["static", "log"]),
+    ));
+    let s = Server::start_in(p, port);
+    let r = get(s.port, "/up/x").unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"HELLO, FILTERS"[..]));
+    assert_eq!(r.header("x-upper"), Some("on"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"), "the filter dropped Content-Length");
+    let r = get(s.port, "/file/f.txt").unwrap();
+    assert_eq!((r.body.as_slice(), r.header("x-upper")), (&b"file text"[..], Some("on")), "file regions pass untouched");
+    let r = get(s.port, "/plain/").unwrap();
+    assert_eq!((r.body.as_slice(), r.header("x-upper")), (&b"plain"[..], None));
+    let log = poll_until("up.log", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(s.prefix.path().join("logs/up.log")).unwrap_or_default();
+        (t.lines().count() >= 3).then_some(t)
+    });
+    assert_eq!(log, "/up/x 14\n/file/f.txt 0\n/plain/ -\n");
+}

@@ -137,6 +137,8 @@ pub struct Req<'a> {
     pub content_length: Option<u64>,
     /// The head went through the header filters and into the output.
     pub header_sent: bool,
+    /// Header filters are running (headers still writable).
+    pub in_header_filter: bool,
     /// HEAD, 204, 304: no body is written.
     pub header_only: bool,
     /// The body is chunked on the wire.
@@ -219,6 +221,7 @@ impl<'a> Req<'a> {
             headers_out: Vec::new(),
             content_length: None,
             header_sent: false,
+            in_header_filter: false,
             header_only: false,
             chunked: false,
             body_done_out: false,
@@ -266,6 +269,7 @@ impl<'a> Req<'a> {
         self.headers_out.clear();
         self.content_length = None;
         self.header_sent = false;
+        self.in_header_filter = false;
         self.header_only = false;
         self.chunked = false;
         self.body_done_out = false;
@@ -478,16 +482,17 @@ fn host_header(name: &str) -> bool {
 pub fn send_header(cell: &RefCell<Req>) -> bool {
     {
         let mut r = cell.borrow_mut();
-        if r.header_sent {
+        if r.header_sent || r.in_header_filter {
             return true;
         }
         if r.status == 0 {
             r.status = 200;
         }
-        r.header_sent = true;
         if let Some(cl) = r.header_out("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()) {
             r.content_length = Some(cl);
         }
+        // Filters may still change status and headers.
+        r.in_header_filter = true;
     }
     let (plugins, handle) = {
         let r = cell.borrow();
@@ -498,10 +503,15 @@ pub fn send_header(cell: &RefCell<Req>) -> bool {
         let rc = host_api::call_header_filter(plugins, i, f, handle, conf);
         if rc != sys::OK {
             crate::log!(Error, "header filter of plugin \"{}\" failed (rc {rc})", plugins.list[i].name);
+            let mut r = cell.borrow_mut();
+            r.in_header_filter = false;
+            r.header_sent = true;
             return false;
         }
     }
     let mut r = cell.borrow_mut();
+    r.in_header_filter = false;
+    r.header_sent = true;
     render_head(&mut r);
     true
 }
