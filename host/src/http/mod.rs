@@ -33,11 +33,17 @@ use std::time::{Duration, Instant};
 thread_local! {
     static WAKE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     static SERIAL: Cell<u64> = const { Cell::new(0) };
+    /// The connection whose on_ready is running (usize::MAX: none).
+    static RUNNING: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
 /// Asks the worker to run connection `conn` again after the current event.
+/// A connection that is running now sees the change itself, so no wakeup
+/// (and no extra pass through the socket) is queued for it.
 pub fn wake(conn: usize) {
-    WAKE.with(|w| w.borrow_mut().push(conn));
+    if RUNNING.with(Cell::get) != conn {
+        WAKE.with(|w| w.borrow_mut().push(conn));
+    }
 }
 
 /// Takes the queued wakeups into `into` (cleared first).
@@ -178,6 +184,14 @@ impl<'a> Conn<'a> {
 
     /// Does all the work the socket and the request allow now.
     pub fn on_ready(&mut self, now: Instant, quitting: bool) -> Next {
+        let me = self.req.borrow().conn;
+        let prev = RUNNING.with(|r| r.replace(me));
+        let next = self.work(now, quitting);
+        RUNNING.with(|r| r.set(prev));
+        next
+    }
+
+    fn work(&mut self, now: Instant, quitting: bool) -> Next {
         loop {
             if let Some(deadline) = self.linger {
                 return self.lingering(now, deadline);
