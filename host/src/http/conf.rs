@@ -503,8 +503,7 @@ impl HttpConf {
                             "listen" => {
                                 let (l, _) = crate::config::core::parse_listen(c)?;
                                 if l.default_server {
-                                    if let Some(other) = out.servers.iter().find(|o| o.default_for.contains(&l.addr)) {
-                                        let _ = other;
+                                    if out.servers.iter().any(|o| o.default_for.contains(&l.addr)) {
                                         return Err(c.err(format!("a duplicate default server for {}", l.addr)));
                                     }
                                     s.default_for.push(l.addr);

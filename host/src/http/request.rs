@@ -900,7 +900,7 @@ fn finish_with(cell: &RefCell<Req>, rc: sys::Rc, content: bool) {
 
 /// Runs one handler (or a host step) of the current phase.
 fn step(cell: &RefCell<Req>) {
-    let (phase, target) = {
+    let (phase, (i, h, conf)) = {
         let mut r = cell.borrow_mut();
         if r.phase > sys::PHASE_CONTENT {
             drop(r);
@@ -909,13 +909,13 @@ fn step(cell: &RefCell<Req>) {
         }
         let phase = r.phase;
         if let Some(again) = r.again.take() {
-            (phase, Some(again))
+            (phase, again)
         } else {
             match handler_at(&r, phase, r.hidx) {
                 Some((i, h)) => {
                     r.hidx += 1;
                     let conf = r.location().confs.get(i).copied().unwrap_or(std::ptr::null_mut());
-                    (phase, Some((i, h, conf)))
+                    (phase, (i, h, conf))
                 }
                 None => {
                     drop(r);
@@ -925,7 +925,6 @@ fn step(cell: &RefCell<Req>) {
             }
         }
     };
-    let Some((i, h, conf)) = target else { return };
     let (handle, plugins) = {
         let r = cell.borrow();
         (r.handle, &r.cycle.plugins)

@@ -8,6 +8,9 @@
 //! `NGX_PLUGIN_UNSUPPORTED`, and `supports()` says so in advance.
 
 #![allow(unsafe_code)]
+// Request and connection "pointers" here are opaque handles the host
+// resolves itself (or hands to plugin code); nothing dereferences them raw.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use crate::config::Directive;
 use plugin_api::sys::{self, Rc, Str};
