@@ -264,6 +264,7 @@ fn error_pages_and_try_files() {
              location /away/ { error_page 404 http://example.test/gone; }
              location /tf/ { try_files $uri $uri/ /page.html; }
              location /tf404/ { try_files $uri =404; }
+             location /tfa/ { alias html/; try_files $uri =404; }
              location /teapot { testkit_reply x; error_page 418 /page.html; }
              location = /404.html { internal; }",
         ),
@@ -281,6 +282,8 @@ fn error_pages_and_try_files() {
     let r = get(s.port, "/tf/whatever").unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, &b"<p>page</p>"[..]));
     assert_eq!(get(s.port, "/tf404/x").unwrap().status, 404);
+    let r = get(s.port, "/tfa/a.txt").unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"0123456789"[..]), "try_files under alias");
     let r = get(s.port, "/teapot").unwrap();
     assert_eq!((r.status, r.body.as_slice()), (418, &b"<p>page</p>"[..]));
 }

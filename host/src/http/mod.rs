@@ -230,12 +230,8 @@ impl<'a> Conn<'a> {
             };
             let (complete, send_timeout, body_timeout) = {
                 let r = self.req.borrow();
-                let core = Some(&r.location().core);
-                (
-                    r.complete(),
-                    core.map_or(Duration::from_secs(60), |c| c.send_timeout),
-                    core.map_or(Duration::from_secs(60), |c| c.client_body_timeout),
-                )
+                let core = &r.location().core;
+                (r.complete(), core.send_timeout, core.client_body_timeout)
             };
             if !flushed {
                 return Next::Wait(now + send_timeout);
@@ -279,11 +275,11 @@ impl<'a> Conn<'a> {
         request::log_phase(&self.req);
         let (keep, core_ka, linger_mode) = {
             let r = self.req.borrow();
-            let core = Some(r.location().core.clone());
-            let ka = core.as_ref().map_or(Duration::from_secs(75), |c| c.keepalive_timeout);
-            let kr = core.as_ref().map_or(1000, |c| c.keepalive_requests);
-            let keep = !r.must_close && r.keepalive && !quitting && self.requests < kr && !ka.is_zero();
-            (keep, ka, core.map_or((1, Duration::from_secs(30), Duration::from_secs(5)), |c| (c.lingering_close, c.lingering_time, c.lingering_timeout)))
+            let core = &r.location().core;
+            // The head already decided keepalive (client wish,
+            // keepalive_requests, keepalive_timeout 0) into must_close.
+            let keep = !r.must_close && !quitting;
+            (keep, core.keepalive_timeout, (core.lingering_close, core.lingering_time, core.lingering_timeout))
         };
         let unread_body = matches!(self.req.borrow().body_state, BodyIn::Idle | BodyIn::Reading | BodyIn::Discarding);
         self.end_request();
@@ -574,7 +570,7 @@ impl<'a> Conn<'a> {
                 }
                 self.rstart += used;
                 finished = done;
-            } else if (framing == Framing::Length(0)) || (matches!(framing, Framing::Length(_)) && self.body_left == 0) {
+            } else if matches!(framing, Framing::Length(_)) && self.body_left == 0 {
                 finished = true;
             }
             if finished {

@@ -737,7 +737,7 @@ fn try_error_page(cell: &RefCell<Req>, status: u16) -> bool {
     if r.error_page.is_some() && !r.location().core.recursive_error_pages {
         return false;
     }
-    let Some(page) = r.location().core.error_pages.iter().find(|p| p.codes.contains(&status)).cloned() else {
+    let Some(page) = r.location().core.error_pages.iter().find(|p| p.codes.contains(&status)) else {
         return false;
     };
     let answer = match page.set {
@@ -1007,7 +1007,7 @@ fn no_content(cell: &RefCell<Req>) {
 /// The host's try_files step at the start of PRECONTENT.
 fn try_files(cell: &RefCell<Req>) {
     let mut r = cell.borrow_mut();
-    let list = r.location().core.try_files.clone();
+    let list = &r.location().core.try_files;
     if list.is_empty() {
         return;
     }
@@ -1016,22 +1016,11 @@ fn try_files(cell: &RefCell<Req>) {
         let uri = super::vars::expand(&r, arg);
         let dir = uri.ends_with('/');
         r.map_to_path(&uri, &mut path);
-        let meta = std::fs::metadata(path.trim_end_matches('/').to_string() + if dir { "/" } else { "" });
-        let ok = match meta {
-            Ok(m) if dir => m.is_dir(),
-            Ok(m) => !m.is_dir(),
-            Err(_) => false,
-        };
+        // A trailing '/' asks for a directory; a file path with one fails.
+        let ok = std::fs::metadata(&path).is_ok_and(|m| m.is_dir() == dir);
         if ok {
-            if !r.location().core.alias {
-                r.uri = uri;
-            } else {
-                let p = r.location().path.clone();
-                r.uri = format!("{p}{}", uri.trim_start_matches('/'));
-                if !uri.starts_with('/') {
-                    r.uri = uri;
-                }
-            }
+            // The tried URI becomes $uri; root or alias maps it again later.
+            r.uri = uri;
             return;
         }
     }
