@@ -1,5 +1,8 @@
 /*
- * ngx_plugin.h -- the ngxr plugin ABI, version 1.0.
+ * ngx_plugin.h -- the ngxr plugin ABI, version 1.1.
+ *
+ * 1.1 appended conn_error, http_output_queued, http_resume_when_drained and
+ * conf_location to the host table, and the NGX_PLUGIN_TIMEDOUT code.
  *
  * This header is the whole contract between the ngxr host and a plugin.
  * It is C99, depends only on <stdint.h>, <stddef.h> and <stdbool.h>, and
@@ -69,7 +72,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 0
+#define NGX_PLUGIN_ABI_MINOR 1
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -98,6 +101,8 @@ typedef int32_t ngx_plugin_rc_t;
 #define NGX_PLUGIN_UNSUPPORTED -12
 /** The request or connection the handle names has finished. */
 #define NGX_PLUGIN_GONE        -13
+/** (1.1) conn_error: the connection's last failure was a timeout. */
+#define NGX_PLUGIN_TIMEDOUT    -14
 
 /* ------------------------------------------------------------------ */
 /* Basic types and handles                                             */
@@ -505,6 +510,30 @@ typedef struct ngx_plugin_host_s {
     void (*shm_lock)(ngx_plugin_shm_t *z);
     /** Releases the zone's lock. */
     void (*shm_unlock)(ngx_plugin_shm_t *z);
+
+    /* ---- appended in 1.1 -------------------------------------------- */
+
+    /** (1.1) The connection's last failure, as an error-log phrase
+     *  ("connect() failed (111: Connection refused)"). Returns NGX_PLUGIN_OK
+     *  if there was none, NGX_PLUGIN_TIMEDOUT if it was conn_connect's
+     *  timeout, NGX_PLUGIN_ERROR otherwise. OWNERSHIP: *text borrowed until
+     *  the next call on c. [worker] */
+    ngx_plugin_rc_t (*conn_error)(ngx_plugin_conn_t *c, ngx_plugin_str_t *text);
+    /** (1.1) Bytes of response output queued for the client and not yet
+     *  written (0 for a finished request). [worker] */
+    size_t (*http_output_queued)(ngx_plugin_request_t *r);
+    /** (1.1) Flow control for streaming handlers: if at most `limit` bytes
+     *  are queued, returns NGX_PLUGIN_OK. Otherwise returns
+     *  NGX_PLUGIN_AGAIN and arranges that, once the client has taken enough
+     *  for the queue to drop to `limit`, the handler (which returns
+     *  NGX_PLUGIN_AGAIN) is called again, as with http_resume. [worker] */
+    ngx_plugin_rc_t (*http_resume_when_drained)(ngx_plugin_request_t *r, size_t limit);
+    /** (1.1) The location block around the directive being applied: its
+     *  modifier ("", "=", "~", "~*", "^~", or "@" for a named location) and
+     *  its URI, pattern or name. NOT_FOUND outside a location. Strings
+     *  borrowed until the set callback returns. [conf] */
+    ngx_plugin_rc_t (*conf_location)(ngx_plugin_conf_t *cf, ngx_plugin_str_t *modifier,
+                                     ngx_plugin_str_t *name);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -13,6 +13,8 @@
 
 #![deny(missing_docs)]
 
+pub mod http;
+pub mod io;
 pub mod sys;
 pub mod template;
 #[cfg(feature = "mock")]
@@ -20,6 +22,7 @@ pub mod mock;
 #[doc(hidden)]
 pub mod rt;
 
+use std::ffi::c_void;
 use std::marker::PhantomData;
 
 /// What a phase handler tells the host.
@@ -221,6 +224,44 @@ impl ConfCx<'_> {
         match unsafe { f(self.raw, sys::Str::from_bytes(p.as_bytes()), &mut out) } {
             sys::OK => unsafe { rt::str_of(out) }.to_string(),
             _ => p.to_string(),
+        }
+    }
+
+    /// Makes `P`'s [`Plugin::handle`] (with [`Phase::Content`]) the
+    /// content handler of the location being configured, as nginx's
+    /// `proxy_pass` does.
+    pub fn set_content_handler<P: Plugin>(&self) -> Result<(), String> {
+        let f = rt::host().conf_set_content_handler.ok_or("content handlers are not supported by this host")?;
+        // SAFETY: live conf handle; the trampoline is a plain function.
+        match unsafe { f(self.raw, Some(rt::handler_for::<P>(sys::PHASE_CONTENT))) } {
+            sys::OK => Ok(()),
+            rc => Err(format!("cannot set the content handler (rc {rc})")),
+        }
+    }
+
+    /// The enclosing location: (modifier, name) where modifier is "",
+    /// "=", "~", "~*", "^~" or "@" (named). None outside a location or on
+    /// a host before ABI 1.1.
+    pub fn location(&self) -> Option<(String, String)> {
+        let h = rt::host();
+        if (h.struct_size as usize) < std::mem::offset_of!(sys::Host, conf_location) + std::mem::size_of::<usize>() {
+            return None;
+        }
+        let f = h.conf_location?;
+        let (mut m, mut n) = (sys::Str::empty(), sys::Str::empty());
+        // SAFETY: live conf handle; strings copied at once.
+        (unsafe { f(self.raw, &mut m, &mut n) } == sys::OK).then(|| unsafe { (rt::str_of(m).to_string(), rt::str_of(n).to_string()) })
+    }
+
+    /// Defines `$name`, computed by `get` for each request (`None`: not
+    /// found). Defining the same name again from this plugin is a no-op.
+    pub fn define_variable(&self, name: &str, get: fn(&mut Request<'_>) -> Option<String>) -> Result<(), String> {
+        let f = rt::host().conf_define_variable.ok_or("variables are not supported by this host")?;
+        // SAFETY: live conf handle; get is a plain function pointer passed
+        // through `data` and called back by rt::var_tramp.
+        match unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), Some(rt::var_tramp), get as *mut c_void) } {
+            sys::OK => Ok(()),
+            rc => Err(format!("cannot define variable \"{name}\" (rc {rc})")),
         }
     }
 
@@ -553,6 +594,64 @@ impl<'a> Request<'a> {
         }
         // SAFETY: just allocated; owned by the request from now on.
         unsafe { &mut *b }
+    }
+
+    /// Sends several body buffers in one call (the host copies them).
+    pub fn send_bufs(&mut self, parts: &[&[u8]], last: bool) -> Result<(), sys::Rc> {
+        let mut bufs: Vec<sys::Buf> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| sys::Buf { data: p.as_ptr(), len: p.len(), fd: -1, flags: 0, file_pos: 0, file_len: 0 })
+            .collect();
+        if last {
+            match bufs.last_mut() {
+                Some(b) => b.flags |= sys::BUF_LAST,
+                None => bufs.push(sys::Buf { data: std::ptr::null(), len: 0, fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 }),
+            }
+        }
+        if bufs.is_empty() {
+            return Ok(());
+        }
+        let f = rt::host().http_send_body.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle; bufs borrow parts for the call.
+        match unsafe { f(self.raw, bufs.as_ptr(), bufs.len()) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// Bytes of response output queued for the client (ABI 1.1; 0 before).
+    pub fn output_queued(&self) -> usize {
+        let h = rt::host();
+        if (h.struct_size as usize) < std::mem::offset_of!(sys::Host, http_output_queued) + std::mem::size_of::<usize>() {
+            return 0;
+        }
+        // SAFETY: live handle.
+        h.http_output_queued.map_or(0, |f| unsafe { f(self.raw) })
+    }
+
+    /// Flow control: `true` if at most `limit` bytes are queued for the
+    /// client; otherwise `false` — return [`Status::Again`] and the
+    /// handler is called again once the client has taken enough.
+    pub fn resume_when_drained(&mut self, limit: usize) -> bool {
+        let h = rt::host();
+        if (h.struct_size as usize) < std::mem::offset_of!(sys::Host, http_resume_when_drained) + std::mem::size_of::<usize>() {
+            return true;
+        }
+        // SAFETY: live handle.
+        h.http_resume_when_drained.map_or(true, |f| unsafe { f(self.raw, limit) } != sys::AGAIN)
+    }
+
+    /// Hands the client connection and `upstream` to the host, which
+    /// copies bytes both ways until either side closes (after a 101
+    /// response has been sent). Return [`Status::Done`] from the handler.
+    pub fn relay(&mut self, upstream: io::Conn) -> Result<(), sys::Rc> {
+        let f = rt::host().relay.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handles; no callback.
+        match unsafe { f(self.raw, std::ptr::null_mut(), upstream.raw(), None, std::ptr::null_mut()) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
     }
 
     /// The raw handle, for calls the safe layer does not wrap yet.

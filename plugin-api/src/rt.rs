@@ -105,6 +105,32 @@ pub unsafe extern "C" fn resume_timer(data: *mut c_void) {
     }
 }
 
+thread_local! {
+    static VAR_OUT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Calls a variable getter defined with `ConfCx::define_variable`.
+pub unsafe extern "C" fn var_tramp(r: *mut sys::Request, data: *mut c_void, out: *mut sys::Str) -> Rc {
+    guard("variable", "a variable getter", sys::ERROR, || {
+        if r.is_null() || data.is_null() || out.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: data is the fn pointer define_variable passed.
+        let get: fn(&mut crate::Request<'_>) -> Option<String> = unsafe { std::mem::transmute(data) };
+        // SAFETY: live request handle for the call.
+        let mut req = unsafe { crate::Request::from_raw(r) };
+        let Some(v) = get(&mut req) else { return sys::NOT_FOUND };
+        VAR_OUT.with(|b| {
+            let mut b = b.borrow_mut();
+            *b = v;
+            // SAFETY: the host copies the value before anything else runs
+            // on this thread that could replace it.
+            unsafe { *out = sys::Str::from_bytes(b.as_bytes()) };
+        });
+        sys::OK
+    })
+}
+
 /// Frees per-request state made by `Request::ctx`.
 pub unsafe extern "C" fn drop_box<T>(p: *mut c_void) {
     if !p.is_null() {
@@ -172,7 +198,7 @@ pub fn build<P: Plugin>() -> Built {
     Built { def, _names: names, _dirs: dirs, _handlers: handlers }
 }
 
-fn handler_for<P: Plugin>(phase: u32) -> sys::HttpHandlerFn {
+pub(crate) fn handler_for<P: Plugin>(phase: u32) -> sys::HttpHandlerFn {
     match phase {
         sys::PHASE_POST_READ => handler_tramp::<P, { sys::PHASE_POST_READ }>,
         sys::PHASE_SERVER_REWRITE => handler_tramp::<P, { sys::PHASE_SERVER_REWRITE }>,

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -23,6 +23,8 @@ pub const NOT_FOUND: Rc = -10;
 pub const INVALID: Rc = -11;
 pub const UNSUPPORTED: Rc = -12;
 pub const GONE: Rc = -13;
+/// (1.1) `conn_error`: the last failure was a timeout.
+pub const TIMEDOUT: Rc = -14;
 
 pub const LOG_EMERG: u32 = 1;
 pub const LOG_ALERT: u32 = 2;
@@ -239,6 +241,11 @@ pub struct Host {
     pub shm_is_new: Option<unsafe extern "C" fn(*mut Shm) -> bool>,
     pub shm_lock: Option<unsafe extern "C" fn(*mut Shm)>,
     pub shm_unlock: Option<unsafe extern "C" fn(*mut Shm)>,
+    // appended in 1.1
+    pub conn_error: Option<unsafe extern "C" fn(*mut Conn, *mut Str) -> Rc>,
+    pub http_output_queued: Option<unsafe extern "C" fn(*mut Request) -> usize>,
+    pub http_resume_when_drained: Option<unsafe extern "C" fn(*mut Request, usize) -> Rc>,
+    pub conf_location: Option<unsafe extern "C" fn(*mut Conf, *mut Str, *mut Str) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -97,7 +97,7 @@ fn rust() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
             http_resume, http_finalize,
             timer_add, timer_cancel, conn_connect, conn_watch, conn_read, conn_write,
             conn_start_tls, conn_peer, conn_close, relay,
-            shm_addr, shm_is_new, shm_lock, shm_unlock,
+            shm_addr, shm_is_new, shm_lock, shm_unlock, conn_error, http_output_queued, http_resume_when_drained, conf_location,
         }
         "ngx_plugin_def_t" => sys::Def {
             struct_size, abi_major, abi_minor, min_host_minor, name, version, directives,

@@ -19,9 +19,11 @@ pub mod vars;
 
 use crate::cycle::Cycle;
 use crate::plugin::host_api;
+use crate::plugin::io::{self as pio, Pipe};
 use conf::Server;
 use mio::net::TcpStream;
-use parse::{Chunked, Framing, Step};
+use parse::Framing;
+use plugin_api::http::{Chunked, Step};
 use plugin_api::sys;
 use request::{BodyIn, Chunk, Req, Run};
 use std::cell::{Cell, RefCell};
@@ -89,6 +91,8 @@ pub struct Conn<'a> {
     skip_input: bool,
     keepalive_timeout: Duration,
     serial: u64,
+    /// A relay (after a 101): client → upstream, upstream → client.
+    relay: Option<Box<(Pipe, Pipe)>>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -122,6 +126,7 @@ impl<'a> Conn<'a> {
             skip_input: false,
             keepalive_timeout: Duration::from_secs(75),
             serial,
+            relay: None,
         })
     }
 
@@ -180,6 +185,10 @@ impl<'a> Conn<'a> {
         r.out.clear();
         self.active = false;
         self.wpos = 0;
+        if let Some((token, ..)) = r.relay.take() {
+            pio::close(token);
+        }
+        self.relay = None;
     }
 
     /// Does all the work the socket and the request allow now.
@@ -228,6 +237,12 @@ impl<'a> Conn<'a> {
                 Ok(f) => f,
                 Err(()) => return Next::Close,
             };
+            if self.drained() {
+                continue;
+            }
+            if flushed && self.req.borrow().relay.is_some() {
+                return self.pump_relay(now, quitting);
+            }
             let (complete, send_timeout, body_timeout) = {
                 let r = self.req.borrow();
                 let core = &r.location().core;
@@ -251,6 +266,62 @@ impl<'a> Conn<'a> {
             }
             return Next::Park;
         }
+    }
+
+    /// A handler waiting in http_resume_when_drained can go on.
+    fn drained(&mut self) -> bool {
+        let mut r = self.req.borrow_mut();
+        match r.drain_limit {
+            Some(l) if r.run == Run::Suspended && r.queued() <= l => {
+                r.drain_limit = None;
+                r.resume = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies bytes both ways between the client and the relayed plugin
+    /// connection; when either side has ended (and what it sent is
+    /// delivered), closes the upstream, tells the plugin and closes.
+    fn pump_relay(&mut self, now: Instant, quitting: bool) -> Next {
+        let Some((token, plugin, done, data)) = self.req.borrow().relay else { return Next::Close };
+        if self.relay.is_none() {
+            // Bytes the client sent after the Upgrade request go first.
+            let early = Pipe::with(&self.rbuf[self.rstart..]);
+            self.rstart = self.rbuf.len();
+            self.relay = Some(Box::new((early, Pipe::default())));
+        }
+        let Some(pipes) = self.relay.as_mut() else { return Next::Close };
+        let client = &mut self.sock;
+        let res = pio::with_sock(token, |up| {
+            pipes.0.pump(client, up)?;
+            pipes.1.pump(up, client)
+        });
+        let ended = pipes.0.finished() || pipes.1.finished();
+        let rc = match res {
+            Ok(Ok(())) if !ended => return Next::Park,
+            Ok(Ok(())) => sys::OK,
+            Ok(Err(why)) => {
+                crate::log!(Info, "{why} while proxying upgraded connection");
+                sys::ERROR
+            }
+            Err(_) => sys::ERROR,
+        };
+        pio::close(token);
+        self.relay = None;
+        let handle = {
+            let mut r = self.req.borrow_mut();
+            r.relay = None;
+            r.must_close = true;
+            r.body_done_out = true;
+            r.run = Run::Finalized;
+            r.handle
+        };
+        if let Some(f) = done {
+            host_api::call_done(self.cycle(), plugin, f, handle, rc, data);
+        }
+        self.after_response(now, quitting).unwrap_or(Next::Close)
     }
 
     /// The response is out: discard an unread body, log, and keep the
@@ -548,7 +619,7 @@ impl<'a> Conn<'a> {
                         Ok(Step::Progress { used, data }) => (used, data, false),
                         Ok(Step::Done { used }) => (used, 0..0, true),
                         Err(why) => {
-                            crate::log!(Info, "{why}");
+                            crate::log!(Info, "client sent {why}");
                             return self.body_failed(400);
                         }
                     },

@@ -159,15 +159,6 @@ pub fn origin_form(target: &str) -> Option<&str> {
     Some(rest.find(['/', '?']).map_or("/", |i| &rest[i..]))
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Decodes `%XX` and normalises a path into `out`: merges `//` (when
 /// `merge`), resolves `.` and `..` segments. `Err` when the path is not
 /// absolute, climbs above the root, has a bad escape or a decoded NUL.
@@ -181,7 +172,7 @@ pub fn normalize(path: &str, merge: bool, out: &mut Vec<u8>) -> Result<(), &'sta
     while i < p.len() {
         let mut b = p[i];
         if b == b'%' {
-            let (Some(h), Some(l)) = (p.get(i + 1).copied().and_then(hex), p.get(i + 2).copied().and_then(hex)) else {
+            let (Some(h), Some(l)) = (p.get(i + 1).copied().and_then(plugin_api::http::hex_digit), p.get(i + 2).copied().and_then(plugin_api::http::hex_digit)) else {
                 return Err("client sent invalid escape in URI");
             };
             b = h << 4 | l;
@@ -225,139 +216,6 @@ pub fn normalize(path: &str, merge: bool, out: &mut Vec<u8>) -> Result<(), &'sta
     Ok(())
 }
 
-/// Decodes a chunked body incrementally.
-#[derive(Debug, Clone, Default)]
-pub struct Chunked {
-    state: CState,
-    size: u64,
-    digits: u32,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum CState {
-    #[default]
-    Size,
-    Ext,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailer,
-    TrailerLine,
-    TrailerLf,
-    LastLf,
-    Done,
-}
-
-/// One step of chunked decoding.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
-    /// Some input consumed, part of it body data.
-    Progress {
-        /// Input bytes consumed.
-        used: usize,
-        /// The body data among them (relative to the input).
-        data: std::ops::Range<usize>,
-    },
-    /// The terminating chunk and trailers were read.
-    Done {
-        /// Input bytes consumed.
-        used: usize,
-    },
-}
-
-impl Chunked {
-    /// True once the last chunk and trailers were read.
-    pub fn done(&self) -> bool {
-        self.state == CState::Done
-    }
-
-    /// Consumes input up to the next piece of data (or the end).
-    pub fn step(&mut self, input: &[u8]) -> Result<Step, &'static str> {
-        use CState::*;
-        let bad = "client sent invalid chunked body";
-        let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
-            match self.state {
-                Size => match hex(b) {
-                    Some(v) => {
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return Err(bad);
-                        }
-                        self.size = self.size << 4 | v as u64;
-                    }
-                    None if self.digits == 0 => return Err(bad),
-                    None if b == b'\r' => self.state = SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => self.state = Ext,
-                    None => return Err(bad),
-                },
-                Ext => match b {
-                    b'\r' => self.state = SizeLf,
-                    b'\n' | 0 => return Err(bad),
-                    _ => {}
-                },
-                SizeLf => {
-                    if b != b'\n' {
-                        return Err(bad);
-                    }
-                    self.digits = 0;
-                    self.state = if self.size == 0 { Trailer } else { Data };
-                }
-                Data => {
-                    let n = (self.size as usize).min(input.len() - i);
-                    self.size -= n as u64;
-                    if self.size == 0 {
-                        self.state = DataCr;
-                    }
-                    return Ok(Step::Progress { used: i + n, data: i..i + n });
-                }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err(bad);
-                    }
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    if b != b'\n' {
-                        return Err(bad);
-                    }
-                    self.state = Size;
-                }
-                Trailer => match b {
-                    b'\r' => self.state = LastLf,
-                    _ => self.state = TrailerLine,
-                },
-                TrailerLine => {
-                    if b == b'\r' {
-                        self.state = TrailerLf;
-                    }
-                }
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err(bad);
-                    }
-                    self.state = Trailer;
-                }
-                LastLf => {
-                    if b != b'\n' {
-                        return Err(bad);
-                    }
-                    self.state = Done;
-                    return Ok(Step::Done { used: i + 1 });
-                }
-                Done => return Ok(Step::Done { used: i }),
-            }
-            i += 1;
-        }
-        if self.state == Done {
-            return Ok(Step::Done { used: i });
-        }
-        Ok(Step::Progress { used: i, data: i..i })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,34 +243,6 @@ mod tests {
         }
         for bad in ["/..", "/../x", "/a/../../x", "/%zz", "/%2", "/a%00b", "x", "/%2e%2e/"] {
             assert!(norm(bad).is_err(), "{bad}");
-        }
-    }
-
-    fn dechunk(input: &[u8]) -> Result<(Vec<u8>, bool), &'static str> {
-        let mut c = Chunked::default();
-        let mut out = Vec::new();
-        let mut pos = 0;
-        loop {
-            match c.step(&input[pos..])? {
-                Step::Progress { used, data } => {
-                    out.extend_from_slice(&input[pos..][data]);
-                    pos += used;
-                    if used == 0 {
-                        return Ok((out, false));
-                    }
-                }
-                Step::Done { .. } => return Ok((out, true)),
-            }
-        }
-    }
-
-    #[test]
-    fn chunked() {
-        assert_eq!(dechunk(b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"), Ok((b"hello world".to_vec(), true)));
-        assert_eq!(dechunk(b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"), Ok((b"abc".to_vec(), true)));
-        assert_eq!(dechunk(b"3\r\nab"), Ok((b"ab".to_vec(), false)));
-        for bad in [&b"x\r\n"[..], b"3\r\nabcX", b"3\nabc", b"ffffffffffffffffff\r\n", b"-1\r\n"] {
-            assert!(dechunk(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -183,6 +183,11 @@ pub struct Req<'a> {
     pub arena: Vec<Box<[u8]>>,
     /// Variables set with http_var_set.
     pub vars: Vec<(String, String)>,
+    /// http_resume_when_drained: resume once at most this much is queued.
+    pub drain_limit: Option<usize>,
+    /// A relay asked for with `relay`: (plugin connection token, plugin,
+    /// done callback, data).
+    pub relay: Option<(usize, usize, Option<sys::DoneFn>, *mut c_void)>,
 }
 
 impl<'a> Req<'a> {
@@ -244,6 +249,8 @@ impl<'a> Req<'a> {
             ctx: Vec::new(),
             arena: Vec::new(),
             vars: Vec::new(),
+            drain_limit: None,
+            relay: None,
         }
     }
 
@@ -291,6 +298,20 @@ impl<'a> Req<'a> {
         self.logged = false;
         self.vars.clear();
         self.loc = 0;
+        self.drain_limit = None;
+        self.relay = None;
+    }
+
+    /// Bytes queued for the client and not yet written (`wpos` of the
+    /// front chunk is the connection's; counted whole here).
+    pub fn queued(&self) -> usize {
+        self.out
+            .iter()
+            .map(|c| match c {
+                Chunk::Mem(v) => v.len(),
+                Chunk::File { pos, end, .. } => (end - pos) as usize,
+            })
+            .sum()
     }
 
     /// Runs plugin destructors and drops request-lifetime memory.

@@ -164,6 +164,7 @@ impl Plugins {
                 let set = p.setters.iter().find(|(n, _)| *n == d.name).and_then(|(_, s)| *s);
                 if let Some(set) = set {
                     let mut cx = ConfCtx::new(d, self.prefix.clone(), data[pi]);
+                    cx.location = self.enclosing_location(node);
                     let (args, n) = (cx.args.as_ptr(), cx.args.len());
                     // SAFETY: cx lives across the call; conf is this plugin's
                     // object for the block; args borrow d.args.
@@ -176,6 +177,11 @@ impl Plugins {
                     }
                     self.zones.append(&mut cx.zones);
                     for (name, get, vdata) in cx.vars.drain(..) {
+                        // A plugin may define its variables from any of its
+                        // directives: the first definition stands.
+                        if self.vars.iter().any(|v| v.0 == name && v.1 == pi) {
+                            continue;
+                        }
                         if self.vars.iter().any(|v| v.0 == name) || crate::http::vars::is_core(&name) {
                             return Err(d.err(format!("variable \"{name}\" is already defined")));
                         }
@@ -210,6 +216,24 @@ impl Plugins {
             self.apply(children, inner, &own, Some(me), &mut child_data, reg)?;
         }
         Ok(())
+    }
+
+    /// The (modifier, name) of the nearest `location` around `node`:
+    /// modifier "", "=", "~", "~*", "^~" or "@" (a named location).
+    fn enclosing_location(&self, mut node: Option<usize>) -> Option<(String, String)> {
+        while let Some(n) = node {
+            let d = &self.nodes[n].d;
+            if d.name == "location" {
+                return Some(match d.args.as_slice() {
+                    [m, name] => (m.clone(), name.clone()),
+                    [name] if name.starts_with('@') => ("@".into(), name[1..].to_string()),
+                    [name] => (String::new(), name.clone()),
+                    _ => return None,
+                });
+            }
+            node = self.nodes[n].parent;
+        }
+        None
     }
 
     /// Calls one lifecycle hook (picked by `get`) of every plugin that has

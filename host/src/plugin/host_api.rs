@@ -73,6 +73,8 @@ pub struct ConfCtx<'a> {
     pub vars: Vec<(String, sys::VarFn, *mut c_void)>,
     /// Protocol listeners declared while applying: (address, callback, data).
     pub listens: Vec<(std::net::SocketAddr, sys::AcceptFn, *mut c_void)>,
+    /// The enclosing location's (modifier, name), if any.
+    pub location: Option<(String, String)>,
     scratch: String,
 }
 
@@ -91,6 +93,7 @@ impl<'a> ConfCtx<'a> {
             zones: Vec::new(),
             vars: Vec::new(),
             listens: Vec::new(),
+            location: None,
             scratch: String::new(),
         }
     }
@@ -335,6 +338,20 @@ unsafe extern "C" fn conf_block_child(c: *mut sys::Conf, i: usize, out: *mut Str
 unsafe extern "C" fn conf_set_content_handler(c: *mut sys::Conf, h: Option<sys::HttpHandlerFn>) -> Rc {
     let Some(c) = cf(c) else { return sys::INVALID };
     c.content_handler = h;
+    sys::OK
+}
+
+unsafe extern "C" fn conf_location(c: *mut sys::Conf, modifier: *mut Str, name: *mut Str) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    let Some((m, n)) = &c.location else { return sys::NOT_FOUND };
+    if !modifier.is_null() {
+        // SAFETY: non-null out-pointer; the strings live as long as cf.
+        unsafe { *modifier = Str::from_bytes(m.as_bytes()) };
+    }
+    if !name.is_null() {
+        // SAFETY: as above.
+        unsafe { *name = Str::from_bytes(n.as_bytes()) };
+    }
     sys::OK
 }
 
@@ -640,6 +657,41 @@ unsafe extern "C" fn http_finalize(r: *mut sys::Request, rc: Rc) -> Rc {
     sys::OK
 }
 
+unsafe extern "C" fn http_output_queued(r: *mut sys::Request) -> usize {
+    let Some(c) = cell(r) else { return 0 };
+    c.try_borrow().map_or(0, |r| r.queued())
+}
+
+unsafe extern "C" fn http_resume_when_drained(r: *mut sys::Request, limit: usize) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    if r.queued() <= limit {
+        return sys::OK;
+    }
+    r.drain_limit = Some(limit);
+    sys::AGAIN
+}
+
+unsafe extern "C" fn relay(r: *mut sys::Request, a: *mut sys::Conn, b: *mut sys::Conn, done: Option<sys::DoneFn>, data: *mut c_void) -> Rc {
+    if r.is_null() {
+        // SAFETY: forwarded as received.
+        return unsafe { super::io::relay_conns(a, b, done, data) };
+    }
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    if !r.header_sent || r.relay.is_some() || r.run == hreq::Run::Finalized {
+        return sys::INVALID;
+    }
+    let rc = super::io::attach_http(b, r.conn);
+    if rc != sys::OK {
+        return rc;
+    }
+    let (plugin, _) = current();
+    r.relay = Some((b as usize, plugin, done, data));
+    crate::http::wake(r.conn);
+    sys::OK
+}
+
 // Slots implemented by later issues answer UNSUPPORTED (never NULL, so a C
 // plugin that skips supports() gets an error code, not a crash).
 unsafe extern "C" fn conf_define_variable(c: *mut sys::Conf, name: Str, get: Option<sys::VarFn>, data: *mut c_void) -> Rc {
@@ -775,13 +827,7 @@ unsafe extern "C" fn spawn_helper(_cy: *mut sys::Cycle, name: Str, run: Option<s
 unsafe extern "C" fn run_loop(_cy: *mut sys::Cycle) {
     crate::worker::helper_loop();
 }
-unsafe extern "C" fn un_connect(_: *mut sys::Request, _: Str, _: u64, _: Option<sys::ConnFn>, _: *mut c_void, _: *mut *mut sys::Conn) -> Rc {
-    sys::UNSUPPORTED
-}
 unsafe extern "C" fn un_tls(_: *mut sys::Conn, _: Str, _: bool, _: Option<sys::ConnFn>, _: *mut c_void) -> Rc {
-    sys::UNSUPPORTED
-}
-unsafe extern "C" fn un_relay(_: *mut sys::Request, _: *mut sys::Conn, _: *mut sys::Conn, _: Option<sys::DoneFn>, _: *mut c_void) -> Rc {
     sys::UNSUPPORTED
 }
 
@@ -790,7 +836,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 51] = offsets!(
+const IMPLEMENTED: [usize; 57] = offsets!(
+    conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -857,18 +904,22 @@ static TABLE: Table = Table(sys::Host {
     http_finalize: Some(http_finalize),
     timer_add: Some(super::io::timer_add),
     timer_cancel: Some(super::io::timer_cancel),
-    conn_connect: Some(un_connect),
+    conn_connect: Some(super::io::conn_connect),
     conn_watch: Some(super::io::conn_watch),
     conn_read: Some(super::io::conn_read),
     conn_write: Some(super::io::conn_write),
     conn_start_tls: Some(un_tls),
     conn_peer: Some(super::io::conn_peer),
     conn_close: Some(super::io::conn_close),
-    relay: Some(un_relay),
+    relay: Some(relay),
     shm_addr: Some(shm_addr),
     shm_is_new: Some(shm_is_new),
     shm_lock: Some(shm_lock),
     shm_unlock: Some(shm_unlock),
+    conn_error: Some(super::io::conn_error),
+    http_output_queued: Some(http_output_queued),
+    http_resume_when_drained: Some(http_resume_when_drained),
+    conf_location: Some(conf_location),
 });
 
 /// The host table handed to every plugin.

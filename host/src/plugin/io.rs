@@ -1,5 +1,7 @@
 //! Asynchronous I/O for plugins inside a worker (or helper) event loop:
-//! timers and host-managed connections (protocol listeners).
+//! timers and host-managed connections (accepted by protocol listeners or
+//! opened with `conn_connect`), and the relay that copies bytes between two
+//! connections.
 //!
 //! State is per process and thread-local. Plugin callbacks never run while
 //! that state is borrowed, so a callback may freely call back into the
@@ -29,7 +31,8 @@ pub const TOKEN_BASE: usize = 1 << 40;
 
 /// A host-managed connection behind `ngx_plugin_conn_t`.
 pub struct PConn {
-    sock: TcpStream,
+    /// None when a connect failed before a socket existed.
+    sock: Option<TcpStream>,
     token: usize,
     plugin: usize,
     name: String,
@@ -38,14 +41,105 @@ pub struct PConn {
     data: *mut c_void,
     interest: u32,
     closed: bool,
+    /// The request that owns it (0: the process): closed when it ends.
+    owner: usize,
+    /// Made with conn_connect: does not by itself keep a draining worker.
+    outbound: bool,
+    /// A connect in progress: the id of its timeout timer (0: none).
+    connecting: Option<u64>,
+    /// The last failure, as nginx words it.
+    error: String,
+    /// The last failure was a timeout.
+    timed_out: bool,
+    /// Relayed for this HTTP connection (wake it on events).
+    http: Option<usize>,
+    /// Relayed with another plugin connection.
+    relay: Option<Box<ConnRelay>>,
+}
+
+impl PConn {
+    fn sock(&mut self) -> std::io::Result<&mut TcpStream> {
+        self.sock.as_mut().ok_or_else(|| std::io::Error::from(ErrorKind::NotConnected))
+    }
+}
+
+/// One direction of a relay: bytes read from one side not yet written to
+/// the other.
+#[derive(Default)]
+pub struct Pipe {
+    buf: Vec<u8>,
+    pos: usize,
+    /// The source reached EOF.
+    pub eof: bool,
+}
+
+impl Pipe {
+    /// Starts with bytes already read (pipelined after an Upgrade request).
+    pub fn with(bytes: &[u8]) -> Pipe {
+        Pipe { buf: bytes.to_vec(), pos: 0, eof: false }
+    }
+
+    /// True when the source ended and everything read was written.
+    pub fn finished(&self) -> bool {
+        self.eof && self.pos >= self.buf.len()
+    }
+
+    /// Moves bytes from `src` to `dst` until neither can make progress.
+    /// Err on a socket error.
+    pub fn pump(&mut self, src: &mut impl Read, dst: &mut impl Write) -> Result<(), String> {
+        loop {
+            while self.pos < self.buf.len() {
+                match dst.write(&self.buf[self.pos..]) {
+                    Ok(0) => return Err("send() returned 0".into()),
+                    Ok(n) => self.pos += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("send() failed ({e})")),
+                }
+            }
+            if self.eof {
+                return Ok(());
+            }
+            self.buf.resize(16 * 1024, 0);
+            self.pos = 0;
+            match src.read(&mut self.buf) {
+                Ok(0) => {
+                    self.buf.clear();
+                    self.eof = true;
+                }
+                Ok(n) => self.buf.truncate(n),
+                Err(e) => {
+                    self.buf.clear();
+                    match e.kind() {
+                        ErrorKind::WouldBlock => return Ok(()),
+                        ErrorKind::Interrupted => {}
+                        _ => return Err(format!("recv() failed ({e})")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A relay between two plugin connections (`relay` with no request).
+struct ConnRelay {
+    other: usize,
+    /// This connection → other.
+    out: Pipe,
+    /// Only on one of the two: who to tell at the end.
+    done: Option<(sys::DoneFn, *mut c_void)>,
+}
+
+enum TimerWhat {
+    Plugin(sys::TimerFn, *mut c_void),
+    ConnectTimeout(usize),
 }
 
 struct TimerEntry {
     id: u64,
     plugin: usize,
     name: String,
-    cb: sys::TimerFn,
-    data: *mut c_void,
+    what: TimerWhat,
     owner: usize,
 }
 
@@ -73,9 +167,18 @@ pub fn init(registry: &Registry) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Live plugin connections (they keep a draining worker alive).
+/// Live plugin connections that keep a draining worker alive: accepted
+/// ones. Outbound connections (upstreams, idle keepalive pools) do not:
+/// the request or client connection using them does.
 pub fn active() -> usize {
-    ST.with(|s| s.borrow().conns.len())
+    ST.with(|s| {
+        s.borrow()
+            .conns
+            .values()
+            // SAFETY: live Box<PConn>s owned by ST (see conn()).
+            .filter(|&&p| !unsafe { &*p }.outbound)
+            .count()
+    })
 }
 
 /// How long until the next plugin timer.
@@ -96,19 +199,9 @@ pub fn accept(sock: TcpStream, peer: std::net::SocketAddr, plugin: usize, name: 
         let mut s = s.borrow_mut();
         let token = TOKEN_BASE + s.next_token;
         s.next_token += 1;
-        let mut pc = Box::new(PConn {
-            sock,
-            token,
-            plugin,
-            name: name.to_string(),
-            peer: peer.to_string(),
-            cb: None,
-            data: std::ptr::null_mut(),
-            interest: 0,
-            closed: false,
-        });
+        let mut pc = new_conn(Some(sock), token, plugin, name, peer.to_string());
         let reg = s.registry.as_ref()?;
-        reg.register(&mut pc.sock, Token(token), Interest::READABLE | Interest::WRITABLE).ok()?;
+        reg.register(pc.sock.as_mut()?, Token(token), Interest::READABLE | Interest::WRITABLE).ok()?;
         s.conns.insert(token, Box::into_raw(pc));
         Some(token)
     }) else {
@@ -118,6 +211,27 @@ pub fn accept(sock: TcpStream, peer: std::net::SocketAddr, plugin: usize, name: 
     // SAFETY: the callback comes from the plugin's conf_listen.
     host_api::with_plugin(plugin, name, || unsafe { on_accept(handle(token), data) });
     reap();
+}
+
+fn new_conn(sock: Option<TcpStream>, token: usize, plugin: usize, name: &str, peer: String) -> Box<PConn> {
+    Box::new(PConn {
+        sock,
+        token,
+        plugin,
+        name: name.to_string(),
+        peer,
+        cb: None,
+        data: std::ptr::null_mut(),
+        interest: 0,
+        closed: false,
+        owner: 0,
+        outbound: false,
+        connecting: None,
+        error: String::new(),
+        timed_out: false,
+        http: None,
+        relay: None,
+    })
 }
 
 /// Dispatches a readiness event for a plugin connection token.
@@ -138,6 +252,42 @@ pub fn on_event(token: usize, readable: bool, writable: bool, error: bool) {
 
 fn dispatch(token: usize, ev: u32) {
     let Some(p) = ST.with(|s| s.borrow().conns.get(&token).copied()) else { return };
+    // SAFETY: as below; no plugin code runs while this borrow is used.
+    let pc = unsafe { &mut *p };
+    if pc.closed {
+        return;
+    }
+    if let Some(conn) = pc.http {
+        crate::http::wake(conn);
+        return;
+    }
+    if pc.relay.is_some() {
+        relay_step(token);
+        return;
+    }
+    if pc.connecting.is_some() {
+        match connect_result(pc) {
+            None => return,
+            Some(Ok(())) => {
+                if let Some(Some(k)) = pc.connecting.take().map(|id| ST.with(|s| s.borrow_mut().timer_keys.remove(&id))) {
+                    ST.with(|s| s.borrow_mut().timers.cancel(k));
+                }
+                if let Ok(a) = pc.sock().and_then(|s| s.peer_addr()) {
+                    pc.peer = a.to_string();
+                }
+                // Connected: the plugin now watches what it wants.
+                pc.interest = 0;
+                call(token, sys::EV_WRITE, pc.cb, pc.data);
+            }
+            Some(Err(e)) => {
+                pc.connecting = None;
+                pc.error = format!("connect() failed ({})", crate::config::parser::os_err(&e));
+                pc.interest = 0;
+                call(token, sys::EV_ERROR, pc.cb, pc.data);
+            }
+        }
+        return;
+    }
     // SAFETY: p is a live Box<PConn> owned by ST; it is freed only by
     // reap(), never during a callback (closing is deferred). Copy the
     // scalars out so no reference into the PConn is held while the plugin
@@ -156,6 +306,34 @@ fn dispatch(token: usize, ev: u32) {
         // registered cb/data for this connection.
         host_api::with_plugin(plugin, unsafe { &*name }, || unsafe { cb(handle(token), want, data) });
     }
+}
+
+/// Where a connect in progress stands: None while still connecting.
+fn connect_result(pc: &mut PConn) -> Option<std::io::Result<()>> {
+    let sock = match pc.sock() {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    match sock.take_error() {
+        Ok(Some(e)) | Err(e) => return Some(Err(e)),
+        Ok(None) => {}
+    }
+    match sock.peer_addr() {
+        Ok(_) => Some(Ok(())),
+        Err(e) if e.kind() == ErrorKind::NotConnected => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// Calls a connection callback of the plugin that owns `token`.
+fn call(token: usize, ev: u32, cb: Option<sys::ConnFn>, data: *mut c_void) {
+    let Some(cb) = cb else { return };
+    let Some(p) = ST.with(|s| s.borrow().conns.get(&token).copied()) else { return };
+    // SAFETY: live (see dispatch); the name's heap buffer is not modified
+    // by any conn_* call and lives until reap().
+    let (plugin, name) = unsafe { ((*p).plugin, (*p).name.as_str() as *const str) };
+    // SAFETY: the plugin registered cb/data for this connection.
+    host_api::with_plugin(plugin, unsafe { &*name }, || unsafe { cb(handle(token), ev, data) });
 }
 
 /// Runs due timers and pending immediate callbacks.
@@ -177,10 +355,25 @@ pub fn run_due() {
         s.timer_keys.remove(&t.id);
         Some(t)
     }) {
-        // SAFETY: the plugin registered cb/data with timer_add.
-        host_api::with_plugin(t.plugin, &t.name, || unsafe { (t.cb)(t.data) });
+        match t.what {
+            // SAFETY: the plugin registered cb/data with timer_add.
+            TimerWhat::Plugin(cb, data) => host_api::with_plugin(t.plugin, &t.name, || unsafe { cb(data) }),
+            TimerWhat::ConnectTimeout(token) => connect_timed_out(token),
+        }
         reap();
     }
+}
+
+fn connect_timed_out(token: usize) {
+    let Ok(pc) = conn(handle(token)) else { return };
+    if pc.connecting.take().is_none() {
+        return;
+    }
+    pc.error = "upstream timed out (110: Connection timed out) while connecting".into();
+    pc.timed_out = true;
+    pc.interest = 0;
+    let (cb, data) = (pc.cb, pc.data);
+    call(token, sys::EV_ERROR, cb, data);
 }
 
 /// Frees connections closed during callbacks.
@@ -197,22 +390,53 @@ fn reap() {
         // SAFETY: removed from the map above, so this is the only owner.
         let mut c = unsafe { Box::from_raw(p) };
         ST.with(|s| {
-            if let Some(r) = &s.borrow().registry {
-                let _ = r.deregister(&mut c.sock);
+            if let (Some(r), Some(sock)) = (&s.borrow().registry, c.sock.as_mut()) {
+                let _ = r.deregister(sock);
             }
         });
     }
 }
 
-/// Cancels every timer owned by a finished request.
+/// Cancels every timer and closes every connection owned by a finished
+/// request.
 pub fn drop_owner(owner: usize) {
+    let owned: Vec<usize> = ST.with(|s| {
+        let mut s = s.borrow_mut();
+        if !s.timers.is_empty() {
+            for t in s.timers.remove_if(|t| t.owner == owner) {
+                s.timer_keys.remove(&t.id);
+            }
+        }
+        s.conns
+            .iter()
+            // SAFETY: live Box<PConn>s owned by ST.
+            .filter(|(_, &p)| unsafe { &*p }.owner == owner)
+            .map(|(&t, _)| t)
+            .collect()
+    });
+    for t in owned {
+        close_token(t);
+    }
+}
+
+fn close_token(token: usize) {
+    if let Ok(pc) = conn(handle(token)) {
+        pc.closed = true;
+        if let Some(sock) = pc.sock.as_mut() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(id) = pc.connecting.take() {
+            timer_cancel_id(id);
+        }
+        ST.with(|s| s.borrow_mut().closing.push(token));
+    }
+}
+
+fn timer_cancel_id(id: u64) {
     ST.with(|s| {
         let mut s = s.borrow_mut();
-        if s.timers.is_empty() {
-            return;
-        }
-        for t in s.timers.remove_if(|t| t.owner == owner) {
-            s.timer_keys.remove(&t.id);
+        if let Some(k) = s.timer_keys.remove(&id) {
+            s.timers.cancel(k);
         }
     });
 }
@@ -246,7 +470,7 @@ pub(super) unsafe extern "C" fn timer_add(
         let mut s = s.borrow_mut();
         s.next_timer += 1;
         let id = s.next_timer;
-        let e = TimerEntry { id, plugin, name: name.to_string(), cb, data, owner: owner as usize };
+        let e = TimerEntry { id, plugin, name: name.to_string(), what: TimerWhat::Plugin(cb, data), owner: owner as usize };
         let k = s.timers.add(Instant::now() + Duration::from_millis(ms), e);
         s.timer_keys.insert(id, k);
         id
@@ -259,12 +483,7 @@ pub(super) unsafe extern "C" fn timer_add(
 }
 
 pub(super) unsafe extern "C" fn timer_cancel(id: sys::Timer) {
-    ST.with(|s| {
-        let mut s = s.borrow_mut();
-        if let Some(k) = s.timer_keys.remove(&id) {
-            s.timers.cancel(k);
-        }
-    });
+    timer_cancel_id(id);
 }
 
 pub(super) unsafe extern "C" fn conn_watch(c: *mut sys::Conn, interest: u32, cb: Option<sys::ConnFn>, data: *mut c_void) -> sys::Rc {
@@ -292,8 +511,11 @@ pub(super) unsafe extern "C" fn conn_read(c: *mut sys::Conn, buf: *mut u8, len: 
     }
     // SAFETY: the plugin passes a writable buffer of len bytes.
     let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+    if pc.connecting.is_some() {
+        return sys::AGAIN;
+    }
     loop {
-        match pc.sock.read(dst) {
+        match pc.sock().and_then(|s| s.read(dst)) {
             Ok(k) => {
                 // SAFETY: n is non-null.
                 unsafe { *n = k };
@@ -301,7 +523,10 @@ pub(super) unsafe extern "C" fn conn_read(c: *mut sys::Conn, buf: *mut u8, len: 
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return sys::AGAIN,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return sys::ERROR,
+            Err(e) => {
+                pc.error = format!("recv() failed ({})", crate::config::parser::os_err(&e));
+                return sys::ERROR;
+            }
         }
     }
 }
@@ -320,6 +545,9 @@ pub(super) unsafe extern "C" fn conn_write(c: *mut sys::Conn, bufs: *const sys::
         // SAFETY: nbufs valid buffers for the call.
         unsafe { std::slice::from_raw_parts(bufs, nbufs) }
     };
+    if pc.connecting.is_some() {
+        return sys::AGAIN;
+    }
     let mut total = 0usize;
     let mut rc = sys::OK;
     'bufs: for b in list {
@@ -330,7 +558,7 @@ pub(super) unsafe extern "C" fn conn_write(c: *mut sys::Conn, bufs: *const sys::
         // SAFETY: a memory buffer points at len readable bytes.
         let mut bytes = unsafe { sys::Str { data: b.data, len: b.len }.as_bytes() };
         while !bytes.is_empty() {
-            match pc.sock.write(bytes) {
+            match pc.sock().and_then(|s| s.write(bytes)) {
                 Ok(0) => {
                     rc = sys::ERROR;
                     break 'bufs;
@@ -344,7 +572,8 @@ pub(super) unsafe extern "C" fn conn_write(c: *mut sys::Conn, bufs: *const sys::
                     break 'bufs;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
+                Err(e) => {
+                    pc.error = format!("send() failed ({})", crate::config::parser::os_err(&e));
                     rc = sys::ERROR;
                     break 'bufs;
                 }
@@ -375,10 +604,185 @@ pub(super) unsafe extern "C" fn conn_peer(c: *mut sys::Conn, out: *mut sys::Str)
 }
 
 pub(super) unsafe extern "C" fn conn_close(c: *mut sys::Conn) {
-    if let Ok(pc) = conn(c) {
-        pc.closed = true;
-        let _ = pc.sock.shutdown(std::net::Shutdown::Both);
-        let token = pc.token;
-        ST.with(|s| s.borrow_mut().closing.push(token));
+    close_token(c as usize);
+}
+
+pub(super) unsafe extern "C" fn conn_connect(
+    owner: *mut sys::Request,
+    addr: sys::Str,
+    timeout_ms: u64,
+    cb: Option<sys::ConnFn>,
+    data: *mut c_void,
+    out: *mut *mut sys::Conn,
+) -> sys::Rc {
+    if out.is_null() || cb.is_none() {
+        return sys::INVALID;
+    }
+    // SAFETY: the plugin passes a valid string for the call.
+    let text = unsafe { addr.as_bytes() };
+    let Ok(text) = std::str::from_utf8(text) else { return sys::INVALID };
+    let sa = match text.parse::<std::net::SocketAddr>() {
+        Ok(sa) => sa,
+        // Names should be resolved at configuration time; this blocks.
+        Err(_) => match std::net::ToSocketAddrs::to_socket_addrs(text).ok().and_then(|mut a| a.next()) {
+            Some(sa) => sa,
+            None => return sys::INVALID,
+        },
+    };
+    let (plugin, name) = host_api::current_plugin();
+    let (sock, error) = match TcpStream::connect(sa) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e)),
+    };
+    let token = ST.with(|s| {
+        let mut s = s.borrow_mut();
+        let token = TOKEN_BASE + s.next_token;
+        s.next_token += 1;
+        let mut pc = new_conn(sock, token, plugin, name, sa.to_string());
+        pc.owner = owner as usize;
+        pc.outbound = true;
+        pc.cb = cb;
+        pc.data = data;
+        match error {
+            Some(e) => {
+                pc.error = format!("connect() failed ({})", crate::config::parser::os_err(&e));
+                pc.interest = sys::EV_ERROR;
+                s.pending.push((token, sys::EV_ERROR));
+            }
+            None => {
+                let _ = pc.sock.as_ref().map(|s| s.set_nodelay(true));
+                let reg = s.registry.as_ref().map(|r| r.try_clone());
+                let ok = match (reg, pc.sock.as_mut()) {
+                    (Some(Ok(r)), Some(sock)) => r.register(sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_ok(),
+                    _ => false,
+                };
+                if !ok {
+                    pc.error = "epoll_ctl() failed".into();
+                    pc.interest = sys::EV_ERROR;
+                    s.pending.push((token, sys::EV_ERROR));
+                } else {
+                    pc.interest = sys::EV_WRITE;
+                    if timeout_ms > 0 {
+                        s.next_timer += 1;
+                        let id = s.next_timer;
+                        let e = TimerEntry { id, plugin, name: name.to_string(), what: TimerWhat::ConnectTimeout(token), owner: owner as usize };
+                        let k = s.timers.add(Instant::now() + Duration::from_millis(timeout_ms), e);
+                        s.timer_keys.insert(id, k);
+                        pc.connecting = Some(id);
+                    } else {
+                        pc.connecting = Some(0);
+                    }
+                }
+            }
+        }
+        s.conns.insert(token, Box::into_raw(pc));
+        token
+    });
+    // SAFETY: non-null out-pointer.
+    unsafe { *out = handle(token) };
+    sys::OK
+}
+
+pub(super) unsafe extern "C" fn conn_error(c: *mut sys::Conn, out: *mut sys::Str) -> sys::Rc {
+    let pc = match conn(c) {
+        Ok(pc) => pc,
+        Err(rc) => return rc,
+    };
+    if !out.is_null() {
+        // SAFETY: non-null out-pointer; the text lives until the next failure.
+        unsafe { *out = sys::Str::from_bytes(pc.error.as_bytes()) };
+    }
+    if pc.timed_out {
+        sys::TIMEDOUT
+    } else if pc.error.is_empty() {
+        sys::OK
+    } else {
+        sys::ERROR
+    }
+}
+
+/// Hands connection `c` to HTTP connection `http` for a relay: its events
+/// wake that connection instead of calling the plugin.
+pub fn attach_http(c: *mut sys::Conn, http: usize) -> sys::Rc {
+    let pc = match conn(c) {
+        Ok(pc) => pc,
+        Err(rc) => return rc,
+    };
+    if pc.connecting.is_some() || pc.relay.is_some() || pc.http.is_some() {
+        return sys::INVALID;
+    }
+    pc.http = Some(http);
+    pc.cb = None;
+    pc.owner = 0;
+    sys::OK
+}
+
+/// Runs `f` on the socket of a relayed connection; GONE once closed.
+pub fn with_sock<T>(token: usize, f: impl FnOnce(&mut TcpStream) -> T) -> Result<T, sys::Rc> {
+    let pc = conn(handle(token))?;
+    pc.sock().map(f).map_err(|_| sys::ERROR)
+}
+
+/// Closes a connection by token (the host owns relayed connections).
+pub fn close(token: usize) {
+    close_token(token);
+}
+
+pub(super) unsafe extern "C" fn relay_conns(a: *mut sys::Conn, b: *mut sys::Conn, done: Option<sys::DoneFn>, data: *mut c_void) -> sys::Rc {
+    let (ta, tb) = (a as usize, b as usize);
+    if ta == tb {
+        return sys::INVALID;
+    }
+    for t in [ta, tb] {
+        match conn(handle(t)) {
+            Ok(pc) if pc.connecting.is_none() && pc.relay.is_none() && pc.http.is_none() => {}
+            Ok(_) => return sys::INVALID,
+            Err(rc) => return rc,
+        }
+    }
+    for (t, other) in [(ta, tb), (tb, ta)] {
+        if let Ok(pc) = conn(handle(t)) {
+            pc.relay = Some(Box::new(ConnRelay { other, out: Pipe::default(), done: None }));
+            pc.cb = None;
+            pc.owner = 0;
+        }
+    }
+    if let (Ok(pc), Some(done)) = (conn(handle(ta)), done) {
+        if let Some(r) = pc.relay.as_mut() {
+            r.done = Some((done, data));
+        }
+    }
+    ST.with(|s| s.borrow_mut().pending.push((ta, sys::EV_READ | sys::EV_WRITE)));
+    sys::OK
+}
+
+/// Moves bytes both ways between two relayed plugin connections; ends the
+/// relay (closing both, then calling `done`) when either side finished.
+fn relay_step(token: usize) {
+    let Ok(a) = conn(handle(token)) else { return };
+    let Some(other) = a.relay.as_ref().map(|r| r.other) else { return };
+    let Ok(b) = conn(handle(other)) else {
+        close_token(token);
+        return;
+    };
+    // SAFETY: two distinct live PConns (tokens differ, checked at setup).
+    let (a, b) = (a as *mut PConn, b as *mut PConn);
+    let (a, b) = unsafe { (&mut *a, &mut *b) };
+    let mut res = Ok(());
+    let mut finished = false;
+    if let (Some(ra), Some(rb), Some(sa), Some(sb)) = (a.relay.as_mut(), b.relay.as_mut(), a.sock.as_mut(), b.sock.as_mut()) {
+        res = ra.out.pump(sa, sb).and_then(|()| rb.out.pump(sb, sa));
+        finished = ra.out.finished() || rb.out.finished();
+    }
+    if res.is_err() || finished {
+        let done = a.relay.as_mut().and_then(|r| r.done.take()).or_else(|| b.relay.as_mut().and_then(|r| r.done.take()));
+        let rc = if res.is_err() { sys::ERROR } else { sys::OK };
+        let plugin = (a.plugin, a.name.clone());
+        close_token(token);
+        close_token(other);
+        if let Some((f, data)) = done {
+            // SAFETY: the plugin passed done/data to relay.
+            host_api::with_plugin(plugin.0, &plugin.1, || unsafe { f(std::ptr::null_mut(), rc, data) });
+        }
     }
 }

@@ -1,0 +1,179 @@
+//! HTTP/1.x helpers shared by the host and plugins that speak HTTP to
+//! upstreams: an incremental chunked-body decoder.
+
+/// The value of a hex digit.
+pub fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes a chunked body incrementally.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: CState,
+    size: u64,
+    digits: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum CState {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLine,
+    TrailerLf,
+    LastLf,
+    Done,
+}
+
+/// One step of chunked decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Some input consumed, part of it body data.
+    Progress {
+        /// Input bytes consumed.
+        used: usize,
+        /// The body data among them (relative to the input).
+        data: std::ops::Range<usize>,
+    },
+    /// The terminating chunk and trailers were read.
+    Done {
+        /// Input bytes consumed.
+        used: usize,
+    },
+}
+
+impl Chunked {
+    /// True once the last chunk and trailers were read.
+    pub fn done(&self) -> bool {
+        self.state == CState::Done
+    }
+
+    /// Consumes input up to the next piece of data (or the end).
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, &'static str> {
+        use CState::*;
+        let bad = "invalid chunked body";
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                Size => match hex_digit(b) {
+                    Some(v) => {
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(bad);
+                        }
+                        self.size = self.size << 4 | v as u64;
+                    }
+                    None if self.digits == 0 => return Err(bad),
+                    None if b == b'\r' => self.state = SizeLf,
+                    None if b == b';' || b == b' ' || b == b'\t' => self.state = Ext,
+                    None => return Err(bad),
+                },
+                Ext => match b {
+                    b'\r' => self.state = SizeLf,
+                    b'\n' | 0 => return Err(bad),
+                    _ => {}
+                },
+                SizeLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.digits = 0;
+                    self.state = if self.size == 0 { Trailer } else { Data };
+                }
+                Data => {
+                    let n = (self.size as usize).min(input.len() - i);
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = DataCr;
+                    }
+                    return Ok(Step::Progress { used: i + n, data: i..i + n });
+                }
+                DataCr => {
+                    if b != b'\r' {
+                        return Err(bad);
+                    }
+                    self.state = DataLf;
+                }
+                DataLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.state = Size;
+                }
+                Trailer => match b {
+                    b'\r' => self.state = LastLf,
+                    _ => self.state = TrailerLine,
+                },
+                TrailerLine => {
+                    if b == b'\r' {
+                        self.state = TrailerLf;
+                    }
+                }
+                TrailerLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.state = Trailer;
+                }
+                LastLf => {
+                    if b != b'\n' {
+                        return Err(bad);
+                    }
+                    self.state = Done;
+                    return Ok(Step::Done { used: i + 1 });
+                }
+                Done => return Ok(Step::Done { used: i }),
+            }
+            i += 1;
+        }
+        if self.state == Done {
+            return Ok(Step::Done { used: i });
+        }
+        Ok(Step::Progress { used: i, data: i..i })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dechunk(input: &[u8]) -> Result<(Vec<u8>, bool), &'static str> {
+        let mut c = Chunked::default();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        loop {
+            match c.step(&input[pos..])? {
+                Step::Progress { used, data } => {
+                    out.extend_from_slice(&input[pos..][data]);
+                    pos += used;
+                    if used == 0 {
+                        return Ok((out, false));
+                    }
+                }
+                Step::Done { .. } => return Ok((out, true)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked() {
+        assert_eq!(dechunk(b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"), Ok((b"hello world".to_vec(), true)));
+        assert_eq!(dechunk(b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"), Ok((b"abc".to_vec(), true)));
+        assert_eq!(dechunk(b"3\r\nab"), Ok((b"ab".to_vec(), false)));
+        for bad in [&b"x\r\n"[..], b"3\r\nabcX", b"3\nabc", b"ffffffffffffffffff\r\n", b"-1\r\n"] {
+            assert!(dechunk(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+}
