@@ -1,5 +1,5 @@
 //! HTTP/1.x helpers shared by the host and plugins that speak HTTP to
-//! upstreams: an incremental chunked-body decoder.
+//! upstreams: URI normalisation and an incremental chunked-body decoder.
 
 /// The value of a hex digit.
 pub fn hex_digit(b: u8) -> Option<u8> {
@@ -9,6 +9,63 @@ pub fn hex_digit(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// Decodes `%XX` and normalises a path into `out`: merges `//` (when
+/// `merge`), resolves `.` and `..` segments. `Err` when the path is not
+/// absolute, climbs above the root, has a bad escape or a decoded NUL.
+pub fn normalize(path: &str, merge: bool, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    out.clear();
+    let p = path.as_bytes();
+    if p.first() != Some(&b'/') {
+        return Err("client sent invalid request");
+    }
+    let mut i = 0;
+    while i < p.len() {
+        let mut b = p[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (p.get(i + 1).copied().and_then(hex_digit), p.get(i + 2).copied().and_then(hex_digit)) else {
+                return Err("client sent invalid escape in URI");
+            };
+            b = h << 4 | l;
+            i += 2;
+            if b == 0 {
+                return Err("client sent invalid \"%00\" in URI");
+            }
+        }
+        i += 1;
+        out.push(b);
+        if b != b'/' {
+            continue;
+        }
+        // Just pushed a '/': fold the segment before it if it was "." or "..".
+        let n = out.len();
+        if merge && n >= 2 && out[n - 2] == b'/' {
+            out.pop();
+        } else if n >= 3 && &out[n - 3..] == b"/./" {
+            out.truncate(n - 2);
+        } else if n >= 4 && &out[n - 4..] == b"/../" {
+            if n == 4 {
+                return Err("client sent invalid request");
+            }
+            out.truncate(n - 3);
+            let cut = out[..out.len() - 1].iter().rposition(|&c| c == b'/').map_or(0, |k| k + 1);
+            out.truncate(cut);
+        }
+    }
+    // A trailing "/." or "/.." segment.
+    let n = out.len();
+    if n >= 2 && &out[n - 2..] == b"/." {
+        out.pop();
+    } else if n >= 3 && &out[n - 3..] == b"/.." {
+        if n == 3 {
+            return Err("client sent invalid request");
+        }
+        out.truncate(n - 2);
+        let cut = out[..out.len() - 1].iter().rposition(|&c| c == b'/').map_or(0, |k| k + 1);
+        out.truncate(cut);
+    }
+    Ok(())
 }
 
 /// Decodes a chunked body incrementally.
@@ -147,6 +204,33 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn norm(p: &str) -> Result<String, &'static str> {
+        let mut v = Vec::new();
+        normalize(p, true, &mut v).map(|()| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn uri_normalisation() {
+        for (i, o) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("//a///b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/%61%2Fb", "/a/b"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/b/../../c", "/c"),
+        ] {
+            assert_eq!(norm(i).as_deref(), Ok(o), "{i}");
+        }
+        for bad in ["/..", "/../x", "/a/../../x", "/%zz", "/%2", "/a%00b", "x", "/%2e%2e/"] {
+            assert!(norm(bad).is_err(), "{bad}");
+        }
+    }
+
 
     fn dechunk(input: &[u8]) -> Result<(Vec<u8>, bool), &'static str> {
         let mut c = Chunked::default();

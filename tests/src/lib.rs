@@ -504,3 +504,50 @@ pub fn is_root() -> bool {
         .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
+
+/// An independent HTTP backend (tests/backend.py, Python's standard
+/// library) on an ephemeral 127.0.0.1 port; killed on drop.
+pub struct Backend {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    /// Its name (sent back in `X-Backend`).
+    pub name: String,
+}
+
+impl Backend {
+    /// Starts one named `name` and waits (10 s at most) until it listens.
+    pub fn start(name: &str) -> Backend {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/backend.py"))
+            .arg(name)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the backend to print its port");
+        let port = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("backend said {line:?}"));
+        Backend { child, port, name: name.to_string() }
+    }
+
+    /// How many TCP connections it has accepted (this query's included).
+    pub fn conns(&self) -> u64 {
+        let r = get(self.port, "/conns").unwrap();
+        String::from_utf8_lossy(&r.body).trim().parse().unwrap()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

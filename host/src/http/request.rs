@@ -591,7 +591,14 @@ fn render_head(r: &mut Req) {
     if r.chunked {
         h.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    h.extend_from_slice(if keep { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
+    if status == 101 {
+        // Switching protocols: the connection becomes a relay (and is
+        // closed when it ends).
+        r.must_close = true;
+        h.extend_from_slice(b"Connection: upgrade\r\n");
+    } else {
+        h.extend_from_slice(if keep { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
+    }
     h.extend_from_slice(b"\r\n");
     r.head_bytes = h.len() as u64;
     match r.out.back_mut() {

@@ -1,0 +1,1155 @@
+//! The `proxy` plugin: nginx's `proxy_pass` and `upstream`.
+//!
+//! The location's content handler drives one exchange per attempt as a
+//! state machine that the host calls again (`Status::Again` + resume) on
+//! every readiness event of the upstream connection, on timers, and when
+//! the client has drained queued output. Everything runs in the worker's
+//! event loop; nothing blocks.
+//!
+//! Request: the body is read first (as nginx's `proxy_request_buffering
+//! on`), then the head (method, rewritten URI, `proxy_set_header`s, the
+//! client's other headers) and the body go out with a Content-Length.
+//! Response: the head is parsed (httparse), filtered (hop-by-hop and
+//! hidden headers, `proxy_redirect`) and sent; the body is passed on by
+//! Content-Length, chunked or close-delimited framing. With
+//! `proxy_buffering on` what the client cannot take yet goes to an
+//! unlinked temporary file (sent with sendfile) up to
+//! `proxy_max_temp_file_size`, so the upstream is released early; with
+//! `off`, or past that size, the upstream is read only as fast as the
+//! client takes the data.
+
+pub mod upstream;
+
+use plugin_api::http::{Chunked, Step};
+use plugin_api::io::Conn;
+use plugin_api::template::Template;
+use plugin_api::{export_plugin, sys, ConfCx, DirectiveSpec, Plugin, Request, Status};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use upstream::{Idle, Upstream};
+
+const LOC: u32 = sys::CTX_LOCATION;
+const ANY: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
+
+/// `proxy_next_upstream` conditions.
+mod next {
+    pub const ERROR: u32 = 1;
+    pub const TIMEOUT: u32 = 2;
+    pub const INVALID_HEADER: u32 = 4;
+    pub const HTTP_500: u32 = 8;
+    pub const HTTP_502: u32 = 16;
+    pub const HTTP_503: u32 = 32;
+    pub const HTTP_504: u32 = 64;
+    pub const HTTP_403: u32 = 128;
+    pub const HTTP_404: u32 = 256;
+    pub const HTTP_429: u32 = 512;
+    pub const NON_IDEMPOTENT: u32 = 1024;
+    pub const OFF: u32 = 1 << 30;
+}
+
+/// The target of `proxy_pass`.
+#[derive(Debug)]
+pub struct Pass {
+    /// `http://host:port` as written (no URI part).
+    pub base: String,
+    /// `host[:port]` as written: `$proxy_host`, and the upstream's name.
+    pub host: String,
+    /// The URI part, if any ("/two/").
+    pub uri: Option<String>,
+    /// The location's name (prefix) the URI part replaces.
+    pub loc_prefix: String,
+    /// Addresses when `host` resolved at configuration time.
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// The group, bound when configuration is complete.
+    pub group: RefCell<Option<Rc<Upstream>>>,
+}
+
+/// `proxy_redirect`.
+#[derive(Debug, Clone)]
+pub enum Redirect {
+    /// `off`.
+    Off,
+    /// Rules (`default` expands to one from proxy_pass and the location).
+    Rules(Vec<(String, String)>),
+}
+
+/// Per-block configuration.
+#[derive(Default)]
+pub struct Conf {
+    pass: Option<Rc<Pass>>,
+    headers: Option<Rc<Vec<(String, Template)>>>,
+    hide: Option<Vec<String>>,
+    pass_headers: Option<Vec<String>>,
+    http11: Option<bool>,
+    buffering: Option<bool>,
+    buffer_size: Option<usize>,
+    buffers: Option<(usize, usize)>,
+    max_temp: Option<u64>,
+    temp_path: Option<String>,
+    redirect: Option<Redirect>,
+    intercept: Option<bool>,
+    connect_timeout: Option<u64>,
+    send_timeout: Option<u64>,
+    read_timeout: Option<u64>,
+    next_up: Option<u32>,
+    next_tries: Option<u32>,
+    next_timeout: Option<u64>,
+    /// Upstream groups (shared by every block once merged).
+    groups: Rc<RefCell<Vec<Rc<Upstream>>>>,
+}
+
+fn set_opt<T>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("\"{name}\" directive is duplicate"));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
+    let url = a[0];
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| if url.starts_with("https://") { "https upstreams are not supported yet".to_string() } else { format!("invalid URL prefix in \"{url}\"") })?;
+    let (host, uri) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
+    };
+    if host.is_empty() {
+        return Err(format!("no host in \"{url}\""));
+    }
+    if url.contains('$') {
+        return Err("proxy_pass with variables is not supported yet".into());
+    }
+    let (modifier, name) = cx.location().unwrap_or_default();
+    if uri.is_some() && (modifier == "~" || modifier == "~*" || modifier == "@") {
+        return Err("\"proxy_pass\" cannot have URI part in location given by regular expression, or inside named location".into());
+    }
+    let addrs = upstream::resolve(host).unwrap_or_default();
+    set_opt(
+        &mut c.pass,
+        Rc::new(Pass {
+            base: format!("http://{host}"),
+            host: host.to_string(),
+            uri,
+            loc_prefix: if modifier == "@" { String::new() } else { name },
+            addrs,
+            group: RefCell::new(None),
+        }),
+        "proxy_pass",
+    )?;
+    cx.set_content_handler::<Proxy>()?;
+    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "proxy_host", "proxy_add_x_forwarded_for"] {
+        cx.define_variable(v, var_get(v))?;
+    }
+    Ok(())
+}
+
+fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
+    match name {
+        "upstream_addr" => |r| with_state(r, |s| s.addrs.join(", ")),
+        "upstream_status" => |r| with_state(r, |s| s.statuses.join(", ")),
+        "upstream_response_time" => |r| with_state(r, |s| s.times.join(", ")),
+        "proxy_host" => |r| with_state(r, |s| s.proxy_host.clone()),
+        _ => |r| Some(forwarded_for(r)),
+    }
+}
+
+/// A variable from the request's proxy state (unset when empty).
+fn with_state(r: &mut Request<'_>, f: fn(&State) -> String) -> Option<String> {
+    let h = r.ctx::<Holder>().0.clone();
+    let s = h.try_borrow().ok()?;
+    Some(f(&s)).filter(|v| !v.is_empty())
+}
+
+fn forwarded_for(r: &Request<'_>) -> String {
+    let addr = r.var("remote_addr").unwrap_or("").to_string();
+    match r.header("x-forwarded-for") {
+        Some(x) if !x.is_empty() => format!("{x}, {addr}"),
+        _ => addr,
+    }
+}
+
+fn next_mask(a: &[&str]) -> Result<u32, String> {
+    let mut m = 0;
+    for w in a {
+        m |= match *w {
+            "error" => next::ERROR,
+            "timeout" => next::TIMEOUT,
+            "invalid_header" => next::INVALID_HEADER,
+            "http_500" => next::HTTP_500,
+            "http_502" => next::HTTP_502,
+            "http_503" => next::HTTP_503,
+            "http_504" => next::HTTP_504,
+            "http_403" => next::HTTP_403,
+            "http_404" => next::HTTP_404,
+            "http_429" => next::HTTP_429,
+            "non_idempotent" => next::NON_IDEMPOTENT,
+            "off" if a.len() == 1 => next::OFF,
+            _ => return Err(format!("invalid value \"{w}\"")),
+        };
+    }
+    Ok(m)
+}
+
+fn directives() -> Vec<DirectiveSpec<Conf>> {
+    vec![
+        DirectiveSpec::new("proxy_pass", LOC, 1, 1, parse_pass),
+        DirectiveSpec::<Conf>::new("upstream", sys::CTX_HTTP, 1, 1, |c, a, cx| {
+            let children = cx.block_children();
+            let time = |s: &str| cx.time_ms(s);
+            let up = Upstream::parse(a[0], &children, &time)?;
+            let mut g = c.groups.borrow_mut();
+            if g.iter().any(|u| u.name == a[0]) {
+                return Err(format!("duplicate upstream \"{}\"", a[0]));
+            }
+            g.push(Rc::new(up));
+            Ok(())
+        })
+        .opaque_block(),
+        DirectiveSpec::new("proxy_set_header", ANY, 2, 2, |c, a, _| {
+            let list = c.headers.get_or_insert_with(|| Rc::new(Vec::new()));
+            Rc::get_mut(list).ok_or("proxy_set_header list is shared")?.push((a[0].to_string(), Template::parse(a[1])));
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_hide_header", ANY, 1, 1, |c, a, _| {
+            c.hide.get_or_insert_with(Vec::new).push(a[0].to_ascii_lowercase());
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_pass_header", ANY, 1, 1, |c, a, _| {
+            c.pass_headers.get_or_insert_with(Vec::new).push(a[0].to_ascii_lowercase());
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_http_version", ANY, 1, 1, |c, a, _| {
+            let v = match a[0] {
+                "1.0" => false,
+                "1.1" => true,
+                v => return Err(format!("invalid value \"{v}\" in \"proxy_http_version\" directive, it must be \"1.0\" or \"1.1\"")),
+            };
+            set_opt(&mut c.http11, v, "proxy_http_version")
+        }),
+        DirectiveSpec::new("proxy_buffering", ANY, 1, 1, |c, a, cx| set_opt(&mut c.buffering, cx.flag(a[0])?, "proxy_buffering")),
+        DirectiveSpec::new("proxy_request_buffering", ANY, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_buffer_size", ANY, 1, 1, |c, a, cx| set_opt(&mut c.buffer_size, cx.size(a[0])? as usize, "proxy_buffer_size")),
+        DirectiveSpec::new("proxy_buffers", ANY, 2, 2, |c, a, cx| {
+            let n: usize = a[0].parse().ok().filter(|&n| n > 0).ok_or(format!("invalid value \"{}\"", a[0]))?;
+            set_opt(&mut c.buffers, (n, cx.size(a[1])? as usize), "proxy_buffers")
+        }),
+        DirectiveSpec::new("proxy_busy_buffers_size", ANY, 1, 1, |_, a, cx| cx.size(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_max_temp_file_size", ANY, 1, 1, |c, a, cx| set_opt(&mut c.max_temp, cx.size(a[0])?, "proxy_max_temp_file_size")),
+        DirectiveSpec::new("proxy_temp_path", ANY, 1, 4, |c, a, cx| set_opt(&mut c.temp_path, cx.full_path(a[0]), "proxy_temp_path")),
+        DirectiveSpec::new("proxy_redirect", ANY, 1, 2, |c, a, _| {
+            let r = c.redirect.get_or_insert_with(|| Redirect::Rules(Vec::new()));
+            match (a, &mut *r) {
+                (["off"], _) => *r = Redirect::Off,
+                (["default"], Redirect::Rules(v)) => v.push(("\0default".into(), String::new())),
+                ([from, to], Redirect::Rules(v)) => v.push((from.to_string(), to.to_string())),
+                (_, Redirect::Off) => return Err("\"proxy_redirect off\" cannot be mixed with other rules".into()),
+                _ => return Err("invalid parameter in \"proxy_redirect\"".into()),
+            }
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_intercept_errors", ANY, 1, 1, |c, a, cx| set_opt(&mut c.intercept, cx.flag(a[0])?, "proxy_intercept_errors")),
+        DirectiveSpec::new("proxy_connect_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.connect_timeout, cx.time_ms(a[0])?, "proxy_connect_timeout")),
+        DirectiveSpec::new("proxy_send_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.send_timeout, cx.time_ms(a[0])?, "proxy_send_timeout")),
+        DirectiveSpec::new("proxy_read_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.read_timeout, cx.time_ms(a[0])?, "proxy_read_timeout")),
+        DirectiveSpec::new("proxy_next_upstream", ANY, 1, sys::ARGS_ANY, |c, a, _| set_opt(&mut c.next_up, next_mask(a)?, "proxy_next_upstream")),
+        DirectiveSpec::new("proxy_next_upstream_tries", ANY, 1, 1, |c, a, _| {
+            set_opt(&mut c.next_tries, a[0].parse().map_err(|_| format!("invalid value \"{}\"", a[0]))?, "proxy_next_upstream_tries")
+        }),
+        DirectiveSpec::new("proxy_next_upstream_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.next_timeout, cx.time_ms(a[0])?, "proxy_next_upstream_timeout")),
+    ]
+}
+
+/// The plugin.
+pub struct Proxy;
+
+impl Plugin for Proxy {
+    const NAME: &'static str = "proxy";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        directives()
+    }
+
+    fn merge(p: &Conf, c: &mut Conf) {
+        // Groups declared in this block join the shared list, which every
+        // block below then sees (merges run top-down after all blocks are
+        // read, so upstreams declared after their users are found).
+        if !Rc::ptr_eq(&p.groups, &c.groups) {
+            let mine: Vec<_> = c.groups.borrow_mut().drain(..).collect();
+            p.groups.borrow_mut().extend(mine);
+            c.groups = p.groups.clone();
+        }
+        macro_rules! inherit {
+            ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
+        }
+        inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        if let Some(pass) = &c.pass {
+            let mut g = c.groups.borrow_mut();
+            let found = g.iter().find(|u| u.name == pass.host).cloned();
+            let group = found.or_else(|| {
+                if pass.addrs.is_empty() {
+                    return None;
+                }
+                let u = Rc::new(Upstream::implicit(&pass.host, &pass.addrs));
+                g.push(u.clone());
+                Some(u)
+            });
+            *pass.group.borrow_mut() = group;
+        }
+    }
+
+    fn handle(_phase: plugin_api::Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        let Some(pass) = conf.pass.as_ref() else { return Status::Declined };
+        let st = req.ctx::<Holder>().0.clone();
+        let mut st = match st.try_borrow_mut() {
+            Ok(s) => s,
+            Err(_) => return Status::Error,
+        };
+        st.step(req, conf, pass)
+    }
+}
+
+export_plugin!(Proxy);
+
+/// Per-request state, reachable from the request's ctx.
+#[derive(Default)]
+struct Holder(Rc<RefCell<State>>);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Start,
+    Connecting,
+    Sending,
+    ReadingHead,
+    ReadingBody,
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// Why an attempt failed (maps to proxy_next_upstream and the status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fail {
+    Error,
+    Timeout,
+    InvalidHeader,
+}
+
+#[derive(Default)]
+struct State {
+    phase: Phase,
+    group: Option<Rc<Upstream>>,
+    peer: usize,
+    conn: Option<Conn>,
+    /// The connection came from the keepalive pool.
+    cached: bool,
+    /// Requests the connection carried before this one.
+    conn_requests: u32,
+    acquired: bool,
+    tried: Vec<bool>,
+    tries: u32,
+    first_try: Option<Instant>,
+    attempt_start: Option<Instant>,
+    out: Vec<u8>,
+    sent: usize,
+    head: Vec<u8>,
+    buf: Vec<u8>,
+    framing: Option<Framing>,
+    chunked: Chunked,
+    keep: bool,
+    deadline: Option<Instant>,
+    timer_at: Option<Instant>,
+    temp: Option<(File, u64)>,
+    /// The temp file could not be made: buffer in memory only.
+    no_temp: bool,
+    status: u16,
+    proxy_host: String,
+    addrs: Vec<String>,
+    statuses: Vec<String>,
+    times: Vec<String>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // The request ended (finished, or the client went away): a
+        // connection still held is mid-exchange and cannot be reused.
+        self.release(false, Instant::now(), false);
+    }
+}
+
+const DEFAULT_BUF: usize = 8 * 1024;
+
+fn timeout(v: Option<u64>) -> u64 {
+    v.unwrap_or(60_000)
+}
+
+impl State {
+    fn release(&mut self, keep: bool, now: Instant, ok: bool) {
+        if let Some(conn) = self.conn.take() {
+            if let Some(g) = &self.group {
+                if self.acquired {
+                    g.release(self.peer, ok, now);
+                    self.acquired = false;
+                }
+                if keep {
+                    g.put_idle(Idle { conn, peer: self.peer, since: now, requests: self.conn_requests + 1 }, now);
+                    return;
+                }
+            }
+            conn.close();
+        } else if self.acquired {
+            if let Some(g) = &self.group {
+                g.release(self.peer, ok, now);
+            }
+            self.acquired = false;
+        }
+    }
+
+    fn step(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Status {
+        loop {
+            let r = match self.phase {
+                Phase::Start => self.start(req, conf, pass),
+                Phase::Connecting => self.connecting(req, conf),
+                Phase::Sending => self.sending(req, conf),
+                Phase::ReadingHead => self.reading_head(req, conf, pass),
+                Phase::ReadingBody => self.reading_body(req, conf),
+                Phase::Finished => return Status::Ok,
+            };
+            match r {
+                Flow::Next => continue,
+                Flow::Wait => return self.wait(req),
+                Flow::Return(s) => return s,
+                Flow::Failed(f) => match self.failed(req, conf, f) {
+                    Some(s) => return s,
+                    None => continue,
+                },
+            }
+        }
+    }
+
+    /// Suspends with the timer armed for the current deadline.
+    fn wait(&mut self, req: &mut Request<'_>) -> Status {
+        if let Some(d) = self.deadline {
+            if self.timer_at.is_none_or(|t| t > d || t <= Instant::now()) {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis() as u64 + 1;
+                if plugin_api::io::resume_timer(req, ms).is_ok() {
+                    self.timer_at = Some(d);
+                }
+            }
+        }
+        Status::Again
+    }
+
+    fn timed_out(&mut self) -> bool {
+        let now = Instant::now();
+        if self.timer_at.is_some_and(|t| t <= now) {
+            self.timer_at = None;
+        }
+        self.deadline.is_some_and(|d| d <= now)
+    }
+
+    fn start(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
+        match req.read_body() {
+            Ok(true) => {}
+            Ok(false) => return Flow::Return(Status::Again),
+            Err(rc) => return Flow::Return(Status::Http(if rc > 0 { rc as u16 } else { 500 })),
+        }
+        let Some(group) = pass.group.borrow().clone() else {
+            plugin_api::log(sys::LOG_ERR, &format!("host not found in upstream \"{}\"", pass.host));
+            return Flow::Return(Status::Http(502));
+        };
+        self.proxy_host = pass.host.clone();
+        self.tried = vec![false; group.peers.len()];
+        self.group = Some(group);
+        self.out = build_request(req, conf, pass, &self.proxy_host);
+        self.first_try = Some(Instant::now());
+        self.connect(req, conf)
+    }
+
+    /// Picks a peer and connects (or reuses an idle connection).
+    fn connect(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
+        let Some(group) = self.group.clone() else { return Flow::Return(Status::Http(502)) };
+        let now = Instant::now();
+        let key = match &group.balance {
+            upstream::Balance::Hash { key, .. } => render(req, key, &self.proxy_host),
+            _ => Vec::new(),
+        };
+        let client = req.var("remote_addr").unwrap_or("").to_string();
+        let Ok(i) = group.pick(&self.tried, &client, &key, now) else {
+            plugin_api::log(sys::LOG_ERR, &format!("no live upstreams while connecting to upstream, upstream: \"{}\"", group.name));
+            self.addrs.push(group.name.clone());
+            self.statuses.push("502".into());
+            self.times.push("0.000".into());
+            return Flow::Return(Status::Http(502));
+        };
+        self.peer = i;
+        self.tried[i] = true;
+        self.tries += 1;
+        self.sent = 0;
+        self.head.clear();
+        self.framing = None;
+        self.chunked = Chunked::default();
+        self.attempt_start = Some(now);
+        self.addrs.push(group.peers[i].text.clone());
+        group.acquire(i);
+        self.acquired = true;
+        if let Some(idle) = group.take_idle(i, now) {
+            self.conn = Some(idle.conn);
+            self.cached = true;
+            self.conn_requests = idle.requests;
+            if idle.conn.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
+                return Flow::Failed(Fail::Error);
+            }
+            self.phase = Phase::Sending;
+            self.deadline = Some(now + Duration::from_millis(timeout(conf.send_timeout)));
+            return Flow::Next;
+        }
+        self.cached = false;
+        self.conn_requests = 0;
+        match Conn::connect_resuming(req, false, &group.peers[i].text, timeout(conf.connect_timeout)) {
+            Ok(c) => self.conn = Some(c),
+            Err(_) => return Flow::Failed(Fail::Error),
+        }
+        self.phase = Phase::Connecting;
+        self.deadline = None;
+        Flow::Wait
+    }
+
+    fn connecting(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        match c.error() {
+            (sys::TIMEDOUT, _) => return Flow::Failed(Fail::Timeout),
+            (sys::OK, _) => {}
+            _ => return Flow::Failed(Fail::Error),
+        }
+        // Connected once a write is possible: try it.
+        match c.write(&[]) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Flow::Wait,
+            Err(_) => return Flow::Failed(Fail::Error),
+        }
+        if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
+            return Flow::Failed(Fail::Error);
+        }
+        self.phase = Phase::Sending;
+        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
+        Flow::Next
+    }
+
+    fn sending(&mut self, _req: &mut Request<'_>, conf: &Conf) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        while self.sent < self.out.len() {
+            match c.write(&self.out[self.sent..]) {
+                Ok(Some(n)) if n > 0 => {
+                    self.sent += n;
+                    self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
+                }
+                Ok(_) => {
+                    if self.timed_out() {
+                        return Flow::Failed(Fail::Timeout);
+                    }
+                    return Flow::Wait;
+                }
+                Err(_) => return Flow::Failed(Fail::Error),
+            }
+        }
+        self.phase = Phase::ReadingHead;
+        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout)));
+        Flow::Next
+    }
+
+    /// Reads what the upstream has into `buf` (appending). Ok(false): EOF.
+    fn fill(&mut self, c: Conn, max: usize) -> Result<Option<bool>, Fail> {
+        let len = self.buf.len();
+        let want = max.saturating_sub(len).max(1);
+        self.buf.resize(len + want, 0);
+        let r = c.read(&mut self.buf[len..]);
+        match r {
+            Ok(Some(0)) => {
+                self.buf.truncate(len);
+                Ok(Some(false))
+            }
+            Ok(Some(n)) => {
+                self.buf.truncate(len + n);
+                Ok(Some(true))
+            }
+            Ok(None) => {
+                self.buf.truncate(len);
+                Ok(None)
+            }
+            Err(_) => {
+                self.buf.truncate(len);
+                Err(Fail::Error)
+            }
+        }
+    }
+
+    fn reading_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 100];
+            let mut resp = httparse::Response::new(&mut hs);
+            let parsed = match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => Some(n),
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => {
+                    plugin_api::log(sys::LOG_ERR, &format!("upstream sent invalid header ({e}) while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+                    return Flow::Failed(Fail::InvalidHeader);
+                }
+            };
+            if let Some(n) = parsed {
+                let code = resp.code.unwrap_or(0);
+                if (100..200).contains(&code) && code != 101 {
+                    // An interim response (100 Continue): skip it.
+                    self.buf.drain(..n);
+                    continue;
+                }
+                let head: Vec<(String, String)> = resp.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
+                let minor = resp.version.unwrap_or(0);
+                self.buf.drain(..n);
+                return self.got_head(req, conf, pass, code, minor, head);
+            }
+            if self.buf.len() >= max {
+                plugin_api::log(sys::LOG_ERR, &format!("upstream sent too big header while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+                return Flow::Failed(Fail::InvalidHeader);
+            }
+            match self.fill(c, max) {
+                Ok(Some(true)) => self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout))),
+                Ok(Some(false)) => {
+                    plugin_api::log(
+                        sys::LOG_ERR,
+                        &format!("upstream prematurely closed connection while reading response header from upstream, upstream: \"{}\"", self.peer_text()),
+                    );
+                    return Flow::Failed(if self.buf.is_empty() { Fail::Error } else { Fail::InvalidHeader });
+                }
+                Ok(None) => {
+                    if self.timed_out() {
+                        return Flow::Failed(Fail::Timeout);
+                    }
+                    return Flow::Wait;
+                }
+                Err(f) => return Flow::Failed(f),
+            }
+        }
+    }
+
+    fn peer_text(&self) -> String {
+        self.group.as_ref().map(|g| g.peers[self.peer].text.clone()).unwrap_or_default()
+    }
+
+    fn record(&mut self, status: u16) {
+        self.statuses.push(status.to_string());
+        let t = self.attempt_start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        self.times.push(format!("{t:.3}"));
+    }
+
+    fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: Vec<(String, String)>) -> Flow {
+        self.status = code;
+        let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
+        let retry_on = match code {
+            500 => next::HTTP_500,
+            502 => next::HTTP_502,
+            503 => next::HTTP_503,
+            504 => next::HTTP_504,
+            403 => next::HTTP_403,
+            404 => next::HTTP_404,
+            429 => next::HTTP_429,
+            _ => 0,
+        };
+        if retry_on != 0 && mask & retry_on != 0 && self.may_retry(req, conf) {
+            self.record(code);
+            // 5xx count against the peer (max_fails); 403/404/429 do not.
+            let ok = !matches!(code, 500 | 502 | 503 | 504);
+            self.release(false, Instant::now(), ok);
+            return self.connect(req, conf);
+        }
+        let value = |n: &str| head.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+        let conn_tokens = value("connection").unwrap_or("").to_ascii_lowercase();
+        let chunked = value("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let length = value("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let framing = if req.method() == "HEAD" || code == 204 || code == 304 || (100..200).contains(&code) {
+            Framing::None
+        } else if chunked {
+            Framing::Chunked
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::Close
+        };
+        self.framing = Some(framing);
+        self.keep = conf.http11.unwrap_or(false)
+            && framing != Framing::Close
+            && !conn_tokens.contains("close")
+            && (minor == 1 || conn_tokens.contains("keep-alive"))
+            && self.group.as_ref().is_some_and(|g| g.keepalive > 0);
+        self.record(code);
+        if code >= 300 && conf.intercept.unwrap_or(false) && code != 304 {
+            // error_page (or the built-in page) answers instead.
+            self.finish_upstream(false);
+            self.phase = Phase::Finished;
+            return Flow::Return(Status::Http(code));
+        }
+        let upgrade = code == 101;
+        if upgrade && (!conf.http11.unwrap_or(false) || req.header("upgrade").is_none()) {
+            plugin_api::log(sys::LOG_ERR, &format!("upstream sent unexpected 101 while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+            return Flow::Failed(Fail::InvalidHeader);
+        }
+        req.set_status(code);
+        let hidden = |n: &str| {
+            let l = n.to_ascii_lowercase();
+            let passed = conf.pass_headers.as_ref().is_some_and(|p| p.contains(&l));
+            let hop = matches!(l.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "proxy-connection")
+                || (l == "upgrade" && !upgrade);
+            let default_hidden = !passed && (matches!(l.as_str(), "date" | "server" | "x-pad") || l.starts_with("x-accel-"));
+            hop || default_hidden || conf.hide.as_ref().is_some_and(|h| h.contains(&l))
+        };
+        for (k, v) in &head {
+            if hidden(k) {
+                continue;
+            }
+            if k.eq_ignore_ascii_case("content-length") && !matches!(framing, Framing::Length(_)) && req.method() != "HEAD" {
+                continue;
+            }
+            if k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh") {
+                req.add_header(k, &rewrite_redirect(conf, pass, v));
+                continue;
+            }
+            req.add_header(k, v);
+        }
+        if upgrade {
+            let Some(c) = self.conn.take() else { return Flow::Failed(Fail::Error) };
+            if req.send_header().is_err() || req.relay(c).is_err() {
+                c.close();
+                return Flow::Return(Status::Error);
+            }
+            self.release(false, Instant::now(), true);
+            self.phase = Phase::Finished;
+            return Flow::Return(Status::Done);
+        }
+        if req.send_header().is_err() {
+            return Flow::Return(Status::Error);
+        }
+        self.phase = Phase::ReadingBody;
+        Flow::Next
+    }
+
+    /// Whether another peer may be tried for this request.
+    fn may_retry(&self, req: &Request<'_>, conf: &Conf) -> bool {
+        let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
+        if mask & next::OFF != 0 {
+            return false;
+        }
+        let tries = conf.next_tries.unwrap_or(0);
+        if tries != 0 && self.tries >= tries {
+            return false;
+        }
+        if let (Some(t), Some(first)) = (conf.next_timeout.filter(|&t| t > 0), self.first_try) {
+            if first.elapsed() >= Duration::from_millis(t) {
+                return false;
+            }
+        }
+        let idempotent = matches!(req.method(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
+        if self.sent > 0 && !idempotent && mask & next::NON_IDEMPOTENT == 0 {
+            return false;
+        }
+        self.tried.iter().any(|t| !t)
+    }
+
+    /// An attempt failed before the response head was passed on.
+    fn failed(&mut self, req: &mut Request<'_>, conf: &Conf, f: Fail) -> Option<Status> {
+        let now = Instant::now();
+        let peer = self.peer_text();
+        let reason = self.conn.map(|c| c.error().1).filter(|s| !s.is_empty());
+        let what = match self.phase {
+            Phase::Connecting => "while connecting to upstream",
+            Phase::Sending => "while sending request to upstream",
+            _ => "while reading response header from upstream",
+        };
+        match (f, reason) {
+            (Fail::Timeout, _) => plugin_api::log(sys::LOG_ERR, &format!("upstream timed out (110: Connection timed out) {what}, upstream: \"{peer}\"")),
+            (Fail::Error, Some(r)) => plugin_api::log(sys::LOG_ERR, &format!("{r} {what}, upstream: \"{peer}\"")),
+            _ => {}
+        }
+        let status = if f == Fail::Timeout { 504 } else { 502 };
+        self.record(status);
+        if self.phase == Phase::ReadingBody {
+            // Too late for another peer: the response is cut short.
+            self.release(false, now, false);
+            self.phase = Phase::Finished;
+            return Some(Status::Error);
+        }
+        // A keepalive connection the upstream had closed is not the peer's
+        // fault: try again without counting it.
+        if self.cached && f == Fail::Error {
+            self.release(false, now, true);
+            self.tries -= 1;
+            self.tried[self.peer] = false;
+            self.statuses.pop();
+            self.times.pop();
+            self.addrs.pop();
+            return match self.connect(req, conf) {
+                Flow::Return(s) => Some(s),
+                _ => None,
+            };
+        }
+        let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
+        let bit = match f {
+            Fail::Error => next::ERROR,
+            Fail::Timeout => next::TIMEOUT,
+            Fail::InvalidHeader => next::INVALID_HEADER,
+        };
+        self.release(false, now, false);
+        if mask & bit != 0 && self.may_retry(req, conf) {
+            return match self.connect(req, conf) {
+                Flow::Return(s) => Some(s),
+                _ => None,
+            };
+        }
+        self.phase = Phase::Finished;
+        Some(Status::Http(status))
+    }
+
+    fn finish_upstream(&mut self, keep: bool) {
+        self.release(keep, Instant::now(), true);
+    }
+
+    fn reading_body(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        let chunk = conf.buffer_size.unwrap_or(DEFAULT_BUF).max(4096);
+        let buffering = conf.buffering.unwrap_or(true);
+        let (n, size) = conf.buffers.unwrap_or((8, DEFAULT_BUF));
+        let mem_limit = if buffering { n * size } else { chunk };
+        loop {
+            // Pass on what is buffered.
+            if !self.buf.is_empty() || self.framing == Some(Framing::None) {
+                match self.deliver(req, conf, mem_limit) {
+                    Ok(true) => {
+                        self.phase = Phase::Finished;
+                        let keep = self.keep && self.buf.is_empty();
+                        self.finish_upstream(keep);
+                        return Flow::Return(Status::Ok);
+                    }
+                    Ok(false) => {}
+                    Err(()) => {
+                        plugin_api::log(sys::LOG_ERR, &format!("upstream sent invalid chunked response while reading upstream, upstream: \"{}\"", self.peer_text()));
+                        self.release(false, Instant::now(), false);
+                        self.phase = Phase::Finished;
+                        return Flow::Return(Status::Error);
+                    }
+                }
+            }
+            // Flow control: without room in memory or a temp file, wait for
+            // the client.
+            let spill_room = buffering && self.temp_room(conf) > 0;
+            if !spill_room && !req.resume_when_drained(mem_limit) {
+                return Flow::Return(Status::Again);
+            }
+            match self.fill(c, chunk) {
+                Ok(Some(true)) => self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout))),
+                Ok(Some(false)) => {
+                    if self.framing == Some(Framing::Close) {
+                        self.phase = Phase::Finished;
+                        self.finish_upstream(false);
+                        return Flow::Return(Status::Ok);
+                    }
+                    plugin_api::log(sys::LOG_ERR, &format!("upstream prematurely closed connection while reading upstream, upstream: \"{}\"", self.peer_text()));
+                    return Flow::Failed(Fail::Error);
+                }
+                Ok(None) => {
+                    if self.timed_out() {
+                        plugin_api::log(sys::LOG_ERR, &format!("upstream timed out (110: Connection timed out) while reading upstream, upstream: \"{}\"", self.peer_text()));
+                        return Flow::Failed(Fail::Timeout);
+                    }
+                    return Flow::Wait;
+                }
+                Err(f) => return Flow::Failed(f),
+            }
+        }
+    }
+
+    fn temp_room(&self, conf: &Conf) -> u64 {
+        if self.no_temp {
+            return 0;
+        }
+        let max = conf.max_temp.unwrap_or(1 << 30);
+        max.saturating_sub(self.temp.as_ref().map_or(0, |t| t.1))
+    }
+
+    /// Decodes the buffered body and sends it on. Ok(true) at the end.
+    fn deliver(&mut self, req: &mut Request<'_>, conf: &Conf, mem_limit: usize) -> Result<bool, ()> {
+        let framing = self.framing.unwrap_or(Framing::Close);
+        let mut data: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut used = 0;
+        let mut done = false;
+        match framing {
+            Framing::None => done = true,
+            Framing::Close => {
+                data.push(0..self.buf.len());
+                used = self.buf.len();
+            }
+            Framing::Length(left) => {
+                let n = (left as usize).min(self.buf.len());
+                data.push(0..n);
+                used = n;
+                self.framing = Some(Framing::Length(left - n as u64));
+                done = left == n as u64;
+            }
+            Framing::Chunked => {
+                while used < self.buf.len() {
+                    match self.chunked.step(&self.buf[used..]).map_err(|_| ())? {
+                        Step::Progress { used: u, data: d } => {
+                            if !d.is_empty() {
+                                data.push(used + d.start..used + d.end);
+                            }
+                            used += u;
+                            if u == 0 {
+                                break;
+                            }
+                        }
+                        Step::Done { used: u } => {
+                            used += u;
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let total: usize = data.iter().map(|r| r.len()).sum();
+        let spill = conf.buffering.unwrap_or(true) && total > 0 && req.output_queued() + total > mem_limit && self.temp_room(conf) >= total as u64;
+        if spill && self.spill(req, conf, &data).is_ok() {
+            if done {
+                req.send_bufs(&[], true).map_err(|_| ())?;
+            }
+        } else {
+            let parts: Vec<&[u8]> = data.iter().map(|r| &self.buf[r.clone()]).collect();
+            if !parts.is_empty() || done {
+                req.send_bufs(&parts, done).map_err(|_| ())?;
+            }
+        }
+        self.buf.drain(..used);
+        Ok(done)
+    }
+
+    /// Appends body data to the unlinked temporary file and queues that
+    /// file region for the client.
+    fn spill(&mut self, req: &mut Request<'_>, conf: &Conf, data: &[std::ops::Range<usize>]) -> Result<(), ()> {
+        if self.temp.is_none() {
+            let dir = conf.temp_path.clone().map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            let path = dir.join(format!("ngxr-proxy-{}-{:p}", std::process::id(), self as *const State));
+            let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| {
+                plugin_api::log(sys::LOG_CRIT, &format!("open() \"{}\" failed ({e}), buffering in memory", path.display()));
+                self.no_temp = true;
+            })?;
+            let _ = std::fs::remove_file(&path);
+            plugin_api::log(sys::LOG_WARN, &format!("an upstream response is buffered to a temporary file {} while reading upstream", path.display()));
+            self.temp = Some((f, 0));
+        }
+        let Some((f, len)) = self.temp.as_mut() else { return Err(()) };
+        let start = *len;
+        let mut ok = true;
+        for r in data {
+            ok = ok && f.write_all(&self.buf[r.clone()]).is_ok();
+            *len += r.len() as u64;
+        }
+        let (fd, n) = (f.as_raw_fd(), *len - start);
+        // Only a fully written region is queued; otherwise the caller
+        // sends the bytes from memory and the file is not used again.
+        if ok && req.send_file(fd, start, n, false).is_ok() {
+            return Ok(());
+        }
+        plugin_api::log(sys::LOG_CRIT, "writing the proxy temporary file failed, buffering in memory");
+        self.no_temp = true;
+        Err(())
+    }
+}
+
+enum Flow {
+    Next,
+    Wait,
+    Return(Status),
+    Failed(Fail),
+}
+
+/// Renders a template; `$proxy_host` and `$proxy_add_x_forwarded_for` are
+/// computed here (the handler holds the state their getters read).
+fn render(req: &Request<'_>, t: &Template, proxy_host: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    t.render(&mut out, |name, out| match name {
+        "proxy_host" => out.extend_from_slice(proxy_host.as_bytes()),
+        "proxy_add_x_forwarded_for" => out.extend_from_slice(forwarded_for(req).as_bytes()),
+        _ => {
+            if let Some(v) = req.var_bytes(name) {
+                out.extend_from_slice(v);
+            }
+        }
+    });
+    out
+}
+
+fn escape_uri(s: &str, out: &mut Vec<u8>) {
+    for &b in s.as_bytes() {
+        if b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'#' | b'%' | b'?') {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// The request line's target for the upstream, with nginx's rules.
+fn upstream_uri(req: &Request<'_>, pass: &Pass) -> Vec<u8> {
+    let uri = req.uri();
+    let args = req.args();
+    let mut out = Vec::new();
+    match &pass.uri {
+        None => {
+            // The client's URI as sent, unless it was changed (rewritten or
+            // redirected): then the normalized URI, escaped.
+            let raw = req.request_uri();
+            let path = raw.split('?').next().unwrap_or("");
+            let mut norm = Vec::new();
+            let same = [true, false].iter().any(|&merge| plugin_api::http::normalize(path, merge, &mut norm).is_ok() && norm == uri.as_bytes());
+            if same {
+                return raw.as_bytes().to_vec();
+            }
+            escape_uri(uri, &mut out);
+        }
+        Some(p) => {
+            out.extend_from_slice(p.as_bytes());
+            let rest = uri.strip_prefix(pass.loc_prefix.as_str()).unwrap_or(uri);
+            escape_uri(rest, &mut out);
+        }
+    }
+    if !args.is_empty() {
+        out.push(b'?');
+        out.extend_from_slice(args.as_bytes());
+    }
+    out
+}
+
+/// Headers the proxy sets unless `proxy_set_header` says otherwise: an
+/// empty value removes the header.
+const DEFAULT_SET: [(&str, &str); 7] =
+    [("Host", "$proxy_host"), ("Connection", "close"), ("Keep-Alive", ""), ("Expect", ""), ("Upgrade", ""), ("TE", ""), ("Transfer-Encoding", "")];
+
+fn build_request(req: &Request<'_>, conf: &Conf, pass: &Pass, proxy_host: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method().as_bytes());
+    out.push(b' ');
+    out.extend(upstream_uri(req, pass));
+    out.extend_from_slice(if conf.http11.unwrap_or(false) { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
+    let user: &[(String, Template)] = conf.headers.as_deref().map_or(&[], |v| v.as_slice());
+    let mut set_names: Vec<String> = Vec::new();
+    let emit = |name: &str, value: Vec<u8>, out: &mut Vec<u8>| {
+        if !value.is_empty() {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&value);
+            out.extend_from_slice(b"\r\n");
+        }
+    };
+    for (name, t) in user {
+        set_names.push(name.to_ascii_lowercase());
+        let v = render(req, t, proxy_host);
+        emit(name, v, &mut out);
+    }
+    for (name, v) in DEFAULT_SET {
+        if set_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        set_names.push(name.to_ascii_lowercase());
+        let v = render(req, &Template::parse(v), proxy_host);
+        emit(name, v, &mut out);
+    }
+    let body = req.body().unwrap_or(&[]);
+    let has_body = req.header("content-length").is_some() || req.header("transfer-encoding").is_some();
+    for (k, v) in req.headers() {
+        let l = k.to_ascii_lowercase();
+        if l == "content-length" || set_names.contains(&l) {
+            continue;
+        }
+        emit(k, v.as_bytes().to_vec(), &mut out);
+    }
+    if has_body {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Applies proxy_redirect to a Location or Refresh value.
+fn rewrite_redirect(conf: &Conf, pass: &Pass, v: &str) -> String {
+    let rules = match &conf.redirect {
+        Some(Redirect::Off) => return v.to_string(),
+        Some(Redirect::Rules(r)) => r.clone(),
+        None => vec![("\0default".to_string(), String::new())],
+    };
+    for (from, to) in rules {
+        let (from, to) = if from == "\0default" {
+            match &pass.uri {
+                Some(u) => (format!("{}{u}", pass.base), pass.loc_prefix.clone()),
+                None => (pass.base.clone(), String::new()),
+            }
+        } else {
+            (from, to)
+        };
+        if let Some(rest) = v.strip_prefix(from.as_str()) {
+            return format!("{to}{rest}");
+        }
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(base: &str, uri: Option<&str>, loc: &str) -> Pass {
+        Pass {
+            base: base.into(),
+            host: base.trim_start_matches("http://").into(),
+            uri: uri.map(String::from),
+            loc_prefix: loc.into(),
+            addrs: Vec::new(),
+            group: RefCell::new(None),
+        }
+    }
+
+    #[test]
+    fn redirect_default_maps_the_upstream_url_to_the_location() {
+        let c = Conf::default();
+        let p = pass("http://127.0.0.1:9000", Some("/two/"), "/one/");
+        assert_eq!(rewrite_redirect(&c, &p, "http://127.0.0.1:9000/two/x?y"), "/one/x?y");
+        assert_eq!(rewrite_redirect(&c, &p, "http://elsewhere/two/x"), "http://elsewhere/two/x");
+        let p = pass("http://backend", None, "/");
+        assert_eq!(rewrite_redirect(&c, &p, "http://backend/a"), "/a");
+        let off = Conf { redirect: Some(Redirect::Off), ..Default::default() };
+        assert_eq!(rewrite_redirect(&off, &p, "http://backend/a"), "http://backend/a");
+        let rules = Conf { redirect: Some(Redirect::Rules(vec![("http://x/".into(), "/y/".into())])), ..Default::default() };
+        assert_eq!(rewrite_redirect(&rules, &p, "http://x/z"), "/y/z");
+    }
+
+    #[test]
+    fn escaping() {
+        let mut o = Vec::new();
+        escape_uri("/a b/ü?#%", &mut o);
+        assert_eq!(o, b"/a%20b/%C3%BC%3F%23%25");
+    }
+}

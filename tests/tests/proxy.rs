@@ -1,0 +1,475 @@
+//! The proxy plugin against real backends: tests/backend.py (Python's
+//! standard library, not ngxr) and another ngxr.
+
+use ngxr_tests::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Starts ngxr (one worker) with proxy + log and the product plugins; the
+/// `http` body may say PORT (ngxr's port).
+fn front(http: &str) -> Server {
+    let port = free_port();
+    let p = Prefix::new();
+    p.write("html/50x.html", "custom 50x page");
+    p.write("html/404.html", "custom 404 page");
+    p.write("html/local.txt", "served locally");
+    let conf = format!(
+        "{}worker_processes 1;\n{}events {{}}\nhttp {{ {} }}\n",
+        conf_head(),
+        load_plugins(&["proxy", "index", "static", "log"]),
+        http.replace("PORT", &port.to_string())
+    );
+    p.write_conf(&conf);
+    Server::start_in(p, port)
+}
+
+fn req(port: u16, text: &str) -> Response {
+    let buf = raw(port, text.as_bytes()).unwrap();
+    parse_response_to(&buf, text.starts_with("HEAD "))
+        .map(|(r, _)| r)
+        .unwrap_or_else(|| panic!("bad response ({} bytes): {:?}", buf.len(), String::from_utf8_lossy(&buf[..buf.len().min(400)])))
+}
+
+fn get_h(port: u16, path: &str, headers: &str) -> Response {
+    req(port, &format!("GET {path} HTTP/1.1\r\nHost: front.test\r\n{headers}Connection: close\r\n\r\n"))
+}
+
+fn body(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// The (lowercased) headers the echo backend received, as "name: value" lines.
+fn echoed_header(r: &Response, name: &str) -> Vec<String> {
+    let b = body(r);
+    let mut out = Vec::new();
+    let needle = format!("[\"{}\", \"", name.to_ascii_lowercase());
+    let lower = b.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(&needle) {
+        let start = from + i + needle.len();
+        let end = start + b[start..].find("\"]").unwrap();
+        out.push(b[start..end].to_string());
+        from = end;
+    }
+    out
+}
+
+#[test]
+fn uri_rules_headers_and_versions() {
+    let b = Backend::start("A");
+    let bp = b.port;
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT;
+           location /one/ {{ proxy_pass http://127.0.0.1:{bp}/two/; }}
+           location = /exact {{ proxy_pass http://127.0.0.1:{bp}/other; }}
+           location ~ \\.php$ {{ proxy_pass http://127.0.0.1:{bp}; }}
+           location /hdr/ {{
+             proxy_pass http://127.0.0.1:{bp};
+             proxy_set_header X-Real-IP $remote_addr;
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+             proxy_set_header Accept-Encoding \"\";
+             proxy_set_header X-Via \"$proxy_host:$request_method\";
+             proxy_hide_header X-Conn;
+           }}
+           location /v11/ {{ proxy_pass http://127.0.0.1:{bp}; proxy_http_version 1.1; }}
+           location / {{ proxy_pass http://127.0.0.1:{bp}; }}
+           location /local.txt {{ root html; }}
+         }}"
+    ));
+    let p = s.port;
+    // A URI part replaces the location prefix; the rest is re-escaped.
+    let r = get_h(p, "/one/a%20b/c?x=1&y", "");
+    assert_eq!(r.status, 200);
+    assert!(body(&r).contains("\"target\": \"/two/a%20b/c?x=1&y\""), "{}", body(&r));
+    let r = get_h(p, "/exact?q", "");
+    assert!(body(&r).contains("\"target\": \"/other?q\""), "{}", body(&r));
+    // Without a URI part the client's target passes exactly as sent.
+    let r = get_h(p, "/raw/%7Efoo/./x?q=%20", "");
+    assert!(body(&r).contains("\"target\": \"/raw/%7Efoo/./x?q=%20\""), "{}", body(&r));
+    let r = get_h(p, "/dir/index.php?a=b", "");
+    assert!(body(&r).contains("\"target\": \"/dir/index.php?a=b\""), "{}", body(&r));
+    // Default headers: Host is $proxy_host, Connection close, HTTP/1.0;
+    // the client's own headers follow.
+    let r = get_h(p, "/plain", "X-Custom: yes\r\nKeep-Alive: 300\r\n");
+    assert_eq!(echoed_header(&r, "host"), vec![format!("127.0.0.1:{bp}")]);
+    assert_eq!(echoed_header(&r, "connection"), vec!["close"]);
+    assert_eq!(echoed_header(&r, "x-custom"), vec!["yes"]);
+    assert!(echoed_header(&r, "keep-alive").is_empty(), "hop-by-hop Keep-Alive is not forwarded");
+    assert!(body(&r).contains("\"version\": \"HTTP/1.0\""));
+    assert_eq!(r.header("x-backend"), Some("A"), "upstream headers pass");
+    assert!(r.header("server").unwrap().starts_with("ngxr"), "Server is ours, the upstream's is hidden");
+    assert_eq!(r.header("date").into_iter().count(), 1);
+    // proxy_set_header: variables, $proxy_add_x_forwarded_for, removal.
+    let r = get_h(p, "/hdr/x", "X-Forwarded-For: 10.1.1.1\r\nAccept-Encoding: gzip\r\n");
+    assert_eq!(echoed_header(&r, "x-real-ip"), vec!["127.0.0.1"]);
+    assert_eq!(echoed_header(&r, "x-forwarded-for"), vec!["10.1.1.1, 127.0.0.1"]);
+    assert!(echoed_header(&r, "accept-encoding").is_empty(), "an empty proxy_set_header removes the header");
+    assert_eq!(echoed_header(&r, "x-via"), vec![format!("127.0.0.1:{bp}:GET")]);
+    assert_eq!(r.header("x-conn"), None, "proxy_hide_header");
+    assert_eq!(r.header("x-backend"), Some("A"));
+    let r = get_h(p, "/v11/x", "");
+    assert!(body(&r).contains("\"version\": \"HTTP/1.1\""));
+    // Locations without proxy_pass are served as before.
+    let r = get_h(p, "/local.txt", "");
+    assert_eq!(body(&r), "served locally");
+}
+
+#[test]
+fn bad_proxy_configs_are_refused_with_file_and_line() {
+    let p = Prefix::new();
+    for (conf, want) in [
+        ("location ~ \\.php$ { proxy_pass http://127.0.0.1:1/x; }", "cannot have URI part in location given by regular expression"),
+        ("location / { proxy_pass ftp://127.0.0.1:1; }", "invalid URL prefix"),
+        ("location / { proxy_pass http://127.0.0.1:1; proxy_pass http://127.0.0.1:2; }", "is duplicate"),
+        ("location / { proxy_http_version 2.0; }", "proxy_http_version"),
+        ("location / { proxy_next_upstream sometimes; }", "invalid value \"sometimes\""),
+    ] {
+        p.write_conf(&format!(
+            "{}{}events {{}}\nhttp {{\nserver {{\nlisten 127.0.0.1:1;\n{conf}\n}}\n}}\n",
+            conf_head(),
+            load_plugins(&["proxy"])
+        ));
+        let out = p.ngxr(&["-t"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{conf}");
+        assert!(err.contains(want) && err.contains("ngxr.conf:9"), "{conf}: {err}");
+    }
+    p.write_conf(&format!(
+        "{}{}events {{}}\nhttp {{\nupstream u {{\nserver 127.0.0.1:1 bogus=1;\n}}\n}}\n",
+        conf_head(),
+        load_plugins(&["proxy"])
+    ));
+    let out = p.ngxr(&["-t"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("invalid parameter \"bogus=1\"") && err.contains("ngxr.conf:7"), "{err}");
+}
+
+#[test]
+fn bodies_and_framing_both_ways() {
+    let b = Backend::start("B");
+    let bp = b.port;
+    let s = front(&format!(
+        "access_log off; client_max_body_size 10m;
+         server {{ listen 127.0.0.1:PORT;
+           location / {{ proxy_pass http://127.0.0.1:{bp}; }}
+           location /nobuf/ {{ proxy_pass http://127.0.0.1:{bp}/; proxy_buffering off; }}
+           location /tmpbuf/ {{ proxy_pass http://127.0.0.1:{bp}/; proxy_buffers 2 4k; proxy_temp_path tmp; }}
+         }}"
+    ));
+    std::fs::create_dir_all(s.prefix.path().join("tmp")).unwrap();
+    // Workers (nobody when the tests run as root) write there.
+    std::fs::set_permissions(s.prefix.path().join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let p = s.port;
+    // A request body by length and chunked: the upstream gets it with a length.
+    let r = req(p, "POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world");
+    assert!(body(&r).contains("\"body\": \"hello world\""), "{}", body(&r));
+    assert_eq!(echoed_header(&r, "content-length"), vec!["11"]);
+    let r = req(p, "POST /post HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    assert!(body(&r).contains("\"body\": \"hello world\""), "{}", body(&r));
+    assert_eq!(echoed_header(&r, "content-length"), vec!["11"]);
+    assert!(echoed_header(&r, "transfer-encoding").is_empty());
+    // Responses: chunked upstream → decoded and re-framed; close-delimited; HEAD.
+    let r = get_h(p, "/chunked", "");
+    assert_eq!((r.status, body(&r).as_str()), (200, "one,two,three"));
+    let r = get_h(p, "/close", "");
+    assert_eq!(body(&r), "until-close body");
+    let r = req(p, "HEAD /big?n=5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, Some("5000"), 0));
+    // Large bodies: buffered (memory), unbuffered, and spilled to a temp file.
+    for path in ["/big?n=3000000", "/nobuf/big?n=3000000", "/tmpbuf/big?n=3000000", "/bigchunked?n=2000000", "/nobuf/bigchunked?n=2000000"] {
+        let r = get_h(p, path, "");
+        let n: usize = path.rsplit('=').next().unwrap().parse().unwrap();
+        assert_eq!((r.status, r.body.len()), (200, n), "{path}");
+        assert!(r.body.iter().all(|&c| c == r.body[0]), "{path}");
+    }
+    // A slow client: the temp-file path serves it while the upstream is
+    // released; the whole body arrives.
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /tmpbuf/big?n=4000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut total = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let (r, _) = parse_response(&total).unwrap();
+    assert_eq!(r.body.len(), 4_000_000);
+    // An upstream that closes early: the client sees a short body and a
+    // closed connection, never a complete-looking response.
+    let got = raw(p, b"GET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("Content-Length: 100"));
+    assert!(text.ends_with("0123456789"), "{text}");
+    assert!(s.prefix.error_log().contains("upstream prematurely closed connection while reading upstream"));
+    let log = s.prefix.error_log();
+    assert!(!log.contains("[crit]"), "{log}");
+    assert!(log.contains("an upstream response is buffered to a temporary file"), "{log}");
+    // Nothing is left in the temp directory (files are unlinked at once).
+    assert_eq!(std::fs::read_dir(s.prefix.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn failures_statuses_retries_and_logged_upstream_variables() {
+    let a = Backend::start("A");
+    let b = Backend::start("B");
+    let dead = free_port();
+    let (ap, bp) = (a.port, b.port);
+    let s = front(&format!(
+        "log_format up '$request_uri $status [$upstream_addr] [$upstream_status]';
+         access_log logs/up.log up;
+         upstream pair {{ server 127.0.0.1:{dead}; server 127.0.0.1:{bp}; }}
+         upstream pair2 {{ server 127.0.0.1:{dead}; server 127.0.0.1:{bp}; }}
+         upstream both502 {{ server 127.0.0.1:{ap}; server 127.0.0.1:{bp}; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /refused {{ proxy_pass http://127.0.0.1:{dead}; }}
+           location /slow {{ proxy_pass http://127.0.0.1:{ap}/delay; proxy_read_timeout 300ms; }}
+           location /garbage {{ proxy_pass http://127.0.0.1:{ap}; }}
+           location /nohead {{ proxy_pass http://127.0.0.1:{ap}; }}
+           location /pair/ {{ proxy_pass http://pair/; }}
+           location /retry502/ {{ proxy_pass http://both502/; proxy_next_upstream error http_502; }}
+           location /noretry/ {{ proxy_pass http://pair2/; proxy_next_upstream off; }}
+           location /intercept/ {{ proxy_pass http://127.0.0.1:{ap}/; proxy_intercept_errors on; error_page 404 /404.html; }}
+           location /passthru/ {{ proxy_pass http://127.0.0.1:{ap}/; }}
+           location = /404.html {{ root html; }}
+           location = /50x.html {{ root html; }}
+           location /custom502 {{ proxy_pass http://127.0.0.1:{dead}; error_page 502 /50x.html; }}
+         }}"
+    ));
+    let p = s.port;
+    let r = get_h(p, "/refused", "");
+    assert_eq!(r.status, 502);
+    assert!(body(&r).contains("502 Bad Gateway"));
+    let log = s.prefix.error_log();
+    assert!(log.contains("connect() failed (111: Connection refused) while connecting to upstream") && log.contains(&format!("127.0.0.1:{dead}")), "{log}");
+    let r = get_h(p, "/slow?ms=3000", "");
+    assert_eq!(r.status, 504);
+    assert!(s.prefix.error_log().contains("upstream timed out (110: Connection timed out) while reading response header from upstream"));
+    assert_eq!(get_h(p, "/garbage", "").status, 502);
+    assert!(s.prefix.error_log().contains("upstream sent invalid header"));
+    assert_eq!(get_h(p, "/nohead", "").status, 502);
+    assert!(s.prefix.error_log().contains("upstream prematurely closed connection while reading response header"));
+    // error (refused) → the next server answers.
+    let r = get_h(p, "/pair/x", "");
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("B")));
+    // http_502 from A → B; both 502 → the last answer is passed on.
+    let r = get_h(p, "/retry502/status/502", "");
+    assert_eq!(r.status, 502);
+    assert!(body(&r).starts_with("backend status 502 from"), "the upstream's own 502 is passed on: {}", body(&r));
+    // proxy_next_upstream off: the refused peer (picked first) fails the
+    // request; it is then marked failed (max_fails 1) and B answers.
+    let statuses: Vec<u16> = (0..4).map(|_| get_h(p, "/noretry/x", "").status).collect();
+    assert_eq!(statuses, vec![502, 200, 200, 200]);
+    // intercept_errors + error_page; without it the upstream's page passes.
+    let r = get_h(p, "/intercept/status/404", "");
+    assert_eq!((r.status, body(&r).as_str()), (404, "custom 404 page"));
+    let r = get_h(p, "/passthru/status/404", "");
+    assert_eq!(r.status, 404);
+    assert!(body(&r).starts_with("backend status 404 from A"));
+    let r = get_h(p, "/custom502", "");
+    assert_eq!((r.status, body(&r).as_str()), (502, "custom 50x page"));
+    // The access log names every attempt.
+    let up = poll_until("the access log", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(s.prefix.path().join("logs/up.log")).ok()?;
+        t.contains("/retry502/").then_some(t)
+    });
+    assert!(up.contains(&format!("/pair/x 200 [127.0.0.1:{dead}, 127.0.0.1:{bp}] [502, 200]")), "{up}");
+    assert!(up.contains(&format!("/retry502/status/502 502 [127.0.0.1:{ap}, 127.0.0.1:{bp}] [502, 502]")), "{up}");
+    assert!(up.contains(&format!("/refused 502 [127.0.0.1:{dead}] [502]")), "{up}");
+    assert!(up.contains("/slow?ms=3000 504"), "{up}");
+}
+
+fn spread(p: u16, path: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let r = get_h(p, path, "");
+        assert_eq!(r.status, 200, "{path}");
+        *m.entry(r.header("x-backend").unwrap_or("?").to_string()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn balancing_weights_hashes_backup_and_passive_health() {
+    let bs: Vec<Backend> = ["A", "B", "C"].iter().map(|n| Backend::start(n)).collect();
+    let (a, b, c) = (bs[0].port, bs[1].port, bs[2].port);
+    let dead = free_port();
+    let s = front(&format!(
+        "access_log off;
+         upstream weighted {{ server 127.0.0.1:{a} weight=3; server 127.0.0.1:{b}; server 127.0.0.1:{c}; }}
+         upstream iph {{ ip_hash; server 127.0.0.1:{a}; server 127.0.0.1:{b}; server 127.0.0.1:{c}; }}
+         upstream hashed {{ hash $arg_k; server 127.0.0.1:{a}; server 127.0.0.1:{b}; server 127.0.0.1:{c}; }}
+         upstream ring {{ hash $arg_k consistent; server 127.0.0.1:{a}; server 127.0.0.1:{b}; server 127.0.0.1:{c}; }}
+         upstream lc {{ least_conn; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}
+         upstream withbackup {{ server 127.0.0.1:{dead}; server 127.0.0.1:{c} backup; }}
+         upstream health {{ server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{a}; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /w/ {{ proxy_pass http://weighted/; }}
+           location /ip/ {{ proxy_pass http://iph/; }}
+           location /h/ {{ proxy_pass http://hashed/; }}
+           location /ring/ {{ proxy_pass http://ring/; }}
+           location /lc/ {{ proxy_pass http://lc/; }}
+           location /backup/ {{ proxy_pass http://withbackup/; }}
+           location /health/ {{ proxy_pass http://health/; }}
+         }}"
+    ));
+    let p = s.port;
+    let m = spread(p, "/w/x", 100);
+    assert_eq!((m["A"], m["B"], m["C"]), (60, 20, 20), "smooth weighted round-robin over 100 requests: {m:?}");
+    let m = spread(p, "/ip/x", 30);
+    assert_eq!(m.len(), 1, "one client address sticks to one server: {m:?}");
+    for path in ["/h/", "/ring/"] {
+        let mut owners = std::collections::BTreeSet::new();
+        for k in 0..30 {
+            let m = spread(p, &format!("{path}x?k=key{k}"), 3);
+            assert_eq!(m.len(), 1, "{path}: key{k} sticks: {m:?}");
+            owners.insert(m.keys().next().unwrap().clone());
+        }
+        assert!(owners.len() >= 2, "{path}: 30 keys spread over servers: {owners:?}");
+    }
+    let m = spread(p, "/lc/x", 10);
+    assert_eq!((m["A"], m["B"]), (5, 5), "idle least_conn alternates: {m:?}");
+    let m = spread(p, "/backup/x", 5);
+    assert_eq!(m["C"], 5, "the backup serves while the primary is down");
+    // max_fails=1: after one failure the dead server is skipped for
+    // fail_timeout, so only one connect error is logged for 10 requests.
+    let before = s.prefix.error_log().matches(&format!("127.0.0.1:{dead}\"")).count();
+    let m = spread(p, "/health/x", 10);
+    assert_eq!(m["A"], 10);
+    let after = s.prefix.error_log().matches(&format!("127.0.0.1:{dead}\"")).count();
+    assert!(after - before <= 2, "the failed server is not retried within fail_timeout ({} new errors)", after - before);
+}
+
+#[test]
+fn keepalive_pool_reuses_upstream_connections() {
+    let b = Backend::start("K");
+    let n = Backend::start("N");
+    let (bp, np) = (b.port, n.port);
+    let s = front(&format!(
+        "access_log off;
+         upstream pooled {{ server 127.0.0.1:{bp}; keepalive 4; }}
+         upstream unpooled {{ server 127.0.0.1:{np}; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /ka/ {{ proxy_pass http://pooled/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}
+           location /noka/ {{ proxy_pass http://unpooled/; }}
+         }}"
+    ));
+    let p = s.port;
+    let before = b.conns();
+    let mut serials = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let r = if i % 2 == 0 { get_h(p, "/ka/x", "") } else { req(p, "POST /ka/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc") };
+        assert_eq!(r.status, 200);
+        serials.insert(r.header("x-conn").unwrap().to_string());
+    }
+    let used = b.conns() - before - 1;
+    assert_eq!(used, 1, "20 requests over one pooled upstream connection");
+    assert_eq!(serials.len(), 1);
+    // Chunked and close-delimited answers: the first keeps the
+    // connection, the second ends it (the next request opens a new one).
+    assert_eq!(body(&get_h(p, "/ka/chunked", "")), "one,two,three");
+    assert_eq!(body(&get_h(p, "/ka/close", "")), "until-close body");
+    assert_eq!(get_h(p, "/ka/x", "").status, 200);
+    assert_eq!(b.conns() - before - 2, 2, "one new connection after the upstream closed its own");
+    // An upstream that closes a connection it had left open: the pooled
+    // connection is dropped (or, if reused first, retried on a fresh one
+    // without counting as a failure); requests keep succeeding.
+    for _ in 0..3 {
+        assert_eq!(body(&get_h(p, "/ka/bye", "")), "bye");
+        assert_eq!(get_h(p, "/ka/x", "").status, 200);
+    }
+    assert!(!s.prefix.error_log().contains("[error]"), "{}", s.prefix.error_log());
+    // Without keepalive every request is a new connection.
+    let before = n.conns();
+    for _ in 0..5 {
+        assert_eq!(get_h(p, "/noka/x", "").status, 200);
+    }
+    assert_eq!(n.conns() - before - 1, 5);
+}
+
+#[test]
+fn websocket_upgrade_is_relayed_both_ways() {
+    let b = Backend::start("W");
+    let bp = b.port;
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT;
+           location /ws {{ proxy_pass http://127.0.0.1:{bp}; proxy_http_version 1.1;
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }}
+         }}"
+    ));
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "head: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("Upgrade: websocket") && head.contains("Connection: upgrade"), "{head}");
+    assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    for msg in ["hello", "second frame"] {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        c.write_all(&frame).unwrap();
+        let mut h = [0u8; 2];
+        c.read_exact(&mut h).unwrap();
+        let mut payload = vec![0u8; (h[1] & 0x7f) as usize];
+        c.read_exact(&mut payload).unwrap();
+        assert_eq!(String::from_utf8_lossy(&payload), format!("echo:{msg}"));
+    }
+    // Close: the backend answers and closes; ngxr closes the client side.
+    c.write_all(&[0x88, 0x80, 0, 0, 0, 0]).unwrap();
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert_eq!(rest, vec![0x88, 0x00]);
+}
+
+#[test]
+fn ngxr_to_ngxr_and_proxy_redirect() {
+    let back = Server::start(&format!(
+        "worker_processes 1;\n{}events {{}}\nhttp {{ server {{ listen 127.0.0.1:PORT; root html; }} }}\n",
+        load_plugins(&["static"])
+    ));
+    back.prefix.write("html/two/file.txt", "from the back ngxr");
+    let bk = Backend::start("R");
+    let (bp, rp) = (back.port, bk.port);
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT;
+           location /one/ {{ proxy_pass http://127.0.0.1:{bp}/two/; }}
+           location /r/ {{ proxy_pass http://127.0.0.1:{rp}/; }}
+           location /rr/ {{ proxy_pass http://127.0.0.1:{rp}/two/; }}
+           location /off/ {{ proxy_pass http://127.0.0.1:{rp}/two/; proxy_redirect off; }}
+         }}"
+    ));
+    let p = s.port;
+    let r = get_h(p, "/one/file.txt", "");
+    assert_eq!((r.status, body(&r).as_str()), (200, "from the back ngxr"));
+    assert!(r.header("last-modified").is_some() && r.header("etag").is_some(), "the back's headers pass");
+    let r = get_h(p, "/one/file.txt", &format!("If-None-Match: {}\r\n", r.header("etag").unwrap()));
+    assert_eq!(r.status, 304);
+    assert_eq!(get_h(p, "/one/missing", "").status, 404);
+    // The back's own redirect for a directory (Location: http://127.0.0.1:bp/two/...)
+    // becomes ours through proxy_redirect default.
+    std::fs::create_dir_all(back.prefix.path().join("html/two/sub")).unwrap();
+    let r = get_h(p, "/one/sub", "");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some(format!("http://front.test:{p}/one/sub/").as_str()));
+    // The backend redirects to http://<Host it got>/two/x.
+    let r = get_h(p, "/rr/redirect", "");
+    assert_eq!(r.header("location"), Some(format!("http://front.test:{p}/rr/x").as_str()));
+    let r = get_h(p, "/off/redirect", "");
+    assert_eq!(r.header("location"), Some(format!("http://127.0.0.1:{rp}/two/x").as_str()));
+}
