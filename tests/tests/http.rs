@@ -559,4 +559,10 @@ fn shipped_config_serves_out_of_the_box() {
     assert!(String::from_utf8_lossy(&get(s.port, "/docs/").unwrap().body).contains("readme.md"));
     assert_eq!(get(s.port, "/docs/readme.md").unwrap().header("content-type"), Some("text/plain"));
     assert_eq!(get(s.port, "/missing").unwrap().status, 404);
+    // The proxy example: the same page through the "self" upstream.
+    let r = get(s.port, "/proxied/").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).contains("Welcome to ngxr!"));
+    let r = get(s.port, "/proxied/missing").unwrap();
+    assert_eq!(r.status, 404);
 }
