@@ -639,7 +639,7 @@ impl<'a> Request<'a> {
             return true;
         }
         // SAFETY: live handle.
-        h.http_resume_when_drained.map_or(true, |f| unsafe { f(self.raw, limit) } != sys::AGAIN)
+        h.http_resume_when_drained.is_none_or(|f| unsafe { f(self.raw, limit) } != sys::AGAIN)
     }
 
     /// Hands the client connection and `upstream` to the host, which

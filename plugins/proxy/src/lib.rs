@@ -857,6 +857,9 @@ impl State {
             // the client.
             let spill_room = buffering && self.temp_room(conf) > 0;
             if !spill_room && !req.resume_when_drained(mem_limit) {
+                // The client is the bottleneck (send_timeout is its
+                // clock): the upstream's read timeout starts again later.
+                self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout)));
                 return Flow::Return(Status::Again);
             }
             match self.fill(c, chunk) {

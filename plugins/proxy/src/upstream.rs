@@ -423,8 +423,8 @@ impl Upstream {
         }
         s.fails += 1;
         s.checked = Some(now);
-        if p.max_fails > 0 {
-            s.effective = (s.effective - (p.weight / p.max_fails) as i64).max(0);
+        if let Some(d) = p.weight.checked_div(p.max_fails) {
+            s.effective = (s.effective - d as i64).max(0);
         }
         if p.max_fails > 0 && s.fails >= p.max_fails && self.peers.len() > 1 {
             plugin_api::log(sys::LOG_WARN, &format!("upstream server temporarily disabled while connecting to upstream, upstream: \"{}\"", p.text));
