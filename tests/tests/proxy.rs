@@ -261,7 +261,7 @@ fn failures_statuses_retries_and_logged_upstream_variables() {
     // http_502 from A → B; both 502 → the last answer is passed on.
     let r = get_h(p, "/retry502/status/502", "");
     assert_eq!(r.status, 502);
-    assert!(body(&r).starts_with("backend status 502 from"), "the upstream's own 502 is passed on: {}", body(&r));
+    assert!(body(&r).starts_with("backend status 502 from"), "the upstream's own 502 is passed on: {}", s.prefix.error_log());
     // proxy_next_upstream off: the refused peer (picked first) fails the
     // request; it is then marked failed (max_fails 1) and B answers.
     let statuses: Vec<u16> = (0..4).map(|_| get_h(p, "/noretry/x", "").status).collect();

@@ -366,7 +366,6 @@ struct State {
     attempt_start: Option<Instant>,
     out: Vec<u8>,
     sent: usize,
-    head: Vec<u8>,
     buf: Vec<u8>,
     framing: Option<Framing>,
     chunked: Chunked,
@@ -500,7 +499,8 @@ impl State {
         self.tried[i] = true;
         self.tries += 1;
         self.sent = 0;
-        self.head.clear();
+        // Whatever the previous attempt left unread is not this one's.
+        self.buf.clear();
         self.framing = None;
         self.chunked = Chunked::default();
         self.attempt_start = Some(now);
