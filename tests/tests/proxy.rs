@@ -473,3 +473,55 @@ fn ngxr_to_ngxr_and_proxy_redirect() {
     let r = get_h(p, "/off/redirect", "");
     assert_eq!(r.header("location"), Some(format!("http://127.0.0.1:{rp}/two/x").as_str()));
 }
+
+/// A listener that never accepts, its queue filled: connects to it hang in
+/// SYN_SENT (Linux drops SYNs to a full queue), which is how an unreachable
+/// upstream looks, without leaving 127.0.0.1.
+fn black_hole() -> (i32, u16, Vec<TcpStream>) {
+    // SAFETY: plain socket calls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        assert_eq!(libc::bind(fd, &a as *const _ as *const libc::sockaddr, std::mem::size_of_val(&a) as u32), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut len = std::mem::size_of_val(&a) as u32;
+        libc::getsockname(fd, &mut a as *mut _ as *mut libc::sockaddr, &mut len);
+        let port = u16::from_be(a.sin_port);
+        // Fill the accept queue (backlog 0 still takes one or two).
+        let fill: Vec<TcpStream> = (0..3).filter_map(|_| TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).ok()).collect();
+        (fd, port, fill)
+    }
+}
+
+#[test]
+fn connect_timeout_and_tries() {
+    let (fd, hole, _fill) = black_hole();
+    let (d1, d2, d3) = (free_port(), free_port(), free_port());
+    let s = front(&format!(
+        "log_format up '$request_uri $status [$upstream_addr]';
+         access_log logs/up.log up;
+         upstream dead3 {{ server 127.0.0.1:{d1}; server 127.0.0.1:{d2}; server 127.0.0.1:{d3}; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /hole {{ proxy_pass http://127.0.0.1:{hole}; proxy_connect_timeout 300ms; }}
+           location /tries/ {{ proxy_pass http://dead3/; proxy_next_upstream_tries 2; }}
+         }}"
+    ));
+    let t = std::time::Instant::now();
+    let r = get_h(s.port, "/hole", "");
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(4), "the connect timeout applies");
+    assert!(s.prefix.error_log().contains("upstream timed out (110: Connection timed out) while connecting to upstream"), "{}", s.prefix.error_log());
+    assert_eq!(get_h(s.port, "/tries/x", "").status, 502);
+    let up = poll_until("the access log", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(s.prefix.path().join("logs/up.log")).ok()?;
+        t.contains("/tries/").then_some(t)
+    });
+    let line = up.lines().find(|l| l.starts_with("/tries/")).unwrap();
+    assert_eq!(line.matches("127.0.0.1:").count(), 2, "proxy_next_upstream_tries 2: {line}");
+    assert!(up.contains("/hole 504"), "{up}");
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+}

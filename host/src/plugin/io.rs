@@ -651,9 +651,8 @@ pub(super) unsafe extern "C" fn conn_connect(
             }
             None => {
                 let _ = pc.sock.as_ref().map(|s| s.set_nodelay(true));
-                let reg = s.registry.as_ref().map(|r| r.try_clone());
-                let ok = match (reg, pc.sock.as_mut()) {
-                    (Some(Ok(r)), Some(sock)) => r.register(sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_ok(),
+                let ok = match (s.registry.as_ref(), pc.sock.as_mut()) {
+                    (Some(r), Some(sock)) => r.register(sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_ok(),
                     _ => false,
                 };
                 if !ok {
