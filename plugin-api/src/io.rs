@@ -124,7 +124,7 @@ impl Conn {
     /// `sys::ERROR` with nginx's wording ("connect() failed (111: ...)").
     pub fn error(self) -> (sys::Rc, String) {
         let h = rt::host();
-        if h.struct_size as usize <= std::mem::offset_of!(sys::Host, conn_error) {
+        if !rt::host_has(std::mem::offset_of!(sys::Host, conn_error)) {
             return (sys::ERROR, String::new());
         }
         let Some(f) = h.conn_error else { return (sys::ERROR, String::new()) };

@@ -244,7 +244,7 @@ impl ConfCx<'_> {
     /// a host before ABI 1.1.
     pub fn location(&self) -> Option<(String, String)> {
         let h = rt::host();
-        if (h.struct_size as usize) < std::mem::offset_of!(sys::Host, conf_location) + std::mem::size_of::<usize>() {
+        if !rt::host_has(std::mem::offset_of!(sys::Host, conf_location)) {
             return None;
         }
         let f = h.conf_location?;
@@ -399,20 +399,7 @@ impl<'a> Request<'a> {
     /// Sends body bytes (the header first, if not yet sent); `last` ends
     /// the body.
     pub fn send(&mut self, body: &[u8], last: bool) -> Result<(), sys::Rc> {
-        let buf = sys::Buf {
-            data: body.as_ptr(),
-            len: body.len(),
-            fd: -1,
-            flags: if last { sys::BUF_LAST } else { 0 },
-            file_pos: 0,
-            file_len: 0,
-        };
-        let f = rt::host().http_send_body.ok_or(sys::UNSUPPORTED)?;
-        // SAFETY: live handle; buf borrowed for the call (the host copies).
-        match unsafe { f(self.raw, &buf, 1) } {
-            sys::OK => Ok(()),
-            rc => Err(rc),
-        }
+        self.send_bufs(&[body], last)
     }
 
     /// Sends a complete response: status, Content-Type and body.
@@ -623,7 +610,7 @@ impl<'a> Request<'a> {
     /// Bytes of response output queued for the client (ABI 1.1; 0 before).
     pub fn output_queued(&self) -> usize {
         let h = rt::host();
-        if (h.struct_size as usize) < std::mem::offset_of!(sys::Host, http_output_queued) + std::mem::size_of::<usize>() {
+        if !rt::host_has(std::mem::offset_of!(sys::Host, http_output_queued)) {
             return 0;
         }
         // SAFETY: live handle.
@@ -635,7 +622,7 @@ impl<'a> Request<'a> {
     /// handler is called again once the client has taken enough.
     pub fn resume_when_drained(&mut self, limit: usize) -> bool {
         let h = rt::host();
-        if (h.struct_size as usize) < std::mem::offset_of!(sys::Host, http_resume_when_drained) + std::mem::size_of::<usize>() {
+        if !rt::host_has(std::mem::offset_of!(sys::Host, http_resume_when_drained)) {
             return true;
         }
         // SAFETY: live handle.

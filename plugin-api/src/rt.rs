@@ -69,6 +69,12 @@ fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
+/// True when the host table reaches the slot at byte offset `off` (a
+/// pointer-sized slot): `NGX_PLUGIN_HOST_HAS` in Rust.
+pub fn host_has(off: usize) -> bool {
+    host().struct_size as usize >= off + std::mem::size_of::<usize>()
+}
+
 /// Runs `f`, turning a panic into a logged `fallback`.
 pub fn guard<T>(plugin: &str, what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {

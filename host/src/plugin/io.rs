@@ -156,6 +156,18 @@ struct State {
     closing: Vec<usize>,
 }
 
+impl State {
+    /// Arms a timer; returns its id.
+    fn add_timer(&mut self, ms: u64, plugin: usize, name: &str, what: TimerWhat, owner: usize) -> u64 {
+        self.next_timer += 1;
+        let id = self.next_timer;
+        let e = TimerEntry { id, plugin, name: name.to_string(), what, owner };
+        let k = self.timers.add(Instant::now() + Duration::from_millis(ms), e);
+        self.timer_keys.insert(id, k);
+        id
+    }
+}
+
 thread_local! {
     static ST: RefCell<State> = RefCell::new(State::default());
 }
@@ -468,12 +480,7 @@ pub(super) unsafe extern "C" fn timer_add(
     let (plugin, name) = host_api::current_plugin();
     let id = ST.with(|s| {
         let mut s = s.borrow_mut();
-        s.next_timer += 1;
-        let id = s.next_timer;
-        let e = TimerEntry { id, plugin, name: name.to_string(), what: TimerWhat::Plugin(cb, data), owner: owner as usize };
-        let k = s.timers.add(Instant::now() + Duration::from_millis(ms), e);
-        s.timer_keys.insert(id, k);
-        id
+        s.add_timer(ms, plugin, name, TimerWhat::Plugin(cb, data), owner as usize)
     });
     if !out.is_null() {
         // SAFETY: non-null out-pointer.
@@ -662,12 +669,7 @@ pub(super) unsafe extern "C" fn conn_connect(
                 } else {
                     pc.interest = sys::EV_WRITE;
                     if timeout_ms > 0 {
-                        s.next_timer += 1;
-                        let id = s.next_timer;
-                        let e = TimerEntry { id, plugin, name: name.to_string(), what: TimerWhat::ConnectTimeout(token), owner: owner as usize };
-                        let k = s.timers.add(Instant::now() + Duration::from_millis(timeout_ms), e);
-                        s.timer_keys.insert(id, k);
-                        pc.connecting = Some(id);
+                        pc.connecting = Some(s.add_timer(timeout_ms, plugin, name, TimerWhat::ConnectTimeout(token), owner as usize));
                     } else {
                         pc.connecting = Some(0);
                     }
