@@ -121,6 +121,7 @@ fn bad_proxy_configs_are_refused_with_file_and_line() {
     let p = Prefix::new();
     for (conf, want) in [
         ("location ~ \\.php$ { proxy_pass http://127.0.0.1:1/x; }", "cannot have URI part in location given by regular expression"),
+        ("location ~*\\.PHP$ { proxy_pass http://127.0.0.1:1/x; }", "cannot have URI part in location given by regular expression"),
         ("location / { proxy_pass ftp://127.0.0.1:1; }", "invalid URL prefix"),
         ("location / { proxy_pass http://127.0.0.1:1; proxy_pass http://127.0.0.1:2; }", "is duplicate"),
         ("location / { proxy_http_version 2.0; }", "proxy_http_version"),

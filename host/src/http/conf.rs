@@ -393,20 +393,31 @@ fn location_kind(d: &Directive) -> Result<(Kind, String, Option<Regex>), ConfErr
             .build()
             .map_err(|e| d.err(format!("pcre2_compile() failed: {} in \"{src}\"", first_line(&e.to_string()))))
     };
-    let (a0, a1) = (d.args[0].as_str(), d.args.get(1).map(String::as_str));
-    Ok(match (a0, a1) {
-        ("=", Some(p)) => (Kind::Exact, p.to_string(), None),
-        ("^~", Some(p)) => (Kind::NoRegex, p.to_string(), None),
-        ("~", Some(p)) => (Kind::Regex, p.to_string(), Some(regex(p, false)?)),
-        ("~*", Some(p)) => (Kind::Regex, p.to_string(), Some(regex(p, true)?)),
-        (_, Some(_)) => return Err(d.err(format!("invalid location modifier \"{a0}\""))),
-        (p, None) if p.starts_with('@') => (Kind::Named, p.to_string(), None),
-        (p, None) if p.starts_with('=') && p.len() > 1 => (Kind::Exact, p[1..].to_string(), None),
-        (p, None) if p.starts_with("^~") && p.len() > 2 => (Kind::NoRegex, p[2..].to_string(), None),
-        (p, None) if p.starts_with("~*") && p.len() > 2 => (Kind::Regex, p[2..].to_string(), Some(regex(&p[2..], true)?)),
-        (p, None) if p.starts_with('~') && p.len() > 1 => (Kind::Regex, p[1..].to_string(), Some(regex(&p[1..], false)?)),
-        (p, None) => (Kind::Prefix, p.to_string(), None),
+    let (m, p) = split_location(d).ok_or_else(|| d.err(format!("invalid location modifier \"{}\"", d.args[0])))?;
+    Ok(match m {
+        "=" => (Kind::Exact, p.to_string(), None),
+        "^~" => (Kind::NoRegex, p.to_string(), None),
+        "~" => (Kind::Regex, p.to_string(), Some(regex(p, false)?)),
+        "~*" => (Kind::Regex, p.to_string(), Some(regex(p, true)?)),
+        "@" => (Kind::Named, format!("@{p}"), None),
+        _ => (Kind::Prefix, p.to_string(), None),
     })
+}
+
+/// A `location`'s modifier ("", "=", "^~", "~", "~*", or "@" for a named
+/// location) and its URI, pattern or name, in either spelling
+/// (`location = /x` or `location =/x`). None for an unknown modifier.
+pub fn split_location(d: &Directive) -> Option<(&str, &str)> {
+    let (a0, a1) = (d.args.first()?.as_str(), d.args.get(1).map(String::as_str));
+    if let Some(p) = a1 {
+        return ["=", "^~", "~", "~*"].contains(&a0).then_some((a0, p));
+    }
+    for m in ["@", "=", "^~", "~*", "~"] {
+        if let Some(p) = a0.strip_prefix(m).filter(|p| m == "@" || !p.is_empty()) {
+            return Some((m, p));
+        }
+    }
+    Some(("", a0))
 }
 
 fn first_line(s: &str) -> &str {

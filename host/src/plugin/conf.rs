@@ -224,12 +224,7 @@ impl Plugins {
         while let Some(n) = node {
             let d = &self.nodes[n].d;
             if d.name == "location" {
-                return Some(match d.args.as_slice() {
-                    [m, name] => (m.clone(), name.clone()),
-                    [name] if name.starts_with('@') => ("@".into(), name[1..].to_string()),
-                    [name] => (String::new(), name.clone()),
-                    _ => return None,
-                });
+                return crate::http::conf::split_location(d).map(|(m, p)| (m.to_string(), p.to_string()));
             }
             node = self.nodes[n].parent;
         }

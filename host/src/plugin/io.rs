@@ -264,7 +264,9 @@ pub fn on_event(token: usize, readable: bool, writable: bool, error: bool) {
 
 fn dispatch(token: usize, ev: u32) {
     let Some(p) = ST.with(|s| s.borrow().conns.get(&token).copied()) else { return };
-    // SAFETY: as below; no plugin code runs while this borrow is used.
+    // SAFETY: p is a live Box<PConn> owned by ST; it is freed only by
+    // reap(), never during a callback (closing is deferred). The borrow is
+    // not used once plugin code runs: `call` receives copies.
     let pc = unsafe { &mut *p };
     if pc.closed {
         return;
@@ -300,23 +302,9 @@ fn dispatch(token: usize, ev: u32) {
         }
         return;
     }
-    // SAFETY: p is a live Box<PConn> owned by ST; it is freed only by
-    // reap(), never during a callback (closing is deferred). Copy the
-    // scalars out so no reference into the PConn is held while the plugin
-    // calls back into conn_* (which take it mutably).
-    let (cb, data, interest, closed, plugin, name) = unsafe {
-        let c = &*p;
-        (c.cb, c.data, c.interest, c.closed, c.plugin, c.name.as_str() as *const str)
-    };
-    let want = ev & (interest | sys::EV_ERROR);
-    if closed || want == 0 {
-        return;
-    }
-    if let Some(cb) = cb {
-        // SAFETY: name points into the String's own heap buffer, which no
-        // conn_* call modifies and which lives until reap(); the plugin
-        // registered cb/data for this connection.
-        host_api::with_plugin(plugin, unsafe { &*name }, || unsafe { cb(handle(token), want, data) });
+    let want = ev & (pc.interest | sys::EV_ERROR);
+    if want != 0 {
+        call(token, want, pc.cb, pc.data);
     }
 }
 
