@@ -6,7 +6,7 @@ use crate::config::core::{CoreConf, Prefix};
 use crate::config::parser::{self, Parsed};
 use crate::config::table::Registry;
 use crate::plugin::conf::Plugins;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What the command line says about where things are.
 #[derive(Debug, Clone)]
@@ -70,7 +70,8 @@ impl Cycle {
         plugins.configure(&root, &registry).map_err(|e| e.to_string())?;
         let port = if crate::sys::is_root() { 80 } else { 8000 };
         let default_addr = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
-        let http = crate::http::conf::HttpConf::build(&plugins, &prefix, default_addr).map_err(|e| e.to_string())?;
+        let conf_dir = paths.conf.parent().map(Path::to_path_buf).unwrap_or_default();
+        let http = crate::http::conf::HttpConf::build(&plugins, &prefix, &conf_dir, default_addr).map_err(|e| e.to_string())?;
         for &(addr, pi, _, _) in &plugins.proto {
             if core.listens.iter().any(|l| l.addr == addr) {
                 return Err(format!(

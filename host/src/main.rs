@@ -13,6 +13,7 @@ pub mod master;
 pub mod plugin;
 pub mod shm;
 pub mod sys;
+pub mod tls;
 pub mod worker;
 
 use cycle::{Cycle, Paths};

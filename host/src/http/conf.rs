@@ -14,7 +14,10 @@ use crate::plugin::conf::Plugins;
 use plugin_api::sys;
 use regex::{Regex, RegexBuilder};
 use std::ffi::c_void;
+use crate::tls;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One `error_page` rule.
@@ -186,6 +189,8 @@ pub struct Server {
     pub underscores_in_headers: bool,
     /// `ignore_invalid_headers`.
     pub ignore_invalid_headers: bool,
+    /// TLS settings, for a server reached on an `ssl` address.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A generation's HTTP configuration.
@@ -193,6 +198,96 @@ pub struct Server {
 pub struct HttpConf {
     /// `http { server {} }` blocks in order.
     pub servers: Vec<Server>,
+    /// Every listen address, with whether it is `ssl`.
+    pub listen_ssl: Vec<(SocketAddr, bool)>,
+}
+
+/// `ssl_*` settings of a block being read.
+#[derive(Clone, Default)]
+struct Ssl {
+    /// `ssl_certificate` / `ssl_certificate_key` pairs, with positions.
+    certs: Vec<(String, Directive)>,
+    keys: Vec<(String, Directive)>,
+    /// This block set its own lists (they replace the inherited ones).
+    own_certs: bool,
+    own_keys: bool,
+    opts: tls::ServerOpts,
+    /// Where protocols/ciphers were set, for errors in building.
+    at: Option<Directive>,
+}
+
+impl Ssl {
+    fn apply(&mut self, d: &Directive, conf_dir: &Path) -> Result<(), ConfError> {
+        let path = |a: &str| {
+            let p = Path::new(a);
+            if p.is_absolute() { p.to_path_buf() } else { conf_dir.join(p) }.to_string_lossy().into_owned()
+        };
+        match d.name.as_str() {
+            "ssl_certificate" => {
+                if !self.own_certs {
+                    self.own_certs = true;
+                    self.certs.clear();
+                }
+                self.certs.push((path(&d.args[0]), d.clone()));
+            }
+            "ssl_certificate_key" => {
+                if !self.own_keys {
+                    self.own_keys = true;
+                    self.keys.clear();
+                }
+                self.keys.push((path(&d.args[0]), d.clone()));
+            }
+            "ssl_protocols" => {
+                self.opts.protocols = tls::parse_protocols(&d.args).map_err(|e| d.err(format!("{e} in \"ssl_protocols\"")))?;
+                self.at = Some(d.clone());
+            }
+            "ssl_ciphers" => {
+                tls::parse_ciphers(&d.args[0]).map_err(|e| d.err(format!("{e} in \"ssl_ciphers\"")))?;
+                self.opts.ciphers = d.args[0].clone();
+                self.at = Some(d.clone());
+            }
+            "ssl_prefer_server_ciphers" => self.opts.prefer_server_ciphers = d.flag()?,
+            "ssl_session_tickets" => self.opts.tickets = d.flag()?,
+            "ssl_session_cache" => {
+                self.opts.session_cache = tls::parse_session_cache(&d.args).map_err(|e| d.err(e))?;
+            }
+            "ssl_session_timeout" => {
+                dur(d, 0)?;
+            }
+            "ssl_buffer_size" => {
+                size(d, 0)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A block's children applied over the inherited settings.
+    fn block(parent: &Ssl, d: &Directive, conf_dir: &Path) -> Result<Ssl, ConfError> {
+        let mut s = Ssl { own_certs: false, own_keys: false, ..parent.clone() };
+        for c in d.children() {
+            s.apply(c, conf_dir)?;
+        }
+        Ok(s)
+    }
+
+    /// Loads the certificates and builds the server config; `listen` is
+    /// the directive that asked for TLS.
+    fn build(&self, listen: &Directive) -> Result<Arc<rustls::ServerConfig>, ConfError> {
+        if self.certs.is_empty() {
+            return Err(listen.err("no \"ssl_certificate\" is defined for the \"listen ... ssl\" directive"));
+        }
+        let mut keys = Vec::new();
+        for (i, (cert, at)) in self.certs.iter().enumerate() {
+            let Some((key, _)) = self.keys.get(i) else {
+                return Err(at.err(format!("no \"ssl_certificate_key\" is defined for certificate \"{cert}\"")));
+            };
+            keys.push(tls::load_key_pair(Path::new(cert), Path::new(key)).map_err(|e| at.err(e))?);
+        }
+        let mut opts = self.opts.clone();
+        opts.alpn = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+        tls::server_config(keys, &opts).map_err(|e| self.at.as_ref().unwrap_or(listen).err(e))
+    }
 }
 
 /// The host's directives that live in http/server/location blocks.
@@ -238,6 +333,17 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("variables_hash_max_size", HTTP, 1, 1),
         ("variables_hash_bucket_size", HTTP, 1, 1),
         ("msie_padding", H, 1, 1),
+        ("ssl_certificate", HS, 1, 1),
+        ("ssl_certificate_key", HS, 1, 1),
+        ("ssl_protocols", HS, 1, ANY),
+        ("ssl_ciphers", HS, 1, 1),
+        ("ssl_prefer_server_ciphers", HS, 1, 1),
+        ("ssl_session_cache", HS, 1, 2),
+        ("ssl_session_timeout", HS, 1, 1),
+        ("ssl_session_tickets", HS, 1, 1),
+        ("ssl_buffer_size", HS, 1, 1),
+        ("ssl_dhparam", HS, 1, 1),
+        ("ssl_ecdh_curve", HS, 1, 1),
         ("output_buffers", H, 2, 2),
         ("postpone_output", H, 1, 1),
         ("send_lowat", H, 1, 1),
@@ -454,7 +560,7 @@ fn server_name(d: &Directive, n: &str) -> Result<Option<Name>, ConfError> {
 
 impl HttpConf {
     /// Builds the HTTP configuration from the plugins' configuration nodes.
-    pub fn build(plugins: &Plugins, prefix: &Prefix, default_addr: SocketAddr) -> Result<HttpConf, ConfError> {
+    pub fn build(plugins: &Plugins, prefix: &Prefix, conf_dir: &Path, default_addr: SocketAddr) -> Result<HttpConf, ConfError> {
         let nodes = &plugins.nodes;
         let mut out = HttpConf::default();
         let base = Core::defaults(prefix);
@@ -468,6 +574,10 @@ impl HttpConf {
             ignore_invalid: true,
         };
         let mut http_content = None;
+        let mut http_ssl = Ssl::default();
+        // Per server: its TLS settings and the listen that named `ssl` (or
+        // any listen, for servers sharing an ssl address).
+        let mut ssl: Vec<(Ssl, Option<Directive>)> = Vec::new();
         // Node index → (server index, loc index) for locations' parents.
         let mut where_: Vec<Option<(usize, usize)>> = vec![None; nodes.len()];
         for (ni, n) in nodes.iter().enumerate() {
@@ -478,6 +588,7 @@ impl HttpConf {
                         http_head.apply(ch)?;
                     }
                     http_content = n.content;
+                    http_ssl = Ssl::block(&Ssl::default(), &n.d, conf_dir)?;
                 }
                 (ctx::SERVER, ctx::HTTP) => {
                     let core = block_core(&http_core, &n.d, prefix, false)?;
@@ -508,11 +619,20 @@ impl HttpConf {
                         merge_slashes: head.merge_slashes,
                         underscores_in_headers: head.underscores,
                         ignore_invalid_headers: head.ignore_invalid,
+                        tls: None,
                     };
+                    let mut listen_at = None;
                     for c in n.d.children() {
                         match c.name.as_str() {
                             "listen" => {
                                 let (l, _) = crate::config::core::parse_listen(c)?;
+                                match out.listen_ssl.iter_mut().find(|(a, _)| *a == l.addr) {
+                                    Some((_, on)) => *on |= l.ssl,
+                                    None => out.listen_ssl.push((l.addr, l.ssl)),
+                                }
+                                if l.ssl || listen_at.is_none() {
+                                    listen_at = Some(c.clone());
+                                }
                                 if l.default_server {
                                     if out.servers.iter().any(|o| o.default_for.contains(&l.addr)) {
                                         return Err(c.err(format!("a duplicate default server for {}", l.addr)));
@@ -536,7 +656,11 @@ impl HttpConf {
                     }
                     if s.listens.is_empty() {
                         s.listens.push(default_addr);
+                        if !out.listen_ssl.iter().any(|(a, _)| *a == default_addr) {
+                            out.listen_ssl.push((default_addr, false));
+                        }
                     }
+                    ssl.push((Ssl::block(&http_ssl, &n.d, conf_dir)?, listen_at.or_else(|| Some(n.d.clone()))));
                     out.servers.push(s);
                     where_[ni] = Some((out.servers.len() - 1, 0));
                 }
@@ -598,7 +722,38 @@ impl HttpConf {
                 _ => {}
             }
         }
+        for (si, (conf, at)) in ssl.into_iter().enumerate() {
+            let on_ssl = out.servers[si].listens.iter().any(|a| out.listen_ssl.contains(&(*a, true)));
+            if let (true, Some(at)) = (on_ssl, at) {
+                out.servers[si].tls = Some(conf.build(&at)?);
+            }
+        }
         Ok(out)
+    }
+
+    /// The server (and its TLS config) for a handshake on `local` whose
+    /// SNI is `sni`: the named server if it has TLS, else `default`, else
+    /// the first TLS server on that port.
+    pub fn tls_server<'s>(&'s self, local: SocketAddr, sni: Option<&str>, default: &'s Server) -> (&'s Server, Arc<rustls::ServerConfig>) {
+        let named = sni.and_then(|n| self.find_server(local, &n.to_ascii_lowercase()));
+        let port = |s: &&Server| s.listens.iter().any(|a| a.port() == local.port());
+        let s = named
+            .filter(|s| s.tls.is_some())
+            .or(Some(default).filter(|s| s.tls.is_some()))
+            .or_else(|| self.servers.iter().filter(port).find(|s| s.tls.is_some()))
+            .unwrap_or(default);
+        // is_ssl(local) implies some server on this port has TLS (build
+        // refuses an ssl listen without a certificate).
+        let cfg = s.tls.clone().or_else(|| self.servers.iter().find_map(|s| s.tls.clone()));
+        (s, cfg.expect("a TLS port without a TLS server"))
+    }
+
+    /// Whether connections accepted on `local` speak TLS: the listen for
+    /// exactly that address decides, else the wildcard of its port.
+    pub fn is_ssl(&self, local: SocketAddr) -> bool {
+        let exact = self.listen_ssl.iter().find(|(a, _)| *a == local);
+        let wild = || self.listen_ssl.iter().find(|(a, _)| a.ip().is_unspecified() && a.port() == local.port() && a.is_ipv4() == local.is_ipv4());
+        exact.or_else(wild).is_some_and(|&(_, on)| on)
     }
 
     /// The server for a connection on `local` with `host` (lowercase, no
@@ -724,7 +879,7 @@ mod tests {
         let mut p = Plugins::new(Vec::new(), dir.clone());
         p.configure(&parsed, &reg).unwrap();
         let addr = "0.0.0.0:80".parse().unwrap();
-        HttpConf::build(&p, &Prefix(dir), addr).unwrap().servers.remove(0)
+        HttpConf::build(&p, &Prefix(dir.clone()), &dir, addr).unwrap().servers.remove(0)
     }
 
     #[test]

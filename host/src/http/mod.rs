@@ -31,6 +31,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+use crate::tls::{Hello, Stream};
 
 thread_local! {
     static WAKE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
@@ -72,8 +73,13 @@ enum Head {
 
 /// One client connection.
 pub struct Conn<'a> {
-    /// The socket (registered with the worker's poll).
-    pub sock: TcpStream,
+    /// The socket (registered with the worker's poll), with TLS on top
+    /// on an `ssl` address.
+    pub sock: Stream<TcpStream>,
+    /// A plain-text client on a TLS port (answered with nginx's 497).
+    plain_https: bool,
+    /// The client's SNI name.
+    sni: String,
     rbuf: Vec<u8>,
     rstart: usize,
     wpos: usize,
@@ -93,9 +99,12 @@ pub struct Conn<'a> {
     serial: u64,
     /// A relay (after a 101): client → upstream, upstream → client.
     relay: Option<Box<(Pipe, Pipe)>>,
+    /// Buffer for file output that cannot go by sendfile.
+    fbuf: Option<Box<[u8]>>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+const FILE_CHUNK: usize = 32 * 1024;
 
 impl<'a> Conn<'a> {
     /// Wraps a freshly accepted socket; `idx` is the worker's slot for it.
@@ -107,8 +116,11 @@ impl<'a> Conn<'a> {
             s.set(s.get() + 1);
             s.get()
         });
+        let sock = if cycle.http.is_ssl(local) { Stream::accepting(sock) } else { Stream::plain(sock) };
         Some(Conn {
             sock,
+            plain_https: false,
+            sni: String::new(),
             rbuf: Vec::new(),
             rstart: 0,
             wpos: 0,
@@ -127,6 +139,7 @@ impl<'a> Conn<'a> {
             keepalive_timeout: Duration::from_secs(75),
             serial,
             relay: None,
+            fbuf: None,
         })
     }
 
@@ -175,6 +188,10 @@ impl<'a> Conn<'a> {
         }
         let mut r = self.req.borrow_mut();
         r.free_plugin_state();
+        drop(r);
+        if !self.sock.handshaking() {
+            self.sock.close_notify();
+        }
     }
 
     fn end_request(&mut self) {
@@ -189,6 +206,49 @@ impl<'a> Conn<'a> {
             pio::close(token);
         }
         self.relay = None;
+    }
+
+    /// Reads the ClientHello on a TLS port and picks the server its SNI
+    /// names (that server's certificate, and the default for the Host
+    /// lookup); Ok(false) while the hello is incomplete.
+    fn tls_accept(&mut self) -> Result<bool, ()> {
+        let (http, local) = (&self.cycle.http, self.local);
+        let mut chosen = None;
+        let peek = |tcp: &mut TcpStream| {
+            let mut b = [0u8; 1];
+            match tcp.peek(&mut b) {
+                Ok(0) => Err(ErrorKind::UnexpectedEof.into()),
+                Ok(_) => Ok(Some(b[0])),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let default = self.default;
+        let res = self.sock.accept(peek, |sni| {
+            let (s, cfg) = http.tls_server(local, sni, default);
+            chosen = Some((s, sni.map(str::to_string)));
+            cfg
+        });
+        match res {
+            Ok(Hello::Pending) => Ok(false),
+            Ok(Hello::Plain) => {
+                self.plain_https = true;
+                Ok(true)
+            }
+            Ok(Hello::Tls) => {
+                if let Some((s, sni)) = chosen {
+                    self.default = s;
+                    self.sni = sni.unwrap_or_default();
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                if e.kind() != ErrorKind::UnexpectedEof {
+                    crate::log!(Info, "SSL handshake failed ({e}) while SSL handshaking, client: {}", self.req.borrow().remote_addr);
+                }
+                Err(())
+            }
+        }
     }
 
     /// Does all the work the socket and the request allow now.
@@ -208,6 +268,13 @@ impl<'a> Conn<'a> {
             if !self.active {
                 if quitting && self.is_idle() {
                     return Next::Close;
+                }
+                if self.sock.handshaking() && self.requests == 0 {
+                    match self.tls_accept() {
+                        Ok(true) => {}
+                        Ok(false) => return Next::Wait(now + self.default.header_timeout),
+                        Err(()) => return Next::Close,
+                    }
                 }
                 match self.read_head() {
                     Ok(Head::Started) => {}
@@ -368,7 +435,8 @@ impl<'a> Conn<'a> {
         let (mode, time, timeout) = linger_mode;
         let pending = unread_body || self.rstart < self.rbuf.len();
         if mode == 2 || (mode == 1 && pending) {
-            crate::sys::shutdown_write(self.sock.as_raw_fd());
+            self.sock.close_notify();
+            crate::sys::shutdown_write(self.sock.tcp.as_raw_fd());
             self.linger = Some(now + time);
             self.rbuf.clear();
             self.rstart = 0;
@@ -521,6 +589,10 @@ impl<'a> Conn<'a> {
         r.srv = srv;
         r.conn_requests = self.requests;
         r.conn_serial = self.serial;
+        r.tls = self.sock.info();
+        if r.ssl_server_name != self.sni {
+            r.ssl_server_name.clone_from(&self.sni);
+        }
         r.handle = host_api::register_request(&self.req);
         r
     }
@@ -582,6 +654,9 @@ impl<'a> Conn<'a> {
             _ => 0,
         };
         self.chunked = Chunked::default();
+        if self.plain_https {
+            bad = Some((497, "client sent plain HTTP request to HTTPS port"));
+        }
         if let Some((st, why)) = bad {
             crate::log!(Info, "{why}, client: {}", self.req.borrow().remote_addr);
             self.req.borrow_mut().must_close = true;
@@ -709,10 +784,11 @@ impl<'a> Conn<'a> {
 
     /// Writes queued output. Ok(true) when everything is out.
     fn flush(&mut self) -> Result<bool, ()> {
-        let fd = self.sock.as_raw_fd();
+        let fd = self.sock.tcp.as_raw_fd();
+        // sendfile cannot encrypt: TLS reads the file and writes records.
         let sendfile = {
             let r = self.req.borrow();
-            r.location().core.sendfile
+            r.location().core.sendfile && !self.sock.is_tls()
         };
         let mut r = self.req.borrow_mut();
         while let Some(front) = r.out.front_mut() {
@@ -735,18 +811,13 @@ impl<'a> Conn<'a> {
                         let res = if sendfile {
                             crate::sys::sendfile(fd, file.as_raw_fd(), pos, want)
                         } else {
-                            let mut buf = vec![0u8; want.min(64 * 1024)];
-                            let f = std::fs::File::from(file.try_clone().map_err(|_| ())?);
-                            use std::os::unix::fs::FileExt;
-                            match f.read_at(&mut buf, *pos) {
+                            // Through a buffer (TLS, or `sendfile off`); what
+                            // the socket does not take is read again later.
+                            let buf = self.fbuf.get_or_insert_with(|| vec![0u8; FILE_CHUNK].into_boxed_slice());
+                            let n = want.min(buf.len());
+                            match crate::sys::pread(file.as_raw_fd(), &mut buf[..n], *pos) {
                                 Ok(0) => Ok(0),
-                                Ok(n) => match self.sock.write(&buf[..n]) {
-                                    Ok(w) => {
-                                        *pos += w as u64;
-                                        Ok(w)
-                                    }
-                                    Err(e) => Err(e),
-                                },
+                                Ok(n) => self.sock.write(&buf[..n]).inspect(|&w| *pos += w as u64),
                                 Err(e) => Err(e),
                             }
                         };
@@ -765,7 +836,8 @@ impl<'a> Conn<'a> {
             }
             r.out.pop_front();
         }
-        Ok(true)
+        // TLS records still in the session's buffer are part of the output.
+        self.sock.flush_tls().map_err(|_| ())
     }
 }
 

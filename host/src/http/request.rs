@@ -188,6 +188,10 @@ pub struct Req<'a> {
     /// A relay asked for with `relay`: (plugin connection token, plugin,
     /// done callback, data).
     pub relay: Option<(usize, usize, Option<sys::DoneFn>, *mut c_void)>,
+    /// The connection's TLS parameters (None: plain HTTP).
+    pub tls: Option<crate::tls::Info>,
+    /// The name the client sent in SNI (empty: none).
+    pub ssl_server_name: String,
 }
 
 impl<'a> Req<'a> {
@@ -251,6 +255,8 @@ impl<'a> Req<'a> {
             vars: Vec::new(),
             drain_limit: None,
             relay: None,
+            tls: None,
+            ssl_server_name: String::new(),
         }
     }
 
@@ -426,6 +432,7 @@ pub fn reason(status: u16) -> &'static str {
         421 => "Misdirected Request",
         429 => "Too Many Requests",
         494 => "Request Header Or Cookie Too Large",
+        497 => "Bad Request",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -440,7 +447,7 @@ pub fn reason(status: u16) -> &'static str {
 /// The status actually sent for an internal code (494 is sent as 400).
 pub fn wire_status(status: u16) -> u16 {
     match status {
-        494 => 400,
+        494 | 497 => 400,
         s => s,
     }
 }
@@ -457,10 +464,15 @@ fn server_string(tokens: bool) -> &'static str {
 pub fn error_body(status: u16, tokens: bool, out: &mut Vec<u8>) {
     let r = reason(status);
     let code = wire_status(status);
+    // nginx's page for a plain request on a TLS port says why.
+    let (title, extra) = match status {
+        497 => ("The plain HTTP request was sent to HTTPS port", "<center>The plain HTTP request was sent to HTTPS port</center>\r\n"),
+        _ => (r, ""),
+    };
     let _ = write!(
         VecW(out),
-        "<html>\r\n<head><title>{code} {r}</title></head>\r\n<body>\r\n<center><h1>{code} {r}</h1></center>\r\n\
-         <hr><center>{}</center>\r\n</body>\r\n</html>\r\n",
+        "<html>\r\n<head><title>{code} {title}</title></head>\r\n<body>\r\n<center><h1>{code} {r}</h1></center>\r\n\
+         {extra}<hr><center>{}</center>\r\n</body>\r\n</html>\r\n",
         server_string(tokens)
     );
 }
@@ -624,7 +636,12 @@ fn absolute_prefix(r: &Req<'_>) -> Option<String> {
         r.host.clone()
     };
     let port = r.local.port();
-    Some(if core.port_in_redirect && port != 80 { format!("http://{host}:{port}") } else { format!("http://{host}") })
+    let (scheme, default_port) = if r.tls.is_some() { ("https", 443) } else { ("http", 80) };
+    Some(if core.port_in_redirect && port != default_port {
+        format!("{scheme}://{host}:{port}")
+    } else {
+        format!("{scheme}://{host}")
+    })
 }
 
 /// The last stage of the body filter chain: frames and queues buffers.

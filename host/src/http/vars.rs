@@ -13,7 +13,7 @@ const CORE: &[&str] = &[
     "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
     "request_time", "time_local", "time_iso8601", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
-    "request_body", "http_", "sent_http_", "arg_", "cookie_",
+    "request_body", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
 ];
 
 /// True if `name` is (or is in a family of) the host's variables.
@@ -83,8 +83,15 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
             let _ = write!(out, "{}", r.local.port());
         }
         "server_name" => out.push_str(&r.server().primary_name),
-        "scheme" => out.push_str("http"),
-        "https" => {}
+        "scheme" => out.push_str(if r.tls.is_some() { "https" } else { "http" }),
+        "https" => out.push_str(if r.tls.is_some() { "on" } else { "" }),
+        "ssl_protocol" => out.push_str(r.tls.as_ref().map(|t| t.protocol).unwrap_or_default()),
+        "ssl_cipher" => out.push_str(r.tls.as_ref().map(|t| t.cipher).unwrap_or_default()),
+        "ssl_session_reused" => match r.tls {
+            Some(t) => out.push(if t.reused { 'r' } else { '.' }),
+            None => return false,
+        },
+        "ssl_server_name" => out.push_str(&r.ssl_server_name),
         "status" => {
             let _ = write!(out, "{:03}", super::request::wire_status(if r.status == 0 { 0 } else { r.status }));
         }

@@ -349,6 +349,21 @@ pub fn sendfile(out: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::
     Ok(n as usize)
 }
 
+/// pread(2): reads at `offset` without moving the file position.
+pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is writable for its length; fd is open for the call.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// dup(2) with close-on-exec.
 pub fn dup_fd(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

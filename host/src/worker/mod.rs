@@ -326,7 +326,7 @@ impl<'a> Worker<'a> {
         };
         let mut slot = Slot { conn, timer: None };
         if let Err(e) = self.poll.registry().register(
-            &mut slot.conn.sock,
+            &mut slot.conn.sock.tcp,
             Token(CONN_BASE + idx),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -380,7 +380,7 @@ impl<'a> Worker<'a> {
             self.timers.cancel(k);
         }
         slot.conn.closing();
-        let _ = self.poll.registry().deregister(&mut slot.conn.sock);
+        let _ = self.poll.registry().deregister(&mut slot.conn.sock.tcp);
         self.free.push(idx);
         self.active -= 1;
         if !self.accepting && !self.quitting && self.active < self.cycle.core.worker_connections {
