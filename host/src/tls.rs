@@ -212,8 +212,8 @@ pub fn load_key_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Strin
     let ck = CertifiedKey::new(chain, signer);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(ck)),
-        Err(e) => Err(format!(
-            "certificate key \"{}\" does not match certificate \"{}\" ({e})",
+        Err(_) => Err(format!(
+            "certificate key \"{}\" does not match certificate \"{}\" (key values mismatch)",
             key.display(),
             cert.display()
         )),
@@ -315,7 +315,13 @@ pub fn server_config(keys: Vec<Arc<CertifiedKey>>, o: &ServerOpts) -> Result<Arc
         SessionCache::Sessions(n) => ServerSessionMemoryCache::new(n),
     };
     if o.tickets {
-        c.ticketer = provider::Ticketer::new().map_err(|e| e.to_string())?;
+        let t = provider::Ticketer::new().map_err(|e| e.to_string())?;
+        // The ticketer refuses tickets longer than the longest it has made
+        // itself; a worker whose first connection brings another worker's
+        // ticket would refuse it. One long ticket made here, before the
+        // fork, sets that bound in every worker.
+        t.encrypt(&[0u8; 2048]);
+        c.ticketer = t;
     } else if !matches!(o.session_cache, SessionCache::Sessions(_)) {
         c.send_tls13_tickets = 0;
     }

@@ -551,3 +551,77 @@ impl Drop for Backend {
         let _ = self.child.wait();
     }
 }
+
+/// Test certificates, made at test time with the `openssl` command line
+/// (nothing private is checked in). Files land in `dir` as STEM.crt and
+/// STEM.key.
+pub mod certs {
+    use std::path::Path;
+    use std::process::Command;
+
+    fn run(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn key_args(ec: bool) -> Vec<&'static str> {
+        if ec {
+            vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        } else {
+            vec!["-newkey", "rsa:2048"]
+        }
+    }
+
+    /// A self-signed certificate with `subject` (e.g. "/CN=a.test") and
+    /// subjectAltName `san` (e.g. "DNS:a.test"); ECDSA P-256 or RSA.
+    pub fn self_signed(dir: &Path, stem: &str, subject: &str, san: &str, ec: bool) {
+        let (crt, key, ext) = (format!("{stem}.crt"), format!("{stem}.key"), format!("subjectAltName={san}"));
+        let mut a = vec!["req", "-x509", "-nodes", "-days", "2", "-subj", subject, "-addext", &ext, "-keyout", &key, "-out", &crt];
+        a.extend(key_args(ec));
+        run(dir, &a);
+    }
+
+    /// A certificate authority STEM.crt/STEM.key.
+    pub fn ca(dir: &Path, stem: &str) {
+        let (crt, key, subj) = (format!("{stem}.crt"), format!("{stem}.key"), format!("/CN=ngxr test CA {stem}"));
+        run(dir, &["req", "-x509", "-nodes", "-days", "2", "-newkey", "rsa:2048", "-subj", &subj, "-keyout", &key, "-out", &crt]);
+    }
+
+    /// A server certificate for `subject`/`san` signed by the CA `ca`.
+    pub fn signed(dir: &Path, stem: &str, subject: &str, san: &str, ca: &str) {
+        let (crt, key, csr, ext) = (format!("{stem}.crt"), format!("{stem}.key"), format!("{stem}.csr"), format!("{stem}.ext"));
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
+        )
+        .unwrap();
+        run(dir, &["req", "-new", "-nodes", "-newkey", "rsa:2048", "-subj", subject, "-keyout", &key, "-out", &csr]);
+        let (cacrt, cakey) = (format!("{ca}.crt"), format!("{ca}.key"));
+        run(dir, &["x509", "-req", "-in", &csr, "-CA", &cacrt, "-CAkey", &cakey, "-CAcreateserial", "-days", "2", "-extfile", &ext, "-out", &crt]);
+    }
+}
+
+/// Runs curl (silent, 10 s limit) with `args`: (success, stdout, stderr).
+pub fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl").args(["-s", "--max-time", "10"]).args(args).stdin(Stdio::null()).output().expect("curl runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `openssl s_client -connect 127.0.0.1:PORT ARGS…` with no input
+/// (10 s limit): its stdout and stderr together.
+pub fn s_client(port: u16, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl runs");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// The cipher an s_client run negotiated (None: the handshake failed).
+pub fn negotiated(s_client_out: &str) -> Option<String> {
+    let c = s_client_out.lines().find_map(|l| l.split_once("Cipher is ").map(|(_, c)| c))?;
+    (c.trim() != "(NONE)" && c.trim() != "0000").then(|| c.trim().to_string())
+}

@@ -85,12 +85,14 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         "server_name" => out.push_str(&r.server().primary_name),
         "scheme" => out.push_str(if r.tls.is_some() { "https" } else { "http" }),
         "https" => out.push_str(if r.tls.is_some() { "on" } else { "" }),
-        "ssl_protocol" => out.push_str(r.tls.as_ref().map(|t| t.protocol).unwrap_or_default()),
-        "ssl_cipher" => out.push_str(r.tls.as_ref().map(|t| t.cipher).unwrap_or_default()),
-        "ssl_session_reused" => match r.tls {
+        // Not found on plain connections (and without SNI), as nginx.
+        "ssl_protocol" | "ssl_cipher" | "ssl_session_reused" => match r.tls {
+            Some(t) if name == "ssl_protocol" => out.push_str(t.protocol),
+            Some(t) if name == "ssl_cipher" => out.push_str(t.cipher),
             Some(t) => out.push(if t.reused { 'r' } else { '.' }),
             None => return false,
         },
+        "ssl_server_name" if r.ssl_server_name.is_empty() => return false,
         "ssl_server_name" => out.push_str(&r.ssl_server_name),
         "status" => {
             let _ = write!(out, "{:03}", super::request::wire_status(if r.status == 0 { 0 } else { r.status }));

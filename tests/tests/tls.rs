@@ -1,0 +1,254 @@
+//! TLS listeners against real clients: curl and `openssl s_client` (both
+//! OpenSSL, not rustls) and Python's ssl module. Certificates are made at
+//! test time by the openssl command line.
+
+use ngxr_tests::*;
+use std::time::Duration;
+
+/// A prefix with the product plugins and `html/a`, `html/b` roots.
+fn prefix() -> Prefix {
+    let p = Prefix::new();
+    p.write("html/a/index.html", "site A\n");
+    p.write("html/b/index.html", "site B\n");
+    p
+}
+
+fn start(p: Prefix, port: u16, http: &str, workers: usize) -> Server {
+    let conf = format!(
+        "{}worker_processes {workers};\n{}events {{}}\nhttp {{ {} }}\n",
+        conf_head(),
+        load_plugins(&["index", "static", "log"]),
+        http.replace("PORT", &port.to_string())
+    );
+    p.write_conf(&conf);
+    Server::start_in(p, port)
+}
+
+fn conf_dir(p: &Prefix) -> std::path::PathBuf {
+    p.path().join("conf")
+}
+
+#[test]
+fn sni_picks_the_server_and_its_certificate() {
+    let p = prefix();
+    let dir = conf_dir(&p);
+    certs::self_signed(&dir, "a", "/CN=a.test", "DNS:a.test", false);
+    certs::self_signed(&dir, "a_ec", "/CN=a.test/O=ecdsa", "DNS:a.test", true);
+    certs::self_signed(&dir, "b", "/CN=b.test", "DNS:b.test", true);
+    let big: String = (0..(1 << 20) / 16).map(|i| format!("{i:015}\n")).collect();
+    p.write("html/a/big.txt", &big);
+    let port = free_port();
+    let s = start(
+        p,
+        port,
+        "sendfile on;
+         log_format tls '$https|$scheme|$ssl_protocol|$ssl_cipher|$ssl_server_name|$ssl_session_reused|$host|$status';
+         access_log logs/tls.log tls;
+         server { listen 127.0.0.1:PORT ssl; server_name a.test; root html/a;
+                  ssl_certificate a.crt; ssl_certificate_key a.key;
+                  ssl_certificate a_ec.crt; ssl_certificate_key a_ec.key; }
+         server { listen 127.0.0.1:PORT; server_name b.test; root html/b;
+                  ssl_certificate b.crt; ssl_certificate_key b.key;
+                  error_page 497 https://$host:$server_port$request_uri; }",
+        1,
+    );
+    let url = |host: &str, path: &str| format!("https://{host}:{port}{path}");
+    let resolve = |host: &str| format!("{host}:{port}:127.0.0.1");
+    let ca = |stem: &str| dir.join(format!("{stem}.crt")).to_string_lossy().into_owned();
+
+    // Each name gets its own server and a certificate the client verifies.
+    let (ok, body, err) = curl(&["-v", "--cacert", &ca("a"), "--resolve", &resolve("a.test"), &url("a.test", "/")]);
+    assert!(ok, "{err}");
+    assert_eq!(body, "site A\n");
+    assert!(err.contains("ALPN: server accepted http/1.1"), "{err}");
+    let (ok, body, err) = curl(&["--cacert", &ca("b"), "--resolve", &resolve("b.test"), &url("b.test", "/")]);
+    assert!(ok, "{err}");
+    assert_eq!(body, "site B\n");
+    // b.test's certificate is not a.test's: verification against a fails.
+    let (ok, _, _) = curl(&["--cacert", &ca("a"), "--resolve", &resolve("b.test"), &url("b.test", "/")]);
+    assert!(!ok, "b.test was served a.test's certificate");
+    // No SNI: the default server.
+    let (ok, body, _) = curl(&["-k", &format!("https://127.0.0.1:{port}/")]);
+    assert!(ok);
+    assert_eq!(body, "site A\n");
+
+    // RSA and ECDSA certificates on one server: the client's signature
+    // algorithms choose.
+    let ec = s_client(port, &["-servername", "a.test", "-sigalgs", "ECDSA+SHA256"]);
+    assert!(ec.contains("O = ecdsa"), "{ec}");
+    let rsa = s_client(port, &["-servername", "a.test", "-sigalgs", "rsa_pss_rsae_sha256"]);
+    assert!(rsa.contains("CN = a.test") && !rsa.contains("O = ecdsa"), "{rsa}");
+
+    // Keepalive over TLS, and a 1 MiB file (sendfile on is bypassed under TLS).
+    let (ok, body, err) = curl(&["-v", "-k", "--resolve", &resolve("a.test"), &url("a.test", "/big.txt"), &url("a.test", "/")]);
+    assert!(ok, "{err}");
+    assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing"), "{err}");
+    assert_eq!(body.len(), big.len() + "site A\n".len());
+    assert!(body.starts_with(&big) && body.ends_with("site A\n"));
+
+    // Plain HTTP to the TLS port: nginx's 400 page, or error_page 497.
+    let r = req_plain(port, "a.test");
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("The plain HTTP request was sent to HTTPS port"));
+    assert_eq!(r.header("connection"), Some("close"));
+    let r = req_plain(port, "b.test");
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some(format!("https://b.test:{port}/x?y=1").as_str()));
+    assert!(s.prefix.error_log().contains("client sent plain HTTP request to HTTPS port"));
+
+    // A client that hangs up in the handshake does not disturb anything.
+    let bad = s_client(port, &["-servername", "a.test", "-tls1_2", "-cipher", "AES128-SHA"]);
+    assert!(negotiated(&bad).is_none(), "{bad}");
+    let (ok, body, _) = curl(&["-k", &format!("https://127.0.0.1:{port}/")]);
+    assert!(ok && body == "site A\n");
+
+    // Variables.
+    let log = poll_until("the access log", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(s.prefix.path().join("logs/tls.log")).ok()?;
+        (t.lines().count() >= 8).then_some(t)
+    });
+    let lines: Vec<&str> = log.lines().collect();
+    let f: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(f[..3], ["on", "https", "TLSv1.3"], "{log}");
+    assert!(f[3].starts_with("TLS_"), "{log}");
+    assert_eq!(f[4..], ["a.test", ".", "a.test", "200"], "{log}");
+    assert!(lines.iter().any(|l| l.starts_with("on|https|TLSv1.3|") && l.contains("|b.test|.|b.test|200")), "{log}");
+    assert!(lines.iter().any(|l| l.starts_with("|http|-|-|-|-|a.test|400")), "{log}");
+    assert!(lines.iter().any(|l| l.contains("|-|.|127.0.0.1|200")), "{log}");
+}
+
+fn req_plain(port: u16, host: &str) -> Response {
+    let buf = raw(port, format!("GET /x?y=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).unwrap();
+    parse_response(&buf).map(|(r, _)| r).unwrap_or_else(|| panic!("bad response {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// Python's ssl module: connects `n` times, offering the session from the
+/// first connection; prints one line per connection: reused? protocol.
+const RESUME_PY: &str = r#"
+import socket, ssl, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+sess = None
+for i in range(n):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname="a.test", session=sess)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+    print(s.session_reused, s.version(), data.split(b"\r\n")[0].decode())
+    if sess is None:
+        sess = s.session
+    s.close()
+"#;
+
+fn resume(port: u16, n: usize) -> Vec<String> {
+    let out = std::process::Command::new("python3").args(["-c", RESUME_PY, &port.to_string(), &n.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn protocols_ciphers_and_sessions() {
+    let p = prefix();
+    let dir = conf_dir(&p);
+    certs::self_signed(&dir, "a", "/CN=a.test", "DNS:a.test", false);
+    let (port, p12, pnt) = (free_port(), free_port(), free_port());
+    let s = start(
+        p,
+        port,
+        &format!(
+            "ssl_certificate a.crt; ssl_certificate_key a.key; root html/a;
+             server {{ listen 127.0.0.1:PORT ssl; ssl_protocols TLSv1.3; }}
+             server {{ listen 127.0.0.1:{p12} ssl; ssl_protocols TLSv1 TLSv1.2;
+                      ssl_ciphers 'ECDHE-RSA-AES128-GCM-SHA256:!aNULL'; }}
+             server {{ listen 127.0.0.1:{pnt} ssl; ssl_session_tickets off; }}"
+        ),
+        2,
+    );
+    // TLSv1.3 only.
+    assert!(negotiated(&s_client(port, &["-tls1_2"])).is_none());
+    assert!(negotiated(&s_client(port, &["-tls1_3"])).is_some());
+    // TLSv1.2 only, one suite.
+    assert!(negotiated(&s_client(p12, &["-tls1_3"])).is_none());
+    let out = s_client(p12, &["-tls1_2"]);
+    assert_eq!(negotiated(&out).as_deref(), Some("ECDHE-RSA-AES128-GCM-SHA256"), "{out}");
+    assert!(negotiated(&s_client(p12, &["-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"])).is_none());
+
+    // Session tickets: the key is made before the workers fork, so every
+    // worker resumes every session (2 workers, 6 connections).
+    let lines = resume(port, 6);
+    assert_eq!(lines.len(), 6);
+    assert!(lines[0].starts_with("False TLSv1.3 HTTP/1.1 200"), "{lines:?}");
+    assert!(lines[1..].iter().all(|l| l.starts_with("True TLSv1.3 HTTP/1.1 200")), "{lines:?}");
+    // Tickets off and no cache (nginx's default `none`): never resumed.
+    let lines = resume(pnt, 3);
+    assert!(lines.iter().all(|l| l.starts_with("False ")), "{lines:?}");
+    drop(s);
+}
+
+#[test]
+fn bad_tls_configs_are_refused_with_file_and_line() {
+    let p = Prefix::new();
+    let dir = conf_dir(&p);
+    certs::self_signed(&dir, "a", "/CN=a.test", "DNS:a.test", false);
+    certs::self_signed(&dir, "b", "/CN=b.test", "DNS:b.test", true);
+    let cases = [
+        ("server {\n listen 127.0.0.1:1 ssl;\n}", "no \"ssl_certificate\" is defined for the \"listen ... ssl\" directive", 7),
+        (
+            "server {\n listen 127.0.0.1:1 ssl;\n ssl_certificate nope.crt; ssl_certificate_key a.key;\n}",
+            "cannot load certificate \"CONF/nope.crt\": 2: No such file or directory",
+            8,
+        ),
+        (
+            "server {\n listen 127.0.0.1:1 ssl;\n ssl_certificate a.crt; ssl_certificate_key b.key;\n}",
+            "certificate key \"CONF/b.key\" does not match certificate \"CONF/a.crt\" (key values mismatch)",
+            8,
+        ),
+        ("server {\n listen 127.0.0.1:1 ssl;\n ssl_certificate a.crt;\n}", "no \"ssl_certificate_key\" is defined for certificate \"CONF/a.crt\"", 8),
+        ("ssl_ciphers 'HIGH:NOPE';", "unknown cipher \"NOPE\" in \"ssl_ciphers\"", 6),
+        ("ssl_protocols TLSv1.1;", "no protocol left: ngxr speaks TLSv1.2 and TLSv1.3 in \"ssl_protocols\"", 6),
+        ("ssl_protocols TLSv4;", "invalid value \"TLSv4\" in \"ssl_protocols\"", 6),
+        ("ssl_session_cache shared:SSL;", "invalid session cache \"shared:SSL\"", 6),
+        (
+            "server {\n listen 127.0.0.1:1 ssl;\n ssl_certificate b.key; ssl_certificate_key b.key;\n}",
+            "cannot load certificate \"CONF/b.key\": no PEM certificate in it",
+            8,
+        ),
+    ];
+    let conf = p.path().join("conf/ngxr.conf");
+    for (http, want, line) in cases {
+        p.write_conf(&format!("{}events {{}}\nhttp {{\n{http}\n}}\n", conf_head()));
+        let out = p.ngxr(&["-t"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{} in {}:{line}", want.replace("CONF", &dir.to_string_lossy()), conf.display());
+        assert!(!out.status.success() && err.contains(&want), "{http}\nwant: {want}\ngot: {err}");
+    }
+}
+
+#[test]
+fn reload_swaps_the_certificate_and_a_bad_one_keeps_the_old() {
+    let p = prefix();
+    let dir = conf_dir(&p);
+    certs::self_signed(&dir, "site", "/CN=one.test", "DNS:one.test", false);
+    let port = free_port();
+    let s = start(p, port, "server { listen 127.0.0.1:PORT ssl; ssl_certificate site.crt; ssl_certificate_key site.key; root html/a; }", 1);
+    let subject = || s_client(port, &["-servername", "x"]).lines().find(|l| l.starts_with("subject=")).map(str::to_string);
+    assert_eq!(subject().as_deref(), Some("subject=CN = one.test"));
+    certs::self_signed(&dir, "site", "/CN=two.test", "DNS:two.test", true);
+    let out = s.prefix.ngxr(&["-s", "reload"]);
+    assert!(out.status.success());
+    poll_until("the new certificate", Duration::from_secs(10), || (subject().as_deref() == Some("subject=CN = two.test")).then_some(()));
+    // A broken certificate: the reload is refused, the old one serves on.
+    std::fs::write(dir.join("site.crt"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").unwrap();
+    s.prefix.ngxr(&["-s", "reload"]);
+    poll_until("the refusal in the log", Duration::from_secs(10), || s.prefix.error_log().contains("cannot load certificate").then_some(()));
+    assert_eq!(subject().as_deref(), Some("subject=CN = two.test"));
+    let (ok, body, _) = curl(&["-k", &format!("https://127.0.0.1:{port}/")]);
+    assert!(ok && body == "site A\n");
+}
