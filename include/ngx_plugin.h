@@ -1,8 +1,10 @@
 /*
- * ngx_plugin.h -- the ngxr plugin ABI, version 1.1.
+ * ngx_plugin.h -- the ngxr plugin ABI, version 1.2.
  *
  * 1.1 appended conn_error, http_output_queued, http_resume_when_drained and
  * conf_location to the host table, and the NGX_PLUGIN_TIMEDOUT code.
+ * 1.2 appended conf_tls, conn_tls and conn_tls_info (TLS on plugin
+ * connections: upstream TLS, STARTTLS), with ngx_plugin_tls_opts_t.
  *
  * This header is the whole contract between the ngxr host and a plugin.
  * It is C99, depends only on <stdint.h>, <stddef.h> and <stdbool.h>, and
@@ -72,7 +74,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 1
+#define NGX_PLUGIN_ABI_MINOR 2
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -255,6 +257,47 @@ typedef struct ngx_plugin_buf_s {
     int64_t file_pos;
     int64_t file_len;
 } ngx_plugin_buf_t;
+
+/* ------------------------------------------------------------------ */
+/* TLS contexts (1.2)                                                   */
+/* ------------------------------------------------------------------ */
+
+/** A TLS context built at configuration time by conf_tls; owned by the
+ *  host and valid for the whole generation. */
+typedef struct ngx_plugin_tls_s ngx_plugin_tls_t;
+
+#define NGX_PLUGIN_TLS_SERVER     0x01u /* server side (STARTTLS); else client */
+#define NGX_PLUGIN_TLS_VERIFY     0x02u /* client: verify the peer's chain and name */
+#define NGX_PLUGIN_TLS_SNI        0x04u /* client: send the server name (SNI) */
+#define NGX_PLUGIN_TLS_NO_REUSE   0x08u /* client: no session resumption */
+#define NGX_PLUGIN_TLS_NO_TICKETS 0x10u /* server: no session tickets */
+
+/**
+ * What conf_tls builds. File names are resolved as nginx resolves
+ * ssl_certificate (relative to the configuration file's directory).
+ * Strings are borrowed for the call.
+ */
+typedef struct ngx_plugin_tls_opts_s {
+    /** sizeof(ngx_plugin_tls_opts_t) as the plugin was built: lets later
+     *  minors append fields. */
+    size_t struct_size;
+    /** NGX_PLUGIN_TLS_* bits. */
+    uint32_t flags;
+    uint32_t reserved;
+    /** PEM certificate chains and their keys, `ncertificates` of each:
+     *  required for a server (several: RSA and ECDSA, chosen per client);
+     *  for a client, at most one (a client certificate). */
+    const ngx_plugin_str_t *certificates;
+    const ngx_plugin_str_t *keys;
+    size_t ncertificates;
+    /** PEM file of trusted CA certificates: required with VERIFY. */
+    ngx_plugin_str_t trusted_certificate;
+    /** "TLSv1.2 TLSv1.3" (ssl_protocols syntax); empty: both. */
+    ngx_plugin_str_t protocols;
+    /** OpenSSL cipher string for TLSv1.2 (ssl_ciphers syntax); empty:
+     *  the default. */
+    ngx_plugin_str_t ciphers;
+} ngx_plugin_tls_opts_t;
 
 /**
  * Header filter: may change status and response headers before they are
@@ -484,8 +527,9 @@ typedef struct ngx_plugin_host_s {
     /** Writes buffers (memory or file regions); *n = bytes written. */
     ngx_plugin_rc_t (*conn_write)(ngx_plugin_conn_t *c, const ngx_plugin_buf_t *bufs, size_t nbufs,
                                   size_t *n);
-    /** Starts TLS on the connection (client side if server_name is given,
-     *  server side for protocol listeners: STARTTLS). cb runs when done. */
+    /** Reserved since 1.0 and never implemented: it cannot say which
+     *  certificates to trust or present. Answers NGX_PLUGIN_UNSUPPORTED;
+     *  use conf_tls + conn_tls (1.2). */
     ngx_plugin_rc_t (*conn_start_tls)(ngx_plugin_conn_t *c, ngx_plugin_str_t server_name,
                                       bool verify, ngx_plugin_conn_pt cb, void *data);
     /** The peer address as text ("127.0.0.1:5555"). Borrowed while c lives. */
@@ -534,6 +578,33 @@ typedef struct ngx_plugin_host_s {
      *  borrowed until the set callback returns. [conf] */
     ngx_plugin_rc_t (*conf_location)(ngx_plugin_conf_t *cf, ngx_plugin_str_t *modifier,
                                      ngx_plugin_str_t *name);
+
+    /* ---- appended in 1.2 -------------------------------------------- */
+
+    /** (1.2) Builds a TLS context (certificates and keys loaded, protocols
+     *  and ciphers checked) into *out. On a problem, returns NGX_PLUGIN_ERROR
+     *  with the reason set as by conf_error (the configuration is refused
+     *  with file:line). OWNERSHIP: the host owns *out until the generation
+     *  ends. [conf] (create_conf, directives, merge_conf) */
+    ngx_plugin_rc_t (*conf_tls)(ngx_plugin_conf_t *cf, const ngx_plugin_tls_opts_t *opts,
+                                ngx_plugin_tls_t **out);
+    /** (1.2) Starts TLS on a connected connection with context `tls`: the
+     *  client side (server_name is checked against the certificate with
+     *  VERIFY, and sent with SNI; a DNS name or an IP address), or the
+     *  server side for a SERVER context (STARTTLS; server_name ignored).
+     *  Bytes the plugin has not read yet must not be TLS. cb runs once with
+     *  NGX_PLUGIN_EV_WRITE when the handshake is done or NGX_PLUGIN_EV_ERROR
+     *  if it failed or took longer than timeout_ms (0: no limit); conn_error
+     *  says why. Until then conn_read/conn_write answer AGAIN; afterwards
+     *  they carry plaintext and conn_watch works as before. [worker] */
+    ngx_plugin_rc_t (*conn_tls)(ngx_plugin_conn_t *c, ngx_plugin_tls_t *tls,
+                                ngx_plugin_str_t server_name, uint64_t timeout_ms,
+                                ngx_plugin_conn_pt cb, void *data);
+    /** (1.2) The negotiated protocol ("TLSv1.3") and cipher (OpenSSL's
+     *  name). NOT_FOUND when TLS is not established. OWNERSHIP: static
+     *  strings. [worker] */
+    ngx_plugin_rc_t (*conn_tls_info)(ngx_plugin_conn_t *c, ngx_plugin_str_t *protocol,
+                                     ngx_plugin_str_t *cipher);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

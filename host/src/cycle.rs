@@ -66,11 +66,12 @@ impl Cycle {
         }
         registry.check(&root).map_err(|e| e.to_string())?;
         let mut core = CoreConf::from_tree(&root, &prefix).map_err(|e| e.to_string())?;
+        let conf_dir = paths.conf.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut plugins = Plugins::new(list, paths.prefix.clone());
+        plugins.conf_dir.clone_from(&conf_dir);
         plugins.configure(&root, &registry).map_err(|e| e.to_string())?;
         let port = if crate::sys::is_root() { 80 } else { 8000 };
         let default_addr = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
-        let conf_dir = paths.conf.parent().map(Path::to_path_buf).unwrap_or_default();
         let http = crate::http::conf::HttpConf::build(&plugins, &prefix, &conf_dir, default_addr).map_err(|e| e.to_string())?;
         for &(addr, pi, _, _) in &plugins.proto {
             if core.listens.iter().any(|l| l.addr == addr) {

@@ -109,6 +109,44 @@ impl Conn {
         }
     }
 
+    /// Starts TLS (ABI 1.2) with a context from [`crate::ConfCx::tls`]:
+    /// the client side checking and sending `server_name`, or the server
+    /// side (STARTTLS). `req`'s handler is resumed when the handshake is
+    /// done or failed ([`Conn::error`] says why); until then reads and
+    /// writes would block. `timeout_ms` 0: no limit.
+    pub fn start_tls_resuming(self, req: &Request<'_>, tls: crate::TlsCtx, server_name: &str, timeout_ms: u64) -> Result<(), sys::Rc> {
+        // SAFETY: the callback only passes the request handle to the host.
+        unsafe { self.start_tls_raw(tls, server_name, timeout_ms, Some(resume_conn), req.raw().cast()) }
+    }
+
+    /// [`Conn::start_tls_resuming`] with a raw callback (called once, with
+    /// `EV_WRITE` on success or `EV_ERROR`).
+    ///
+    /// # Safety
+    /// `data` must stay valid until `cb` has been called.
+    pub unsafe fn start_tls_raw(self, tls: crate::TlsCtx, server_name: &str, timeout_ms: u64, cb: Option<sys::ConnFn>, data: *mut c_void) -> Result<(), sys::Rc> {
+        if !rt::host_has(std::mem::offset_of!(sys::Host, conn_tls)) {
+            return Err(sys::UNSUPPORTED);
+        }
+        let f = rt::host().conn_tls.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: per this function's contract; the name is borrowed.
+        match unsafe { f(self.0, tls.raw(), sys::Str::from_bytes(server_name.as_bytes()), timeout_ms, cb, data) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
+    /// The negotiated TLS protocol and cipher, once established.
+    pub fn tls_info(self) -> Option<(&'static str, &'static str)> {
+        if !rt::host_has(std::mem::offset_of!(sys::Host, conn_tls_info)) {
+            return None;
+        }
+        let f = rt::host().conn_tls_info?;
+        let (mut p, mut c) = (sys::Str::empty(), sys::Str::empty());
+        // SAFETY: the host returns static strings.
+        (unsafe { f(self.0, &mut p, &mut c) } == sys::OK).then(|| unsafe { (rt::str_of(p), rt::str_of(c)) })
+    }
+
     /// The peer address ("127.0.0.1:8080").
     pub fn peer(self) -> String {
         let Some(f) = rt::host().conn_peer else { return String::new() };

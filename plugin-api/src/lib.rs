@@ -148,6 +148,15 @@ pub trait Plugin: 'static {
     /// after the child block is read. By default the child keeps its own.
     fn merge(_parent: &Self::Conf, _child: &mut Self::Conf) {}
 
+    /// [`Plugin::merge`] with the configuration context (for host services
+    /// such as [`ConfCx::tls`]) and the right to refuse the configuration
+    /// (the error is reported at the child block). By default calls
+    /// `merge`.
+    fn merge_in(_cx: &ConfCx<'_>, _level: u32, parent: &Self::Conf, child: &mut Self::Conf) -> Result<(), String> {
+        Self::merge(parent, child);
+        Ok(())
+    }
+
     /// Phases this plugin handles; [`Plugin::handle`] is called for each.
     fn phases() -> &'static [Phase] {
         &[]
@@ -165,6 +174,57 @@ pub trait Plugin: 'static {
 
     /// Runs in each worker before it exits.
     fn exit_worker(_main: &Self::Conf) {}
+}
+
+/// What [`ConfCx::tls`] builds (nginx's `ssl_*` / `proxy_ssl_*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Server side (STARTTLS) rather than client side.
+    pub server: bool,
+    /// Client: verify the peer's certificate chain and name.
+    pub verify: bool,
+    /// Client: send the server name (SNI).
+    pub sni: bool,
+    /// Client: resume sessions.
+    pub reuse: bool,
+    /// Server: issue session tickets.
+    pub tickets: bool,
+    /// (certificate, key) PEM files: a server's (several for RSA and
+    /// ECDSA), or a client certificate.
+    pub certificates: Vec<(String, String)>,
+    /// PEM file of trusted CAs (required with `verify`).
+    pub trusted_certificate: String,
+    /// `ssl_protocols` words ("TLSv1.2 TLSv1.3"); empty: the default.
+    pub protocols: String,
+    /// OpenSSL cipher string; empty: the default.
+    pub ciphers: String,
+}
+
+impl Default for TlsOptions {
+    fn default() -> TlsOptions {
+        TlsOptions {
+            server: false,
+            verify: false,
+            sni: false,
+            reuse: true,
+            tickets: true,
+            certificates: Vec::new(),
+            trusted_certificate: String::new(),
+            protocols: String::new(),
+            ciphers: String::new(),
+        }
+    }
+}
+
+/// A TLS context the host built (a handle, valid for the generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsCtx(*mut sys::Tls);
+
+impl TlsCtx {
+    /// The raw handle.
+    pub fn raw(self) -> *mut sys::Tls {
+        self.0
+    }
 }
 
 /// The configuration context of one directive being applied.
@@ -236,6 +296,46 @@ impl ConfCx<'_> {
         match unsafe { f(self.raw, Some(rt::handler_for::<P>(sys::PHASE_CONTENT))) } {
             sys::OK => Ok(()),
             rc => Err(format!("cannot set the content handler (rc {rc})")),
+        }
+    }
+
+    /// Builds a TLS context (ABI 1.2): certificates and keys are loaded
+    /// and checked now, so a problem refuses the configuration. On failure
+    /// the host has already recorded the reason; return the (empty) error
+    /// unchanged from the directive or [`Plugin::merge_in`].
+    pub fn tls(&self, o: &TlsOptions) -> Result<TlsCtx, String> {
+        let h = rt::host();
+        if !rt::host_has(std::mem::offset_of!(sys::Host, conf_tls)) {
+            return Err("TLS is not supported by this host (ABI 1.2 needed)".into());
+        }
+        let f = h.conf_tls.ok_or("TLS is not supported by this host")?;
+        let certs: Vec<sys::Str> = o.certificates.iter().map(|(c, _)| sys::Str::from_bytes(c.as_bytes())).collect();
+        let keys: Vec<sys::Str> = o.certificates.iter().map(|(_, k)| sys::Str::from_bytes(k.as_bytes())).collect();
+        let mut flags = 0;
+        for (on, bit) in [(o.server, sys::TLS_SERVER), (o.verify, sys::TLS_VERIFY), (o.sni, sys::TLS_SNI), (!o.reuse, sys::TLS_NO_REUSE), (!o.tickets, sys::TLS_NO_TICKETS)] {
+            if on {
+                flags |= bit;
+            }
+        }
+        let opts = sys::TlsOpts {
+            struct_size: std::mem::size_of::<sys::TlsOpts>(),
+            flags,
+            reserved: 0,
+            certificates: certs.as_ptr(),
+            keys: keys.as_ptr(),
+            ncertificates: certs.len(),
+            trusted_certificate: sys::Str::from_bytes(o.trusted_certificate.as_bytes()),
+            protocols: sys::Str::from_bytes(o.protocols.as_bytes()),
+            ciphers: sys::Str::from_bytes(o.ciphers.as_bytes()),
+        };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live conf handle; opts and the strings it points at are
+        // borrowed for the call.
+        match unsafe { f(self.raw, &opts, &mut out) } {
+            sys::OK => Ok(TlsCtx(out)),
+            // The host has recorded why (with the file names): an empty
+            // error, returned as it is, keeps that message.
+            _ => Err(String::new()),
         }
     }
 

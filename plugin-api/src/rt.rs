@@ -250,8 +250,8 @@ unsafe extern "C" fn create_tramp<P: Plugin>(cf: *mut sys::Conf, level: u32) -> 
 }
 
 unsafe extern "C" fn merge_tramp<P: Plugin>(
-    _cf: *mut sys::Conf,
-    _level: u32,
+    cf: *mut sys::Conf,
+    level: u32,
     parent: *const c_void,
     child: *mut c_void,
 ) -> Rc {
@@ -259,10 +259,19 @@ unsafe extern "C" fn merge_tramp<P: Plugin>(
         if parent.is_null() || child.is_null() {
             return sys::ERROR;
         }
+        let cx = ConfCx { raw: cf, _l: PhantomData };
         // SAFETY: both were made by create_tramp::<P>; the host does not
         // alias them during the call.
-        unsafe { P::merge(&*(parent as *const P::Conf), &mut *(child as *mut P::Conf)) };
-        sys::OK
+        match P::merge_in(&cx, level, unsafe { &*(parent as *const P::Conf) }, unsafe { &mut *(child as *mut P::Conf) }) {
+            Ok(()) => sys::OK,
+            Err(msg) => {
+                if let (false, Some(e)) = (msg.is_empty(), host().conf_error) {
+                    // SAFETY: msg borrowed for the call.
+                    unsafe { e(cf, sys::Str::from_bytes(msg.as_bytes())) };
+                }
+                sys::ERROR
+            }
+        }
     })
 }
 
@@ -296,7 +305,7 @@ unsafe extern "C" fn set_tramp<P: Plugin>(cf: *mut sys::Conf, conf: *mut c_void,
         match (d.set)(unsafe { &mut *(conf as *mut P::Conf) }, &words, &cx) {
             Ok(()) => sys::OK,
             Err(msg) => {
-                if let Some(e) = h.conf_error {
+                if let (false, Some(e)) = (msg.is_empty(), h.conf_error) {
                     // SAFETY: msg borrowed for the call.
                     unsafe { e(cf, sys::Str::from_bytes(msg.as_bytes())) };
                 }

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -129,7 +129,32 @@ pub struct Conn {
 pub struct Shm {
     _p: [u8; 0],
 }
+#[repr(C)]
+pub struct Tls {
+    _p: [u8; 0],
+}
 pub type Timer = u64;
+
+pub const TLS_SERVER: u32 = 0x01;
+pub const TLS_VERIFY: u32 = 0x02;
+pub const TLS_SNI: u32 = 0x04;
+pub const TLS_NO_REUSE: u32 = 0x08;
+pub const TLS_NO_TICKETS: u32 = 0x10;
+
+/// `ngx_plugin_tls_opts_t` (1.2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsOpts {
+    pub struct_size: usize,
+    pub flags: u32,
+    pub reserved: u32,
+    pub certificates: *const Str,
+    pub keys: *const Str,
+    pub ncertificates: usize,
+    pub trusted_certificate: Str,
+    pub protocols: Str,
+    pub ciphers: Str,
+}
 
 pub type SetFn = unsafe extern "C" fn(*mut Conf, *mut c_void, *const Str, usize) -> Rc;
 pub type HttpHandlerFn = unsafe extern "C" fn(*mut Request, *mut c_void) -> Rc;
@@ -246,6 +271,10 @@ pub struct Host {
     pub http_output_queued: Option<unsafe extern "C" fn(*mut Request) -> usize>,
     pub http_resume_when_drained: Option<unsafe extern "C" fn(*mut Request, usize) -> Rc>,
     pub conf_location: Option<unsafe extern "C" fn(*mut Conf, *mut Str, *mut Str) -> Rc>,
+    // appended in 1.2
+    pub conf_tls: Option<unsafe extern "C" fn(*mut Conf, *const TlsOpts, *mut *mut Tls) -> Rc>,
+    pub conn_tls: Option<unsafe extern "C" fn(*mut Conn, *mut Tls, Str, u64, Option<ConnFn>, *mut c_void) -> Rc>,
+    pub conn_tls_info: Option<unsafe extern "C" fn(*mut Conn, *mut Str, *mut Str) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

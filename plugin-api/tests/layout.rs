@@ -98,6 +98,10 @@ fn rust() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
             timer_add, timer_cancel, conn_connect, conn_watch, conn_read, conn_write,
             conn_start_tls, conn_peer, conn_close, relay,
             shm_addr, shm_is_new, shm_lock, shm_unlock, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+            conf_tls, conn_tls, conn_tls_info,
+        }
+        "ngx_plugin_tls_opts_t" => sys::TlsOpts {
+            struct_size, flags, reserved, certificates, keys, ncertificates, trusted_certificate, protocols, ciphers,
         }
         "ngx_plugin_def_t" => sys::Def {
             struct_size, abi_major, abi_minor, min_host_minor, name, version, directives,

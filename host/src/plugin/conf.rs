@@ -69,6 +69,10 @@ pub struct Plugins {
     /// Shared zones this generation's plugins declared.
     pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
     prefix: PathBuf,
+    /// The main configuration file's directory (relative TLS file names).
+    pub conf_dir: PathBuf,
+    /// TLS contexts plugins built with conf_tls (alive for the generation).
+    tls: std::cell::RefCell<Vec<Box<super::io::TlsCtx>>>,
 }
 
 const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::MAIL_SERVER;
@@ -87,7 +91,16 @@ impl Plugins {
             .collect();
         let header_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.header_filter.map(|f| (i, f))).collect();
         let body_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.body_filter.map(|f| (i, f))).collect();
-        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), prefix }
+        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default() }
+    }
+
+    fn cx<'d>(&self, d: &'d Directive, block_data: *mut c_void) -> ConfCtx<'d> {
+        ConfCtx::new(d, self.prefix.clone(), self.conf_dir.clone(), block_data)
+    }
+
+    /// Keeps what a configuration call made for the generation.
+    fn keep(&self, cx: &mut ConfCtx<'_>) {
+        self.tls.borrow_mut().append(&mut cx.tls);
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {
@@ -97,10 +110,11 @@ impl Plugins {
                 out.push(std::ptr::null_mut());
                 continue;
             };
-            let mut cx = ConfCtx::new(at, self.prefix.clone(), std::ptr::null_mut());
+            let mut cx = self.cx(at, std::ptr::null_mut());
             let p = &self.list[i];
             // SAFETY: create_conf gets a live ConfCtx for the call.
             let obj = host_api::with_plugin(i, &p.name, || unsafe { f((&mut cx as *mut ConfCtx).cast(), level) });
+            self.keep(&mut cx);
             if obj.is_null() {
                 return Err(at.err(cx.error.unwrap_or_else(|| format!("plugin \"{}\" could not create its configuration", p.name))));
             }
@@ -116,11 +130,12 @@ impl Plugins {
             if parent[i].is_null() || child[i].is_null() {
                 continue;
             }
-            let mut cx = ConfCtx::new(at, self.prefix.clone(), std::ptr::null_mut());
+            let mut cx = self.cx(at, std::ptr::null_mut());
             // SAFETY: both objects came from this plugin's create_conf.
             let rc = host_api::with_plugin(i, &self.list[i].name, || unsafe {
                 f((&mut cx as *mut ConfCtx).cast(), level, parent[i], child[i])
             });
+            self.keep(&mut cx);
             if rc != sys::OK {
                 return Err(at.err(cx.error.unwrap_or_else(|| format!("plugin \"{}\" failed to merge its configuration", self.list[i].name))));
             }
@@ -163,7 +178,7 @@ impl Plugins {
                 let p = &self.list[pi];
                 let set = p.setters.iter().find(|(n, _)| *n == d.name).and_then(|(_, s)| *s);
                 if let Some(set) = set {
-                    let mut cx = ConfCtx::new(d, self.prefix.clone(), data[pi]);
+                    let mut cx = self.cx(d, data[pi]);
                     cx.location = self.enclosing_location(node);
                     let (args, n) = (cx.args.as_ptr(), cx.args.len());
                     // SAFETY: cx lives across the call; conf is this plugin's
@@ -171,6 +186,7 @@ impl Plugins {
                     let rc = host_api::with_plugin(pi, &p.name, || unsafe {
                         set((&mut cx as *mut ConfCtx).cast(), confs[pi], args, n)
                     });
+                    self.keep(&mut cx);
                     if rc != sys::OK {
                         let msg = cx.error.take().unwrap_or_else(|| format!("invalid parameters in \"{}\" directive", d.name));
                         return Err(d.err(msg));

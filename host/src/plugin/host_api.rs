@@ -75,12 +75,16 @@ pub struct ConfCtx<'a> {
     pub listens: Vec<(std::net::SocketAddr, sys::AcceptFn, *mut c_void)>,
     /// The enclosing location's (modifier, name), if any.
     pub location: Option<(String, String)>,
+    /// The main configuration file's directory (TLS file names).
+    pub conf_dir: PathBuf,
+    /// TLS contexts built while applying (kept by the generation).
+    pub tls: Vec<Box<super::io::TlsCtx>>,
     scratch: String,
 }
 
 impl<'a> ConfCtx<'a> {
     /// A context for applying `d`.
-    pub fn new(d: &'a Directive, prefix: PathBuf, block_data: *mut c_void) -> Self {
+    pub fn new(d: &'a Directive, prefix: PathBuf, conf_dir: PathBuf, block_data: *mut c_void) -> Self {
         let args = d.args.iter().map(|a| Str::from_bytes(a.as_bytes())).collect();
         ConfCtx {
             d,
@@ -94,6 +98,8 @@ impl<'a> ConfCtx<'a> {
             vars: Vec::new(),
             listens: Vec::new(),
             location: None,
+            conf_dir,
+            tls: Vec::new(),
             scratch: String::new(),
         }
     }
@@ -353,6 +359,95 @@ unsafe extern "C" fn conf_location(c: *mut sys::Conf, modifier: *mut Str, name: 
         unsafe { *name = Str::from_bytes(n.as_bytes()) };
     }
     sys::OK
+}
+
+/// (1.2) Builds a TLS context from the plugin's options.
+unsafe extern "C" fn conf_tls(c: *mut sys::Conf, opts: *const sys::TlsOpts, out: *mut *mut sys::Tls) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    if opts.is_null() || out.is_null() {
+        return sys::INVALID;
+    }
+    // SAFETY: the plugin passes a valid options struct for the call; its
+    // `size` says how much of it the plugin knows.
+    let o = unsafe { *opts };
+    if o.struct_size < std::mem::size_of::<sys::TlsOpts>() {
+        return sys::INVALID;
+    }
+    let path = |x: Str| {
+        let p = std::path::Path::new(s(x));
+        if p.is_absolute() { p.to_path_buf() } else { c.conf_dir.join(p) }
+    };
+    let list = |p: *const Str| -> Vec<Str> {
+        if p.is_null() || o.ncertificates == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: ncertificates valid entries for the call.
+            unsafe { std::slice::from_raw_parts(p, o.ncertificates) }.to_vec()
+        }
+    };
+    let (certs, keys) = (list(o.certificates), list(o.keys));
+    if certs.len() != o.ncertificates || keys.len() != o.ncertificates {
+        return sys::INVALID;
+    }
+    let built = (|| -> Result<super::io::TlsCtx, String> {
+        let mut pairs = Vec::new();
+        for (cert, key) in certs.iter().zip(&keys) {
+            pairs.push(crate::tls::load_key_pair(&path(*cert), &path(*key))?);
+        }
+        let protocols = match s(o.protocols) {
+            "" => crate::tls::DEFAULT_PROTOCOLS,
+            p => crate::tls::parse_protocols(&p.split_whitespace().collect::<Vec<_>>())?,
+        };
+        let ciphers = match s(o.ciphers) {
+            "" => crate::tls::DEFAULT_CIPHERS.to_string(),
+            x => x.to_string(),
+        };
+        if o.flags & sys::TLS_SERVER != 0 {
+            if pairs.is_empty() {
+                return Err("a TLS server needs a certificate".into());
+            }
+            let opts = crate::tls::ServerOpts {
+                protocols,
+                ciphers,
+                tickets: o.flags & sys::TLS_NO_TICKETS == 0,
+                ..Default::default()
+            };
+            return Ok(super::io::TlsCtx::Server(crate::tls::server_config(pairs, &opts)?));
+        }
+        if pairs.len() > 1 {
+            return Err("a TLS client presents at most one certificate".into());
+        }
+        let verify = o.flags & sys::TLS_VERIFY != 0;
+        let trusted = match s(o.trusted_certificate) {
+            "" if verify => return Err("no trusted certificate for verification".into()),
+            "" => None,
+            t => Some(path(Str::from_bytes(t.as_bytes()))),
+        };
+        let opts = crate::tls::ClientOpts {
+            verify,
+            trusted,
+            sni: o.flags & sys::TLS_SNI != 0,
+            reuse: o.flags & sys::TLS_NO_REUSE == 0,
+            protocols,
+            ciphers,
+            identity: pairs.pop(),
+        };
+        Ok(super::io::TlsCtx::Client(crate::tls::client_config(&opts)?))
+    })();
+    match built {
+        Ok(ctx) => {
+            let b = Box::new(ctx);
+            let p = super::io::TlsCtx::register(&b);
+            c.tls.push(b);
+            // SAFETY: non-null out-pointer.
+            unsafe { *out = p };
+            sys::OK
+        }
+        Err(e) => {
+            c.error = Some(e);
+            sys::ERROR
+        }
+    }
 }
 
 unsafe extern "C" fn worker_slot() -> i32 {
@@ -836,8 +931,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 57] = offsets!(
-    conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 60] = offsets!(
+    conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -920,6 +1015,9 @@ static TABLE: Table = Table(sys::Host {
     http_output_queued: Some(http_output_queued),
     http_resume_when_drained: Some(http_resume_when_drained),
     conf_location: Some(conf_location),
+    conf_tls: Some(conf_tls),
+    conn_tls: Some(super::io::conn_tls),
+    conn_tls_info: Some(super::io::conn_tls_info),
 });
 
 /// The host table handed to every plugin.

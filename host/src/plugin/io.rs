@@ -16,6 +16,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use super::host_api;
+use crate::tls::Stream;
 use crate::worker::timer::{TimerKey, Timers};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
@@ -32,7 +33,10 @@ pub const TOKEN_BASE: usize = 1 << 40;
 /// A host-managed connection behind `ngx_plugin_conn_t`.
 pub struct PConn {
     /// None when a connect failed before a socket existed.
-    sock: Option<TcpStream>,
+    sock: Option<Stream<TcpStream>>,
+    /// A TLS handshake started by conn_tls is in progress (its timer, if
+    /// any, is in `connecting`).
+    handshaking: bool,
     token: usize,
     plugin: usize,
     name: String,
@@ -58,7 +62,7 @@ pub struct PConn {
 }
 
 impl PConn {
-    fn sock(&mut self) -> std::io::Result<&mut TcpStream> {
+    fn sock(&mut self) -> std::io::Result<&mut Stream<TcpStream>> {
         self.sock.as_mut().ok_or_else(|| std::io::Error::from(ErrorKind::NotConnected))
     }
 }
@@ -211,9 +215,9 @@ pub fn accept(sock: TcpStream, peer: std::net::SocketAddr, plugin: usize, name: 
         let mut s = s.borrow_mut();
         let token = TOKEN_BASE + s.next_token;
         s.next_token += 1;
-        let mut pc = new_conn(Some(sock), token, plugin, name, peer.to_string());
+        let mut pc = new_conn(Some(Stream::plain(sock)), token, plugin, name, peer.to_string());
         let reg = s.registry.as_ref()?;
-        reg.register(pc.sock.as_mut()?, Token(token), Interest::READABLE | Interest::WRITABLE).ok()?;
+        reg.register(&mut pc.sock.as_mut()?.tcp, Token(token), Interest::READABLE | Interest::WRITABLE).ok()?;
         s.conns.insert(token, Box::into_raw(pc));
         Some(token)
     }) else {
@@ -225,9 +229,10 @@ pub fn accept(sock: TcpStream, peer: std::net::SocketAddr, plugin: usize, name: 
     reap();
 }
 
-fn new_conn(sock: Option<TcpStream>, token: usize, plugin: usize, name: &str, peer: String) -> Box<PConn> {
+fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: &str, peer: String) -> Box<PConn> {
     Box::new(PConn {
         sock,
+        handshaking: false,
         token,
         plugin,
         name: name.to_string(),
@@ -279,6 +284,10 @@ fn dispatch(token: usize, ev: u32) {
         relay_step(token);
         return;
     }
+    if pc.handshaking {
+        handshake_step(pc, token);
+        return;
+    }
     if pc.connecting.is_some() {
         match connect_result(pc) {
             None => return,
@@ -286,7 +295,7 @@ fn dispatch(token: usize, ev: u32) {
                 if let Some(Some(k)) = pc.connecting.take().map(|id| ST.with(|s| s.borrow_mut().timer_keys.remove(&id))) {
                     ST.with(|s| s.borrow_mut().timers.cancel(k));
                 }
-                if let Ok(a) = pc.sock().and_then(|s| s.peer_addr()) {
+                if let Ok(a) = pc.sock().and_then(|s| s.tcp.peer_addr()) {
                     pc.peer = a.to_string();
                 }
                 // Connected: the plugin now watches what it wants.
@@ -302,6 +311,11 @@ fn dispatch(token: usize, ev: u32) {
         }
         return;
     }
+    // TLS records the session could not send earlier go out now, whatever
+    // the plugin is waiting for.
+    if let Some(s) = pc.sock.as_mut().filter(|s| s.is_tls()) {
+        let _ = s.flush_tls();
+    }
     let want = ev & (pc.interest | sys::EV_ERROR);
     if want != 0 {
         call(token, want, pc.cb, pc.data);
@@ -311,7 +325,7 @@ fn dispatch(token: usize, ev: u32) {
 /// Where a connect in progress stands: None while still connecting.
 fn connect_result(pc: &mut PConn) -> Option<std::io::Result<()>> {
     let sock = match pc.sock() {
-        Ok(s) => s,
+        Ok(s) => &mut s.tcp,
         Err(e) => return Some(Err(e)),
     };
     match sock.take_error() {
@@ -369,7 +383,12 @@ fn connect_timed_out(token: usize) {
     if pc.connecting.take().is_none() {
         return;
     }
-    pc.error = "upstream timed out (110: Connection timed out) while connecting".into();
+    pc.error = if pc.handshaking {
+        pc.handshaking = false;
+        "upstream timed out (110: Connection timed out) while SSL handshaking".into()
+    } else {
+        "upstream timed out (110: Connection timed out) while connecting".into()
+    };
     pc.timed_out = true;
     pc.interest = 0;
     let (cb, data) = (pc.cb, pc.data);
@@ -391,7 +410,7 @@ fn reap() {
         let mut c = unsafe { Box::from_raw(p) };
         ST.with(|s| {
             if let (Some(r), Some(sock)) = (&s.borrow().registry, c.sock.as_mut()) {
-                let _ = r.deregister(sock);
+                let _ = r.deregister(&mut sock.tcp);
             }
         });
     }
@@ -423,7 +442,10 @@ fn close_token(token: usize) {
     if let Ok(pc) = conn(handle(token)) {
         pc.closed = true;
         if let Some(sock) = pc.sock.as_mut() {
-            let _ = sock.shutdown(std::net::Shutdown::Both);
+            if !sock.handshaking() {
+                sock.close_notify();
+            }
+            let _ = sock.tcp.shutdown(std::net::Shutdown::Both);
         }
         if let Some(id) = pc.connecting.take() {
             timer_cancel_id(id);
@@ -626,7 +648,7 @@ pub(super) unsafe extern "C" fn conn_connect(
     };
     let (plugin, name) = host_api::current_plugin();
     let (sock, error) = match TcpStream::connect(sa) {
-        Ok(s) => (Some(s), None),
+        Ok(s) => (Some(Stream::plain(s)), None),
         Err(e) => (None, Some(e)),
     };
     let token = ST.with(|s| {
@@ -645,9 +667,9 @@ pub(super) unsafe extern "C" fn conn_connect(
                 s.pending.push((token, sys::EV_ERROR));
             }
             None => {
-                let _ = pc.sock.as_ref().map(|s| s.set_nodelay(true));
+                let _ = pc.sock.as_ref().map(|s| s.tcp.set_nodelay(true));
                 let ok = match (s.registry.as_ref(), pc.sock.as_mut()) {
-                    (Some(r), Some(sock)) => r.register(sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_ok(),
+                    (Some(r), Some(sock)) => r.register(&mut sock.tcp, Token(token), Interest::READABLE | Interest::WRITABLE).is_ok(),
                     _ => false,
                 };
                 if !ok {
@@ -697,7 +719,7 @@ pub fn attach_http(c: *mut sys::Conn, http: usize) -> sys::Rc {
         Ok(pc) => pc,
         Err(rc) => return rc,
     };
-    if pc.connecting.is_some() || pc.relay.is_some() || pc.http.is_some() {
+    if pc.connecting.is_some() || pc.handshaking || pc.relay.is_some() || pc.http.is_some() {
         return sys::INVALID;
     }
     pc.http = Some(http);
@@ -707,7 +729,7 @@ pub fn attach_http(c: *mut sys::Conn, http: usize) -> sys::Rc {
 }
 
 /// Runs `f` on the socket of a relayed connection; GONE once closed.
-pub fn with_sock<T>(token: usize, f: impl FnOnce(&mut TcpStream) -> T) -> Result<T, sys::Rc> {
+pub fn with_sock<T>(token: usize, f: impl FnOnce(&mut Stream<TcpStream>) -> T) -> Result<T, sys::Rc> {
     let pc = conn(handle(token))?;
     pc.sock().map(f).map_err(|_| sys::ERROR)
 }
@@ -774,4 +796,134 @@ fn relay_step(token: usize) {
             host_api::with_plugin(plugin.0, &plugin.1, || unsafe { f(std::ptr::null_mut(), rc, data) });
         }
     }
+}
+
+/// A TLS context a plugin built with conf_tls (behind `ngx_plugin_tls_t`).
+pub enum TlsCtx {
+    /// Client side (upstream TLS).
+    Client(std::sync::Arc<rustls::ClientConfig>),
+    /// Server side (STARTTLS).
+    Server(std::sync::Arc<rustls::ServerConfig>),
+}
+
+thread_local! {
+    /// Addresses of live contexts: a handle is checked before use.
+    static LIVE_TLS: RefCell<std::collections::HashSet<usize>> = RefCell::new(std::collections::HashSet::new());
+}
+
+impl TlsCtx {
+    /// Registers a context (owned by the generation) and returns its handle.
+    pub fn register(b: &TlsCtx) -> *mut sys::Tls {
+        let p = b as *const TlsCtx as usize;
+        LIVE_TLS.with(|l| l.borrow_mut().insert(p));
+        p as *mut sys::Tls
+    }
+}
+
+impl Drop for TlsCtx {
+    fn drop(&mut self) {
+        let p = self as *const TlsCtx as usize;
+        LIVE_TLS.with(|l| l.borrow_mut().remove(&p));
+    }
+}
+
+/// The context behind a handle, if it is live.
+fn tls_ctx<'a>(t: *mut sys::Tls) -> Option<&'a TlsCtx> {
+    let live = LIVE_TLS.with(|l| l.borrow().contains(&(t as usize)));
+    // SAFETY: registered addresses are live boxed TlsCtx values owned by a
+    // generation; Drop unregisters them before the memory goes.
+    live.then(|| unsafe { &*(t as *const TlsCtx) })
+}
+
+/// Drives a conn_tls handshake; tells the plugin when it is over.
+fn handshake_step(pc: &mut PConn, token: usize) {
+    let res = pc.sock().and_then(|s| s.handshake());
+    let ev = match res {
+        Ok(false) => return,
+        Ok(true) => sys::EV_WRITE,
+        Err(e) => {
+            let why = e.to_string();
+            pc.error = if e.kind() == ErrorKind::UnexpectedEof {
+                "peer closed connection in SSL handshake".into()
+            } else if why.contains("invalid peer certificate") {
+                format!("SSL certificate verify error: ({why}) while SSL handshaking")
+            } else {
+                format!("SSL_do_handshake() failed ({why}) while SSL handshaking")
+            };
+            sys::EV_ERROR
+        }
+    };
+    pc.handshaking = false;
+    if let Some(id) = pc.connecting.take() {
+        timer_cancel_id(id);
+    }
+    pc.interest = 0;
+    call(token, ev, pc.cb, pc.data);
+}
+
+pub(super) unsafe extern "C" fn conn_tls(
+    c: *mut sys::Conn,
+    tls: *mut sys::Tls,
+    server_name: sys::Str,
+    timeout_ms: u64,
+    cb: Option<sys::ConnFn>,
+    data: *mut c_void,
+) -> sys::Rc {
+    let pc = match conn(c) {
+        Ok(pc) => pc,
+        Err(rc) => return rc,
+    };
+    let Some(ctx) = tls_ctx(tls) else { return sys::INVALID };
+    if cb.is_none() || pc.connecting.is_some() || pc.handshaking || pc.relay.is_some() || pc.http.is_some() {
+        return sys::INVALID;
+    }
+    let Ok(sock) = pc.sock() else { return sys::ERROR };
+    if sock.is_tls() {
+        return sys::INVALID;
+    }
+    // SAFETY: the plugin passes a valid string for the call.
+    let name = std::str::from_utf8(unsafe { server_name.as_bytes() }).unwrap_or("");
+    let session = match ctx {
+        TlsCtx::Client(cfg) => crate::tls::client_session(cfg, name),
+        TlsCtx::Server(cfg) => crate::tls::server_session(cfg),
+    };
+    match session {
+        Ok(sess) => sock.start(sess),
+        Err(e) => {
+            pc.error = e;
+            return sys::ERROR;
+        }
+    }
+    pc.handshaking = true;
+    pc.timed_out = false;
+    pc.error.clear();
+    pc.cb = cb;
+    pc.data = data;
+    let token = pc.token;
+    let (plugin, name) = host_api::current_plugin();
+    ST.with(|s| {
+        let mut s = s.borrow_mut();
+        pc.connecting = Some(if timeout_ms > 0 {
+            s.add_timer(timeout_ms, plugin, name, TimerWhat::ConnectTimeout(token), pc.owner)
+        } else {
+            0
+        });
+        s.pending.push((token, sys::EV_WRITE));
+    });
+    sys::OK
+}
+
+pub(super) unsafe extern "C" fn conn_tls_info(c: *mut sys::Conn, protocol: *mut sys::Str, cipher: *mut sys::Str) -> sys::Rc {
+    let pc = match conn(c) {
+        Ok(pc) => pc,
+        Err(rc) => return rc,
+    };
+    let Some(info) = pc.sock.as_ref().filter(|s| !s.handshaking()).and_then(Stream::info) else { return sys::NOT_FOUND };
+    for (out, v) in [(protocol, info.protocol), (cipher, info.cipher)] {
+        if !out.is_null() {
+            // SAFETY: non-null out-pointer; static text.
+            unsafe { *out = sys::Str::from_bytes(v.as_bytes()) };
+        }
+    }
+    sys::OK
 }
