@@ -252,3 +252,83 @@ fn reload_swaps_the_certificate_and_a_bad_one_keeps_the_old() {
     let (ok, body, _) = curl(&["-k", &format!("https://127.0.0.1:{port}/")]);
     assert!(ok && body == "site A\n");
 }
+
+#[test]
+fn proxy_to_tls_upstreams() {
+    // The upstream: another ngxr with a certificate from a test CA.
+    let up = prefix();
+    let dir = conf_dir(&up);
+    certs::ca(&dir, "ca");
+    certs::ca(&dir, "other");
+    certs::signed(&dir, "up", "/CN=up.test", "DNS:up.test,IP:127.0.0.1", "ca");
+    let up_port = free_port();
+    let upstream = start(
+        up,
+        up_port,
+        "log_format t '$ssl_server_name|$connection|$ssl_protocol|$request_uri';
+         access_log logs/t.log t;
+         server { listen 127.0.0.1:PORT ssl; ssl_certificate up.crt; ssl_certificate_key up.key; root html/a; }",
+        1,
+    );
+    let front = Prefix::new();
+    for f in ["ca.crt", "other.crt"] {
+        std::fs::copy(dir.join(f), front.path().join("conf").join(f)).unwrap();
+    }
+    let port = free_port();
+    let u = format!("https://127.0.0.1:{up_port}/");
+    front.write_conf(&format!(
+        "{}worker_processes 1;\n{}events {{}}\nhttp {{
+         upstream pool {{ server 127.0.0.1:{up_port}; keepalive 2; }}
+         server {{ listen 127.0.0.1:{port};
+           location /sni/ {{ proxy_pass {u}; proxy_ssl_verify on; proxy_ssl_trusted_certificate ca.crt;
+                            proxy_ssl_name up.test; proxy_ssl_server_name on; }}
+           location /ip/ {{ proxy_pass {u}; proxy_ssl_verify on; proxy_ssl_trusted_certificate ca.crt; }}
+           location /wrongca/ {{ proxy_pass {u}; proxy_ssl_verify on; proxy_ssl_trusted_certificate other.crt; }}
+           location /wrongname/ {{ proxy_pass {u}; proxy_ssl_verify on; proxy_ssl_trusted_certificate ca.crt;
+                                  proxy_ssl_name nope.test; }}
+           location /noverify/ {{ proxy_pass {u}; proxy_ssl_protocols TLSv1.2; }}
+           location /pool/ {{ proxy_pass https://pool/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}
+         }} }}\n",
+        conf_head(),
+        load_plugins(&["proxy", "log"]),
+    ));
+    let front = Server::start_in(front, port);
+    let get = |path: &str| get(port, path).unwrap();
+    for path in ["/sni/", "/ip/", "/noverify/"] {
+        let r = get(path);
+        assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (200, "site A\n"), "{path}");
+    }
+    for path in ["/wrongca/", "/wrongname/"] {
+        assert_eq!(get(path).status, 502, "{path}");
+    }
+    for _ in 0..5 {
+        assert_eq!(get("/pool/").status, 200);
+    }
+    let log = front.prefix.error_log();
+    assert!(log.contains("upstream SSL certificate verify error: (invalid peer certificate: UnknownIssuer) while SSL handshaking to upstream"), "{log}");
+    assert!(log.contains("certificate not valid for name \"nope.test\""), "{log}");
+    let lines = poll_until("the upstream's log", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(upstream.prefix.path().join("logs/t.log")).ok()?;
+        (t.lines().count() >= 8).then_some(t)
+    });
+    let lines: Vec<Vec<&str>> = lines.lines().map(|l| l.split('|').collect()).collect();
+    // SNI only with proxy_ssl_server_name on; TLSv1.2 when asked for.
+    assert_eq!(lines[0][0], "up.test");
+    assert_eq!(lines[1][0], "-");
+    assert_eq!((lines[2][0], lines[2][2]), ("-", "TLSv1.2"));
+    // The pooled requests share one TLS connection.
+    let pooled: Vec<&Vec<&str>> = lines.iter().filter(|l| l[3] == "/").skip(3).collect();
+    assert_eq!(pooled.len(), 5, "{lines:?}");
+    assert!(pooled.iter().all(|l| l[1] == pooled[0][1]), "{lines:?}");
+
+    // proxy_ssl_verify without a trusted certificate is refused.
+    let p = Prefix::new();
+    p.write_conf(&format!(
+        "{}{}events {{}}\nhttp {{\nserver {{\nlocation / {{\nproxy_pass https://127.0.0.1:1/; proxy_ssl_verify on;\n}}\n}}\n}}\n",
+        conf_head(),
+        load_plugins(&["proxy"])
+    ));
+    let out = p.ngxr(&["-t"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no proxy_ssl_trusted_certificate for proxy_ssl_verify in "), "{err}");
+}

@@ -846,9 +846,9 @@ fn handshake_step(pc: &mut PConn, token: usize) {
             pc.error = if e.kind() == ErrorKind::UnexpectedEof {
                 "peer closed connection in SSL handshake".into()
             } else if why.contains("invalid peer certificate") {
-                format!("SSL certificate verify error: ({why}) while SSL handshaking")
+                format!("SSL certificate verify error: ({why})")
             } else {
-                format!("SSL_do_handshake() failed ({why}) while SSL handshaking")
+                format!("SSL_do_handshake() failed ({why})")
             };
             sys::EV_ERROR
         }

@@ -66,6 +66,8 @@ pub struct Pass {
     pub addrs: Vec<std::net::SocketAddr>,
     /// The group, bound when configuration is complete.
     pub group: RefCell<Option<Rc<Upstream>>>,
+    /// `https://`: TLS to the upstream.
+    pub tls: bool,
 }
 
 /// `proxy_redirect`.
@@ -98,8 +100,31 @@ pub struct Conf {
     next_up: Option<u32>,
     next_tries: Option<u32>,
     next_timeout: Option<u64>,
+    /// `proxy_ssl_verify`, `proxy_ssl_trusted_certificate`,
+    /// `proxy_ssl_server_name`, `proxy_ssl_name`, `proxy_ssl_protocols`,
+    /// `proxy_ssl_ciphers`, `proxy_ssl_session_reuse`,
+    /// `proxy_ssl_certificate` + `_key`.
+    ssl_verify: Option<bool>,
+    ssl_trusted: Option<String>,
+    ssl_server_name: Option<bool>,
+    ssl_name: Option<String>,
+    ssl_protocols: Option<String>,
+    ssl_ciphers: Option<String>,
+    ssl_reuse: Option<bool>,
+    ssl_cert: Option<String>,
+    ssl_key: Option<String>,
+    /// The TLS context for an `https://` proxy_pass (built in merge).
+    tls: Option<plugin_api::TlsCtx>,
     /// Upstream groups (shared by every block once merged).
     groups: Rc<RefCell<Vec<Rc<Upstream>>>>,
+}
+
+/// The TLS name for a proxy_pass host: without its port (and brackets).
+fn tls_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
 }
 
 fn set_opt<T>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), String> {
@@ -112,9 +137,13 @@ fn set_opt<T>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), String> {
 
 fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     let url = a[0];
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| if url.starts_with("https://") { "https upstreams are not supported yet".to_string() } else { format!("invalid URL prefix in \"{url}\"") })?;
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
+        ("http", r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        ("https", r)
+    } else {
+        return Err(format!("invalid URL prefix in \"{url}\""));
+    };
     let (host, uri) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(rest[i..].to_string())),
         None => (rest, None),
@@ -133,7 +162,8 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     set_opt(
         &mut c.pass,
         Rc::new(Pass {
-            base: format!("http://{host}"),
+            base: format!("{scheme}://{host}"),
+            tls: scheme == "https",
             host: host.to_string(),
             uri,
             loc_prefix: if modifier == "@" { String::new() } else { name },
@@ -261,6 +291,20 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         DirectiveSpec::new("proxy_next_upstream_tries", ANY, 1, 1, |c, a, _| {
             set_opt(&mut c.next_tries, a[0].parse().map_err(|_| format!("invalid value \"{}\"", a[0]))?, "proxy_next_upstream_tries")
         }),
+        DirectiveSpec::new("proxy_ssl_verify", ANY, 1, 1, |c, a, cx| set_opt(&mut c.ssl_verify, cx.flag(a[0])?, "proxy_ssl_verify")),
+        DirectiveSpec::new("proxy_ssl_trusted_certificate", ANY, 1, 1, |c, a, _| set_opt(&mut c.ssl_trusted, a[0].to_string(), "proxy_ssl_trusted_certificate")),
+        DirectiveSpec::new("proxy_ssl_server_name", ANY, 1, 1, |c, a, cx| set_opt(&mut c.ssl_server_name, cx.flag(a[0])?, "proxy_ssl_server_name")),
+        DirectiveSpec::new("proxy_ssl_name", ANY, 1, 1, |c, a, _| {
+            if a[0].contains('$') {
+                return Err("variables in \"proxy_ssl_name\" are not supported yet".into());
+            }
+            set_opt(&mut c.ssl_name, a[0].to_string(), "proxy_ssl_name")
+        }),
+        DirectiveSpec::new("proxy_ssl_protocols", ANY, 1, sys::ARGS_ANY, |c, a, _| set_opt(&mut c.ssl_protocols, a.join(" "), "proxy_ssl_protocols")),
+        DirectiveSpec::new("proxy_ssl_ciphers", ANY, 1, 1, |c, a, _| set_opt(&mut c.ssl_ciphers, a[0].to_string(), "proxy_ssl_ciphers")),
+        DirectiveSpec::new("proxy_ssl_session_reuse", ANY, 1, 1, |c, a, cx| set_opt(&mut c.ssl_reuse, cx.flag(a[0])?, "proxy_ssl_session_reuse")),
+        DirectiveSpec::new("proxy_ssl_certificate", ANY, 1, 1, |c, a, _| set_opt(&mut c.ssl_cert, a[0].to_string(), "proxy_ssl_certificate")),
+        DirectiveSpec::new("proxy_ssl_certificate_key", ANY, 1, 1, |c, a, _| set_opt(&mut c.ssl_key, a[0].to_string(), "proxy_ssl_certificate_key")),
         DirectiveSpec::new("proxy_next_upstream_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.next_timeout, cx.time_ms(a[0])?, "proxy_next_upstream_timeout")),
     ]
 }
@@ -277,6 +321,37 @@ impl Plugin for Proxy {
         directives()
     }
 
+    fn merge_in(cx: &ConfCx<'_>, _level: u32, p: &Conf, c: &mut Conf) -> Result<(), String> {
+        Self::merge(p, c);
+        let Some(pass) = c.pass.clone().filter(|p| p.tls) else { return Ok(()) };
+        let verify = c.ssl_verify.unwrap_or(false);
+        if verify && c.ssl_trusted.is_none() {
+            return Err("no proxy_ssl_trusted_certificate for proxy_ssl_verify".into());
+        }
+        let certificates = match (&c.ssl_cert, &c.ssl_key) {
+            (Some(cert), Some(key)) => vec![(cert.clone(), key.clone())],
+            (Some(cert), None) => return Err(format!("no \"proxy_ssl_certificate_key\" is defined for certificate \"{cert}\"")),
+            _ => Vec::new(),
+        };
+        let opts = plugin_api::TlsOptions {
+            verify,
+            sni: c.ssl_server_name.unwrap_or(false),
+            reuse: c.ssl_reuse.unwrap_or(true),
+            certificates,
+            trusted_certificate: c.ssl_trusted.clone().unwrap_or_default(),
+            protocols: c.ssl_protocols.clone().unwrap_or_default(),
+            ciphers: c.ssl_ciphers.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        c.tls = Some(cx.tls(&opts)?);
+        // The name checked and sent: proxy_ssl_name, else the host of
+        // proxy_pass without its port.
+        if c.ssl_name.is_none() {
+            c.ssl_name = Some(tls_name(&pass.host).to_string());
+        }
+        Ok(())
+    }
+
     fn merge(p: &Conf, c: &mut Conf) {
         // Groups declared in this block join the shared list, which every
         // block below then sees (merges run top-down after all blocks are
@@ -290,6 +365,7 @@ impl Plugin for Proxy {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
         inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
             let found = g.iter().find(|u| u.name == pass.host).cloned();
@@ -327,6 +403,7 @@ enum Phase {
     #[default]
     Start,
     Connecting,
+    Handshaking,
     Sending,
     ReadingHead,
     ReadingBody,
@@ -423,6 +500,7 @@ impl State {
             let r = match self.phase {
                 Phase::Start => self.start(req, conf, pass),
                 Phase::Connecting => self.connecting(req, conf),
+                Phase::Handshaking => self.handshaking(req, conf),
                 Phase::Sending => self.sending(req, conf),
                 Phase::ReadingHead => self.reading_head(req, conf, pass),
                 Phase::ReadingBody => self.reading_body(req, conf),
@@ -541,6 +619,34 @@ impl State {
             Ok(Some(_)) => {}
             Ok(None) => return Flow::Wait,
             Err(_) => return Flow::Failed(Fail::Error),
+        }
+        if let Some(tls) = conf.tls {
+            // proxy_connect_timeout covers the handshake too, as in nginx.
+            let left = self.attempt_start.map_or(0, |t| timeout(conf.connect_timeout).saturating_sub(t.elapsed().as_millis() as u64));
+            let name = conf.ssl_name.as_deref().unwrap_or("");
+            if c.start_tls_resuming(req, tls, name, left.max(1)).is_err() {
+                return Flow::Failed(Fail::Error);
+            }
+            self.phase = Phase::Handshaking;
+            return Flow::Wait;
+        }
+        if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
+            return Flow::Failed(Fail::Error);
+        }
+        self.phase = Phase::Sending;
+        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
+        Flow::Next
+    }
+
+    fn handshaking(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        match c.error() {
+            (sys::TIMEDOUT, _) => return Flow::Failed(Fail::Timeout),
+            (sys::OK, _) => {}
+            _ => return Flow::Failed(Fail::Error),
+        }
+        if c.tls_info().is_none() {
+            return Flow::Wait;
         }
         if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
             return Flow::Failed(Fail::Error);
@@ -777,12 +883,16 @@ impl State {
         let reason = self.conn.map(|c| c.error().1).filter(|s| !s.is_empty());
         let what = match self.phase {
             Phase::Connecting => "while connecting to upstream",
+            Phase::Handshaking => "while SSL handshaking to upstream",
             Phase::Sending => "while sending request to upstream",
             _ => "while reading response header from upstream",
         };
         match (f, reason) {
             (Fail::Timeout, _) => plugin_api::log(sys::LOG_ERR, &format!("upstream timed out (110: Connection timed out) {what}, upstream: \"{peer}\"")),
-            (Fail::Error, Some(r)) => plugin_api::log(sys::LOG_ERR, &format!("{r} {what}, upstream: \"{peer}\"")),
+            (Fail::Error, Some(r)) => {
+                let up = if r.starts_with("SSL certificate") { "upstream " } else { "" };
+                plugin_api::log(sys::LOG_ERR, &format!("{up}{r} {what}, upstream: \"{peer}\""))
+            }
             _ => {}
         }
         let status = if f == Fail::Timeout { 504 } else { 502 };
