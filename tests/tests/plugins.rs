@@ -99,10 +99,10 @@ fn refusals_name_the_file_and_the_reason() {
         ("modules/missing.so".into(), "failed: open() \"{p}/modules/missing.so\" failed (2: No such file or directory)".into()),
         (dir.join("text.so").display().to_string(), "failed: not a shared object (no ELF header)".into()),
         (refuse(dir, "noentry", &["NO_ENTRY"]).display().to_string(), "failed: no \"ngx_plugin_entry_v1\" symbol".into()),
-        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), "failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); this host implements ABI 1.1".into()),
+        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), "failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); this host implements ABI 1.2".into()),
         (refuse(dir, "null", &["ENTRY_NULL"]).display().to_string(), "failed: the plugin refused to load (its entry point returned NULL)".into()),
-        (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), "failed: built for plugin ABI 2.0; this host implements ABI 1.1".into()),
-        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), "failed: needs plugin ABI 1.7; this host implements ABI 1.1".into()),
+        (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), "failed: built for plugin ABI 2.0; this host implements ABI 1.2".into()),
+        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), "failed: needs plugin ABI 1.7; this host implements ABI 1.2".into()),
         (refuse(dir, "clash", &["DIRECTIVE=\"listen\""]).display().to_string(), "plugin \"refuse\" declares directive \"listen\", which the host already declares".into()),
     ];
     for (path, want) in cases {
@@ -283,6 +283,79 @@ fn protocol_listener_echoes_lines_with_an_idle_timer() {
     let mut buf = [0u8; 1];
     assert_eq!(rb.get_mut().read(&mut buf).unwrap_or(0), 0);
     drop(b);
+}
+
+/// Python's ssl module upgrades a plain line-echo session (STARTTLS).
+const STARTTLS_PY: &str = r#"
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+def line(sock):
+    out = b""
+    while not out.endswith(b"\n"):
+        b = sock.recv(1)
+        if not b:
+            break
+        out += b
+    return out.decode().strip()
+print(line(s))
+s.sendall(b"hello\r\n")
+print(line(s))
+s.sendall(b"starttls\r\n")
+print(line(s))
+ctx = ssl.create_default_context(cafile=ca)
+t = ctx.wrap_socket(s, server_hostname="echo.test")
+print(line(t))
+t.sendall(b"secret\r\nstarttls\r\nquit\r\n")
+print(line(t))
+print(line(t))
+print(line(t))
+"#;
+
+#[test]
+fn plugin_connection_upgrades_to_tls() {
+    let p = Prefix::new();
+    let so = lineecho(p.path());
+    certs::self_signed(&p.path().join("conf"), "echo", "/CN=echo.test", "DNS:echo.test", true);
+    let port = free_port();
+    p.write_conf(&format!(
+        "load_module {};\n{}worker_processes 1;\nevents {{}}\nline_echo 127.0.0.1:{port};\nline_echo_tls echo.crt echo.key;\n",
+        so.display(),
+        conf_head()
+    ));
+    let s = Server::start_in(p, port);
+    let ca = s.prefix.path().join("conf/echo.crt");
+    let out = std::process::Command::new("python3").args(["-c", STARTTLS_PY, &port.to_string()]).arg(&ca).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["+OK ngxr line echo", "echo: hello", "+OK begin TLS", "+OK tls TLSv1.3", "echo: secret", "-ERR no tls", "+OK bye"]
+    );
+    // A client that is not speaking TLS after "starttls" is dropped, and
+    // the reason logged.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(SECS)).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    read_line(&mut r);
+    c.write_all(b"starttls\r\n").unwrap();
+    assert_eq!(read_line(&mut r), "+OK begin TLS\r\n");
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    // A TLS alert record (0x15), then the connection closes.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.first(), Some(&0x15), "{rest:?}");
+    poll_until("the handshake failure in the log", Duration::from_secs(5), || {
+        s.prefix.error_log().contains("SSL_do_handshake() failed").then_some(())
+    });
+    // A bad certificate refuses the configuration, naming the file.
+    let q = Prefix::new();
+    let so = lineecho(q.path());
+    q.write_conf(&format!("load_module {};\n{}events {{}}\nline_echo_tls nope.crt nope.key;\n", so.display(), conf_head()));
+    let out = q.ngxr(&["-t"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot load certificate \"") && err.contains("nope.crt\": 2: No such file or directory in "), "{err}");
 }
 
 #[test]
