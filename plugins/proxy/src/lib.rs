@@ -1242,7 +1242,16 @@ mod tests {
             loc_prefix: loc.into(),
             addrs: Vec::new(),
             group: RefCell::new(None),
+            tls: base.starts_with("https://"),
         }
+    }
+
+    #[test]
+    fn tls_names_drop_the_port() {
+        assert_eq!(tls_name("up.test:8443"), "up.test");
+        assert_eq!(tls_name("up.test"), "up.test");
+        assert_eq!(tls_name("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(tls_name("[::1]:443"), "::1");
     }
 
     #[test]
