@@ -529,7 +529,7 @@ impl<S: Read + Write> Stream<S> {
     /// Server side, SNI first: reads the ClientHello, then asks `choose`
     /// for the config of the server the client named. With `peek`, a
     /// first byte that cannot start a TLS record means plain text.
-    pub fn accept(&mut self, peek: impl FnOnce(&mut S) -> io::Result<Option<u8>>, choose: impl FnOnce(Option<&str>) -> Arc<ServerConfig>) -> io::Result<Hello> {
+    pub fn accept(&mut self, peek: impl FnOnce(&mut S) -> io::Result<Option<u8>>, choose: impl FnOnce(Option<&str>) -> Option<Arc<ServerConfig>>) -> io::Result<Hello> {
         let Some(tls) = self.tls.as_deref_mut() else { return Ok(Hello::Tls) };
         let Tls::Accepting(acc, seen) = tls else { return Ok(Hello::Tls) };
         if !*seen {
@@ -554,7 +554,9 @@ impl<S: Read + Write> Stream<S> {
             match acc.accept() {
                 Ok(None) => continue,
                 Ok(Some(hello)) => {
-                    let cfg = choose(hello.client_hello().server_name());
+                    let Some(cfg) = choose(hello.client_hello().server_name()) else {
+                        return Err(other("no TLS configuration for this address"));
+                    };
                     match hello.into_connection(cfg) {
                         Ok(conn) => {
                             *tls = Tls::Open(Connection::Server(conn));

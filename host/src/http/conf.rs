@@ -734,7 +734,7 @@ impl HttpConf {
     /// The server (and its TLS config) for a handshake on `local` whose
     /// SNI is `sni`: the named server if it has TLS, else `default`, else
     /// the first TLS server on that port.
-    pub fn tls_server<'s>(&'s self, local: SocketAddr, sni: Option<&str>, default: &'s Server) -> (&'s Server, Arc<rustls::ServerConfig>) {
+    pub fn tls_server<'s>(&'s self, local: SocketAddr, sni: Option<&str>, default: &'s Server) -> Option<(&'s Server, Arc<rustls::ServerConfig>)> {
         let named = sni.and_then(|n| self.find_server(local, &n.to_ascii_lowercase()));
         let port = |s: &&Server| s.listens.iter().any(|a| a.port() == local.port());
         let s = named
@@ -744,8 +744,8 @@ impl HttpConf {
             .unwrap_or(default);
         // is_ssl(local) implies some server on this port has TLS (build
         // refuses an ssl listen without a certificate).
-        let cfg = s.tls.clone().or_else(|| self.servers.iter().find_map(|s| s.tls.clone()));
-        (s, cfg.expect("a TLS port without a TLS server"))
+        let cfg = s.tls.clone().or_else(|| self.servers.iter().find_map(|s| s.tls.clone()))?;
+        Some((s, cfg))
     }
 
     /// Whether connections accepted on `local` speak TLS: the listen for
@@ -798,7 +798,7 @@ impl HttpConf {
         let covers = |a: &SocketAddr| *a == local || (a.ip().is_unspecified() && a.port() == local.port());
         self.servers
             .iter()
-            .find(|s| s.default_for.iter().any(|a| *a == local))
+            .find(|s| s.default_for.contains(&local))
             .or_else(|| self.servers.iter().find(|s| s.default_for.iter().any(covers)))
             .or_else(|| self.servers.iter().find(|s| s.listens.iter().any(covers)))
     }

@@ -225,9 +225,9 @@ impl<'a> Conn<'a> {
         };
         let default = self.default;
         let res = self.sock.accept(peek, |sni| {
-            let (s, cfg) = http.tls_server(local, sni, default);
+            let (s, cfg) = http.tls_server(local, sni, default)?;
             chosen = Some((s, sni.map(str::to_string)));
-            cfg
+            Some(cfg)
         });
         match res {
             Ok(Hello::Pending) => Ok(false),
@@ -605,7 +605,7 @@ impl<'a> Conn<'a> {
             if let Some(q) = req {
                 r.method.push_str(q.method.unwrap_or(""));
                 r.request_uri.push_str(q.path.unwrap_or(""));
-                r.minor = q.version.unwrap_or(1) as u8;
+                r.minor = q.version.unwrap_or(1);
             }
             r.keepalive = false;
             r.must_close = true;
@@ -626,7 +626,7 @@ impl<'a> Conn<'a> {
             let target = q.path.unwrap_or("/");
             r.method.push_str(q.method.unwrap_or(""));
             r.request_uri.push_str(target);
-            r.minor = q.version.unwrap_or(1) as u8;
+            r.minor = q.version.unwrap_or(1);
             r.host.push_str(&info.host);
             r.head_len = n;
             r.keepalive = info.keepalive;

@@ -72,6 +72,8 @@ pub struct Plugins {
     /// The main configuration file's directory (relative TLS file names).
     pub conf_dir: PathBuf,
     /// TLS contexts plugins built with conf_tls (alive for the generation).
+    /// Boxed: plugins hold their addresses while the Vec grows.
+    #[allow(clippy::vec_box)]
     tls: std::cell::RefCell<Vec<Box<super::io::TlsCtx>>>,
 }
 

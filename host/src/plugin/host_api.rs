@@ -455,7 +455,7 @@ unsafe extern "C" fn worker_slot() -> i32 {
 }
 
 unsafe extern "C" fn supports(off: usize) -> bool {
-    IMPLEMENTED.iter().any(|&o| o == off)
+    IMPLEMENTED.contains(&off)
 }
 
 /// Copies `v` into request-lifetime memory and points `out` at it.
