@@ -191,6 +191,17 @@ fn read_file(what: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot load {what} \"{}\": {}", path.display(), crate::config::parser::os_err(&e)))
 }
 
+/// A TLS file name from the configuration: as nginx, relative names are
+/// taken from the main configuration file's directory.
+pub fn conf_path(conf_dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        conf_dir.join(p)
+    }
+}
+
 /// Loads a PEM certificate chain and its key, checking they belong
 /// together.
 pub fn load_key_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {

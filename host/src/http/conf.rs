@@ -218,10 +218,7 @@ struct Ssl {
 
 impl Ssl {
     fn apply(&mut self, d: &Directive, conf_dir: &Path) -> Result<(), ConfError> {
-        let path = |a: &str| {
-            let p = Path::new(a);
-            if p.is_absolute() { p.to_path_buf() } else { conf_dir.join(p) }.to_string_lossy().into_owned()
-        };
+        let path = |a: &str| tls::conf_path(conf_dir, a).to_string_lossy().into_owned();
         match d.name.as_str() {
             "ssl_certificate" => {
                 if !self.own_certs {

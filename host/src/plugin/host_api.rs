@@ -373,10 +373,7 @@ unsafe extern "C" fn conf_tls(c: *mut sys::Conf, opts: *const sys::TlsOpts, out:
     if o.struct_size < std::mem::size_of::<sys::TlsOpts>() {
         return sys::INVALID;
     }
-    let path = |x: Str| {
-        let p = std::path::Path::new(s(x));
-        if p.is_absolute() { p.to_path_buf() } else { c.conf_dir.join(p) }
-    };
+    let path = |x: Str| crate::tls::conf_path(&c.conf_dir, s(x));
     let list = |p: *const Str| -> Vec<Str> {
         if p.is_null() || o.ncertificates == 0 {
             Vec::new()
@@ -421,7 +418,7 @@ unsafe extern "C" fn conf_tls(c: *mut sys::Conf, opts: *const sys::TlsOpts, out:
         let trusted = match s(o.trusted_certificate) {
             "" if verify => return Err("no trusted certificate for verification".into()),
             "" => None,
-            t => Some(path(Str::from_bytes(t.as_bytes()))),
+            t => Some(crate::tls::conf_path(&c.conf_dir, t)),
         };
         let opts = crate::tls::ClientOpts {
             verify,

@@ -292,8 +292,8 @@ fn dispatch(token: usize, ev: u32) {
         match connect_result(pc) {
             None => return,
             Some(Ok(())) => {
-                if let Some(Some(k)) = pc.connecting.take().map(|id| ST.with(|s| s.borrow_mut().timer_keys.remove(&id))) {
-                    ST.with(|s| s.borrow_mut().timers.cancel(k));
+                if let Some(id) = pc.connecting.take() {
+                    timer_cancel_id(id);
                 }
                 if let Ok(a) = pc.sock().and_then(|s| s.tcp.peer_addr()) {
                     pc.peer = a.to_string();
@@ -385,7 +385,7 @@ fn connect_timed_out(token: usize) {
     }
     pc.error = if pc.handshaking {
         pc.handshaking = false;
-        "upstream timed out (110: Connection timed out) while SSL handshaking".into()
+        "timed out (110: Connection timed out) while SSL handshaking".into()
     } else {
         "upstream timed out (110: Connection timed out) while connecting".into()
     };
