@@ -244,7 +244,7 @@ impl<'a> Conn<'a> {
             }
             Err(e) => {
                 if e.kind() != ErrorKind::UnexpectedEof {
-                    crate::log!(Info, "SSL handshake failed ({e}) while SSL handshaking, client: {}", self.req.borrow().remote_addr);
+                    crate::log!(Info, "SSL_do_handshake() failed ({e}) while SSL handshaking, client: {}", self.req.borrow().remote_addr);
                 }
                 Err(())
             }
