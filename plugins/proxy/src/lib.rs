@@ -589,12 +589,7 @@ impl State {
             self.conn = Some(idle.conn);
             self.cached = true;
             self.conn_requests = idle.requests;
-            if idle.conn.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
-                return Flow::Failed(Fail::Error);
-            }
-            self.phase = Phase::Sending;
-            self.deadline = Some(now + Duration::from_millis(timeout(conf.send_timeout)));
-            return Flow::Next;
+            return self.start_sending(req, idle.conn, conf);
         }
         self.cached = false;
         self.conn_requests = 0;
@@ -607,12 +602,29 @@ impl State {
         Flow::Wait
     }
 
+    /// A connect or handshake that reported a failure.
+    fn conn_failure(c: Conn) -> Option<Flow> {
+        match c.error() {
+            (sys::TIMEDOUT, _) => Some(Flow::Failed(Fail::Timeout)),
+            (sys::OK, _) => None,
+            _ => Some(Flow::Failed(Fail::Error)),
+        }
+    }
+
+    /// The connection is ready for the request: watch it and send.
+    fn start_sending(&mut self, req: &Request<'_>, c: Conn, conf: &Conf) -> Flow {
+        if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
+            return Flow::Failed(Fail::Error);
+        }
+        self.phase = Phase::Sending;
+        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
+        Flow::Next
+    }
+
     fn connecting(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
-        match c.error() {
-            (sys::TIMEDOUT, _) => return Flow::Failed(Fail::Timeout),
-            (sys::OK, _) => {}
-            _ => return Flow::Failed(Fail::Error),
+        if let Some(f) = Self::conn_failure(c) {
+            return f;
         }
         // Connected once a write is possible: try it.
         match c.write(&[]) {
@@ -630,30 +642,18 @@ impl State {
             self.phase = Phase::Handshaking;
             return Flow::Wait;
         }
-        if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
-            return Flow::Failed(Fail::Error);
-        }
-        self.phase = Phase::Sending;
-        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
-        Flow::Next
+        self.start_sending(req, c, conf)
     }
 
     fn handshaking(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
-        match c.error() {
-            (sys::TIMEDOUT, _) => return Flow::Failed(Fail::Timeout),
-            (sys::OK, _) => {}
-            _ => return Flow::Failed(Fail::Error),
+        if let Some(f) = Self::conn_failure(c) {
+            return f;
         }
         if c.tls_info().is_none() {
             return Flow::Wait;
         }
-        if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
-            return Flow::Failed(Fail::Error);
-        }
-        self.phase = Phase::Sending;
-        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
-        Flow::Next
+        self.start_sending(req, c, conf)
     }
 
     fn sending(&mut self, _req: &mut Request<'_>, conf: &Conf) -> Flow {
