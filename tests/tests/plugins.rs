@@ -251,7 +251,6 @@ fn read_line(r: &mut impl std::io::BufRead) -> String {
 
 #[test]
 fn protocol_listener_echoes_lines_with_an_idle_timer() {
-    use std::io::BufRead;
     let p = Prefix::new();
     let so = lineecho(p.path());
     let port = free_port();
@@ -356,6 +355,60 @@ fn plugin_connection_upgrades_to_tls() {
     let out = q.ngxr(&["-t"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot load certificate \"") && err.contains("nope.crt\": 2: No such file or directory in "), "{err}");
+}
+
+/// The host relays bytes both ways between two plugin connections (the
+/// client's and one the plugin connected), with backpressure: 1 MiB each
+/// way arrives intact, the backend's close ends the relay after its last
+/// bytes are delivered, and the plugin's done callback runs once.
+#[test]
+fn host_relays_between_two_plugin_connections() {
+    let p = Prefix::new();
+    let so = lineecho(p.path());
+    let port = free_port();
+    p.write_conf(&format!("load_module {};\n{}worker_processes 1;\nevents {{}}\nline_echo 127.0.0.1:{port};\n", so.display(), conf_head()));
+    let s = Server::start_in(p, port);
+    // The backend echoes what it reads until it has seen 1 MiB, then closes.
+    const N: usize = 1 << 20;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bport = backend.local_addr().unwrap().port();
+    let echo = std::thread::spawn(move || {
+        let (mut c, _) = backend.accept().unwrap();
+        c.set_read_timeout(Some(SECS)).unwrap();
+        let mut seen = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while seen < N {
+            let k = c.read(&mut buf).unwrap();
+            assert!(k > 0, "the relay closed after {seen} bytes");
+            c.write_all(&buf[..k]).unwrap();
+            seen += k;
+        }
+    });
+    let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(SECS)).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    assert_eq!(read_line(&mut r), "+OK ngxr line echo\r\n");
+    (&c).write_all(format!("relay 127.0.0.1:{bport}\r\n").as_bytes()).unwrap();
+    assert_eq!(read_line(&mut r), "+OK relaying\r\n");
+    let data: Vec<u8> = (0..N).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = data.clone();
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&sent).unwrap());
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    echo.join().unwrap();
+    assert!(back.len() == N && back == data, "got {} bytes back, intact: {}", back.len(), back == data[..back.len().min(N)]);
+    poll_until("the relay's done callback", SECS, || s.prefix.error_log().contains("lineecho relay done: 0").then_some(()));
+    assert_eq!(s.prefix.error_log().matches("lineecho relay done").count(), 1);
+    // A backend that refuses: the plugin hears of it and answers.
+    let closed = free_port();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(SECS)).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    read_line(&mut r);
+    c.write_all(format!("relay 127.0.0.1:{closed}\r\n").as_bytes()).unwrap();
+    assert_eq!(read_line(&mut r), "-ERR connect\r\n");
 }
 
 #[test]
