@@ -1,10 +1,12 @@
 /*
- * ngx_plugin.h -- the ngxr plugin ABI, version 1.2.
+ * ngx_plugin.h -- the ngxr plugin ABI, version 1.3.
  *
  * 1.1 appended conn_error, http_output_queued, http_resume_when_drained and
  * conf_location to the host table, and the NGX_PLUGIN_TIMEDOUT code.
  * 1.2 appended conf_tls, conn_tls and conn_tls_info (TLS on plugin
  * connections: upstream TLS, STARTTLS), with ngx_plugin_tls_opts_t.
+ * 1.3 appended conf_open_file and file_write (log files the host reopens
+ * on USR1, `ngxr -s reopen`).
  *
  * This header is the whole contract between the ngxr host and a plugin.
  * It is C99, depends only on <stdint.h>, <stddef.h> and <stdbool.h>, and
@@ -74,7 +76,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 2
+#define NGX_PLUGIN_ABI_MINOR 3
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -257,6 +259,14 @@ typedef struct ngx_plugin_buf_s {
     int64_t file_pos;
     int64_t file_len;
 } ngx_plugin_buf_t;
+
+/* ------------------------------------------------------------------ */
+/* Log files (1.3)                                                      */
+/* ------------------------------------------------------------------ */
+
+/** A file opened for appending by conf_open_file; owned by the host and
+ *  valid for the whole generation. The host reopens it on USR1. */
+typedef struct ngx_plugin_file_s ngx_plugin_file_t;
 
 /* ------------------------------------------------------------------ */
 /* TLS contexts (1.2)                                                   */
@@ -605,6 +615,26 @@ typedef struct ngx_plugin_host_s {
      *  strings. [worker] */
     ngx_plugin_rc_t (*conn_tls_info)(ngx_plugin_conn_t *c, ngx_plugin_str_t *protocol,
                                      ngx_plugin_str_t *cipher);
+
+    /* ---- appended in 1.3 -------------------------------------------- */
+
+    /** (1.3) Opens `path` (relative paths against the prefix) for
+     *  appending, creating it with mode 0644, as nginx opens its logs: in
+     *  the master, so workers that dropped privileges still write to it.
+     *  On USR1 (`ngxr -s reopen`, log rotation) the host reopens it in the
+     *  master, hands it to the worker user, then reopens it in every
+     *  worker; a failed reopen keeps the old file. Each call opens its own
+     *  handle: share one per path yourself. On failure returns
+     *  NGX_PLUGIN_ERROR with the reason set as by conf_error ("open()
+     *  \"/x\" failed (13: Permission denied)"). OWNERSHIP: the host owns *out
+     *  until the generation ends. [conf] */
+    ngx_plugin_rc_t (*conf_open_file)(ngx_plugin_conf_t *cf, ngx_plugin_str_t path,
+                                      ngx_plugin_file_t **out);
+    /** (1.3) Appends len bytes to f in one write where the system allows
+     *  (O_APPEND: lines from several workers do not interleave). On
+     *  failure logs "write() to \"/x\" failed (...)" at alert and returns
+     *  NGX_PLUGIN_ERROR. [worker] (also [conf] and in the master) */
+    ngx_plugin_rc_t (*file_write)(ngx_plugin_file_t *f, const uint8_t *data, size_t len);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -227,6 +227,36 @@ impl TlsCtx {
     }
 }
 
+/// A file opened for appending with [`ConfCx::open_file`]: on a host
+/// with ABI 1.3 the host's (reopened on USR1 for log rotation), on an
+/// older host the plugin's own descriptor.
+#[derive(Debug)]
+pub enum LogFile {
+    /// The host's handle, valid for the generation.
+    Host(*mut sys::File),
+    /// Opened by the plugin (a host before 1.3: not reopened).
+    Own(std::fs::File),
+}
+
+impl LogFile {
+    /// Appends `data` in one write where possible. A failure is logged
+    /// (by the host, in nginx's words) and returns false.
+    pub fn write(&self, data: &[u8]) -> bool {
+        match self {
+            LogFile::Host(h) => match rt::host().file_write {
+                // SAFETY: a live handle from conf_open_file; data borrowed
+                // for the call.
+                Some(f) => unsafe { f(*h, data.as_ptr(), data.len()) == sys::OK },
+                None => false,
+            },
+            LogFile::Own(f) => {
+                use std::io::Write;
+                (&*f).write_all(data).is_ok()
+            }
+        }
+    }
+}
+
 /// The configuration context of one directive being applied.
 pub struct ConfCx<'a> {
     raw: *mut sys::Conf,
@@ -337,6 +367,29 @@ impl ConfCx<'_> {
             // error, returned as it is, keeps that message.
             _ => Err(String::new()),
         }
+    }
+
+    /// Opens `path` (relative to the prefix) for appending, as nginx opens
+    /// its logs: on an ABI 1.3 host in the master, reopened on USR1
+    /// (`ngxr -s reopen`). The error names the file (nginx's wording).
+    pub fn open_file(&self, path: &str) -> Result<LogFile, String> {
+        let h = rt::host();
+        if let (true, Some(f)) = (rt::host_has(std::mem::offset_of!(sys::Host, conf_open_file)), h.conf_open_file) {
+            let mut out = std::ptr::null_mut();
+            // SAFETY: live conf handle; path borrowed for the call.
+            return match unsafe { f(self.raw, sys::Str::from_bytes(path.as_bytes()), &mut out) } {
+                sys::OK => Ok(LogFile::Host(out)),
+                // The host has recorded why, with the file name.
+                _ => Err(String::new()),
+            };
+        }
+        let full = self.full_path(path);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&full)
+            .map(LogFile::Own)
+            .map_err(|e| format!("open() \"{full}\" failed ({e})"))
     }
 
     /// The enclosing location: (modifier, name) where modifier is "",

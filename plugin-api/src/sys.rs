@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -131,6 +131,11 @@ pub struct Shm {
 }
 #[repr(C)]
 pub struct Tls {
+    _p: [u8; 0],
+}
+/// `ngx_plugin_file_t` (1.3).
+#[repr(C)]
+pub struct File {
     _p: [u8; 0],
 }
 pub type Timer = u64;
@@ -275,6 +280,9 @@ pub struct Host {
     pub conf_tls: Option<unsafe extern "C" fn(*mut Conf, *const TlsOpts, *mut *mut Tls) -> Rc>,
     pub conn_tls: Option<unsafe extern "C" fn(*mut Conn, *mut Tls, Str, u64, Option<ConnFn>, *mut c_void) -> Rc>,
     pub conn_tls_info: Option<unsafe extern "C" fn(*mut Conn, *mut Str, *mut Str) -> Rc>,
+    // appended in 1.3
+    pub conf_open_file: Option<unsafe extern "C" fn(*mut Conf, Str, *mut *mut File) -> Rc>,
+    pub file_write: Option<unsafe extern "C" fn(*mut File, *const u8, usize) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -98,7 +98,7 @@ fn rust() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
             timer_add, timer_cancel, conn_connect, conn_watch, conn_read, conn_write,
             conn_start_tls, conn_peer, conn_close, relay,
             shm_addr, shm_is_new, shm_lock, shm_unlock, conn_error, http_output_queued, http_resume_when_drained, conf_location,
-            conf_tls, conn_tls, conn_tls_info,
+            conf_tls, conn_tls, conn_tls_info, conf_open_file, file_write,
         }
         "ngx_plugin_tls_opts_t" => sys::TlsOpts {
             struct_size, flags, reserved, certificates, keys, ncertificates, trusted_certificate, protocols, ciphers,

@@ -99,10 +99,10 @@ fn refusals_name_the_file_and_the_reason() {
         ("modules/missing.so".into(), "failed: open() \"{p}/modules/missing.so\" failed (2: No such file or directory)".into()),
         (dir.join("text.so").display().to_string(), "failed: not a shared object (no ELF header)".into()),
         (refuse(dir, "noentry", &["NO_ENTRY"]).display().to_string(), "failed: no \"ngx_plugin_entry_v1\" symbol".into()),
-        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), "failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); this host implements ABI 1.2".into()),
+        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), "failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); this host implements ABI 1.3".into()),
         (refuse(dir, "null", &["ENTRY_NULL"]).display().to_string(), "failed: the plugin refused to load (its entry point returned NULL)".into()),
-        (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), "failed: built for plugin ABI 2.0; this host implements ABI 1.2".into()),
-        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), "failed: needs plugin ABI 1.7; this host implements ABI 1.2".into()),
+        (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), "failed: built for plugin ABI 2.0; this host implements ABI 1.3".into()),
+        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), "failed: needs plugin ABI 1.7; this host implements ABI 1.3".into()),
         (refuse(dir, "clash", &["DIRECTIVE=\"listen\""]).display().to_string(), "plugin \"refuse\" declares directive \"listen\", which the host already declares".into()),
     ];
     for (path, want) in cases {

@@ -132,6 +132,47 @@ fn stop_is_fast_even_with_idle_connections() {
     assert!(!s.prefix.path().join("logs/ngxr.pid").exists());
 }
 
+/// Log rotation as logrotate does it: move the files, `ngxr -s reopen`.
+/// The master reopens the error log and the access log the log plugin
+/// opened through the host, hands the new files to the worker user, and
+/// the workers — unprivileged — reopen them too: the next request's
+/// access line and the worker's own error line land in the new files.
+#[test]
+fn reopen_rotates_access_and_error_logs_in_workers() {
+    let body = format!(
+        "{}worker_processes 2;\nevents {{}}\nhttp {{ access_log logs/access.log; server {{ listen 127.0.0.1:PORT; root html; }} }}\n",
+        load_plugins(&["static", "log"])
+    );
+    let s = Server::start(&body);
+    let logs = s.prefix.path().join("logs");
+    assert_eq!(get(s.port, "/before").unwrap().status, 404);
+    poll_until("the first access line", SECS, || std::fs::read_to_string(logs.join("access.log")).ok()?.contains("GET /before ").then_some(()));
+    for f in ["access.log", "error.log"] {
+        std::fs::rename(logs.join(f), logs.join(format!("{f}.1"))).unwrap();
+    }
+    assert!(s.prefix.ngxr(&["-s", "reopen"]).status.success());
+    // Workers reopen after the master: until they have, lines still go to
+    // the old files. Ask until one lands in the new access log.
+    let mut n = 0;
+    poll_until("an access line in the new access.log", SECS, || {
+        n += 1;
+        get(s.port, &format!("/after-{n}")).ok()?;
+        std::fs::read_to_string(logs.join("access.log")).ok()?.contains(&format!("GET /after-{n} ")).then_some(())
+    });
+    // The worker that logged it reopened its error log too: its "open()
+    // failed" line for the same request is in the new error log.
+    let err = std::fs::read_to_string(logs.join("error.log")).unwrap();
+    assert!(err.contains(&format!("/after-{n}\" failed (2: No such file or directory)")), "{err}");
+    assert!(std::fs::read_to_string(logs.join("access.log.1")).unwrap().contains("GET /before "));
+    // Running as root, the new files belong to the workers' user.
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let nobody = std::fs::metadata(logs.join("access.log")).unwrap().uid();
+        assert_ne!(nobody, 0, "the new access.log is still root's");
+        assert_eq!(std::fs::metadata(logs.join("error.log")).unwrap().uid(), nobody);
+    }
+}
+
 #[test]
 fn reopen_creates_a_fresh_log() {
     let s = Server::start(&http_conf(1));

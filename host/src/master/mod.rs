@@ -200,7 +200,8 @@ impl Master {
             }
             libc::SIGUSR1 => {
                 crate::log!(Notice, "reopening logs");
-                crate::log::reopen();
+                let owner = if crate::sys::is_root() { crate::worker::worker_user(&self.cycle.core).ok() } else { None };
+                crate::worker::reopen_files(owner);
                 crate::log!(Notice, "logs reopened");
                 self.signal_workers(libc::SIGUSR1, |p| !p.retiring);
             }

@@ -75,6 +75,9 @@ pub struct Plugins {
     /// Boxed: plugins hold their addresses while the Vec grows.
     #[allow(clippy::vec_box)]
     tls: std::cell::RefCell<Vec<Box<super::io::TlsCtx>>>,
+    /// Files plugins opened with conf_open_file (alive for the generation).
+    #[allow(clippy::vec_box)]
+    files: std::cell::RefCell<Vec<Box<super::files::OpenFile>>>,
 }
 
 const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::MAIL_SERVER;
@@ -93,7 +96,7 @@ impl Plugins {
             .collect();
         let header_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.header_filter.map(|f| (i, f))).collect();
         let body_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.body_filter.map(|f| (i, f))).collect();
-        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default() }
+        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default() }
     }
 
     fn cx<'d>(&self, d: &'d Directive, block_data: *mut c_void) -> ConfCtx<'d> {
@@ -103,6 +106,7 @@ impl Plugins {
     /// Keeps what a configuration call made for the generation.
     fn keep(&self, cx: &mut ConfCtx<'_>) {
         self.tls.borrow_mut().append(&mut cx.tls);
+        self.files.borrow_mut().append(&mut cx.files);
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {

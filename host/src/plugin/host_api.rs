@@ -79,6 +79,8 @@ pub struct ConfCtx<'a> {
     pub conf_dir: PathBuf,
     /// TLS contexts built while applying (kept by the generation).
     pub tls: Vec<Box<super::io::TlsCtx>>,
+    /// Files opened while applying (kept by the generation).
+    pub files: Vec<Box<super::files::OpenFile>>,
     scratch: String,
 }
 
@@ -100,6 +102,7 @@ impl<'a> ConfCtx<'a> {
             location: None,
             conf_dir,
             tls: Vec::new(),
+            files: Vec::new(),
             scratch: String::new(),
         }
     }
@@ -227,7 +230,7 @@ fn put(out: *mut Str, v: &str) -> Rc {
     sys::OK
 }
 
-fn cf<'a>(c: *mut sys::Conf) -> Option<&'a mut ConfCtx<'a>> {
+pub(super) fn cf<'a>(c: *mut sys::Conf) -> Option<&'a mut ConfCtx<'a>> {
     // SAFETY: the host passes only pointers to a live ConfCtx during set/create/merge.
     unsafe { (c as *mut ConfCtx<'a>).as_mut() }
 }
@@ -928,8 +931,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 60] = offsets!(
-    conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 62] = offsets!(
+    conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1015,6 +1018,8 @@ static TABLE: Table = Table(sys::Host {
     conf_tls: Some(conf_tls),
     conn_tls: Some(super::io::conn_tls),
     conn_tls_info: Some(super::io::conn_tls_info),
+    conf_open_file: Some(super::files::conf_open_file),
+    file_write: Some(super::files::file_write),
 });
 
 /// The host table handed to every plugin.

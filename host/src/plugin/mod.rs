@@ -14,6 +14,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod conf;
+pub mod files;
 pub mod host_api;
 pub mod io;
 

@@ -72,12 +72,7 @@ fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> 
         sys::set_affinity(mask).map_err(|e| format!("sched_setaffinity({mask:#b}) failed ({e})"))?;
     }
     if sys::is_root() && !single {
-        let (user, group) = core
-            .user
-            .clone()
-            .unwrap_or_else(|| ("nobody".into(), Some("nogroup".into())));
-        let group = group.or(Some(user.clone())).filter(|g| sys::lookup_user(&user, Some(g)).is_ok());
-        let (uid, gid) = sys::lookup_user(&user, group.as_deref()).map_err(|e| e.to_string())?;
+        let (uid, gid) = worker_user(core)?;
         sys::drop_privileges(uid, gid)
             .map_err(|e| format!("setuid({uid})/setgid({gid}) failed ({e})"))?;
     } else if core.user.is_some() && !sys::is_root() && slot == 0 {
@@ -219,7 +214,7 @@ impl<'a> Worker<'a> {
         match sig {
             libc::SIGQUIT => self.start_quit(),
             libc::SIGTERM | libc::SIGINT => self.exit = true,
-            libc::SIGUSR1 => crate::log::reopen(),
+            libc::SIGUSR1 => reopen_files(None),
             libc::SIGHUP if self.single => {
                 crate::log!(Warn, "reload is not supported with \"master_process off\"; restart instead")
             }
@@ -427,6 +422,25 @@ pub fn run_helper(cycle: &Cycle, idx: usize, master: i32) -> i32 {
     0
 }
 
+/// The user and group workers run as when the master is root (`user`,
+/// nginx's default nobody:nogroup, or nobody's own group).
+pub fn worker_user(core: &crate::config::core::CoreConf) -> Result<(u32, u32), String> {
+    let (user, group) = core.user.clone().unwrap_or_else(|| ("nobody".into(), Some("nogroup".into())));
+    let group = group.or(Some(user.clone())).filter(|g| sys::lookup_user(&user, Some(g)).is_ok());
+    sys::lookup_user(&user, group.as_deref()).map_err(|e| e.to_string())
+}
+
+/// USR1: reopens the error log and the files plugins opened. `owner`: in
+/// a root master, the worker user the new files are given to, so that
+/// the workers (signalled next) can reopen them as well.
+pub fn reopen_files(owner: Option<(u32, u32)>) {
+    crate::log::reopen();
+    if let Some((uid, gid)) = owner {
+        crate::log::chown_all(uid, gid);
+    }
+    crate::plugin::files::reopen_all(owner);
+}
+
 /// The event loop of a helper process: plugin timers and connections,
 /// until QUIT or TERM.
 pub fn helper_loop() {
@@ -452,7 +466,7 @@ pub fn helper_loop() {
                     for sig in sys::read_signalfd(raw) {
                         match sig {
                             libc::SIGQUIT | libc::SIGTERM | libc::SIGINT => return,
-                            libc::SIGUSR1 => crate::log::reopen(),
+                            libc::SIGUSR1 => reopen_files(None),
                             _ => {}
                         }
                     }

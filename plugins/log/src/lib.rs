@@ -6,14 +6,14 @@
 //!
 //! The predefined `combined` format is the default; without any
 //! `access_log`, requests are logged to `logs/access.log` in `combined`.
-//! Unset variables are written as `-`. Files are opened (appending) while
-//! the configuration is read, in the master, so workers that dropped
-//! privileges still write to them; a reload reopens them.
+//! Unset variables are written as `-`. Files are the host's (ABI 1.3
+//! `conf_open_file`): opened (appending) while the configuration is read,
+//! in the master, so workers that dropped privileges still write to them;
+//! reopened on USR1 (`ngxr -s reopen`, log rotation) and by a reload.
 
-use plugin_api::{export_plugin, log, sys, template::Template, DirectiveSpec, Phase, Plugin, Request, Status};
+use plugin_api::{export_plugin, sys, template::Template, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Write;
 use std::rc::Rc;
 
 const COMBINED: &str =
@@ -36,7 +36,7 @@ struct Format {
 /// An open log file, shared by every `access_log` naming its path.
 struct LogFile {
     path: String,
-    file: std::fs::File,
+    file: plugin_api::LogFile,
     buf: RefCell<Vec<u8>>,
     cap: usize,
 }
@@ -45,9 +45,8 @@ impl LogFile {
     fn write(&self, line: &[u8]) {
         let mut b = self.buf.borrow_mut();
         if self.cap == 0 {
-            if let Err(e) = (&self.file).write_all(line) {
-                log(sys::LOG_ALERT, &format!("write() to \"{}\" failed ({e})", self.path));
-            }
+            // A failure is logged by the host.
+            self.file.write(line);
             return;
         }
         if b.len() + line.len() > self.cap {
@@ -60,9 +59,7 @@ impl LogFile {
         if b.is_empty() {
             return;
         }
-        if let Err(e) = (&self.file).write_all(b) {
-            log(sys::LOG_ALERT, &format!("write() to \"{}\" failed ({e})", self.path));
-        }
+        self.file.write(b);
         b.clear();
     }
 
@@ -106,16 +103,13 @@ pub struct Log;
 
 const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
 
-fn open(path: &str, cap: usize) -> Result<Rc<LogFile>, String> {
+/// The generation's file for `path` (one per path, as nginx shares them).
+fn open(cx: &plugin_api::ConfCx<'_>, path: &str, cap: usize) -> Result<Rc<LogFile>, String> {
     let files = GEN.with(|g| g.borrow().1.clone());
     if let Some(f) = files.borrow().iter().find(|f| f.path == path) {
         return Ok(f.clone());
     }
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| format!("open() \"{path}\" failed ({e})"))?;
+    let file = cx.open_file(path)?;
     let f = Rc::new(LogFile { path: path.to_string(), file, buf: RefCell::new(Vec::with_capacity(cap)), cap });
     files.borrow_mut().push(f.clone());
     Ok(f)
@@ -184,7 +178,7 @@ impl Plugin for Log {
                         _ => return Err(format!("invalid parameter \"{p}\"")),
                     }
                 }
-                let file = open(&path, cap)?;
+                let file = open(cx, &path, cap)?;
                 c.targets.get_or_insert_with(Vec::new).push(Target { file, format });
                 Ok(())
             }),
@@ -199,21 +193,21 @@ impl Plugin for Log {
         Conf { formats, targets: None, files, default_path: (level == sys::CTX_HTTP).then(|| cx.full_path("logs/access.log")) }
     }
 
-    fn merge(parent: &Conf, child: &mut Conf) {
+    fn merge_in(cx: &plugin_api::ConfCx<'_>, _level: u32, parent: &Conf, child: &mut Conf) -> Result<(), String> {
         if child.targets.is_some() {
-            return;
+            return Ok(());
         }
         if parent.targets.is_some() {
             child.targets = parent.targets.clone();
-            return;
+            return Ok(());
         }
-        // No access_log above: nginx's default, logs/access.log combined.
+        // No access_log above: nginx's default, logs/access.log combined
+        // (a file that cannot be opened refuses the configuration, as in
+        // nginx).
         if let Some(path) = &parent.default_path {
-            match open(path, 0) {
-                Ok(file) => child.targets = Some(vec![Target { file, format: combined() }]),
-                Err(e) => log(sys::LOG_ALERT, &e),
-            }
+            child.targets = Some(vec![Target { file: open(cx, path, 0)?, format: combined() }]);
         }
+        Ok(())
     }
 
     fn phases() -> &'static [Phase] {
