@@ -60,7 +60,11 @@ fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> 
         sys::set_priority(p).map_err(|e| format!("setpriority({p}) failed ({e})"))?;
     }
     if let Some(n) = core.rlimit_nofile {
-        sys::set_nofile(n).map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {n}) failed ({e})"))?;
+        // As nginx: logged, not fatal (a container without CAP_SYS_RESOURCE
+        // cannot raise the hard limit; the worker runs with what it has).
+        if let Err(e) = sys::set_nofile(n) {
+            crate::log!(Alert, "setrlimit(RLIMIT_NOFILE, {n}) failed ({})", crate::config::parser::os_err(&e));
+        }
     }
     if let (Some(masks), true) = (&core.cpu_affinity, slot != usize::MAX) {
         let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()).min(64);

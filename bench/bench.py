@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""ngxr against nginx, side by side, in one run (called by bench/run).
+
+Both servers get the same files, one worker, access_log off, sendfile on,
+and listen on 127.0.0.1. For every scenario wrk runs on ngxr, then nginx,
+then ngxr again... (A B A B, --rounds times) so machine drift cancels;
+the table shows the median of the rounds. The last scenario measures the
+worker's resident memory holding 10,000 idle keepalive connections.
+
+Nothing here is a test: it prints figures, it does not judge them.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, deadline=10.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            sys.exit(f"{what} exited with {proc.returncode} before listening: {err}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port} within {deadline}s")
+
+
+COMMON_HTTP = """
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 75s;
+    keepalive_requests 1000;
+    default_type text/plain;
+    upstream backend {{
+        server 127.0.0.1:{backend};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root};
+        location /proxy/ {{
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+
+def ngxr_conf(d, port, backend):
+    mods = "".join(
+        f"load_module {os.path.join(REL, f'libngxr_{m}.so')};\n" for m in ["static", "log", "proxy"]
+    )
+    return (
+        mods
+        + f"""worker_processes 1;
+worker_rlimit_nofile 16384;
+daemon off;
+error_log {d}/ngxr-error.log warn;
+pid {d}/ngxr.pid;
+events {{ worker_connections 12000; }}
+http {{"""
+        + COMMON_HTTP.format(port=port, root=f"{d}/html", backend=backend)
+        + "}\n"
+    )
+
+
+def nginx_conf(d, port, backend):
+    temps = "".join(
+        f"    {t}_temp_path {d}/nginx-tmp/{t};\n"
+        for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+    )
+    return (
+        f"""worker_processes 1;
+worker_rlimit_nofile 16384;
+daemon off;
+error_log {d}/nginx-error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 12000; }}
+http {{
+{temps}"""
+        + COMMON_HTTP.format(port=port, root=f"{d}/html", backend=backend)
+        + "}\n"
+    )
+
+
+class Server:
+    def __init__(self, name, argv, port, cwd):
+        self.name, self.port = name, port
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(port, self.proc, name)
+
+    def worker_pid(self):
+        """The worker: the master's only child (or the process itself)."""
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                    kids = f.read().split()
+                if kids:
+                    return int(kids[0])
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wrk(port, path, secs, conns, close=False):
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "--timeout", "5s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}{path}")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    if not rps or not p99:
+        sys.exit(f"cannot read wrk's output:\n{out}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    note = ""
+    if errors:
+        note += f" non-2xx={errors.group(1)}"
+    if sock_err:
+        note += f" socket errors: {sock_err.group(1)}"
+    return float(rps.group(1)), float(p99.group(1)) * scale, note
+
+
+def idle_rss(port, pid, n):
+    """Opens n keepalive connections, one request each, and reads the
+    worker's VmRSS while they idle; returns (baseline KiB, loaded KiB)."""
+
+    def rss():
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    base = rss()
+    socks = []
+    req = b"GET /13b.txt HTTP/1.1\r\nHost: bench\r\n\r\n"
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(req)
+            socks.append(s)
+        for s in socks:
+            got = b""
+            while b"Hello, world\n" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise RuntimeError("connection closed before its response")
+                got += chunk
+        time.sleep(0.5)  # let the worker settle (not a readiness wait)
+        return base, rss()
+    finally:
+        for s in socks:
+            s.close()
+
+
+SCENARIOS = [
+    ("13-byte file, keepalive, c50", "/13b.txt", 50, False),
+    ("13-byte file, Connection: close, c50", "/13b.txt", 50, True),
+    ("4 KiB file, keepalive, c50", "/4k.bin", 50, False),
+    ("1 MiB file (sendfile), keepalive, c50", "/1m.bin", 50, False),
+    ("proxy, upstream keepalive, c50", "/proxy/x", 50, False),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--secs", type=int, default=5)
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--only", help="run scenarios whose name contains this")
+    a = ap.parse_args()
+
+    d = tempfile.mkdtemp(prefix="ngxr-bench-")
+    os.chmod(d, 0o755)
+    os.makedirs(f"{d}/html")
+    for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]:
+        os.makedirs(f"{d}/nginx-tmp/{t}")
+    with open(f"{d}/html/13b.txt", "wb") as f:
+        f.write(b"Hello, world\n")
+    with open(f"{d}/html/4k.bin", "wb") as f:
+        f.write(os.urandom(4096))
+    with open(f"{d}/html/1m.bin", "wb") as f:
+        f.write(os.urandom(1 << 20))
+    os.system(f"chmod -R a+rX {d}")
+
+    backend_port, ngxr_port, nginx_port, ceiling_port = (free_port() for _ in range(4))
+    with open(f"{d}/ngxr.conf", "w") as f:
+        f.write(ngxr_conf(d, ngxr_port, backend_port))
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(nginx_conf(d, nginx_port, backend_port))
+
+    procs = []
+    try:
+        backend = Server("backend", [os.path.join(REL, "bench-ceiling"), f"127.0.0.1:{backend_port}"], backend_port, d)
+        procs.append(backend)
+        ceiling = Server("ceiling", [os.path.join(REL, "bench-ceiling"), f"127.0.0.1:{ceiling_port}"], ceiling_port, d)
+        procs.append(ceiling)
+        ngxr = Server("ngxr", [os.path.join(REL, "ngxr"), "-p", d, "-c", f"{d}/ngxr.conf"], ngxr_port, d)
+        procs.append(ngxr)
+        nginx = Server("nginx", ["nginx", "-p", d, "-c", f"{d}/nginx.conf", "-e", f"{d}/nginx-error.log"], nginx_port, d)
+        procs.append(nginx)
+
+        for name, srv in [("ngxr", ngxr), ("nginx", nginx)]:
+            for path in ["/13b.txt", "/4k.bin", "/1m.bin", "/proxy/x"]:
+                out = subprocess.run(
+                    ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{srv.port}{path}"],
+                    capture_output=True, text=True, timeout=10).stdout
+                if out != "200":
+                    sys.exit(f"{name} answered {out} for {path}: the configurations are not equivalent")
+
+        print(f"# ngxr vs nginx ({subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}),"
+              f" wrk -t1, {a.secs}s per run, {a.rounds} rounds A B A B, median shown")
+        print(f"# {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+        rows = []
+        for title, path, conns, close in SCENARIOS:
+            if a.only and a.only not in title:
+                continue
+            runs = {"ngxr": [], "nginx": []}
+            for _ in range(a.rounds):
+                for name, srv in [("ngxr", ngxr), ("nginx", nginx)]:
+                    rps, p99, note = wrk(srv.port, path, a.secs, conns, close)
+                    runs[name].append((rps, p99))
+                    if note:
+                        print(f"  ! {name} {title}:{note}", file=sys.stderr)
+            med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in runs.items()}
+            ratio = med["ngxr"][0] / med["nginx"][0]
+            rows.append((title, med["ngxr"], med["nginx"], ratio,
+                         [r for r, _ in runs["ngxr"]], [r for r, _ in runs["nginx"]]))
+            print(f"{title:40} ngxr {med['ngxr'][0]:>9.0f} rps p99 {med['ngxr'][1]:6.2f} ms | "
+                  f"nginx {med['nginx'][0]:>9.0f} rps p99 {med['nginx'][1]:6.2f} ms | ratio {ratio:.2f}", flush=True)
+
+        if not a.only or "ceiling" in a.only:
+            c = [wrk(ceiling.port, "/", a.secs, 50)[0] for _ in range(a.rounds)]
+            print(f"{'ceiling: bare mio+httparse fixed reply':40} {statistics.median(c):>14.0f} rps", flush=True)
+
+        if a.idle and (not a.only or "idle" in a.only):
+            mem = {}
+            for name, srv in [("ngxr", ngxr), ("nginx", nginx)]:
+                base, loaded = idle_rss(srv.port, srv.worker_pid(), a.idle)
+                mem[name] = (base, loaded)
+            per = {k: (v[1] - v[0]) * 1024 / a.idle for k, v in mem.items()}
+            print(f"{'RSS, ' + str(a.idle) + ' idle keepalive conns':40} ngxr {mem['ngxr'][1] / 1024:7.1f} MiB "
+                  f"({per['ngxr']:.0f} B/conn) | nginx {mem['nginx'][1] / 1024:7.1f} MiB ({per['nginx']:.0f} B/conn) | "
+                  f"ratio {mem['ngxr'][1] / mem['nginx'][1]:.2f}", flush=True)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        for p in procs:
+            err = p.proc.stderr.read().decode(errors="replace").strip() if p.proc.stderr else ""
+            if err and p.name in ("ngxr", "nginx"):
+                print(f"# {p.name} stderr: {err[:2000]}", file=sys.stderr)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"# kept {d}", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
