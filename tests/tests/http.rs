@@ -160,6 +160,103 @@ fn conditional_and_range_requests() {
     assert_eq!(out.stdout, b"345");
 }
 
+/// The open-file cache (on by default) never serves a stale file: every
+/// hit is revalidated by device, inode, size, mtime and ctime, and
+/// contents are only kept for files that were not just written.
+#[test]
+fn open_file_cache_sees_every_change() {
+    use std::io::{Seek, Write};
+    use std::time::SystemTime;
+    let s = serve(&format!("worker_processes 1;\n{}", site_conf("")), &[("html/f.txt", "first version\n")]);
+    let f = s.prefix.path().join("html/f.txt");
+    let body = |want_status: u16| {
+        let r = get(s.port, "/f.txt").unwrap();
+        assert_eq!(r.status, want_status, "{}", String::from_utf8_lossy(&r.body));
+        if want_status == 200 {
+            assert_eq!(r.header("content-length").unwrap(), r.body.len().to_string());
+        }
+        String::from_utf8(r.body).unwrap()
+    };
+    // An old file: its contents are kept in memory after the first use.
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let set_old = |p: &std::path::Path| std::fs::File::options().write(true).open(p).unwrap().set_modified(old).unwrap();
+    set_old(&f);
+    // Contents are kept once the file's ctime (which cannot be set) is two
+    // seconds old: wait for that, so that the memory path is the one
+    // tested below.
+    poll_until("f.txt to settle", Duration::from_secs(5), || {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = std::fs::metadata(&f).unwrap().ctime();
+        let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        (now - ctime >= 3).then_some(())
+    });
+    assert_eq!(body(200), "first version\n");
+    assert_eq!(body(200), "first version\n");
+    // Rewritten in place, same size, mtime put back: only ctime tells.
+    let mut w = std::fs::File::options().write(true).open(&f).unwrap();
+    w.write_all(b"FIRST VERSION\n").unwrap();
+    w.set_modified(old).unwrap();
+    assert_eq!(body(200), "FIRST VERSION\n");
+    // Grown in place.
+    w.rewind().unwrap();
+    w.write_all(b"second, longer version\n").unwrap();
+    w.set_modified(old).unwrap();
+    drop(w);
+    assert_eq!(body(200), "second, longer version\n");
+    // Replaced by a rename: same size and mtime, another inode.
+    let tmp = s.prefix.path().join("html/f.tmp");
+    std::fs::write(&tmp, "third, a new inode now\n").unwrap();
+    set_old(&tmp);
+    std::fs::rename(&tmp, &f).unwrap();
+    assert_eq!(body(200), "third, a new inode now\n");
+    // Being written right now (same size each time, within a second).
+    for i in 0..3 {
+        std::fs::write(&f, format!("now {i}\n")).unwrap();
+        assert_eq!(body(200), format!("now {i}\n"));
+    }
+    // Unreadable, gone, back.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
+    body(403);
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(body(200), "now 2\n");
+    std::fs::remove_file(&f).unwrap();
+    body(404);
+    std::fs::write(&f, "back\n").unwrap();
+    assert_eq!(body(200), "back\n");
+    // A directory where the file was: the redirect.
+    std::fs::remove_file(&f).unwrap();
+    std::fs::create_dir(&f).unwrap();
+    body(301);
+    drop(s);
+    // `open_file_cache off` serves the same way; nginx's other
+    // open_file_cache_* directives are accepted; bad parameters refused.
+    let s = serve(
+        &format!("worker_processes 1;\n{}", site_conf("open_file_cache off; open_file_cache_valid 30s; open_file_cache_min_uses 2; open_file_cache_errors on;")),
+        &[("html/f.txt", "uncached\n")],
+    );
+    assert_eq!(body_of(s.port, "/f.txt"), "uncached\n");
+    std::fs::write(s.prefix.path().join("html/f.txt"), "changed\n").unwrap();
+    assert_eq!(body_of(s.port, "/f.txt"), "changed\n");
+    for (bad, why) in [
+        ("open_file_cache max=0;", "invalid \"open_file_cache\" parameter \"max=0\""),
+        ("open_file_cache inactive=10s;", "\"open_file_cache\" must have the \"max\" parameter"),
+        ("open_file_cache off max=10;", "invalid \"open_file_cache\" parameter \"max=10\""),
+    ] {
+        s.prefix.write_conf(&std::fs::read_to_string(s.prefix.path().join("conf/ngxr.conf")).unwrap().replace("open_file_cache off;", bad));
+        let out = s.prefix.ngxr(&["-t"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why) && err.contains("ngxr.conf:"), "{bad}: {err}");
+        s.prefix.write_conf(&std::fs::read_to_string(s.prefix.path().join("conf/ngxr.conf")).unwrap().replace(bad, "open_file_cache off;"));
+    }
+}
+
+fn body_of(port: u16, path: &str) -> String {
+    let r = get(port, path).unwrap();
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).unwrap()
+}
+
 #[test]
 fn autoindex_html_and_json() {
     let s = serve(

@@ -38,6 +38,30 @@ thread_local! {
     static SERIAL: Cell<u64> = const { Cell::new(0) };
     /// The connection whose on_ready is running (usize::MAX: none).
     static RUNNING: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Read buffers of connections that went idle, for the next busy one:
+    /// an idle keepalive connection holds no buffer (as nginx frees its
+    /// header buffer), and a busy one takes a buffer without malloc.
+    static RBUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept for reuse (at most this many, 16 KiB each).
+const RBUF_POOL: usize = 32;
+
+fn take_rbuf() -> Vec<u8> {
+    RBUFS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+}
+
+fn give_rbuf(mut v: Vec<u8>) {
+    if v.capacity() < READ_CHUNK || v.capacity() > 4 * READ_CHUNK {
+        return;
+    }
+    v.clear();
+    RBUFS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < RBUF_POOL {
+            p.push(v);
+        }
+    });
 }
 
 /// Asks the worker to run connection `conn` again after the current event.
@@ -82,6 +106,9 @@ pub struct Conn<'a> {
     sni: String,
     rbuf: Vec<u8>,
     rstart: usize,
+    /// The last read from the (plain) socket was short: it is empty until
+    /// the next readiness event, so no read is tried (nginx's `ready = 0`).
+    rdrained: bool,
     wpos: usize,
     req: Box<RefCell<Req<'a>>>,
     active: bool,
@@ -123,6 +150,7 @@ impl<'a> Conn<'a> {
             sni: String::new(),
             rbuf: Vec::new(),
             rstart: 0,
+            rdrained: false,
             wpos: 0,
             req: Box::new(RefCell::new(Req::new(idx, cycle, default, peer, local))),
             active: false,
@@ -145,6 +173,12 @@ impl<'a> Conn<'a> {
 
     fn cycle(&self) -> &'a Cycle {
         self.cycle
+    }
+
+    /// The poller reported the socket readable (or closed): reads may find
+    /// something again.
+    pub fn readable(&mut self) {
+        self.rdrained = false;
     }
 
     /// True for a keepalive connection waiting for its next request with
@@ -192,6 +226,7 @@ impl<'a> Conn<'a> {
         if !self.sock.handshaking() {
             self.sock.close_notify();
         }
+        give_rbuf(std::mem::take(&mut self.rbuf));
     }
 
     fn end_request(&mut self) {
@@ -424,11 +459,9 @@ impl<'a> Conn<'a> {
         self.keepalive_timeout = core_ka;
         if keep {
             if self.rstart >= self.rbuf.len() {
-                self.rbuf.clear();
+                // Idle until the next request: the buffer goes back.
+                give_rbuf(std::mem::take(&mut self.rbuf));
                 self.rstart = 0;
-                if self.rbuf.capacity() > 64 * 1024 {
-                    self.rbuf.shrink_to(READ_CHUNK);
-                }
             }
             return None;
         }
@@ -464,12 +497,35 @@ impl<'a> Conn<'a> {
 
     /// Reads more into rbuf. Ok(false) on WouldBlock; Err on EOF/error.
     fn fill(&mut self) -> Result<bool, ()> {
+        if self.rdrained {
+            return Ok(false);
+        }
         if self.rstart > 0 && self.rstart >= self.rbuf.len() {
             self.rbuf.clear();
             self.rstart = 0;
         } else if self.rstart > 64 * 1024 {
             self.rbuf.drain(..self.rstart);
             self.rstart = 0;
+        }
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = take_rbuf();
+        }
+        if !self.sock.is_tls() {
+            // Straight into the spare capacity: no zeroing per read.
+            return match crate::sys::recv_into(self.sock.tcp.as_raw_fd(), &mut self.rbuf, READ_CHUNK) {
+                Ok(0) => Err(()),
+                Ok(n) => {
+                    // A short read emptied the socket: the next bytes come
+                    // with a new edge.
+                    self.rdrained = n < READ_CHUNK;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.rdrained = true;
+                    Ok(false)
+                }
+                Err(_) => Err(()),
+            };
         }
         let len = self.rbuf.len();
         self.rbuf.resize(len + READ_CHUNK, 0);

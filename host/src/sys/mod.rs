@@ -349,6 +349,28 @@ pub fn sendfile(out: RawFd, file: RawFd, offset: &mut u64, count: usize) -> io::
     Ok(n as usize)
 }
 
+/// recv(2) of up to `max` bytes appended to `buf` (its spare capacity is
+/// reserved here): no zeroing of the buffer first. Ok(0) at EOF.
+pub fn recv_into(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let len = buf.len();
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: recv writes at most `max` bytes into the reserved spare
+        // capacity (at least `max` long); fd is open for the call.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), max, 0) };
+        if n >= 0 {
+            // SAFETY: the kernel initialised n bytes after len.
+            unsafe { buf.set_len(len + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// pread(2): reads at `offset` without moving the file position.
 pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     loop {

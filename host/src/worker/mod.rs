@@ -40,6 +40,9 @@ struct Worker<'a> {
     cycle: &'a Cycle,
     poll: Poll,
     listeners: Vec<TcpListener>,
+    /// For each listener bound to one address (not a wildcard), that
+    /// address: its connections' local address without getsockname().
+    local: Vec<Option<std::net::SocketAddr>>,
     /// For each listener: the plugin protocol listener it serves, if any.
     proto: Vec<Option<usize>>,
     accepting: bool,
@@ -131,8 +134,10 @@ impl<'a> Worker<'a> {
         crate::plugin::io::init(poll.registry())?;
         let mut listeners = Vec::new();
         let mut proto = Vec::new();
+        let mut local = Vec::new();
         for (i, b) in bound.iter().enumerate() {
             proto.push(cycle.plugins.proto.iter().position(|p| p.0 == b.conf.addr));
+            local.push(Some(b.conf.addr).filter(|a| !a.ip().is_unspecified() && a.port() != 0));
             let std_l: std::net::TcpListener = b.for_slot(slot).try_clone()?.into();
             let mut l = TcpListener::from_std(std_l);
             poll.registry().register(&mut l, Token(i), Interest::READABLE)?;
@@ -142,6 +147,7 @@ impl<'a> Worker<'a> {
             cycle,
             poll,
             listeners,
+            local,
             proto,
             accepting: true,
             conns: Vec::new(),
@@ -199,7 +205,14 @@ impl<'a> Worker<'a> {
                         ev.is_error(),
                     ),
                     Token(i) if i < CONN_BASE => self.accept(i),
-                    Token(t) => self.conn_ready(t - CONN_BASE),
+                    Token(t) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if let Some(Some(slot)) = self.conns.get_mut(t - CONN_BASE) {
+                                slot.conn.readable();
+                            }
+                        }
+                        self.conn_ready(t - CONN_BASE)
+                    }
                 }
             }
             self.run_wakes();
@@ -286,7 +299,7 @@ impl<'a> Worker<'a> {
                         let name = &self.cycle.plugins.list[pi].name;
                         crate::plugin::io::accept(sock, peer, pi, name, cb, data);
                     }
-                    None => self.add_conn(sock, peer),
+                    None => self.add_conn(sock, peer, i),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -312,9 +325,15 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn add_conn(&mut self, sock: mio::net::TcpStream, peer: std::net::SocketAddr) {
+    fn add_conn(&mut self, sock: mio::net::TcpStream, peer: std::net::SocketAddr, listener: usize) {
         let _ = sock.set_nodelay(true);
-        let Ok(local) = sock.local_addr() else { return };
+        let local = match self.local.get(listener).copied().flatten() {
+            Some(a) => a,
+            None => match sock.local_addr() {
+                Ok(a) => a,
+                Err(_) => return,
+            },
+        };
         let idx = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.conns.len() - 1
@@ -379,7 +398,9 @@ impl<'a> Worker<'a> {
             self.timers.cancel(k);
         }
         slot.conn.closing();
-        let _ = self.poll.registry().deregister(&mut slot.conn.sock.tcp);
+        // No EPOLL_CTL_DEL: closing the socket (its only descriptor) takes
+        // it out of the epoll set.
+        drop(slot);
         self.free.push(idx);
         self.active -= 1;
         if !self.accepting && !self.quitting && self.active < self.cycle.core.worker_connections {

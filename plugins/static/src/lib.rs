@@ -7,16 +7,22 @@
 //! than GET/HEAD, ETag and Last-Modified with If-None-Match /
 //! If-Modified-Since → 304 and If-Match / If-Unmodified-Since → 412, and
 //! Range (single → 206, several → multipart/byteranges, none satisfiable
-//! → 416). The body goes out as a file region (sendfile).
+//! → 416). The body goes out from memory (small files, cached) or as a
+//! file region (sendfile).
 //!
 //! Directives: `types { type ext…; }`, `default_type`, `etag on|off`,
-//! `if_modified_since off|exact|before`, `max_ranges n`.
+//! `if_modified_since off|exact|before`, `max_ranges n`,
+//! `open_file_cache off | max=N [inactive=time]` (on by default, see
+//! [`cache`]); `open_file_cache_valid`, `open_file_cache_min_uses` and
+//! `open_file_cache_errors` are accepted for nginx configurations and
+//! change nothing (every use is revalidated).
+
+mod cache;
 
 use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +35,8 @@ pub struct Conf {
     /// 0 off, 1 exact, 2 before.
     if_modified_since: Option<u8>,
     max_ranges: Option<usize>,
+    /// `open_file_cache`: Some(None) = off.
+    open_file_cache: Option<Option<cache::Settings>>,
 }
 
 const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
@@ -36,12 +44,12 @@ const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
 /// The plugin.
 pub struct Static;
 
-fn builtin_types() -> Rc<HashMap<String, String>> {
-    let mut m = HashMap::new();
-    for (t, e) in [("text/html", "html"), ("image/gif", "gif"), ("image/jpeg", "jpg")] {
-        m.insert(e.to_string(), t.to_string());
-    }
-    Rc::new(m)
+/// nginx's built-in types (used when no `types` block is configured).
+fn builtin_type(ext: &str) -> Option<&'static str> {
+    [("html", "text/html"), ("gif", "image/gif"), ("jpg", "image/jpeg")]
+        .iter()
+        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
+        .map(|(_, t)| *t)
 }
 
 impl Plugin for Static {
@@ -88,6 +96,37 @@ impl Plugin for Static {
                 c.max_ranges = Some(a[0].parse().map_err(|_| format!("invalid value \"{}\"", a[0]))?);
                 Ok(())
             }),
+            DirectiveSpec::<Conf>::new("open_file_cache", H, 1, 2, |c, a, cx| {
+                if a[0] == "off" {
+                    if a.len() > 1 {
+                        return Err(format!("invalid \"open_file_cache\" parameter \"{}\"", a[1]));
+                    }
+                    c.open_file_cache = Some(None);
+                    return Ok(());
+                }
+                let mut s = cache::Settings::default();
+                let mut max = false;
+                for p in a {
+                    match p.split_once('=') {
+                        Some(("max", v)) => {
+                            s.max = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("invalid \"open_file_cache\" parameter \"{p}\""))?;
+                            max = true;
+                        }
+                        Some(("inactive", v)) => s.inactive = Duration::from_millis(cx.time_ms(v)?),
+                        _ => return Err(format!("invalid \"open_file_cache\" parameter \"{p}\"")),
+                    }
+                }
+                if !max {
+                    return Err("\"open_file_cache\" must have the \"max\" parameter".into());
+                }
+                c.open_file_cache = Some(Some(s));
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("open_file_cache_valid", H, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(drop)),
+            DirectiveSpec::<Conf>::new("open_file_cache_min_uses", H, 1, 1, |_, a, _| {
+                a[0].parse::<u32>().map(drop).map_err(|_| format!("invalid value \"{}\"", a[0]))
+            }),
+            DirectiveSpec::<Conf>::new("open_file_cache_errors", H, 1, 1, |_, a, cx| cx.flag(a[0]).map(drop)),
         ]
     }
 
@@ -101,6 +140,7 @@ impl Plugin for Static {
         child.etag = child.etag.or(parent.etag);
         child.if_modified_since = child.if_modified_since.or(parent.if_modified_since);
         child.max_ranges = child.max_ranges.or(parent.max_ranges);
+        child.open_file_cache = child.open_file_cache.or(parent.open_file_cache);
     }
 
     fn phases() -> &'static [Phase] {
@@ -119,17 +159,31 @@ fn os_error(e: &std::io::Error) -> String {
     format!("{code}: {text}")
 }
 
-fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
-    let uri = req.uri().to_string();
-    if uri.ends_with('/') {
-        return Status::Declined;
+/// What the path names.
+enum Found {
+    File(Rc<cache::Entry>),
+    Dir,
+}
+
+/// Opens (or finds in the cache) the file the request maps to; Err is the
+/// response status, already logged.
+fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
+    let Some(path) = req.var("request_filename") else { return Err(Status::Error) };
+    let settings = conf.open_file_cache.unwrap_or(Some(cache::Settings::default()));
+    if settings.is_some() {
+        // One stat() revalidates a cached entry.
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Ok(Found::Dir),
+            Ok(m) => {
+                if let Some(e) = cache::lookup(path, &m) {
+                    return Ok(Found::File(e));
+                }
+            }
+            // Gone or unreadable: open() below says how, in its words.
+            Err(_) => cache::forget(path),
+        }
     }
-    let method = req.method().to_string();
-    if !matches!(method.as_str(), "GET" | "HEAD" | "POST") {
-        return Status::Http(405);
-    }
-    let Some(path) = req.var("request_filename").map(str::to_string) else { return Status::Error };
-    let file = match std::fs::File::open(&path) {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {
             let st = match e.kind() {
@@ -140,39 +194,65 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
             };
             let lvl = if st == 500 { sys::LOG_CRIT } else { sys::LOG_ERR };
             log(lvl, &format!("open() \"{path}\" failed ({})", os_error(&e)));
-            return Status::Http(st);
+            return Err(Status::Http(st));
         }
     };
-    let Ok(meta) = file.metadata() else { return Status::Error };
-    if meta.is_dir() {
-        let args = req.args().to_string();
-        let mut loc = format!("{uri}/");
-        if !args.is_empty() {
-            loc.push('?');
-            loc.push_str(&args);
+    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    let keep_body = settings.is_some() && cache::room_for_body();
+    match cache::Entry::new(file, keep_body) {
+        Ok(Some(e)) => Ok(Found::File(match settings {
+            Some(s) => cache::insert(path, e, s),
+            None => Rc::new(e),
+        })),
+        Ok(None) if is_dir => Ok(Found::Dir),
+        Ok(None) => {
+            log(sys::LOG_ERR, &format!("\"{path}\" is not a regular file"));
+            Err(Status::Http(404))
         }
-        req.set_header("Location", &loc);
-        return Status::Http(301);
+        Err(e) => {
+            log(sys::LOG_CRIT, &format!("fstat() \"{path}\" failed ({})", os_error(&e)));
+            Err(Status::Error)
+        }
     }
-    if !meta.is_file() {
-        log(sys::LOG_ERR, &format!("\"{path}\" is not a regular file"));
-        return Status::Http(404);
+}
+
+fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
+    let (slash, post) = {
+        let (uri, method) = (req.uri(), req.method());
+        if !matches!(method, "GET" | "HEAD" | "POST") {
+            return Status::Http(405);
+        }
+        (uri.ends_with('/'), method == "POST")
+    };
+    if slash {
+        return Status::Declined;
     }
-    if method == "POST" {
+    let e = match find(req, conf) {
+        Ok(Found::File(e)) => e,
+        Ok(Found::Dir) => {
+            let mut loc = format!("{}/", req.uri());
+            let args = req.args();
+            if !args.is_empty() {
+                loc.push('?');
+                loc.push_str(args);
+            }
+            req.set_header("Location", &loc);
+            return Status::Http(301);
+        }
+        Err(st) => return st,
+    };
+    if post {
         return Status::Http(405);
     }
-    let size = meta.len();
-    let mtime = meta.mtime().max(0) as u64;
-    let etag = format!("\"{:x}-{:x}\"", mtime, size);
-    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime));
-    let ctype = content_type(&uri, conf);
-    req.set_header("Content-Type", &ctype);
-    req.set_header("Last-Modified", &last_modified);
+    let (size, mtime) = (e.size, e.mtime);
+    let ctype = content_type(req.uri(), conf);
+    req.set_header("Content-Type", ctype);
+    req.set_header("Last-Modified", &e.last_modified);
     if conf.etag != Some(false) {
-        req.set_header("ETag", &etag);
+        req.set_header("ETag", &e.etag);
     }
     // The not-modified filter.
-    let cond = conditional(req, conf, mtime, &etag);
+    let cond = conditional(req, conf, mtime, &e.etag);
     if cond != 200 {
         if cond == 304 {
             req.remove_header("Content-Type");
@@ -185,38 +265,46 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
         return Status::Http(cond);
     }
     req.set_header("Accept-Ranges", "bytes");
-    let fd = file.as_raw_fd();
+    let fd = e.file.as_raw_fd();
     // The range filter.
-    let range = req.header("Range").map(str::to_string);
-    let if_range_ok = match req.header("If-Range") {
-        None => true,
-        Some(v) if v.starts_with('"') || v.starts_with("W/") => v == etag,
-        Some(v) => httpdate::parse_http_date(v).ok().map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())) == Some(mtime),
-    };
-    if let (Some(spec), true) = (range, if_range_ok) {
-        match parse_ranges(&spec, size) {
-            Ranges::Ignore => {}
-            Ranges::Unsatisfiable => {
-                req.remove_header("Accept-Ranges");
-                req.remove_header("Last-Modified");
-                req.remove_header("ETag");
-                req.set_header("Content-Range", &format!("bytes */{size}"));
-                return Status::Http(416);
+    if let Some(spec) = req.header("Range").map(str::to_string) {
+        let if_range_ok = match req.header("If-Range") {
+            None => true,
+            Some(v) if v.starts_with('"') || v.starts_with("W/") => v == e.etag,
+            Some(v) => httpdate::parse_http_date(v).ok().map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())) == Some(mtime),
+        };
+        if if_range_ok {
+            match parse_ranges(&spec, size) {
+                Ranges::Ignore => {}
+                Ranges::Unsatisfiable => {
+                    req.remove_header("Accept-Ranges");
+                    req.remove_header("Last-Modified");
+                    req.remove_header("ETag");
+                    req.set_header("Content-Range", &format!("bytes */{size}"));
+                    return Status::Http(416);
+                }
+                Ranges::List(list) if list.len() > conf.max_ranges.unwrap_or(usize::MAX) => {}
+                Ranges::List(list) if list.len() == 1 => {
+                    let (a, b) = list[0];
+                    req.set_status(206);
+                    req.set_header("Content-Range", &format!("bytes {a}-{b}/{size}"));
+                    req.set_header("Content-Length", &(b - a + 1).to_string());
+                    return sent(req.send_file(fd, a, b - a + 1, true));
+                }
+                Ranges::List(list) => {
+                    let ctype = ctype.to_string();
+                    return multipart(req, fd, &list, size, &ctype);
+                }
             }
-            Ranges::List(list) if list.len() > conf.max_ranges.unwrap_or(usize::MAX) => {}
-            Ranges::List(list) if list.len() == 1 => {
-                let (a, b) = list[0];
-                req.set_status(206);
-                req.set_header("Content-Range", &format!("bytes {a}-{b}/{size}"));
-                req.set_header("Content-Length", &(b - a + 1).to_string());
-                return sent(req.send_file(fd, a, b - a + 1, true));
-            }
-            Ranges::List(list) => return multipart(req, fd, &list, size, &ctype),
         }
     }
     req.set_status(200);
-    req.set_header("Content-Length", &size.to_string());
-    sent(req.send_file(fd, 0, size, true))
+    req.set_header("Content-Length", &e.length);
+    match &e.body {
+        // Small and cached: the header and the body leave in one write.
+        Some(body) => sent(req.send(body, true)),
+        None => sent(req.send_file(fd, 0, size, true)),
+    }
 }
 
 fn sent(r: Result<(), sys::Rc>) -> Status {
@@ -226,13 +314,18 @@ fn sent(r: Result<(), sys::Rc>) -> Status {
     }
 }
 
-fn content_type(uri: &str, conf: &Conf) -> String {
+/// The type for the URI's extension: the `types` map, else the built-in
+/// defaults (when no `types` is configured), else `default_type`.
+fn content_type<'c>(uri: &str, conf: &'c Conf) -> &'c str {
     let name = uri.rsplit('/').next().unwrap_or("");
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    let types = conf.types.clone().unwrap_or_else(builtin_types);
-    ext.and_then(|e| types.get(&e).cloned())
-        .or_else(|| conf.default_type.clone())
-        .unwrap_or_else(|| "text/plain".to_string())
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    let found = match (&conf.types, ext) {
+        (Some(types), Some(e)) if e.bytes().any(|b| b.is_ascii_uppercase()) => types.get(&e.to_ascii_lowercase()).map(String::as_str),
+        (Some(types), Some(e)) => types.get(e).map(String::as_str),
+        (None, Some(e)) => builtin_type(e),
+        (_, None) => None,
+    };
+    found.or(conf.default_type.as_deref()).unwrap_or("text/plain")
 }
 
 fn http_time(v: &str) -> Option<u64> {
