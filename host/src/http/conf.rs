@@ -59,6 +59,8 @@ pub struct Core {
     pub server_tokens: bool,
     /// `sendfile`.
     pub sendfile: bool,
+    /// `tcp_nopush` (TCP_CORK while a file goes out by sendfile).
+    pub tcp_nopush: bool,
     /// `internal` (not inherited).
     pub internal: bool,
     /// `log_not_found`.
@@ -96,6 +98,7 @@ impl Core {
             send_timeout: Duration::from_secs(60),
             server_tokens: true,
             sendfile: false,
+            tcp_nopush: false,
             internal: false,
             log_not_found: true,
             chunked: true,
@@ -459,7 +462,8 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "absolute_redirect" => c.absolute_redirect = d.flag()?,
         "port_in_redirect" => c.port_in_redirect = d.flag()?,
         "server_name_in_redirect" => c.server_name_in_redirect = d.flag()?,
-        "tcp_nopush" | "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" => {
+        "tcp_nopush" => c.tcp_nopush = d.flag()?,
+        "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" => {
             d.flag()?;
         }
         _ => {}

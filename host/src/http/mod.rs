@@ -128,6 +128,8 @@ pub struct Conn<'a> {
     relay: Option<Box<(Pipe, Pipe)>>,
     /// Buffer for file output that cannot go by sendfile.
     fbuf: Option<Box<[u8]>>,
+    /// TCP_CORK is on (`tcp_nopush` while sending a file).
+    corked: bool,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -168,6 +170,7 @@ impl<'a> Conn<'a> {
             serial,
             relay: None,
             fbuf: None,
+            corked: false,
         })
     }
 
@@ -842,11 +845,18 @@ impl<'a> Conn<'a> {
     fn flush(&mut self) -> Result<bool, ()> {
         let fd = self.sock.tcp.as_raw_fd();
         // sendfile cannot encrypt: TLS reads the file and writes records.
-        let sendfile = {
+        let (sendfile, nopush) = {
             let r = self.req.borrow();
-            r.location().core.sendfile && !self.sock.is_tls()
+            let core = &r.location().core;
+            (core.sendfile && !self.sock.is_tls(), core.tcp_nopush)
         };
         let mut r = self.req.borrow_mut();
+        // tcp_nopush: the head and the file leave in full segments; the
+        // cork comes off when everything queued is out.
+        if sendfile && nopush && !self.corked && r.out.iter().any(|c| matches!(c, Chunk::File { .. })) {
+            crate::sys::set_cork(fd, true);
+            self.corked = true;
+        }
         while let Some(front) = r.out.front_mut() {
             match front {
                 Chunk::Mem(v) => {
@@ -891,6 +901,10 @@ impl<'a> Conn<'a> {
                 }
             }
             r.out.pop_front();
+        }
+        if self.corked {
+            crate::sys::set_cork(fd, false);
+            self.corked = false;
         }
         // TLS records still in the session's buffer are part of the output.
         self.sock.flush_tls().map_err(|_| ())

@@ -44,6 +44,12 @@ pub struct PConn {
     cb: Option<sys::ConnFn>,
     data: *mut c_void,
     interest: u32,
+    /// Reading may find something (no EAGAIN or short read since the last
+    /// readable edge); writing may make progress (no EAGAIN since the last
+    /// writable edge). conn_watch schedules an immediate callback only for
+    /// what is ready; the rest comes with the next edge (nginx's `ready`).
+    rready: bool,
+    wready: bool,
     closed: bool,
     /// The request that owns it (0: the process): closed when it ends.
     owner: usize,
@@ -240,6 +246,8 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
         cb: None,
         data: std::ptr::null_mut(),
         interest: 0,
+        rready: true,
+        wready: true,
         closed: false,
         owner: 0,
         outbound: false,
@@ -275,6 +283,12 @@ fn dispatch(token: usize, ev: u32) {
     let pc = unsafe { &mut *p };
     if pc.closed {
         return;
+    }
+    if ev & (sys::EV_READ | sys::EV_ERROR) != 0 {
+        pc.rready = true;
+    }
+    if ev & (sys::EV_WRITE | sys::EV_ERROR) != 0 {
+        pc.wready = true;
     }
     if let Some(conn) = pc.http {
         crate::http::wake(conn);
@@ -512,8 +526,12 @@ pub(super) unsafe extern "C" fn conn_watch(c: *mut sys::Conn, interest: u32, cb:
     pc.data = data;
     pc.interest = interest & (sys::EV_READ | sys::EV_WRITE);
     let token = pc.token;
-    if pc.interest != 0 {
-        ST.with(|s| s.borrow_mut().pending.push((token, pc.interest)));
+    let ready = if pc.rready { sys::EV_READ } else { 0 } | if pc.wready { sys::EV_WRITE } else { 0 };
+    // While connecting or handshaking, the next edge drives everything.
+    let busy = pc.connecting.is_some() || pc.handshaking || pc.relay.is_some() || pc.http.is_some();
+    let now = if busy { pc.interest } else { pc.interest & ready };
+    if now != 0 {
+        ST.with(|s| s.borrow_mut().pending.push((token, now)));
     }
     sys::OK
 }
@@ -534,11 +552,20 @@ pub(super) unsafe extern "C" fn conn_read(c: *mut sys::Conn, buf: *mut u8, len: 
     loop {
         match pc.sock().and_then(|s| s.read(dst)) {
             Ok(k) => {
+                // A short read on a plain socket took all there was: the
+                // next bytes come with an edge. (TLS may hold more
+                // plaintext than one read returns.)
+                if k > 0 && k < len && pc.sock.as_ref().is_some_and(|s| !s.is_tls()) {
+                    pc.rready = false;
+                }
                 // SAFETY: n is non-null.
                 unsafe { *n = k };
                 return sys::OK;
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return sys::AGAIN,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                pc.rready = false;
+                return sys::AGAIN;
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
                 pc.error = format!("recv() failed ({})", crate::config::parser::os_err(&e));
@@ -585,6 +612,7 @@ pub(super) unsafe extern "C" fn conn_write(c: *mut sys::Conn, bufs: *const sys::
                     bytes = &bytes[k..];
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    pc.wready = false;
                     rc = sys::AGAIN;
                     break 'bufs;
                 }

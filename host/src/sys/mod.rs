@@ -413,3 +413,13 @@ pub fn shutdown_write(fd: RawFd) {
     // SAFETY: shutdown on an open socket has no memory effects.
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
+
+/// TCP_CORK on or off (`tcp_nopush`): while on, the kernel sends only
+/// full segments, so a response head and its file go out together.
+pub fn set_cork(fd: RawFd, on: bool) {
+    let v: libc::c_int = on.into();
+    // SAFETY: setsockopt reads an int we pass by pointer for the call.
+    unsafe {
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+    };
+}
