@@ -251,6 +251,28 @@ fn open_file_cache_sees_every_change() {
     }
 }
 
+/// A client that sends its request and closes its side at once: the
+/// response comes, then the server closes instead of keeping an idle
+/// keepalive connection until keepalive_timeout. (Whether the FIN shares
+/// an epoll edge with the request bytes is up to timing; the worker
+/// handles both — see `Conn::readable`.)
+#[test]
+fn half_closed_client_gets_its_answer_and_the_close() {
+    use std::io::{Read, Write};
+    let s = serve(&site_conf("keepalive_timeout 60s;"), SITE);
+    for path in ["/a.txt", "/nope"] {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        // A timeout here (Err) means the server sat on the connection.
+        c.read_to_end(&mut all).unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    }
+}
+
 fn body_of(port: u16, path: &str) -> String {
     let r = get(port, path).unwrap();
     assert_eq!(r.status, 200);

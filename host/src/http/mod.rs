@@ -109,6 +109,8 @@ pub struct Conn<'a> {
     /// The last read from the (plain) socket was short: it is empty until
     /// the next readiness event, so no read is tried (nginx's `ready = 0`).
     rdrained: bool,
+    /// The peer closed its side (EPOLLRDHUP seen).
+    rdhup: bool,
     wpos: usize,
     req: Box<RefCell<Req<'a>>>,
     active: bool,
@@ -153,6 +155,7 @@ impl<'a> Conn<'a> {
             rbuf: Vec::new(),
             rstart: 0,
             rdrained: false,
+            rdhup: false,
             wpos: 0,
             req: Box::new(RefCell::new(Req::new(idx, cycle, default, peer, local))),
             active: false,
@@ -180,8 +183,12 @@ impl<'a> Conn<'a> {
 
     /// The poller reported the socket readable (or closed): reads may find
     /// something again.
-    pub fn readable(&mut self) {
+    /// `closed`: the peer's FIN came with it, so from now on a short read
+    /// does not mean "drained" (the EOF is still to be read and no
+    /// further edge will announce it).
+    pub fn readable(&mut self, closed: bool) {
         self.rdrained = false;
+        self.rdhup |= closed;
     }
 
     /// True for a keepalive connection waiting for its next request with
@@ -462,9 +469,11 @@ impl<'a> Conn<'a> {
         self.keepalive_timeout = core_ka;
         if keep {
             if self.rstart >= self.rbuf.len() {
-                // Idle until the next request: the buffer goes back.
+                // Idle until the next request: the buffer goes back, and
+                // the request's memory.
                 give_rbuf(std::mem::take(&mut self.rbuf));
                 self.rstart = 0;
+                self.req.borrow_mut().shed();
             }
             return None;
         }
@@ -520,7 +529,7 @@ impl<'a> Conn<'a> {
                 Ok(n) => {
                     // A short read emptied the socket: the next bytes come
                     // with a new edge.
-                    self.rdrained = n < READ_CHUNK;
+                    self.rdrained = n < READ_CHUNK && !self.rdhup;
                     Ok(true)
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {

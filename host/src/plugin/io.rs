@@ -50,6 +50,8 @@ pub struct PConn {
     /// what is ready; the rest comes with the next edge (nginx's `ready`).
     rready: bool,
     wready: bool,
+    /// The peer closed its side (EPOLLRDHUP seen).
+    rdhup: bool,
     closed: bool,
     /// The request that owns it (0: the process): closed when it ends.
     owner: usize,
@@ -248,6 +250,7 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
         interest: 0,
         rready: true,
         wready: true,
+        rdhup: false,
         closed: false,
         owner: 0,
         outbound: false,
@@ -260,7 +263,16 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
 }
 
 /// Dispatches a readiness event for a plugin connection token.
-pub fn on_event(token: usize, readable: bool, writable: bool, error: bool) {
+pub fn on_event(token: usize, readable: bool, writable: bool, error: bool, read_closed: bool) {
+    if read_closed {
+        // The peer's FIN came with this edge: a short read will not mean
+        // "drained" any more (the EOF is still to be read, and no further
+        // edge will announce it).
+        if let Some(p) = ST.with(|s| s.borrow().conns.get(&token).copied()) {
+            // SAFETY: a live Box<PConn> owned by ST (see dispatch).
+            unsafe { (*p).rdhup = true };
+        }
+    }
     let mut ev = 0;
     if readable {
         ev |= sys::EV_READ;
@@ -555,7 +567,7 @@ pub(super) unsafe extern "C" fn conn_read(c: *mut sys::Conn, buf: *mut u8, len: 
                 // A short read on a plain socket took all there was: the
                 // next bytes come with an edge. (TLS may hold more
                 // plaintext than one read returns.)
-                if k > 0 && k < len && pc.sock.as_ref().is_some_and(|s| !s.is_tls()) {
+                if k > 0 && k < len && !pc.rdhup && pc.sock.as_ref().is_some_and(|s| !s.is_tls()) {
                     pc.rready = false;
                 }
                 // SAFETY: n is non-null.

@@ -203,12 +203,13 @@ impl<'a> Worker<'a> {
                         ev.is_readable() || ev.is_read_closed(),
                         ev.is_writable(),
                         ev.is_error(),
+                        ev.is_read_closed(),
                     ),
                     Token(i) if i < CONN_BASE => self.accept(i),
                     Token(t) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             if let Some(Some(slot)) = self.conns.get_mut(t - CONN_BASE) {
-                                slot.conn.readable();
+                                slot.conn.readable(ev.is_read_closed() || ev.is_error());
                             }
                         }
                         self.conn_ready(t - CONN_BASE)
@@ -496,7 +497,7 @@ pub fn helper_loop() {
                         }
                     }
                 }
-                Token(t) => crate::plugin::io::on_event(t, ev.is_readable(), ev.is_writable(), ev.is_error()),
+                Token(t) => crate::plugin::io::on_event(t, ev.is_readable() || ev.is_read_closed(), ev.is_writable(), ev.is_error(), ev.is_read_closed()),
             }
         }
         crate::plugin::io::run_due();
