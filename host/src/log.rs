@@ -71,8 +71,15 @@ struct Sink {
 
 static SINKS: Mutex<Vec<Sink>> = Mutex::new(Vec::new());
 
-fn open(path: &PathBuf) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// Opens a log file for appending (created if missing), as nginx opens
+/// its logs; the error names the file in nginx's words. Also used for the
+/// files plugins open (plugin::files).
+pub fn open_append(path: &std::path::Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("open() \"{}\" failed ({})", path.display(), crate::config::parser::os_err(&e)))
 }
 
 /// Replaces the targets; on failure to open any of them, keeps the old
@@ -82,9 +89,7 @@ pub fn set_targets(targets: &[LogTarget]) -> Result<(), String> {
     for t in targets {
         let file = match &t.path {
             None => None,
-            Some(p) => Some(open(p).map_err(|e| {
-                format!("open() \"{}\" failed ({})", p.display(), crate::config::parser::os_err(&e))
-            })?),
+            Some(p) => Some(open_append(p)?),
         };
         new.push(Sink { path: t.path.clone(), file, level: t.level });
     }
@@ -97,7 +102,7 @@ pub fn reopen() {
     let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
     for s in sinks.iter_mut() {
         if let Some(p) = &s.path {
-            if let Ok(f) = open(p) {
+            if let Ok(f) = open_append(p) {
                 s.file = Some(f);
             }
         }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A file opened for appending; the `ngx_plugin_file_t` behind a handle.
 pub struct OpenFile {
@@ -23,18 +23,10 @@ thread_local! {
     static LIVE: RefCell<HashSet<usize>> = RefCell::new(HashSet::new());
 }
 
-fn open(path: &Path) -> Result<File, String> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("open() \"{}\" failed ({})", path.display(), crate::config::parser::os_err(&e)))
-}
-
 impl OpenFile {
     /// Opens `path` and registers the file; the box is the generation's.
     pub fn open(path: PathBuf) -> Result<Box<OpenFile>, String> {
-        let file = open(&path)?;
+        let file = crate::log::open_append(&path)?;
         let b = Box::new(OpenFile { path, file: RefCell::new(file) });
         LIVE.with(|l| l.borrow_mut().insert(b.handle() as usize));
         Ok(b)
@@ -79,7 +71,7 @@ pub fn reopen_all(owner: Option<(u32, u32)>) {
     let live: Vec<usize> = LIVE.with(|l| l.borrow().iter().copied().collect());
     for h in live {
         let Some(f) = file(h as *mut sys::File) else { continue };
-        match open(&f.path) {
+        match crate::log::open_append(&f.path) {
             Ok(new) => {
                 if let Some((uid, gid)) = owner {
                     if let Err(e) = crate::sys::chown(&f.path, uid, gid) {
