@@ -72,14 +72,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Makes an entry for a file just opened (None: not a regular file;
-    /// Err: fstat failed).
-    pub fn new(file: File, keep_body: bool) -> std::io::Result<Option<Entry>> {
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Ok(None);
-        }
-        let stamp = Stamp::of(&meta);
+    /// Makes an entry for a regular file just opened, with its fstat()
+    /// `meta`; Err when reading its contents failed.
+    pub fn new(file: File, meta: &Metadata, keep_body: bool) -> std::io::Result<Entry> {
+        let stamp = Stamp::of(meta);
         let size = meta.len();
         let mtime = meta.mtime().max(0) as u64;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
@@ -93,7 +89,7 @@ impl Entry {
                 body = Some(buf.into_boxed_slice());
             }
         }
-        Ok(Some(Entry {
+        Ok(Entry {
             file,
             stamp,
             size,
@@ -103,7 +99,7 @@ impl Entry {
             length: size.to_string(),
             body,
             used: std::cell::Cell::new(Instant::now()),
-        }))
+        })
     }
 }
 

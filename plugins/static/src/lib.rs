@@ -197,20 +197,28 @@ fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
             return Err(Status::Http(st));
         }
     };
-    let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => {
+            log(sys::LOG_CRIT, &format!("fstat() \"{path}\" failed ({})", os_error(&e)));
+            return Err(Status::Error);
+        }
+    };
+    if meta.is_dir() {
+        return Ok(Found::Dir);
+    }
+    if !meta.is_file() {
+        log(sys::LOG_ERR, &format!("\"{path}\" is not a regular file"));
+        return Err(Status::Http(404));
+    }
     let keep_body = settings.is_some() && cache::room_for_body();
-    match cache::Entry::new(file, keep_body) {
-        Ok(Some(e)) => Ok(Found::File(match settings {
+    match cache::Entry::new(file, &meta, keep_body) {
+        Ok(e) => Ok(Found::File(match settings {
             Some(s) => cache::insert(path, e, s),
             None => Rc::new(e),
         })),
-        Ok(None) if is_dir => Ok(Found::Dir),
-        Ok(None) => {
-            log(sys::LOG_ERR, &format!("\"{path}\" is not a regular file"));
-            Err(Status::Http(404))
-        }
         Err(e) => {
-            log(sys::LOG_CRIT, &format!("fstat() \"{path}\" failed ({})", os_error(&e)));
+            log(sys::LOG_CRIT, &format!("read() \"{path}\" failed ({})", os_error(&e)));
             Err(Status::Error)
         }
     }
