@@ -262,7 +262,8 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
     })
 }
 
-/// Dispatches a readiness event for a plugin connection token.
+/// Dispatches a readiness event for a plugin connection token; the peer's
+/// FIN (`read_closed`) counts as readable.
 pub fn on_event(token: usize, readable: bool, writable: bool, error: bool, read_closed: bool) {
     if read_closed {
         // The peer's FIN came with this edge: a short read will not mean
@@ -274,7 +275,7 @@ pub fn on_event(token: usize, readable: bool, writable: bool, error: bool, read_
         }
     }
     let mut ev = 0;
-    if readable {
+    if readable || read_closed {
         ev |= sys::EV_READ;
     }
     if writable {

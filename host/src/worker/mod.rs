@@ -198,13 +198,9 @@ impl<'a> Worker<'a> {
                             self.on_signal(sig);
                         }
                     }
-                    Token(t) if t >= crate::plugin::io::TOKEN_BASE => crate::plugin::io::on_event(
-                        t,
-                        ev.is_readable() || ev.is_read_closed(),
-                        ev.is_writable(),
-                        ev.is_error(),
-                        ev.is_read_closed(),
-                    ),
+                    Token(t) if t >= crate::plugin::io::TOKEN_BASE => {
+                        crate::plugin::io::on_event(t, ev.is_readable(), ev.is_writable(), ev.is_error(), ev.is_read_closed())
+                    }
                     Token(i) if i < CONN_BASE => self.accept(i),
                     Token(t) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -497,7 +493,7 @@ pub fn helper_loop() {
                         }
                     }
                 }
-                Token(t) => crate::plugin::io::on_event(t, ev.is_readable() || ev.is_read_closed(), ev.is_writable(), ev.is_error(), ev.is_read_closed()),
+                Token(t) => crate::plugin::io::on_event(t, ev.is_readable(), ev.is_writable(), ev.is_error(), ev.is_read_closed()),
             }
         }
         crate::plugin::io::run_due();
