@@ -73,6 +73,11 @@ pub fn wake(conn: usize) {
     }
 }
 
+/// Whether a plugin woke a connection that has not run since.
+pub fn has_wakes() -> bool {
+    WAKE.with(|w| !w.borrow().is_empty())
+}
+
 /// Takes the queued wakeups into `into` (cleared first).
 pub fn take_wakes(into: &mut Vec<usize>) {
     into.clear();

@@ -70,6 +70,14 @@ pub struct PConn {
 }
 
 impl PConn {
+    /// A plain socket, where `rready`/`wready` false means the kernel has
+    /// nothing for us until the next edge, so reads and writes answer
+    /// AGAIN without a syscall (nginx's `ready` flags). TLS sessions keep
+    /// their own buffers and always ask.
+    fn is_plain(&self) -> bool {
+        self.sock.as_ref().is_some_and(|s| !s.is_tls())
+    }
+
     fn sock(&mut self) -> std::io::Result<&mut Stream<TcpStream>> {
         self.sock.as_mut().ok_or_else(|| std::io::Error::from(ErrorKind::NotConnected))
     }
@@ -377,18 +385,37 @@ fn call(token: usize, ev: u32, cb: Option<sys::ConnFn>, data: *mut c_void) {
     host_api::with_plugin(plugin, unsafe { &*name }, || unsafe { cb(handle(token), ev, data) });
 }
 
-/// Runs due timers and pending immediate callbacks.
-pub fn run_due() {
+/// Runs the pending immediate callbacks (`conn_watch` on a connection
+/// that is already ready); returns whether there were any. The worker calls
+/// this after every event, so an upstream request goes out while its
+/// client's event is handled, not after the whole epoll batch.
+pub fn run_pending() -> bool {
+    let mut ran = false;
     loop {
-        let pending = ST.with(|s| std::mem::take(&mut s.borrow_mut().pending));
-        if pending.is_empty() {
-            break;
+        let mut list = ST.with(|s| std::mem::take(&mut s.borrow_mut().pending));
+        if list.is_empty() {
+            return ran;
         }
-        for (token, ev) in pending {
+        ran = true;
+        for &(token, ev) in &list {
             dispatch(token, ev);
         }
         reap();
+        // Keep the allocation for the next round when nothing was queued
+        // meanwhile.
+        list.clear();
+        ST.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.pending.is_empty() {
+                s.pending = list;
+            }
+        });
     }
+}
+
+/// Runs pending immediate callbacks and due timers.
+pub fn run_due() {
+    run_pending();
     let now = Instant::now();
     while let Some(t) = ST.with(|s| {
         let mut s = s.borrow_mut();
@@ -559,7 +586,7 @@ pub(super) unsafe extern "C" fn conn_read(c: *mut sys::Conn, buf: *mut u8, len: 
     }
     // SAFETY: the plugin passes a writable buffer of len bytes.
     let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-    if pc.connecting.is_some() {
+    if pc.connecting.is_some() || (!pc.rready && pc.is_plain()) {
         return sys::AGAIN;
     }
     loop {
@@ -568,7 +595,7 @@ pub(super) unsafe extern "C" fn conn_read(c: *mut sys::Conn, buf: *mut u8, len: 
                 // A short read on a plain socket took all there was: the
                 // next bytes come with an edge. (TLS may hold more
                 // plaintext than one read returns.)
-                if k > 0 && k < len && !pc.rdhup && pc.sock.as_ref().is_some_and(|s| !s.is_tls()) {
+                if k > 0 && k < len && !pc.rdhup && pc.is_plain() {
                     pc.rready = false;
                 }
                 // SAFETY: n is non-null.
@@ -602,7 +629,7 @@ pub(super) unsafe extern "C" fn conn_write(c: *mut sys::Conn, bufs: *const sys::
         // SAFETY: nbufs valid buffers for the call.
         unsafe { std::slice::from_raw_parts(bufs, nbufs) }
     };
-    if pc.connecting.is_some() {
+    if pc.connecting.is_some() || (!pc.wready && pc.is_plain() && list.iter().any(|b| b.len != 0)) {
         return sys::AGAIN;
     }
     let mut total = 0usize;

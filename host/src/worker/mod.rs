@@ -182,6 +182,7 @@ impl<'a> Worker<'a> {
             }
             let now = Instant::now();
             let wait = match (self.timers.next_wait(now), crate::plugin::io::next_wait(now)) {
+                _ if crate::http::has_wakes() => Some(std::time::Duration::ZERO),
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -211,10 +212,10 @@ impl<'a> Worker<'a> {
                         self.conn_ready(t - CONN_BASE)
                     }
                 }
+                self.run_deferred();
             }
-            self.run_wakes();
             crate::plugin::io::run_due();
-            self.run_wakes();
+            self.run_deferred();
             let now = Instant::now();
             while let Some(t) = self.timers.pop_due(now) {
                 self.on_timer(t);
@@ -374,6 +375,23 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Runs what the last event left for later: connections that plugins
+    /// woke and plugin callbacks due at once, until neither has more (or
+    /// for 64 rounds; then the next epoll_wait does not block, see run()).
+    /// Called after every event, as nginx calls the next handler directly:
+    /// with work left for the end of the batch, a proxied request would
+    /// wait for its upstream write until every other event was handled,
+    /// and client, worker and backend would take turns instead of running
+    /// side by side.
+    fn run_deferred(&mut self) {
+        for _ in 0..64 {
+            self.run_wakes();
+            if !crate::plugin::io::run_pending() {
+                return;
+            }
+        }
+    }
+
     /// Runs connections that plugins woke (resumed requests, body reads).
     fn run_wakes(&mut self) {
         for _ in 0..64 {
@@ -493,7 +511,10 @@ pub fn helper_loop() {
                         }
                     }
                 }
-                Token(t) => crate::plugin::io::on_event(t, ev.is_readable(), ev.is_writable(), ev.is_error(), ev.is_read_closed()),
+                Token(t) => {
+                    crate::plugin::io::on_event(t, ev.is_readable(), ev.is_writable(), ev.is_error(), ev.is_read_closed());
+                    crate::plugin::io::run_pending();
+                }
             }
         }
         crate::plugin::io::run_due();

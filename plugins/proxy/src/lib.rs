@@ -656,7 +656,7 @@ impl State {
         self.start_sending(req, c, conf)
     }
 
-    fn sending(&mut self, _req: &mut Request<'_>, conf: &Conf) -> Flow {
+    fn sending(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
         while self.sent < self.out.len() {
             match c.write(&self.out[self.sent..]) {
@@ -672,6 +672,11 @@ impl State {
                 }
                 Err(_) => return Flow::Failed(Fail::Error),
             }
+        }
+        // Sent: from now on only the answer matters (a writable connection
+        // would otherwise resume the request for nothing).
+        if c.watch_resuming(req, sys::EV_READ).is_err() {
+            return Flow::Failed(Fail::Error);
         }
         self.phase = Phase::ReadingHead;
         self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout)));
