@@ -96,6 +96,27 @@ impl Conn {
         }
     }
 
+    /// Reads up to `max` bytes, appended to `v` (its spare capacity is
+    /// filled by the host directly: nothing is zeroed or copied first).
+    /// `Ok(Some(n))` (0 = EOF), `Ok(None)` would block.
+    pub fn read_append(self, v: &mut Vec<u8>, max: usize) -> Result<Option<usize>, sys::Rc> {
+        let f = rt::host().conn_read.ok_or(sys::UNSUPPORTED)?;
+        v.reserve(max);
+        let len = v.len();
+        let mut n = 0;
+        // SAFETY: the spare capacity holds at least `max` bytes; the host
+        // only writes into it and reports how many bytes it wrote.
+        match unsafe { f(self.0, v.as_mut_ptr().add(len), max, &mut n) } {
+            sys::OK => {
+                // SAFETY: the host initialised n <= max bytes after len.
+                unsafe { v.set_len(len + n.min(max)) };
+                Ok(Some(n))
+            }
+            sys::AGAIN => Ok(None),
+            rc => Err(rc),
+        }
+    }
+
     /// Writes: `Ok(Some(n))` bytes taken, `Ok(None)` would block.
     pub fn write(self, bytes: &[u8]) -> Result<Option<usize>, sys::Rc> {
         let f = rt::host().conn_write.ok_or(sys::UNSUPPORTED)?;

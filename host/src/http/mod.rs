@@ -12,6 +12,7 @@
 //! connections' callbacks; [`wake`] queues the connection and the worker
 //! runs it again after the current event.
 
+pub mod arena;
 pub mod conf;
 pub mod parse;
 pub mod request;
@@ -707,18 +708,23 @@ impl<'a> Conn<'a> {
             r.framing = info.framing;
             r.body_state = if info.framing == Framing::None { BodyIn::Done } else { BodyIn::Idle };
             for h in q.headers.iter() {
-                r.headers_in.push((h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()));
+                let (k, v) = (r.text(h.name), r.text(&String::from_utf8_lossy(h.value)));
+                r.headers_in.push((k, v));
             }
             match parse::origin_form(target) {
                 None => bad = Some((400, "client sent invalid request target")),
                 Some(t) => {
                     let (path, args) = t.split_once('?').unwrap_or((t, ""));
                     r.args.push_str(args);
-                    let mut decoded = Vec::with_capacity(path.len());
-                    match parse::normalize(path, merge, &mut decoded) {
-                        Ok(()) => r.uri.push_str(&String::from_utf8_lossy(&decoded)),
-                        Err(why) => bad = Some((400, why)),
-                    }
+                    thread_local!(static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
+                    DECODED.with(|d| {
+                        let mut decoded = d.borrow_mut();
+                        decoded.clear();
+                        match parse::normalize(path, merge, &mut decoded) {
+                            Ok(()) => r.uri.push_str(&String::from_utf8_lossy(&decoded)),
+                            Err(why) => bad = Some((400, why)),
+                        }
+                    });
                 }
             }
         }
@@ -914,7 +920,9 @@ impl<'a> Conn<'a> {
                     }
                 }
             }
-            r.out.pop_front();
+            if let Some(Chunk::Mem(v)) = r.out.pop_front() {
+                request::give_mem(v);
+            }
         }
         if self.corked {
             crate::sys::set_cork(fd, false);

@@ -180,7 +180,11 @@ pub struct Req<'a> {
     /// Per-plugin state: (plugin, pointer, destructor).
     pub ctx: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
     /// Request-lifetime allocations (http_alloc, computed variables).
-    pub arena: Vec<Box<[u8]>>,
+    pub arena: super::arena::Arena,
+    /// Header strings of the last request, reused by the next one.
+    spare: Vec<String>,
+    /// The growable parts went to the worker's pool (idle keepalive).
+    shed: bool,
     /// Variables set with http_var_set.
     pub vars: Vec<(String, String)>,
     /// http_resume_when_drained: resume once at most this much is queued.
@@ -192,6 +196,32 @@ pub struct Req<'a> {
     pub tls: Option<crate::tls::Info>,
     /// The name the client sent in SNI (empty: none).
     pub ssl_server_name: String,
+}
+
+/// A request's growable memory, kept by the worker between requests
+/// (see `Req::shed`).
+#[derive(Default)]
+struct Parts {
+    method: String,
+    request_uri: String,
+    uri: String,
+    args: String,
+    host: String,
+    headers_in: Vec<(String, String)>,
+    headers_out: Vec<(String, String)>,
+    spare: Vec<String>,
+    body_in: Vec<u8>,
+    out: VecDeque<Chunk>,
+    ctx: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
+    arena: super::arena::Arena,
+    vars: Vec<(String, String)>,
+}
+
+/// Pooled request memory kept per worker at most.
+const PARTS_MAX: usize = 128;
+
+thread_local! {
+    static PARTS: RefCell<Vec<Parts>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<'a> Req<'a> {
@@ -251,7 +281,9 @@ impl<'a> Req<'a> {
             filter_pos: 0,
             logged: true,
             ctx: Vec::new(),
-            arena: Vec::new(),
+            arena: Default::default(),
+            spare: Vec::new(),
+            shed: false,
             vars: Vec::new(),
             drain_limit: None,
             relay: None,
@@ -260,31 +292,65 @@ impl<'a> Req<'a> {
         }
     }
 
-    /// The connection went idle (keepalive): gives back the memory the
-    /// last request's strings and lists held, as nginx frees a request's
-    /// pool, so that an idle connection costs little.
+    /// The connection went idle (keepalive): its request memory (strings,
+    /// header lists, arena, queues) goes to the worker's pool for the next
+    /// request on any connection, so an idle connection holds little and a
+    /// busy worker allocates nothing per request (nginx frees a request's
+    /// pool instead, and mallocs a new one).
     pub fn shed(&mut self) {
-        for s in [&mut self.method, &mut self.request_uri, &mut self.uri, &mut self.args, &mut self.host] {
-            *s = String::new();
+        if self.shed {
+            return;
         }
-        self.headers_in = Vec::new();
-        self.headers_out = Vec::new();
-        self.body_in = Vec::new();
-        self.out = VecDeque::new();
-        self.ctx = Vec::new();
-        self.arena = Vec::new();
-        self.vars = Vec::new();
+        let mut p = Parts::default();
+        self.swap_parts(&mut p);
+        if p.body_in.capacity() > 64 * 1024 {
+            p.body_in = Vec::new();
+        }
+        PARTS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < PARTS_MAX {
+                pool.push(p);
+            }
+        });
+        self.shed = true;
+    }
+
+    /// Takes request memory from the worker's pool after `shed`.
+    fn unshed(&mut self) {
+        if std::mem::take(&mut self.shed) {
+            if let Some(mut p) = PARTS.with(|pool| pool.borrow_mut().pop()) {
+                self.swap_parts(&mut p);
+            }
+        }
+    }
+
+    fn swap_parts(&mut self, p: &mut Parts) {
+        use std::mem::swap;
+        swap(&mut self.method, &mut p.method);
+        swap(&mut self.request_uri, &mut p.request_uri);
+        swap(&mut self.uri, &mut p.uri);
+        swap(&mut self.args, &mut p.args);
+        swap(&mut self.host, &mut p.host);
+        swap(&mut self.headers_in, &mut p.headers_in);
+        swap(&mut self.headers_out, &mut p.headers_out);
+        swap(&mut self.spare, &mut p.spare);
+        swap(&mut self.body_in, &mut p.body_in);
+        swap(&mut self.out, &mut p.out);
+        swap(&mut self.ctx, &mut p.ctx);
+        swap(&mut self.arena, &mut p.arena);
+        swap(&mut self.vars, &mut p.vars);
     }
 
     /// Clears per-request state, keeping buffers' capacity.
     pub fn reset(&mut self) {
         self.free_plugin_state();
+        self.unshed();
         self.method.clear();
         self.request_uri.clear();
         self.uri.clear();
         self.args.clear();
         self.host.clear();
-        self.headers_in.clear();
+        self.recycle_headers();
         self.framing = Framing::None;
         self.expect_continue = false;
         self.keepalive = false;
@@ -295,7 +361,6 @@ impl<'a> Req<'a> {
         self.body_received = 0;
         self.body_done = None;
         self.status = 0;
-        self.headers_out.clear();
         self.content_length = None;
         self.header_sent = false;
         self.in_header_filter = false;
@@ -346,7 +411,29 @@ impl<'a> Req<'a> {
                 host_api::call_free(idx, f, p);
             }
         }
-        self.arena.clear();
+        self.arena.reset();
+    }
+
+    /// A String holding `s`, reusing one of the last request's header
+    /// strings when there is one (no allocation in steady state).
+    pub fn text(&mut self, s: &str) -> String {
+        let mut t = self.spare.pop().unwrap_or_default();
+        t.push_str(s);
+        t
+    }
+
+    /// Keeps the header strings' memory for the next request.
+    fn recycle_headers(&mut self) {
+        const KEEP: usize = 64;
+        let spare = &mut self.spare;
+        for (mut a, mut b) in self.headers_in.drain(..).chain(self.headers_out.drain(..)) {
+            for s in [&mut a, &mut b] {
+                if spare.len() < KEEP && s.capacity() <= 1024 {
+                    s.clear();
+                    spare.push(std::mem::take(s));
+                }
+            }
+        }
     }
 
     /// The generation.
@@ -410,7 +497,33 @@ pub fn push_mem(out: &mut VecDeque<Chunk>, b: &[u8]) {
         v.extend_from_slice(b);
         return;
     }
-    out.push_back(Chunk::Mem(b.to_vec()));
+    let mut v = mem_buf();
+    v.extend_from_slice(b);
+    out.push_back(Chunk::Mem(v));
+}
+
+thread_local! {
+    static MEM_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer for output (heads, small bodies), from the worker's
+/// pool when one was given back.
+pub fn mem_buf() -> Vec<u8> {
+    MEM_BUFS.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+}
+
+/// Gives an output buffer back once sent (small ones only, 64 at most).
+pub fn give_mem(mut v: Vec<u8>) {
+    if v.capacity() == 0 || v.capacity() > 16 * 1024 {
+        return;
+    }
+    v.clear();
+    MEM_BUFS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 64 {
+            p.push(v);
+        }
+    });
 }
 
 /// The reason phrase nginx sends for `status`.
@@ -593,12 +706,15 @@ fn render_head(r: &mut Req) {
     if !keep {
         r.must_close = true;
     }
-    let mut h = Vec::with_capacity(256);
+    let mut h = mem_buf();
+    h.reserve(256);
     let wire = wire_status(status);
     let _ = write!(VecW(&mut h), "HTTP/1.1 {wire} {}\r\nServer: {}\r\nDate: ", reason(status), server_string(core_tokens));
     push_date(&mut h);
     h.extend_from_slice(b"\r\n");
-    let absolute = absolute_prefix(r);
+    // Only a relative Location needs the prefix (built then, once).
+    let relative_location = r.headers_out.iter().any(|(k, v)| k.eq_ignore_ascii_case("location") && v.starts_with('/'));
+    let absolute = if relative_location { absolute_prefix(r) } else { None };
     for (k, v) in &r.headers_out {
         if host_header(k) {
             continue;
@@ -630,7 +746,10 @@ fn render_head(r: &mut Req) {
     h.extend_from_slice(b"\r\n");
     r.head_bytes = h.len() as u64;
     match r.out.back_mut() {
-        Some(Chunk::Mem(v)) => v.extend_from_slice(&h),
+        Some(Chunk::Mem(v)) => {
+            v.extend_from_slice(&h);
+            give_mem(h);
+        }
         _ => r.out.push_back(Chunk::Mem(h)),
     }
 }

@@ -463,11 +463,9 @@ fn put_owned(r: &mut Req, out: *mut Str, v: &[u8]) -> Rc {
     if out.is_null() {
         return sys::INVALID;
     }
-    let b: Box<[u8]> = v.into();
-    // SAFETY: out is non-null; the box lives in the arena until the
-    // request ends (moving a Box does not move its heap bytes).
-    unsafe { *out = Str { data: b.as_ptr(), len: b.len() } };
-    r.arena.push(b);
+    // SAFETY: out is non-null; arena memory stays put until the request
+    // ends.
+    unsafe { *out = Str { data: r.arena.copy(v), len: v.len() } };
     sys::OK
 }
 
@@ -525,7 +523,8 @@ unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value:
     if r.header_sent || n.is_empty() || !valid_header(n, v) {
         return sys::INVALID;
     }
-    r.headers_out.push((n.to_string(), v.to_string()));
+    let (n, v) = (r.text(n), r.text(v));
+    r.headers_out.push((n, v));
     sys::OK
 }
 
@@ -546,7 +545,8 @@ unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value:
         r.content_length = if value.data.is_null() { None } else { v.trim().parse().ok() };
     }
     if !value.data.is_null() {
-        r.headers_out.push((n.to_string(), v.to_string()));
+        let (n, v) = (r.text(n), r.text(v));
+        r.headers_out.push((n, v));
     }
     sys::OK
 }
@@ -620,10 +620,7 @@ unsafe extern "C" fn http_next_body_filter(r: *mut sys::Request, b: *const sys::
 unsafe extern "C" fn http_alloc(r: *mut sys::Request, size: usize) -> *mut c_void {
     let Some(c) = cell(r) else { return std::ptr::null_mut() };
     let Ok(mut r) = c.try_borrow_mut() else { return std::ptr::null_mut() };
-    let mut b = vec![0u8; size.max(1)].into_boxed_slice();
-    let p = b.as_mut_ptr().cast();
-    r.arena.push(b);
-    p
+    r.arena.alloc(size, true).cast()
 }
 
 unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
@@ -666,11 +663,17 @@ unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) ->
         return put_owned(&mut req, out, &bytes);
     }
     let Ok(mut req) = c.try_borrow_mut() else { return sys::INVALID };
-    let mut v = String::new();
-    if !crate::http::vars::get(&req, n, &mut v) {
-        return sys::NOT_FOUND;
-    }
-    put_owned(&mut req, out, v.as_bytes())
+    // The value is rendered into a scratch string kept by the worker, then
+    // copied into request memory.
+    thread_local!(static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) });
+    SCRATCH.with(|v| {
+        let Ok(mut v) = v.try_borrow_mut() else { return sys::INVALID };
+        v.clear();
+        if !crate::http::vars::get(&req, n, &mut v) {
+            return sys::NOT_FOUND;
+        }
+        put_owned(&mut req, out, v.as_bytes())
+    })
 }
 
 unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {

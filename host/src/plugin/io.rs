@@ -22,6 +22,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use plugin_api::sys;
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::io::{ErrorKind, Read, Write};
@@ -158,7 +159,8 @@ enum TimerWhat {
 struct TimerEntry {
     id: u64,
     plugin: usize,
-    name: String,
+    /// The plugin's name (shared, see State::names).
+    name: Rc<str>,
     what: TimerWhat,
     owner: usize,
 }
@@ -174,6 +176,10 @@ struct State {
     pending: Vec<(usize, u32)>,
     /// Tokens closed during callbacks, freed by reap().
     closing: Vec<usize>,
+    /// The other half of `pending`'s double buffer (see run_pending).
+    spare_pending: Vec<(usize, u32)>,
+    /// Plugin names for timers, shared rather than copied per timer.
+    names: Vec<(usize, Rc<str>)>,
 }
 
 impl State {
@@ -181,7 +187,15 @@ impl State {
     fn add_timer(&mut self, ms: u64, plugin: usize, name: &str, what: TimerWhat, owner: usize) -> u64 {
         self.next_timer += 1;
         let id = self.next_timer;
-        let e = TimerEntry { id, plugin, name: name.to_string(), what, owner };
+        let name = match self.names.iter().find(|(i, n)| *i == plugin && **n == *name) {
+            Some((_, n)) => n.clone(),
+            None => {
+                let n: Rc<str> = name.into();
+                self.names.push((plugin, n.clone()));
+                n
+            }
+        };
+        let e = TimerEntry { id, plugin, name, what, owner };
         let k = self.timers.add(Instant::now() + Duration::from_millis(ms), e);
         self.timer_keys.insert(id, k);
         id
@@ -392,8 +406,15 @@ fn call(token: usize, ev: u32, cb: Option<sys::ConnFn>, data: *mut c_void) {
 pub fn run_pending() -> bool {
     let mut ran = false;
     loop {
-        let mut list = ST.with(|s| std::mem::take(&mut s.borrow_mut().pending));
+        // The queue is swapped with a spare one, so callbacks queueing more
+        // reuse memory rather than allocate.
+        let mut list = ST.with(|s| {
+            let mut s = s.borrow_mut();
+            let spare = std::mem::take(&mut s.spare_pending);
+            std::mem::replace(&mut s.pending, spare)
+        });
         if list.is_empty() {
+            ST.with(|s| s.borrow_mut().spare_pending = list);
             return ran;
         }
         ran = true;
@@ -401,15 +422,8 @@ pub fn run_pending() -> bool {
             dispatch(token, ev);
         }
         reap();
-        // Keep the allocation for the next round when nothing was queued
-        // meanwhile.
         list.clear();
-        ST.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.pending.is_empty() {
-                s.pending = list;
-            }
-        });
+        ST.with(|s| s.borrow_mut().spare_pending = list);
     }
 }
 
@@ -475,12 +489,14 @@ fn reap() {
 pub fn drop_owner(owner: usize) {
     let owned: Vec<usize> = ST.with(|s| {
         let mut s = s.borrow_mut();
-        if !s.timers.is_empty() {
-            for t in s.timers.remove_if(|t| t.owner == owner) {
-                s.timer_keys.remove(&t.id);
+        let State { timers, timer_keys, conns, .. } = &mut *s;
+        timers.retain(|t| {
+            if t.owner == owner {
+                timer_keys.remove(&t.id);
             }
-        }
-        s.conns
+            t.owner != owner
+        });
+        conns
             .iter()
             // SAFETY: live Box<PConn>s owned by ST.
             .filter(|(_, &p)| unsafe { &*p }.owner == owner)

@@ -49,10 +49,9 @@ impl<T> Timers<T> {
         }
     }
 
-    /// Removes every timer for which `keep` is false; returns them.
-    pub fn remove_if(&mut self, mut drop: impl FnMut(&T) -> bool) -> Vec<T> {
-        let keys: Vec<TimerKey> = self.map.iter().filter(|(_, v)| drop(v)).map(|(k, _)| *k).collect();
-        keys.into_iter().filter_map(|k| self.map.remove(&k)).collect()
+    /// Keeps only the timers for which `keep` is true (no allocation).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.map.retain(|_, v| keep(v));
     }
 
     /// Number of armed timers.

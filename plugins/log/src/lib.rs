@@ -215,14 +215,18 @@ impl Plugin for Log {
     }
 
     fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
-        let Some(targets) = &conf.targets else { return Status::Ok };
-        let mut line = Vec::with_capacity(256);
-        for t in targets {
-            line.clear();
-            render(req, &t.format, &mut line);
-            line.push(b'\n');
-            t.file.write(&line);
-        }
+        let Some(targets) = conf.targets.as_ref().filter(|t| !t.is_empty()) else { return Status::Ok };
+        // One line buffer per worker, reused.
+        thread_local!(static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+        LINE.with(|l| {
+            let Ok(mut line) = l.try_borrow_mut() else { return };
+            for t in targets {
+                line.clear();
+                render(req, &t.format, &mut line);
+                line.push(b'\n');
+                t.file.write(&line);
+            }
+        });
         Status::Ok
     }
 

@@ -181,12 +181,33 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
 
 fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
     match name {
-        "upstream_addr" => |r| with_state(r, |s| s.addrs.join(", ")),
-        "upstream_status" => |r| with_state(r, |s| s.statuses.join(", ")),
-        "upstream_response_time" => |r| with_state(r, |s| s.times.join(", ")),
+        "upstream_addr" => |r| {
+            with_state(r, |s| {
+                join(&s.addrs, |&a, out| match (a, &s.group) {
+                    (NO_PEER, Some(g)) => out.push_str(&g.name),
+                    (i, Some(g)) => out.push_str(&g.peers[i].text),
+                    _ => {}
+                })
+            })
+        },
+        "upstream_status" => |r| with_state(r, |s| join(&s.statuses, |c, out| out.push_str(&c.to_string()))),
+        // Milliseconds, shown as seconds: "0.012" (nginx truncates too).
+        "upstream_response_time" => |r| with_state(r, |s| join(&s.times, |ms, out| out.push_str(&format!("{}.{:03}", ms / 1000, ms % 1000)))),
         "proxy_host" => |r| with_state(r, |s| s.proxy_host.clone()),
         _ => |r| Some(forwarded_for(r)),
     }
+}
+
+/// "a, b, c" (nginx's list of attempts).
+fn join<T>(items: &[T], each: impl Fn(&T, &mut String)) -> String {
+    let mut out = String::new();
+    for (i, t) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        each(t, &mut out);
+    }
+    out
 }
 
 /// A variable from the request's proxy state (unset when empty).
@@ -194,6 +215,11 @@ fn with_state(r: &mut Request<'_>, f: fn(&State) -> String) -> Option<String> {
     let h = r.ctx::<Holder>().0.clone();
     let s = h.try_borrow().ok()?;
     Some(f(&s)).filter(|v| !v.is_empty())
+}
+
+/// Whether `hay` contains `needle` (lowercase ASCII), ignoring case.
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn forwarded_for(r: &Request<'_>) -> String {
@@ -394,9 +420,42 @@ impl Plugin for Proxy {
 
 export_plugin!(Proxy);
 
-/// Per-request state, reachable from the request's ctx.
-#[derive(Default)]
+/// Per-request state, reachable from the request's ctx. States are
+/// recycled within the worker (their buffers keep their capacity), as
+/// nginx reuses its request pools' memory: a proxied request allocates
+/// nothing here in steady state.
 struct Holder(Rc<RefCell<State>>);
+
+/// Recycled states; at most this many are kept.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Rc<RefCell<State>>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Default for Holder {
+    fn default() -> Self {
+        Holder(POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.0) != 1 {
+            return;
+        }
+        let Ok(mut st) = self.0.try_borrow_mut() else { return };
+        st.reset();
+        drop(st);
+        let rc = self.0.clone();
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(rc);
+            }
+        });
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -454,10 +513,24 @@ struct State {
     no_temp: bool,
     status: u16,
     proxy_host: String,
-    addrs: Vec<String>,
-    statuses: Vec<String>,
-    times: Vec<String>,
+    /// Attempts so far (`$upstream_addr`, `_status`, `_response_time`):
+    /// peer indexes (NO_PEER: none was live, the group's name is shown),
+    /// statuses, and times in milliseconds.
+    addrs: Vec<usize>,
+    statuses: Vec<u16>,
+    times: Vec<u64>,
+    /// Counts calls to connect(): tells reading_head that got_head moved on
+    /// to another attempt.
+    attempt: u32,
+    /// Where the body pieces are in `buf` (kept between deliveries).
+    ranges: Vec<std::ops::Range<usize>>,
 }
+
+/// `addrs` entry for "no live upstreams".
+const NO_PEER: usize = usize::MAX;
+
+/// Buffers larger than this are not kept for the next request.
+const KEEP_BUF: usize = 64 * 1024;
 
 impl Drop for State {
     fn drop(&mut self) {
@@ -474,6 +547,34 @@ fn timeout(v: Option<u64>) -> u64 {
 }
 
 impl State {
+    /// Back to a fresh state for the next request, keeping the buffers'
+    /// memory (unless a large response grew them).
+    fn reset(&mut self) {
+        self.release(false, Instant::now(), false);
+        let mut out = std::mem::take(&mut self.out);
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut tried = std::mem::take(&mut self.tried);
+        let mut host = std::mem::take(&mut self.proxy_host);
+        let mut ranges = std::mem::take(&mut self.ranges);
+        let (mut a, mut st, mut t) = (std::mem::take(&mut self.addrs), std::mem::take(&mut self.statuses), std::mem::take(&mut self.times));
+        *self = State::default();
+        for v in [&mut out, &mut buf] {
+            v.clear();
+            if v.capacity() > KEEP_BUF {
+                *v = Vec::new();
+            }
+        }
+        tried.clear();
+        host.clear();
+        ranges.clear();
+        self.ranges = ranges;
+        a.clear();
+        st.clear();
+        t.clear();
+        (self.out, self.buf, self.tried, self.proxy_host) = (out, buf, tried, host);
+        (self.addrs, self.statuses, self.times) = (a, st, t);
+    }
+
     fn release(&mut self, keep: bool, now: Instant, ok: bool) {
         if let Some(conn) = self.conn.take() {
             if let Some(g) = &self.group {
@@ -549,10 +650,10 @@ impl State {
             plugin_api::log(sys::LOG_ERR, &format!("host not found in upstream \"{}\"", pass.host));
             return Flow::Return(Status::Http(502));
         };
-        self.proxy_host = pass.host.clone();
-        self.tried = vec![false; group.peers.len()];
+        self.proxy_host.push_str(&pass.host);
+        self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
-        self.out = build_request(req, conf, pass, &self.proxy_host);
+        build_request(req, conf, pass, &self.proxy_host, &mut self.out);
         self.first_try = Some(Instant::now());
         self.connect(req, conf)
     }
@@ -565,12 +666,13 @@ impl State {
             upstream::Balance::Hash { key, .. } => render(req, key, &self.proxy_host),
             _ => Vec::new(),
         };
-        let client = req.var("remote_addr").unwrap_or("").to_string();
-        let Ok(i) = group.pick(&self.tried, &client, &key, now) else {
+        let client = req.var("remote_addr").unwrap_or("");
+        self.attempt += 1;
+        let Ok(i) = group.pick(&self.tried, client, &key, now) else {
             plugin_api::log(sys::LOG_ERR, &format!("no live upstreams while connecting to upstream, upstream: \"{}\"", group.name));
-            self.addrs.push(group.name.clone());
-            self.statuses.push("502".into());
-            self.times.push("0.000".into());
+            self.addrs.push(NO_PEER);
+            self.statuses.push(502);
+            self.times.push(0);
             return Flow::Return(Status::Http(502));
         };
         self.peer = i;
@@ -582,7 +684,7 @@ impl State {
         self.framing = None;
         self.chunked = Chunked::default();
         self.attempt_start = Some(now);
-        self.addrs.push(group.peers[i].text.clone());
+        self.addrs.push(i);
         group.acquire(i);
         self.acquired = true;
         if let Some(idle) = group.take_idle(i, now) {
@@ -685,27 +787,12 @@ impl State {
 
     /// Reads what the upstream has into `buf` (appending). Ok(false): EOF.
     fn fill(&mut self, c: Conn, max: usize) -> Result<Option<bool>, Fail> {
-        let len = self.buf.len();
-        let want = max.saturating_sub(len).max(1);
-        self.buf.resize(len + want, 0);
-        let r = c.read(&mut self.buf[len..]);
-        match r {
-            Ok(Some(0)) => {
-                self.buf.truncate(len);
-                Ok(Some(false))
-            }
-            Ok(Some(n)) => {
-                self.buf.truncate(len + n);
-                Ok(Some(true))
-            }
-            Ok(None) => {
-                self.buf.truncate(len);
-                Ok(None)
-            }
-            Err(_) => {
-                self.buf.truncate(len);
-                Err(Fail::Error)
-            }
+        let want = max.saturating_sub(self.buf.len()).max(1);
+        match c.read_append(&mut self.buf, want) {
+            Ok(Some(0)) => Ok(Some(false)),
+            Ok(Some(_)) => Ok(Some(true)),
+            Ok(None) => Ok(None),
+            Err(_) => Err(Fail::Error),
         }
     }
 
@@ -715,26 +802,39 @@ impl State {
         loop {
             let mut hs = [httparse::EMPTY_HEADER; 100];
             let mut resp = httparse::Response::new(&mut hs);
-            let parsed = match resp.parse(&self.buf) {
+            // The head is read in place: the buffer is lent out while
+            // got_head() looks at it (no copy of names and values).
+            let buf = std::mem::take(&mut self.buf);
+            let parsed = match resp.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => Some(n),
                 Ok(httparse::Status::Partial) => None,
                 Err(e) => {
+                    self.buf = buf;
                     plugin_api::log(sys::LOG_ERR, &format!("upstream sent invalid header ({e}) while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
                     return Flow::Failed(Fail::InvalidHeader);
                 }
             };
             if let Some(n) = parsed {
                 let code = resp.code.unwrap_or(0);
-                if (100..200).contains(&code) && code != 101 {
-                    // An interim response (100 Continue): skip it.
-                    self.buf.drain(..n);
-                    continue;
+                let attempt = self.attempt;
+                // An interim response (100 Continue) is skipped.
+                let interim = (100..200).contains(&code) && code != 101;
+                let flow = (!interim).then(|| self.got_head(req, conf, pass, code, resp.version.unwrap_or(0), resp.headers));
+                let mut buf = buf;
+                // What follows the head is this attempt's, unless
+                // got_head() went on to another peer.
+                if self.attempt == attempt {
+                    buf.drain(..n);
+                } else {
+                    buf.clear();
                 }
-                let head: Vec<(String, String)> = resp.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
-                let minor = resp.version.unwrap_or(0);
-                self.buf.drain(..n);
-                return self.got_head(req, conf, pass, code, minor, head);
+                self.buf = buf;
+                match flow {
+                    Some(f) => return f,
+                    None => continue,
+                }
             }
+            self.buf = buf;
             if self.buf.len() >= max {
                 plugin_api::log(sys::LOG_ERR, &format!("upstream sent too big header while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
                 return Flow::Failed(Fail::InvalidHeader);
@@ -764,12 +864,11 @@ impl State {
     }
 
     fn record(&mut self, status: u16) {
-        self.statuses.push(status.to_string());
-        let t = self.attempt_start.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        self.times.push(format!("{t:.3}"));
+        self.statuses.push(status);
+        self.times.push(self.attempt_start.map_or(0, |s| s.elapsed().as_millis() as u64));
     }
 
-    fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: Vec<(String, String)>) -> Flow {
+    fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: &[httparse::Header<'_>]) -> Flow {
         self.status = code;
         let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
         let retry_on = match code {
@@ -789,10 +888,10 @@ impl State {
             self.release(false, Instant::now(), ok);
             return self.connect(req, conf);
         }
-        let value = |n: &str| head.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
-        let conn_tokens = value("connection").unwrap_or("").to_ascii_lowercase();
-        let chunked = value("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let length = value("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        let value = |n: &str| head.iter().find(|h| h.name.eq_ignore_ascii_case(n)).map(|h| h.value);
+        let conn_tokens = value("connection").unwrap_or(b"");
+        let chunked = value("transfer-encoding").is_some_and(|v| contains_ci(v, b"chunked"));
+        let length = value("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
         let framing = if req.method() == "HEAD" || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
         } else if chunked {
@@ -805,8 +904,8 @@ impl State {
         self.framing = Some(framing);
         self.keep = conf.http11.unwrap_or(false)
             && framing != Framing::Close
-            && !conn_tokens.contains("close")
-            && (minor == 1 || conn_tokens.contains("keep-alive"))
+            && !contains_ci(conn_tokens, b"close")
+            && (minor == 1 || contains_ci(conn_tokens, b"keep-alive"))
             && self.group.as_ref().is_some_and(|g| g.keepalive > 0);
         self.record(code);
         if code >= 300 && conf.intercept.unwrap_or(false) && code != 304 {
@@ -821,26 +920,29 @@ impl State {
             return Flow::Failed(Fail::InvalidHeader);
         }
         req.set_status(code);
+        let is = |n: &str, names: &[&str]| names.iter().any(|m| n.eq_ignore_ascii_case(m));
+        let listed = |n: &str, l: &Option<Vec<String>>| l.as_ref().is_some_and(|l| l.iter().any(|m| n.eq_ignore_ascii_case(m)));
         let hidden = |n: &str| {
-            let l = n.to_ascii_lowercase();
-            let passed = conf.pass_headers.as_ref().is_some_and(|p| p.contains(&l));
-            let hop = matches!(l.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "proxy-connection")
-                || (l == "upgrade" && !upgrade);
-            let default_hidden = !passed && (matches!(l.as_str(), "date" | "server" | "x-pad") || l.starts_with("x-accel-"));
-            hop || default_hidden || conf.hide.as_ref().is_some_and(|h| h.contains(&l))
+            let hop = is(n, &["connection", "keep-alive", "transfer-encoding", "te", "trailer", "proxy-connection"])
+                || (!upgrade && n.eq_ignore_ascii_case("upgrade"));
+            let default_hidden = !listed(n, &conf.pass_headers)
+                && (is(n, &["date", "server", "x-pad"]) || n.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("x-accel-")));
+            hop || default_hidden || listed(n, &conf.hide)
         };
-        for (k, v) in &head {
+        for h in head {
+            let k = h.name;
             if hidden(k) {
                 continue;
             }
             if k.eq_ignore_ascii_case("content-length") && !matches!(framing, Framing::Length(_)) && req.method() != "HEAD" {
                 continue;
             }
+            let v = String::from_utf8_lossy(h.value);
             if k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh") {
-                req.add_header(k, &rewrite_redirect(conf, pass, v));
+                req.add_header(k, &rewrite_redirect(conf, pass, &v));
                 continue;
             }
-            req.add_header(k, v);
+            req.add_header(k, &v);
         }
         if upgrade {
             let Some(c) = self.conn.take() else { return Flow::Failed(Fail::Error) };
@@ -1011,7 +1113,14 @@ impl State {
     /// Decodes the buffered body and sends it on. Ok(true) at the end.
     fn deliver(&mut self, req: &mut Request<'_>, conf: &Conf, mem_limit: usize) -> Result<bool, ()> {
         let framing = self.framing.unwrap_or(Framing::Close);
-        let mut data: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut data = std::mem::take(&mut self.ranges);
+        data.clear();
+        let r = self.deliver_ranges(req, conf, mem_limit, framing, &mut data);
+        self.ranges = data;
+        r
+    }
+
+    fn deliver_ranges(&mut self, req: &mut Request<'_>, conf: &Conf, mem_limit: usize, framing: Framing, data: &mut Vec<std::ops::Range<usize>>) -> Result<bool, ()> {
         let mut used = 0;
         let mut done = false;
         match framing {
@@ -1050,14 +1159,23 @@ impl State {
         }
         let total: usize = data.iter().map(|r| r.len()).sum();
         let spill = conf.buffering.unwrap_or(true) && total > 0 && req.output_queued() + total > mem_limit && self.temp_room(conf) >= total as u64;
-        if spill && self.spill(req, conf, &data).is_ok() {
+        if spill && self.spill(req, conf, data).is_ok() {
+            if done {
+                req.send_bufs(&[], true).map_err(|_| ())?;
+            }
+        } else if data.is_empty() {
             if done {
                 req.send_bufs(&[], true).map_err(|_| ())?;
             }
         } else {
-            let parts: Vec<&[u8]> = data.iter().map(|r| &self.buf[r.clone()]).collect();
-            if !parts.is_empty() || done {
-                req.send_bufs(&parts, done).map_err(|_| ())?;
+            // Up to 8 pieces per call, without a list on the heap.
+            let mut parts: [&[u8]; 8] = [&[]; 8];
+            for (i, group) in data.chunks(parts.len()).enumerate() {
+                for (p, r) in parts.iter_mut().zip(group) {
+                    *p = &self.buf[r.clone()];
+                }
+                let last = (i + 1) * parts.len() >= data.len();
+                req.send_bufs(&parts[..group.len()], done && last).map_err(|_| ())?;
             }
         }
         self.buf.drain(..used);
@@ -1108,7 +1226,13 @@ enum Flow {
 /// computed here (the handler holds the state their getters read).
 fn render(req: &Request<'_>, t: &Template, proxy_host: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    t.render(&mut out, |name, out| match name {
+    render_into(req, t, proxy_host, &mut out);
+    out
+}
+
+/// Appends `t`'s value to `out`.
+fn render_into(req: &Request<'_>, t: &Template, proxy_host: &str, out: &mut Vec<u8>) {
+    t.render(out, |name, out| match name {
         "proxy_host" => out.extend_from_slice(proxy_host.as_bytes()),
         "proxy_add_x_forwarded_for" => out.extend_from_slice(forwarded_for(req).as_bytes()),
         _ => {
@@ -1117,7 +1241,6 @@ fn render(req: &Request<'_>, t: &Template, proxy_host: &str) -> Vec<u8> {
             }
         }
     });
-    out
 }
 
 fn escape_uri(s: &str, out: &mut Vec<u8>) {
@@ -1130,11 +1253,11 @@ fn escape_uri(s: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// The request line's target for the upstream, with nginx's rules.
-fn upstream_uri(req: &Request<'_>, pass: &Pass) -> Vec<u8> {
+/// The request line's target for the upstream, with nginx's rules,
+/// appended to `out`.
+fn upstream_uri(req: &Request<'_>, pass: &Pass, out: &mut Vec<u8>) {
     let uri = req.uri();
     let args = req.args();
-    let mut out = Vec::new();
     match &pass.uri {
         None => {
             // The client's URI as sent, unless it was changed (rewritten or
@@ -1144,72 +1267,75 @@ fn upstream_uri(req: &Request<'_>, pass: &Pass) -> Vec<u8> {
             let mut norm = Vec::new();
             let same = [true, false].iter().any(|&merge| plugin_api::http::normalize(path, merge, &mut norm).is_ok() && norm == uri.as_bytes());
             if same {
-                return raw.as_bytes().to_vec();
+                out.extend_from_slice(raw.as_bytes());
+                return;
             }
-            escape_uri(uri, &mut out);
+            escape_uri(uri, out);
         }
         Some(p) => {
             out.extend_from_slice(p.as_bytes());
             let rest = uri.strip_prefix(pass.loc_prefix.as_str()).unwrap_or(uri);
-            escape_uri(rest, &mut out);
+            escape_uri(rest, out);
         }
     }
     if !args.is_empty() {
         out.push(b'?');
         out.extend_from_slice(args.as_bytes());
     }
-    out
 }
 
 /// Headers the proxy sets unless `proxy_set_header` says otherwise: an
-/// empty value removes the header.
+/// empty value removes the header. ("$proxy_host" is the only variable.)
 const DEFAULT_SET: [(&str, &str); 7] =
     [("Host", "$proxy_host"), ("Connection", "close"), ("Keep-Alive", ""), ("Expect", ""), ("Upgrade", ""), ("TE", ""), ("Transfer-Encoding", "")];
 
-fn build_request(req: &Request<'_>, conf: &Conf, pass: &Pass, proxy_host: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
+/// Writes the request head and body for the upstream into `out`.
+fn build_request(req: &Request<'_>, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>) {
+    out.clear();
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
-    out.extend(upstream_uri(req, pass));
+    upstream_uri(req, pass, out);
     out.extend_from_slice(if conf.http11.unwrap_or(false) { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
     let user: &[(String, Template)] = conf.headers.as_deref().map_or(&[], |v| v.as_slice());
-    let mut set_names: Vec<String> = Vec::new();
-    let emit = |name: &str, value: Vec<u8>, out: &mut Vec<u8>| {
-        if !value.is_empty() {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&value);
+    let set_by_user = |name: &str| user.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    // A header is written only when its value is not empty (nginx).
+    let header = |out: &mut Vec<u8>, name: &str, value: &dyn Fn(&mut Vec<u8>)| {
+        let mark = out.len();
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        let at = out.len();
+        value(out);
+        if out.len() == at {
+            out.truncate(mark);
+        } else {
             out.extend_from_slice(b"\r\n");
         }
     };
     for (name, t) in user {
-        set_names.push(name.to_ascii_lowercase());
-        let v = render(req, t, proxy_host);
-        emit(name, v, &mut out);
+        header(out, name, &|out| render_into(req, t, proxy_host, out));
     }
     for (name, v) in DEFAULT_SET {
-        if set_names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            continue;
+        if !set_by_user(name) {
+            let v = if v == "$proxy_host" { proxy_host } else { v };
+            header(out, name, &|out| out.extend_from_slice(v.as_bytes()));
         }
-        set_names.push(name.to_ascii_lowercase());
-        let v = render(req, &Template::parse(v), proxy_host);
-        emit(name, v, &mut out);
     }
     let body = req.body().unwrap_or(&[]);
-    let has_body = req.header("content-length").is_some() || req.header("transfer-encoding").is_some();
+    let mut has_body = false;
     for (k, v) in req.headers() {
-        let l = k.to_ascii_lowercase();
-        if l == "content-length" || set_names.contains(&l) {
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            has_body = true;
+        }
+        if k.eq_ignore_ascii_case("content-length") || set_by_user(k) || DEFAULT_SET.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
             continue;
         }
-        emit(k, v.as_bytes().to_vec(), &mut out);
+        header(out, k, &|out| out.extend_from_slice(v.as_bytes()));
     }
     if has_body {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
-    out
 }
 
 /// Applies proxy_redirect to a Location or Refresh value.
