@@ -118,7 +118,14 @@ pub struct Conn<'a> {
     /// The peer closed its side (EPOLLRDHUP seen).
     rdhup: bool,
     wpos: usize,
-    req: Box<RefCell<Req<'a>>>,
+    req: ReqSlot<'a>,
+    /// The worker's index of this connection, and the client: what a
+    /// request object attached later needs.
+    idx: usize,
+    peer: SocketAddr,
+    /// The client's address as text, kept while the request object is
+    /// dropped (not formatted again per request).
+    remote_addr: String,
     active: bool,
     requests: u32,
     local: SocketAddr,
@@ -138,6 +145,23 @@ pub struct Conn<'a> {
     fbuf: Option<Box<[u8]>>,
     /// TCP_CORK is on (`tcp_nopush` while sending a file).
     corked: bool,
+}
+
+/// The connection's request object. It is attached while a request is
+/// read or served and dropped as soon as the connection idles between
+/// requests (its growable memory goes to the worker's pool first, see
+/// `Req::shed`), as nginx frees a keepalive connection's request: an idle
+/// connection holds only its `Conn`, and a burst of clients going idle
+/// does not leave the heap grown. Every entry point (`on_ready`,
+/// `on_timeout`, `closing`) attaches it before use.
+struct ReqSlot<'a>(Option<Box<RefCell<Req<'a>>>>);
+
+impl<'a> std::ops::Deref for ReqSlot<'a> {
+    type Target = RefCell<Req<'a>>;
+
+    fn deref(&self) -> &RefCell<Req<'a>> {
+        self.0.as_deref().expect("the request object is attached at every entry point")
+    }
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -163,7 +187,10 @@ impl<'a> Conn<'a> {
             rdrained: false,
             rdhup: false,
             wpos: 0,
-            req: Box::new(RefCell::new(Req::new(idx, cycle, default, peer, local))),
+            req: ReqSlot(None),
+            idx,
+            peer,
+            remote_addr: String::new(),
             active: false,
             requests: 0,
             local,
@@ -203,11 +230,31 @@ impl<'a> Conn<'a> {
         !self.active && self.rstart >= self.rbuf.len() && self.requests > 0 && self.linger.is_none()
     }
 
+    /// Gives the connection its request object (its growable memory comes
+    /// from the worker's pool) if it has none.
+    fn attach(&mut self) {
+        if self.req.0.is_none() {
+            let mut r = Req::new(self.idx, self.cycle, self.default, self.peer, self.local);
+            r.remote_addr = if self.remote_addr.is_empty() { self.peer.ip().to_string() } else { std::mem::take(&mut self.remote_addr) };
+            self.req.0 = Some(Box::new(RefCell::new(r)));
+        }
+    }
+
+    /// Drops the request object of a connection idle between requests.
+    fn detach(&mut self) {
+        if let Some(r) = self.req.0.take() {
+            let mut r = r.borrow_mut();
+            r.shed();
+            self.remote_addr = std::mem::take(&mut r.remote_addr);
+        }
+    }
+
     /// A timer set by the last `Next::Wait` fired.
     pub fn on_timeout(&mut self, now: Instant, quitting: bool) -> Next {
         if !self.active || self.linger.is_some() {
             return Next::Close;
         }
+        self.attach();
         let reading = self.req.borrow().body_state == BodyIn::Reading;
         if reading {
             self.timed_out = true;
@@ -224,6 +271,7 @@ impl<'a> Conn<'a> {
     /// The connection is being closed: log the request in progress.
     pub fn closing(&mut self) {
         if self.active {
+            self.attach();
             {
                 let mut r = self.req.borrow_mut();
                 if !r.header_sent || r.run != Run::Finalized {
@@ -236,9 +284,9 @@ impl<'a> Conn<'a> {
             request::log_phase(&self.req);
             self.end_request();
         }
-        let mut r = self.req.borrow_mut();
-        r.free_plugin_state();
-        drop(r);
+        if let Some(r) = &self.req.0 {
+            r.borrow_mut().free_plugin_state();
+        }
         if !self.sock.handshaking() {
             self.sock.close_notify();
         }
@@ -304,10 +352,13 @@ impl<'a> Conn<'a> {
 
     /// Does all the work the socket and the request allow now.
     pub fn on_ready(&mut self, now: Instant, quitting: bool) -> Next {
-        let me = self.req.borrow().conn;
-        let prev = RUNNING.with(|r| r.replace(me));
+        self.attach();
+        let prev = RUNNING.with(|r| r.replace(self.idx));
         let next = self.work(now, quitting);
         RUNNING.with(|r| r.set(prev));
+        if next != Next::Close && self.is_idle() {
+            self.detach();
+        }
         next
     }
 
@@ -475,11 +526,10 @@ impl<'a> Conn<'a> {
         self.keepalive_timeout = core_ka;
         if keep {
             if self.rstart >= self.rbuf.len() {
-                // Idle until the next request: the buffer goes back, and
-                // the request's memory.
+                // Idle until the next request: the buffer goes back (and
+                // on_ready() drops the request object).
                 give_rbuf(std::mem::take(&mut self.rbuf));
                 self.rstart = 0;
-                self.req.borrow_mut().shed();
             }
             return None;
         }

@@ -240,7 +240,7 @@ impl<'a> Req<'a> {
             minor: 1,
             host: String::new(),
             peer,
-            remote_addr: peer.ip().to_string(),
+            remote_addr: String::new(),
             local,
             headers_in: Vec::new(),
             framing: Framing::None,
@@ -283,7 +283,8 @@ impl<'a> Req<'a> {
             ctx: Vec::new(),
             arena: Default::default(),
             spare: Vec::new(),
-            shed: false,
+            // The growable parts come from the worker's pool on reset().
+            shed: true,
             vars: Vec::new(),
             drain_limit: None,
             relay: None,
