@@ -42,14 +42,39 @@ thread_local! {
     /// Read buffers of connections that went idle, for the next busy one:
     /// an idle keepalive connection holds no buffer (as nginx frees its
     /// header buffer), and a busy one takes a buffer without malloc.
-    static RBUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// At most 32 of them, 16 KiB each.
+    static RBUFS: FreeList<Vec<u8>> = const { FreeList::new(32) };
 }
 
-/// Buffers kept for reuse (at most this many, 16 KiB each).
-const RBUF_POOL: usize = 32;
+/// A bounded list of things kept for reuse in one worker (read buffers,
+/// output buffers, request memory); what does not fit is dropped.
+pub struct FreeList<T> {
+    items: RefCell<Vec<T>>,
+    max: usize,
+}
+
+impl<T> FreeList<T> {
+    /// An empty list keeping at most `max` items.
+    pub const fn new(max: usize) -> Self {
+        FreeList { items: RefCell::new(Vec::new()), max }
+    }
+
+    /// The most recently given item, if any.
+    pub fn take(&self) -> Option<T> {
+        self.items.borrow_mut().pop()
+    }
+
+    /// Keeps `v` for reuse, or drops it when the list is full.
+    pub fn give(&self, v: T) {
+        let mut items = self.items.borrow_mut();
+        if items.len() < self.max {
+            items.push(v);
+        }
+    }
+}
 
 fn take_rbuf() -> Vec<u8> {
-    RBUFS.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+    RBUFS.with(FreeList::take).unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
 }
 
 fn give_rbuf(mut v: Vec<u8>) {
@@ -57,12 +82,7 @@ fn give_rbuf(mut v: Vec<u8>) {
         return;
     }
     v.clear();
-    RBUFS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < RBUF_POOL {
-            p.push(v);
-        }
-    });
+    RBUFS.with(|p| p.give(v));
 }
 
 /// Asks the worker to run connection `conn` again after the current event.

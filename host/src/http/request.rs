@@ -217,11 +217,9 @@ struct Parts {
     vars: Vec<(String, String)>,
 }
 
-/// Pooled request memory kept per worker at most.
-const PARTS_MAX: usize = 128;
-
 thread_local! {
-    static PARTS: RefCell<Vec<Parts>> = const { RefCell::new(Vec::new()) };
+    /// Pooled request memory (128 at most per worker).
+    static PARTS: super::FreeList<Parts> = const { super::FreeList::new(128) };
 }
 
 impl<'a> Req<'a> {
@@ -307,19 +305,14 @@ impl<'a> Req<'a> {
         if p.body_in.capacity() > 64 * 1024 {
             p.body_in = Vec::new();
         }
-        PARTS.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < PARTS_MAX {
-                pool.push(p);
-            }
-        });
+        PARTS.with(|pool| pool.give(p));
         self.shed = true;
     }
 
     /// Takes request memory from the worker's pool after `shed`.
     fn unshed(&mut self) {
         if std::mem::take(&mut self.shed) {
-            if let Some(mut p) = PARTS.with(|pool| pool.borrow_mut().pop()) {
+            if let Some(mut p) = PARTS.with(super::FreeList::take) {
                 self.swap_parts(&mut p);
             }
         }
@@ -504,13 +497,13 @@ pub fn push_mem(out: &mut VecDeque<Chunk>, b: &[u8]) {
 }
 
 thread_local! {
-    static MEM_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static MEM_BUFS: super::FreeList<Vec<u8>> = const { super::FreeList::new(64) };
 }
 
 /// An empty buffer for output (heads, small bodies), from the worker's
 /// pool when one was given back.
 pub fn mem_buf() -> Vec<u8> {
-    MEM_BUFS.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    MEM_BUFS.with(super::FreeList::take).unwrap_or_default()
 }
 
 /// Gives an output buffer back once sent (small ones only, 64 at most).
@@ -519,12 +512,7 @@ pub fn give_mem(mut v: Vec<u8>) {
         return;
     }
     v.clear();
-    MEM_BUFS.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < 64 {
-            p.push(v);
-        }
-    });
+    MEM_BUFS.with(|p| p.give(v));
 }
 
 /// The reason phrase nginx sends for `status`.
@@ -713,17 +701,17 @@ fn render_head(r: &mut Req) {
     let _ = write!(VecW(&mut h), "HTTP/1.1 {wire} {}\r\nServer: {}\r\nDate: ", reason(status), server_string(core_tokens));
     push_date(&mut h);
     h.extend_from_slice(b"\r\n");
-    // Only a relative Location needs the prefix (built then, once).
-    let relative_location = r.headers_out.iter().any(|(k, v)| k.eq_ignore_ascii_case("location") && v.starts_with('/'));
-    let absolute = if relative_location { absolute_prefix(r) } else { None };
     for (k, v) in &r.headers_out {
         if host_header(k) {
             continue;
         }
         h.extend_from_slice(k.as_bytes());
         h.extend_from_slice(b": ");
-        if let (true, Some(prefix)) = (k.eq_ignore_ascii_case("location") && v.starts_with('/'), &absolute) {
-            h.extend_from_slice(prefix.as_bytes());
+        // Only a relative Location needs the prefix (built only then).
+        if k.eq_ignore_ascii_case("location") && v.starts_with('/') {
+            if let Some(prefix) = absolute_prefix(r) {
+                h.extend_from_slice(prefix.as_bytes());
+            }
         }
         h.extend_from_slice(v.as_bytes());
         h.extend_from_slice(b"\r\n");
