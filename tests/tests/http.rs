@@ -228,6 +228,44 @@ fn open_file_cache_sees_every_change() {
     std::fs::remove_file(&f).unwrap();
     std::fs::create_dir(&f).unwrap();
     body(301);
+    // Changes the cache learns of from the directories above a file (or,
+    // without inotify, from the stat() of every hit).
+    let html = s.prefix.path().join("html");
+    let get_ok = |p: &str| {
+        let r = get(s.port, p).unwrap();
+        assert_eq!(r.status, 200, "{p}");
+        String::from_utf8(r.body).unwrap()
+    };
+    // Written in place through a hard link in another directory.
+    std::fs::write(html.join("g.txt"), "linked one\n").unwrap();
+    std::fs::hard_link(html.join("g.txt"), s.prefix.path().join("g-link")).unwrap();
+    assert_eq!(get_ok("/g.txt"), "linked one\n");
+    assert_eq!(get_ok("/g.txt"), "linked one\n");
+    std::fs::File::options().write(true).open(s.prefix.path().join("g-link")).unwrap().write_all(b"LINKED").unwrap();
+    assert_eq!(get_ok("/g.txt"), "LINKED one\n");
+    // A directory on the path renamed away and made again.
+    std::fs::create_dir(html.join("d")).unwrap();
+    std::fs::write(html.join("d/x.txt"), "in the old d\n").unwrap();
+    assert_eq!(get_ok("/d/x.txt"), "in the old d\n");
+    std::fs::rename(html.join("d"), html.join("d.old")).unwrap();
+    std::fs::create_dir(html.join("d")).unwrap();
+    std::fs::write(html.join("d/x.txt"), "in the new d\n").unwrap();
+    assert_eq!(get_ok("/d/x.txt"), "in the new d\n");
+    // A symlink on the path re-pointed as deploys do (new link renamed
+    // over the old one), to a release with the same file names.
+    for (rel, text) in [("r1", "release one\n"), ("r2", "release two\n")] {
+        std::fs::create_dir(html.join(rel)).unwrap();
+        std::fs::write(html.join(rel).join("app.txt"), text).unwrap();
+    }
+    std::os::unix::fs::symlink("r1", html.join("current")).unwrap();
+    assert_eq!(get_ok("/current/app.txt"), "release one\n");
+    assert_eq!(get_ok("/current/app.txt"), "release one\n");
+    std::os::unix::fs::symlink("r2", html.join("current.new")).unwrap();
+    std::fs::rename(html.join("current.new"), html.join("current")).unwrap();
+    assert_eq!(get_ok("/current/app.txt"), "release two\n");
+    // The release the link pointed at changed behind it.
+    std::fs::rename(html.join("r2"), html.join("r2.old")).unwrap();
+    assert_eq!(get(s.port, "/current/app.txt").unwrap().status, 404);
     drop(s);
     // `open_file_cache off` serves the same way; nginx's other
     // open_file_cache_* directives are accepted; bad parameters refused.

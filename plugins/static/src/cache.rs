@@ -1,24 +1,31 @@
 //! The open-file cache (nginx's `open_file_cache`, on by default here):
 //! per worker, a file once opened stays open with its metadata, its
-//! response header values, and — when small and not just modified — its
-//! contents, so a hit costs one `stat()` and the response goes out in one
-//! write.
+//! response header values, and — when small — its contents, so a hit
+//! costs no file system call and the response goes out in one write.
 //!
 //! Unlike nginx's, which trusts an entry for `open_file_cache_valid`
-//! seconds, every hit is revalidated: the path is stat()ed and the entry
-//! used only if device, inode, size, mtime and ctime (to the nanosecond)
-//! all match, so a replaced, renamed, rewritten, truncated or
-//! chmod-ed file is seen at once. Contents are kept only for files whose
-//! mtime and ctime are at least two seconds old when read: a write in the
-//! same clock tick as the read could otherwise leave both timestamps
-//! unchanged (git's "racily clean" problem); such files are served from
-//! the open descriptor (sendfile) until they have aged.
+//! seconds, an entry is never used after its file changed:
+//! - normally the file and the directories on its path are watched
+//!   ([`crate::watch`], inotify) and the events read before every lookup
+//!   drop what changed — a replaced, renamed, rewritten, truncated or
+//!   chmod-ed file, a renamed directory, a re-pointed symlink is seen on
+//!   the next request;
+//! - where watching is not possible or not reliable (network file
+//!   systems, no inotify), every hit is revalidated instead: the path is
+//!   stat()ed and the entry used only if device, inode, size, mtime and
+//!   ctime (to the nanosecond) all match. Such an entry keeps contents
+//!   only for files whose mtime and ctime are at least two seconds old
+//!   when read: a write in the same clock tick as the read could
+//!   otherwise leave both timestamps unchanged (git's "racily clean"
+//!   problem); those files are served from the open descriptor
+//!   (sendfile) until they have aged.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use crate::watch::{self, Held, Stale, Watch};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,24 +76,32 @@ pub struct Entry {
     /// The contents, for a small file that was not just modified.
     pub body: Option<Box<[u8]>>,
     used: std::cell::Cell<Instant>,
+    /// The inotify watches this entry holds; None: validated by stat().
+    held: Option<Held>,
 }
 
 impl Entry {
     /// Makes an entry for a regular file just opened, with its fstat()
-    /// `meta`; Err when reading its contents failed.
-    pub fn new(file: File, meta: &Metadata, keep_body: bool) -> std::io::Result<Entry> {
+    /// `meta`; `held`: its watches (see [`watch_for`]). Err when reading its
+    /// contents failed.
+    pub fn new(file: File, meta: &Metadata, keep_body: bool, held: Option<Held>) -> std::io::Result<Entry> {
         let stamp = Stamp::of(meta);
         let size = meta.len();
         let mtime = meta.mtime().max(0) as u64;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let settled = now - stamp.mtime.0.max(stamp.ctime.0) >= 2;
+        // A watched file's later writes raise events; an unwatched one's
+        // contents are trusted only once its timestamps would show them.
+        let settled = held.is_some() || now - stamp.mtime.0.max(stamp.ctime.0) >= 2;
         let mut body = None;
         if keep_body && settled && size <= BODY_MAX {
-            let mut buf = Vec::with_capacity(size as usize);
-            (&file).take(size).read_to_end(&mut buf)?;
-            // Changed while being read: serve it from the descriptor.
-            if buf.len() as u64 == size && Stamp::of(&file.metadata()?) == stamp {
-                body = Some(buf.into_boxed_slice());
+            match read_body(&file, stamp) {
+                Ok(b) => body = b,
+                Err(e) => {
+                    if let Some(h) = &held {
+                        CACHE.with(|c| c.borrow_mut().release(h));
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(Entry {
@@ -99,8 +114,17 @@ impl Entry {
             length: size.to_string(),
             body,
             used: std::cell::Cell::new(Instant::now()),
+            held,
         })
     }
+}
+
+/// The contents of `file` if they are still those of `stamp` once read.
+fn read_body(file: &File, stamp: Stamp) -> std::io::Result<Option<Box<[u8]>>> {
+    let mut buf = Vec::with_capacity(stamp.size as usize);
+    file.take(stamp.size).read_to_end(&mut buf)?;
+    // Changed while being read: serve it from the descriptor.
+    Ok((buf.len() as u64 == stamp.size && Stamp::of(&file.metadata()?) == stamp).then(|| buf.into_boxed_slice()))
 }
 
 #[derive(Default)]
@@ -108,10 +132,63 @@ struct Cache {
     map: HashMap<String, Rc<Entry>>,
     body_bytes: usize,
     swept: Option<Instant>,
+    /// This worker's inotify instance: None until first needed, Some(None)
+    /// where it cannot be had.
+    watch: Option<Option<Watch>>,
+}
+
+impl Cache {
+    fn remove(&mut self, path: &str) {
+        if let Some(gone) = self.map.remove(path) {
+            self.dropped(&gone);
+        }
+    }
+
+    fn dropped(&mut self, gone: &Entry) {
+        self.body_bytes -= gone.body.as_ref().map_or(0, |b| b.len());
+        if let Some(held) = &gone.held {
+            self.release(held);
+        }
+    }
+
+    fn release(&mut self, held: &Held) {
+        if let Some(Some(w)) = &mut self.watch {
+            w.release(held);
+        }
+    }
+
+    /// Drops the entries the pending change events name.
+    fn apply_changes(&mut self) {
+        let Some(Some(w)) = &mut self.watch else { return };
+        let changes = w.changes();
+        for ch in changes {
+            let stale: Vec<String> = match &ch {
+                Stale::All => self.map.keys().cloned().collect(),
+                Stale::Under(top) => self.map.iter().filter(|(_, e)| e.held.as_ref().is_some_and(|h| h.iter().any(|(p, _)| watch::is_under(p, top)))).map(|(k, _)| k.clone()).collect(),
+            };
+            for k in stale {
+                self.remove(&k);
+            }
+        }
+    }
 }
 
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+/// The cached entry for `path` if it is watched and nothing changed it
+/// (no file system call when nothing did); None: look it up with
+/// [`lookup`].
+pub fn lookup_watched(path: &str) -> Option<Rc<Entry>> {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        c.apply_changes();
+        let e = c.map.get(path)?;
+        e.held.as_ref()?;
+        e.used.set(Instant::now());
+        Some(e.clone())
+    })
 }
 
 /// The cached entry for `path` if the file is still the one cached; the
@@ -124,20 +201,34 @@ pub fn lookup(path: &str, meta: &Metadata) -> Option<Rc<Entry>> {
             e.used.set(Instant::now());
             return Some(e.clone());
         }
-        let gone = c.map.remove(path)?;
-        c.body_bytes -= gone.body.as_ref().map_or(0, |b| b.len());
+        c.remove(path);
         None
     })
 }
 
 /// Forgets `path` (the file is gone or unreadable).
 pub fn forget(path: &str) {
+    CACHE.with(|c| c.borrow_mut().remove(path));
+}
+
+/// Starts watching regular file `path`, just opened as `file` with
+/// fstat() `meta`, for an entry about to be made: None when it cannot be
+/// watched reliably, or when the path no longer names that file (changed
+/// between the open and the watch). Called before the contents are read,
+/// so any later change raises an event.
+pub fn watch_for(path: &str, file: &File, meta: &Metadata) -> Option<Held> {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if let Some(gone) = c.map.remove(path) {
-            c.body_bytes -= gone.body.as_ref().map_or(0, |b| b.len());
+        let w = c.watch.get_or_insert_with(Watch::new).as_mut()?;
+        let held = w.hold(path, file)?;
+        match std::fs::metadata(path) {
+            Ok(now) if Stamp::of(&now) == Stamp::of(meta) => Some(held),
+            _ => {
+                w.release(&held);
+                None
+            }
         }
-    });
+    })
 }
 
 /// Whether a new entry may keep its contents (the worker's budget).
@@ -155,26 +246,18 @@ pub fn insert(path: &str, e: Entry, s: Settings) -> Rc<Entry> {
         let now = Instant::now();
         if c.swept.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1)) {
             c.swept = Some(now);
-            let mut freed = 0;
-            c.map.retain(|_, v| {
-                let keep = now.duration_since(v.used.get()) < s.inactive;
-                if !keep {
-                    freed += v.body.as_ref().map_or(0, |b| b.len());
-                }
-                keep
-            });
-            c.body_bytes -= freed;
+            let idle: Vec<String> = c.map.iter().filter(|(_, v)| now.duration_since(v.used.get()) >= s.inactive).map(|(k, _)| k.clone()).collect();
+            for k in idle {
+                c.remove(&k);
+            }
         }
         while c.map.len() >= s.max.max(1) {
             let Some(oldest) = c.map.iter().min_by_key(|(_, v)| v.used.get()).map(|(k, _)| k.clone()) else { break };
-            if let Some(gone) = c.map.remove(&oldest) {
-                c.body_bytes -= gone.body.as_ref().map_or(0, |b| b.len());
-            }
+            c.remove(&oldest);
         }
+        c.remove(path);
         c.body_bytes += e.body.as_ref().map_or(0, |b| b.len());
-        if let Some(old) = c.map.insert(path.to_string(), e.clone()) {
-            c.body_bytes -= old.body.as_ref().map_or(0, |b| b.len());
-        }
+        c.map.insert(path.to_string(), e.clone());
     });
     e
 }

@@ -15,9 +15,10 @@
 //! `open_file_cache off | max=N [inactive=time]` (on by default, see
 //! [`cache`]); `open_file_cache_valid`, `open_file_cache_min_uses` and
 //! `open_file_cache_errors` are accepted for nginx configurations and
-//! change nothing (every use is revalidated).
+//! change nothing (a changed file is never served from the cache).
 
 mod cache;
+mod watch;
 
 use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::collections::HashMap;
@@ -171,7 +172,11 @@ fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
     let Some(path) = req.var("request_filename") else { return Err(Status::Error) };
     let settings = conf.open_file_cache.unwrap_or(Some(cache::Settings::default()));
     if settings.is_some() {
-        // One stat() revalidates a cached entry.
+        // A watched entry nothing changed: no file system call.
+        if let Some(e) = cache::lookup_watched(path) {
+            return Ok(Found::File(e));
+        }
+        // Otherwise one stat() revalidates a cached entry.
         match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Ok(Found::Dir),
             Ok(m) => {
@@ -212,7 +217,8 @@ fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
         return Err(Status::Http(404));
     }
     let keep_body = settings.is_some() && cache::room_for_body();
-    match cache::Entry::new(file, &meta, keep_body) {
+    let held = if settings.is_some() { cache::watch_for(path, &file, &meta) } else { None };
+    match cache::Entry::new(file, &meta, keep_body, held) {
         Ok(e) => Ok(Found::File(match settings {
             Some(s) => cache::insert(path, e, s),
             None => Rc::new(e),
