@@ -677,23 +677,29 @@ impl<'a> Conn<'a> {
 
     fn try_head_in(&mut self, rbuf: &[u8], large: usize, max_head: usize, underscores: bool, merge: bool) -> Option<Head> {
         let buf = &rbuf[self.rstart..];
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = req.parse(buf);
+        // Not initialised: httparse writes the headers it finds.
+        let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(buf, &mut headers);
         match parsed {
             Ok(httparse::Status::Complete(n)) => {
-                let checked = parse::check_head(&req, underscores);
-                let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(n);
-                if line_len > large {
-                    self.error_request(Some(&req), 414, "client sent too long URI");
-                } else if n > max_head || too_long_header(&buf[..n], large).is_some() {
-                    self.error_request(Some(&req), 494, "client sent too long header line");
-                } else {
-                    match checked {
-                        Ok(info) => self.start_request(&req, info, n, merge),
-                        Err((st, why)) => self.error_request(Some(&req), st, why),
+                thread_local!(static HOST: RefCell<String> = const { RefCell::new(String::new()) });
+                HOST.with(|host| {
+                    let mut host = host.borrow_mut();
+                    host.clear();
+                    let checked = parse::check_head(&req, underscores, &mut host);
+                    let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(n);
+                    if line_len > large {
+                        self.error_request(Some(&req), 414, "client sent too long URI");
+                    } else if n > max_head || too_long_header(&buf[..n], large).is_some() {
+                        self.error_request(Some(&req), 494, "client sent too long header line");
+                    } else {
+                        match checked {
+                            Ok(info) => self.start_request(&req, info, &host, n, merge),
+                            Err((st, why)) => self.error_request(Some(&req), st, why),
+                        }
                     }
-                }
+                });
                 self.rstart += n;
                 Some(Head::Started)
             }
@@ -758,9 +764,9 @@ impl<'a> Conn<'a> {
         request::finalize_status(&self.req, status);
     }
 
-    fn start_request(&mut self, q: &httparse::Request<'_, '_>, info: parse::HeadInfo, n: usize, merge: bool) {
+    fn start_request(&mut self, q: &httparse::Request<'_, '_>, info: parse::HeadInfo, host: &str, n: usize, merge: bool) {
         let local = self.local;
-        let srv = self.cycle().http.find_server(local, &info.host);
+        let srv = self.cycle().http.find_server(local, host);
         let mut bad = None;
         {
             let mut r = self.begin();
@@ -771,14 +777,18 @@ impl<'a> Conn<'a> {
             r.method.push_str(q.method.unwrap_or(""));
             r.request_uri.push_str(target);
             r.minor = q.version.unwrap_or(1);
-            r.host.push_str(&info.host);
+            r.host.push_str(host);
             r.head_len = n;
             r.keepalive = info.keepalive;
             r.expect_continue = info.expect_continue && r.minor == 1;
             r.framing = info.framing;
             r.body_state = if info.framing == Framing::None { BodyIn::Done } else { BodyIn::Idle };
             for h in q.headers.iter() {
-                let (k, v) = (r.text(h.name), r.text(&String::from_utf8_lossy(h.value)));
+                let v = match std::str::from_utf8(h.value) {
+                    Ok(v) => r.text(v),
+                    Err(_) => r.text(&String::from_utf8_lossy(h.value)),
+                };
+                let k = r.text(h.name);
                 r.headers_in.push((k, v));
             }
             match parse::origin_form(target) {
@@ -791,7 +801,10 @@ impl<'a> Conn<'a> {
                         let mut decoded = d.borrow_mut();
                         decoded.clear();
                         match parse::normalize(path, merge, &mut decoded) {
-                            Ok(()) => r.uri.push_str(&String::from_utf8_lossy(&decoded)),
+                            Ok(()) => match std::str::from_utf8(&decoded) {
+                                Ok(u) => r.uri.push_str(u),
+                                Err(_) => r.uri.push_str(&String::from_utf8_lossy(&decoded)),
+                            },
                             Err(why) => bad = Some((400, why)),
                         }
                     });

@@ -23,8 +23,6 @@ pub enum Framing {
 pub struct HeadInfo {
     /// Body framing.
     pub framing: Framing,
-    /// The Host header (or the absolute target's host), lowercase, no port.
-    pub host: String,
     /// The client wants the connection kept.
     pub keepalive: bool,
     /// `Expect: 100-continue`.
@@ -41,50 +39,57 @@ fn valid_method(m: &str) -> bool {
 /// Validates a host name as nginx's `ngx_http_validate_host`: strips the
 /// port and a trailing dot, lowercases, refuses `/`, `\0`, `..` and
 /// leading dots. `None` = invalid.
-pub fn validate_host(h: &[u8]) -> Option<String> {
-    let mut out = String::with_capacity(h.len());
+pub fn validate_host(h: &[u8], out: &mut String) -> bool {
     let mut in_bracket = false;
     let mut prev_dot = false;
+    let mut end = h.len();
     for (i, &b) in h.iter().enumerate() {
         match b {
             b'.' => {
                 if prev_dot || i == 0 {
-                    return None;
+                    return false;
                 }
                 prev_dot = true;
-                out.push('.');
                 continue;
             }
             b':' if !in_bracket => {
                 if !h[i + 1..].iter().all(u8::is_ascii_digit) {
-                    return None;
+                    return false;
                 }
+                end = i;
                 break;
             }
             b'[' if i == 0 => in_bracket = true,
             b']' => in_bracket = false,
-            b'/' | b'\\' | 0 | b' ' | b'\t' => return None,
-            _ if b < 0x20 || b == 0x7f => return None,
+            b'/' | b'\\' | 0 | b' ' | b'\t' => return false,
+            _ if b < 0x20 || b == 0x7f => return false,
             _ => {}
         }
         prev_dot = false;
-        out.push((b as char).to_ascii_lowercase());
     }
-    if out.ends_with('.') {
-        out.pop();
+    let mut name = &h[..end];
+    if let [rest @ .., b'.'] = name {
+        name = rest;
     }
-    Some(out)
+    match std::str::from_utf8(name) {
+        Ok(n) => out.push_str(n),
+        Err(_) => out.push_str(&String::from_utf8_lossy(name)),
+    }
+    out.make_ascii_lowercase();
+    true
 }
 
 /// Checks a parsed head as nginx would: returns what the rest of the
 /// request needs, or the status to refuse it with.
-pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool) -> Result<HeadInfo, Refusal> {
+/// The host name goes to `host` (lowercase, no port; left empty when
+/// there is none).
+pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool, host_out: &mut String) -> Result<HeadInfo, Refusal> {
     let method = req.method.unwrap_or("");
     if !valid_method(method) {
         return Err((400, "client sent invalid method"));
     }
     let minor = req.version.unwrap_or(1);
-    let mut info = HeadInfo { framing: Framing::None, host: String::new(), keepalive: minor == 1, expect_continue: false };
+    let mut info = HeadInfo { framing: Framing::None, keepalive: minor == 1, expect_continue: false };
     let (mut cl, mut te, mut host): (Option<u64>, Option<bool>, Option<&[u8]>) = (None, None, None);
     for h in req.headers.iter() {
         let name = h.name;
@@ -114,10 +119,10 @@ pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool) -> Result<
             let v = String::from_utf8_lossy(h.value);
             te = Some(v.trim().eq_ignore_ascii_case("chunked"));
         } else if name.eq_ignore_ascii_case("connection") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.split(',').any(|t| t.trim() == "close") {
+            let tokens = || h.value.split(|&b| b == b',').map(|t| t.trim_ascii());
+            if tokens().any(|t| t.eq_ignore_ascii_case(b"close")) {
                 info.keepalive = false;
-            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+            } else if tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive")) {
                 info.keepalive = true;
             }
         } else if name.eq_ignore_ascii_case("expect") {
@@ -127,8 +132,9 @@ pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool) -> Result<
     let target = req.path.unwrap_or("");
     let abs_host = absolute_host(target);
     match (abs_host, host) {
-        (Some(a), _) => info.host = validate_host(a.as_bytes()).ok_or((400, "client sent invalid host in request line"))?,
-        (None, Some(h)) => info.host = validate_host(h).ok_or((400, "client sent invalid host header"))?,
+        (Some(a), _) if !validate_host(a.as_bytes(), host_out) => return Err((400, "client sent invalid host in request line")),
+        (None, Some(h)) if !validate_host(h, host_out) => return Err((400, "client sent invalid host header")),
+        (Some(_), _) | (None, Some(_)) => {}
         (None, None) if minor == 1 => return Err((400, "client sent HTTP/1.1 request without \"Host\" header")),
         (None, None) => {}
     }
@@ -168,11 +174,16 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(validate_host(b"Example.COM:8080").as_deref(), Some("example.com"));
-        assert_eq!(validate_host(b"example.com.").as_deref(), Some("example.com"));
-        assert_eq!(validate_host(b"[::1]:80").as_deref(), Some("[::1]"));
+        let host = |h: &[u8]| {
+            let mut out = String::new();
+            validate_host(h, &mut out).then_some(out)
+        };
+        assert_eq!(host(b"Example.COM:8080").as_deref(), Some("example.com"));
+        assert_eq!(host(b"example.com.").as_deref(), Some("example.com"));
+        assert_eq!(host(b"example.com.:80").as_deref(), Some("example.com"));
+        assert_eq!(host(b"[::1]:80").as_deref(), Some("[::1]"));
         for bad in [&b"a/b"[..], b"..", b"a..b", b".a", b"a:b", b"a\0"] {
-            assert!(validate_host(bad).is_none(), "{:?}", bad);
+            assert!(host(bad).is_none(), "{:?}", bad);
         }
     }
 }

@@ -469,10 +469,9 @@ impl<'a> Req<'a> {
         self.run == Run::Finalized && self.out.is_empty()
     }
 
-    /// Maps a URI to a file path with the location's root or alias.
+    /// Appends the file path `uri` maps to (root or alias) to `out`.
     pub fn map_to_path(&self, uri: &str, out: &mut String) {
         let loc = self.location();
-        out.clear();
         out.push_str(&loc.core.root);
         if loc.core.alias && loc.kind != Kind::Regex {
             out.push_str(uri.get(loc.path.len()..).unwrap_or(""));
@@ -623,9 +622,30 @@ fn push_date(out: &mut Vec<u8>) {
 
 /// Headers the host renders itself; plugin copies are not sent twice.
 fn host_header(name: &str) -> bool {
-    ["content-length", "connection", "transfer-encoding", "date", "server", "keep-alive"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    let is = |h: &str| name.eq_ignore_ascii_case(h);
+    match name.len() {
+        4 => is("date"),
+        6 => is("server"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("content-length"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    }
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut d = [0u8; 20];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&d[i..]);
 }
 
 /// Runs the header filters and renders the head into the output.
@@ -698,7 +718,13 @@ fn render_head(r: &mut Req) {
     let mut h = mem_buf();
     h.reserve(256);
     let wire = wire_status(status);
-    let _ = write!(VecW(&mut h), "HTTP/1.1 {wire} {}\r\nServer: {}\r\nDate: ", reason(status), server_string(core_tokens));
+    h.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(&mut h, u64::from(wire));
+    h.push(b' ');
+    h.extend_from_slice(reason(status).as_bytes());
+    h.extend_from_slice(b"\r\nServer: ");
+    h.extend_from_slice(server_string(core_tokens).as_bytes());
+    h.extend_from_slice(b"\r\nDate: ");
     push_date(&mut h);
     h.extend_from_slice(b"\r\n");
     for (k, v) in &r.headers_out {
@@ -718,7 +744,9 @@ fn render_head(r: &mut Req) {
     }
     if let Some(n) = r.content_length {
         if status != 304 {
-            let _ = write!(VecW(&mut h), "Content-Length: {n}\r\n");
+            h.extend_from_slice(b"Content-Length: ");
+            push_u64(&mut h, n);
+            h.extend_from_slice(b"\r\n");
         }
     }
     if r.chunked {
@@ -1184,6 +1212,7 @@ fn try_files(cell: &RefCell<Req>) {
     for arg in &list[..list.len() - 1] {
         let uri = super::vars::expand(&r, arg);
         let dir = uri.ends_with('/');
+        path.clear();
         r.map_to_path(&uri, &mut path);
         // A trailing '/' asks for a directory; a file path with one fails.
         let ok = std::fs::metadata(&path).is_ok_and(|m| m.is_dir() == dir);

@@ -132,11 +132,7 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
                 Err(_) => return false,
             }
         }
-        "request_filename" => {
-            let mut p = String::new();
-            r.map_to_path(&r.uri, &mut p);
-            out.push_str(&p);
-        }
+        "request_filename" => r.map_to_path(&r.uri, out),
         "connection" => {
             let _ = write!(out, "{}", r.conn_serial);
         }

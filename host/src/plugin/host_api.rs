@@ -218,7 +218,13 @@ pub fn buf_bytes<'a>(b: &sys::Buf) -> &'a [u8] {
 fn s(x: Str) -> &'static str {
     // SAFETY: plugins pass strings valid for the call; the result is used
     // only within the call (the host copies what it keeps).
-    std::str::from_utf8(unsafe { x.as_bytes() }).unwrap_or("")
+    let b = unsafe { x.as_bytes() };
+    if b.is_ascii() {
+        // SAFETY: ASCII is UTF-8 (the word-at-a-time check is the cheap
+        // path for header names and values).
+        return unsafe { std::str::from_utf8_unchecked(b) };
+    }
+    std::str::from_utf8(b).unwrap_or("")
 }
 
 fn put(out: *mut Str, v: &str) -> Rc {
@@ -530,7 +536,8 @@ unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value:
 
 /// Refuses header text that would split the response.
 fn valid_header(name: &str, value: &str) -> bool {
-    name.bytes().all(|b| b.is_ascii_graphic() && b != b':') && !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+    // No early exit in the value's loop: it vectorises.
+    name.bytes().all(|b| b.is_ascii_graphic() && b != b':') && !value.bytes().fold(false, |bad, b| bad | (b == b'\r') | (b == b'\n') | (b == 0))
 }
 
 unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {
