@@ -452,7 +452,10 @@ fn c_output_filters_and_plugin_variable() {
     let dir = p.path();
     let so = dir.join("upper.so");
     build_c_plugin(&repo_root().join("tests/fixtures/upper.c"), &repo_root().join("include"), &[], &so);
-    p.write("html/f.txt", "file text");
+    // Larger than what the static plugin keeps in memory (64 KiB): it
+    // goes out as a file region.
+    let big = "file text ".repeat(7000);
+    p.write("html/f.txt", &big);
     let port = free_port();
     p.write_conf(&format!(
         "{}load_module {};\nload_module {};\n{}events {{}}\n\
@@ -472,7 +475,7 @@ fn c_output_filters_and_plugin_variable() {
     assert_eq!(r.header("x-upper"), Some("on"));
     assert_eq!(r.header("transfer-encoding"), Some("chunked"), "the filter dropped Content-Length");
     let r = get(s.port, "/file/f.txt").unwrap();
-    assert_eq!((r.body.as_slice(), r.header("x-upper")), (&b"file text"[..], Some("on")), "file regions pass untouched");
+    assert_eq!((r.body.as_slice(), r.header("x-upper")), (big.as_bytes(), Some("on")), "file regions pass untouched");
     let r = get(s.port, "/plain/").unwrap();
     assert_eq!((r.body.as_slice(), r.header("x-upper")), (&b"plain"[..], None));
     let log = poll_until("up.log", Duration::from_secs(5), || {

@@ -165,13 +165,42 @@ struct TimerEntry {
     owner: usize,
 }
 
+/// Hashing for the integer keys below (tokens, timer ids, request
+/// handles): one multiplication instead of SipHash, which cost ~140
+/// instructions a lookup on every plugin I/O call. The keys are the host's
+/// own, not chosen by a peer, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+pub struct IntHash(u64);
+
+impl std::hash::Hasher for IntHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(26);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+type IntMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IntHash>>;
+
 #[derive(Default)]
 struct State {
     registry: Option<Registry>,
-    conns: HashMap<usize, *mut PConn>,
+    conns: IntMap<usize, *mut PConn>,
     next_token: usize,
     timers: Timers<TimerEntry>,
-    timer_keys: HashMap<u64, TimerKey>,
+    timer_keys: IntMap<u64, TimerKey>,
+    /// Per owning request (handle): what it owns, so that drop_owner
+    /// finds it without scanning every timer and connection.
+    owned: IntMap<usize, Owned>,
     next_timer: u64,
     pending: Vec<(usize, u32)>,
     /// Tokens closed during callbacks, freed by reap().
@@ -198,7 +227,72 @@ impl State {
         let e = TimerEntry { id, plugin, name, what, owner };
         let k = self.timers.add(Instant::now() + Duration::from_millis(ms), e);
         self.timer_keys.insert(id, k);
+        if owner != 0 {
+            self.owned.entry(owner).or_default().add_timer(id);
+        }
         id
+    }
+
+    /// Notes that a timer of `owner` fired or was cancelled.
+    fn timer_gone(&mut self, owner: usize, id: u64) {
+        if let Some(o) = self.owned.get_mut(&owner) {
+            o.remove_timer(id);
+            if o.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+
+    /// Counts one more connection for `owner` (0: the process).
+    fn own_conn(&mut self, owner: usize) {
+        if owner != 0 {
+            self.owned.entry(owner).or_default().conns += 1;
+        }
+    }
+
+    /// Counts one fewer.
+    fn disown_conn(&mut self, owner: usize) {
+        if let Some(o) = self.owned.get_mut(&owner) {
+            o.conns = o.conns.saturating_sub(1);
+            if o.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+}
+
+/// What one request owns: its connections (counted) and its timers (the
+/// ids of up to four; past that, drop_owner scans).
+#[derive(Default)]
+struct Owned {
+    conns: u32,
+    timers: [u64; 4],
+    ntimers: u8,
+    /// More timers than `timers` holds were armed at some point.
+    overflow: bool,
+}
+
+impl Owned {
+    fn add_timer(&mut self, id: u64) {
+        match self.timers.get_mut(self.ntimers as usize) {
+            Some(slot) => {
+                *slot = id;
+                self.ntimers += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn remove_timer(&mut self, id: u64) {
+        let n = self.ntimers as usize;
+        if let Some(i) = self.timers[..n].iter().position(|&t| t == id) {
+            self.timers[i] = self.timers[n - 1];
+            self.ntimers -= 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.conns == 0 && self.ntimers == 0 && !self.overflow
     }
 }
 
@@ -435,6 +529,7 @@ pub fn run_due() {
         let mut s = s.borrow_mut();
         let t = s.timers.pop_due(now)?;
         s.timer_keys.remove(&t.id);
+        s.timer_gone(t.owner, t.id);
         Some(t)
     }) {
         match t.what {
@@ -471,7 +566,13 @@ fn reap() {
             return Vec::new();
         }
         let ids = std::mem::take(&mut s.closing);
-        ids.iter().filter_map(|t| s.conns.remove(t)).collect()
+        let gone: Vec<*mut PConn> = ids.iter().filter_map(|t| s.conns.remove(t)).collect();
+        for &p in &gone {
+            // SAFETY: live until freed below.
+            let owner = unsafe { &*p }.owner;
+            s.disown_conn(owner);
+        }
+        gone
     });
     for p in closed {
         // SAFETY: removed from the map above, so this is the only owner.
@@ -489,14 +590,28 @@ fn reap() {
 pub fn drop_owner(owner: usize) {
     let owned: Vec<usize> = ST.with(|s| {
         let mut s = s.borrow_mut();
-        let State { timers, timer_keys, conns, .. } = &mut *s;
-        timers.retain(|t| {
-            if t.owner == owner {
-                timer_keys.remove(&t.id);
+        let Some(o) = s.owned.remove(&owner) else { return Vec::new() };
+        let State { timers, timer_keys, .. } = &mut *s;
+        if o.overflow {
+            timers.retain(|t| {
+                if t.owner == owner {
+                    timer_keys.remove(&t.id);
+                }
+                t.owner != owner
+            });
+        } else {
+            for id in &o.timers[..o.ntimers as usize] {
+                if let Some(k) = timer_keys.remove(id) {
+                    timers.cancel(k);
+                }
             }
-            t.owner != owner
-        });
-        conns
+        }
+        if o.conns == 0 {
+            return Vec::new();
+        }
+        // Closed connections stay counted until reap(): count them again.
+        s.owned.insert(owner, Owned { conns: o.conns, ..Owned::default() });
+        s.conns
             .iter()
             // SAFETY: live Box<PConn>s owned by ST.
             .filter(|(_, &p)| unsafe { &*p }.owner == owner)
@@ -528,7 +643,9 @@ fn timer_cancel_id(id: u64) {
     ST.with(|s| {
         let mut s = s.borrow_mut();
         if let Some(k) = s.timer_keys.remove(&id) {
-            s.timers.cancel(k);
+            if let Some(t) = s.timers.cancel(k) {
+                s.timer_gone(t.owner, t.id);
+            }
         }
     });
 }
@@ -741,6 +858,7 @@ pub(super) unsafe extern "C" fn conn_connect(
         s.next_token += 1;
         let mut pc = new_conn(sock, token, plugin, name, sa.to_string());
         pc.owner = owner as usize;
+        s.own_conn(pc.owner);
         pc.outbound = true;
         pc.cb = cb;
         pc.data = data;
@@ -808,6 +926,7 @@ pub fn attach_http(c: *mut sys::Conn, http: usize) -> sys::Rc {
     }
     pc.http = Some(http);
     pc.cb = None;
+    ST.with(|s| s.borrow_mut().disown_conn(pc.owner));
     pc.owner = 0;
     sys::OK
 }
@@ -839,6 +958,7 @@ pub(super) unsafe extern "C" fn relay_conns(a: *mut sys::Conn, b: *mut sys::Conn
         if let Ok(pc) = conn(handle(t)) {
             pc.relay = Some(Box::new(ConnRelay { other, out: Pipe::default(), done: None }));
             pc.cb = None;
+            ST.with(|s| s.borrow_mut().disown_conn(pc.owner));
             pc.owner = 0;
         }
     }
