@@ -800,12 +800,13 @@ impl State {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
         let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
         loop {
-            let mut hs = [httparse::EMPTY_HEADER; 100];
-            let mut resp = httparse::Response::new(&mut hs);
+            // Not initialised: httparse writes the headers it finds.
+            let mut hs = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+            let mut resp = httparse::Response::new(&mut []);
             // The head is read in place: the buffer is lent out while
             // got_head() looks at it (no copy of names and values).
             let buf = std::mem::take(&mut self.buf);
-            let parsed = match resp.parse(&buf) {
+            let parsed = match if buf.is_empty() { Ok(httparse::Status::Partial) } else { httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &buf, &mut hs) } {
                 Ok(httparse::Status::Complete(n)) => Some(n),
                 Ok(httparse::Status::Partial) => None,
                 Err(e) => {
