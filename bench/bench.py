@@ -187,6 +187,48 @@ def idle_rss(port, pid, n):
             s.close()
 
 
+def callgrind_total(path):
+    """The instruction total of a callgrind dump."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    sys.exit(f"no totals in {path}")
+
+
+def instructions(d, name, argv, conf_text, port, path, secs, close):
+    """User-space instructions per request of a one-process server run
+    under callgrind (master_process off), for `secs` of wrk -c10: exact
+    where wall-clock figures drift. Kernel work (syscalls) is not counted."""
+    conf = f"{d}/{name}-cg.conf"
+    with open(conf, "w") as f:
+        f.write(conf_text.replace("daemon off;", "daemon off;\nmaster_process off;", 1))
+    out = f"{d}/{name}.callgrind"
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv + ["-c", conf],
+                            cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc, f"{name} under valgrind", deadline=120)
+        # Warm up (the open-file cache, the upstream pool), then count.
+        wrk(port, path, 1, 10, close)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, timeout=60)
+        argv_wrk = ["wrk", "-t1", "-c10", f"-d{secs}s", "--timeout", "5s"]
+        if close:
+            argv_wrk += ["-H", "Connection: close"]
+        res = subprocess.run(argv_wrk + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=secs + 60).stdout
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, timeout=60)
+        n = re.search(r"(\d+) requests in", res)
+        if not n or int(n.group(1)) == 0:
+            sys.exit(f"cannot read wrk's output:\n{res}")
+        return callgrind_total(f"{out}.1") / int(n.group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 SCENARIOS = [
     ("13-byte file, keepalive, c50", "/13b.txt", 50, False),
     ("13-byte file, Connection: close, c50", "/13b.txt", 50, True),
@@ -202,6 +244,8 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--only", help="run scenarios whose name contains this")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count user-space instructions per request under callgrind instead of timing")
     a = ap.parse_args()
 
     d = tempfile.mkdtemp(prefix="ngxr-bench-")
@@ -241,6 +285,24 @@ def main():
                     capture_output=True, text=True, timeout=10).stdout
                 if out != "200":
                     sys.exit(f"{name} answered {out} for {path}: the configurations are not equivalent")
+
+        if a.instructions:
+            ngxr.stop()
+            nginx.stop()
+            print("# user-space instructions per request (valgrind --tool=callgrind, one process each,"
+                  f" wrk -t1 -c10 for {a.secs}s after a warm-up; syscalls not counted)")
+            for title, path, _, close in SCENARIOS:
+                if a.only and a.only not in title:
+                    continue
+                ir = {}
+                for name, argv, conf, port in [
+                    ("ngxr", [os.path.join(REL, "ngxr"), "-p", d], ngxr_conf(d, ngxr_port, backend_port), ngxr_port),
+                    ("nginx", ["nginx", "-p", d, "-e", f"{d}/nginx-error.log"], nginx_conf(d, nginx_port, backend_port), nginx_port),
+                ]:
+                    ir[name] = instructions(d, name, argv, conf, port, path, a.secs, close)
+                print(f"{title:40} ngxr {ir['ngxr']:>9.0f} | nginx {ir['nginx']:>9.0f} | ratio {ir['ngxr'] / ir['nginx']:.2f}"
+                      " (lower is better)", flush=True)
+            return
 
         print(f"# ngxr vs nginx ({subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}),"
               f" wrk -t1, {a.secs}s per run, {a.rounds} rounds A B A B, median shown")

@@ -255,7 +255,7 @@ impl<'a> Conn<'a> {
     fn attach(&mut self) {
         if self.req.0.is_none() {
             let mut r = Req::new(self.idx, self.cycle, self.default, self.peer, self.local);
-            r.remote_addr = if self.remote_addr.is_empty() { self.peer.ip().to_string() } else { std::mem::take(&mut self.remote_addr) };
+            r.remote_addr = if self.remote_addr.is_empty() { ip_text(self.peer.ip()) } else { std::mem::take(&mut self.remote_addr) };
             self.req.0 = Some(Box::new(RefCell::new(r)));
         }
     }
@@ -305,7 +305,12 @@ impl<'a> Conn<'a> {
             self.end_request();
         }
         if let Some(r) = &self.req.0 {
-            r.borrow_mut().free_plugin_state();
+            let mut r = r.borrow_mut();
+            r.free_plugin_state();
+            // Its memory serves the next connection's requests (open files
+            // in unsent output are closed now, not kept in the pool).
+            r.out.clear();
+            r.shed();
         }
         if !self.sock.handshaking() {
             self.sock.close_notify();
@@ -1028,4 +1033,41 @@ fn version_like(buf: &[u8]) -> bool {
     let v = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
     v.len() >= 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[5] != b'0' && v[5] != b'1'
         || (v.len() >= 8 && v.starts_with(b"HTTP/1.") && v[7].is_ascii_digit())
+}
+
+/// An address as text ($remote_addr); IPv4 without `fmt`, as this runs
+/// for every connection.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push((b'0' + o / 100) as char);
+                }
+                if o >= 10 {
+                    s.push((b'0' + o / 10 % 10) as char);
+                }
+                s.push((b'0' + o % 10) as char);
+            }
+            s
+        }
+        v6 => v6.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod ip_tests {
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.100.255", "192.168.1.9"] {
+            let a: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(super::ip_text(a), a.to_string());
+        }
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        assert_eq!(super::ip_text(v6), "::1");
+    }
 }

@@ -54,6 +54,11 @@ struct Worker<'a> {
     exit: bool,
     single: bool,
     wakes: Vec<usize>,
+    /// Listeners that gave a connection with multi_accept off and may have
+    /// more: one more each per turn of the loop (nginx's level-triggered
+    /// accept), instead of re-arming the listener with epoll_ctl() after
+    /// every accept.
+    accept_more: Vec<usize>,
 }
 
 /// Sets up this process as a worker; returns a message on fatal failure.
@@ -158,6 +163,7 @@ impl<'a> Worker<'a> {
             exit: false,
             single,
             wakes: Vec::new(),
+            accept_more: Vec::new(),
         })
     }
 
@@ -182,7 +188,7 @@ impl<'a> Worker<'a> {
             }
             let now = Instant::now();
             let wait = match (self.timers.next_wait(now), crate::plugin::io::next_wait(now)) {
-                _ if crate::http::has_wakes() => Some(std::time::Duration::ZERO),
+                _ if crate::http::has_wakes() || !self.accept_more.is_empty() => Some(std::time::Duration::ZERO),
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -212,6 +218,13 @@ impl<'a> Worker<'a> {
                         self.conn_ready(t - CONN_BASE)
                     }
                 }
+                self.run_deferred();
+            }
+            // One more connection from each listener listed; accept()
+            // lists it again (at the end) when it got one.
+            for _ in 0..self.accept_more.len() {
+                let i = self.accept_more.remove(0);
+                self.accept(i);
                 self.run_deferred();
             }
             crate::plugin::io::run_due();
@@ -313,10 +326,10 @@ impl<'a> Worker<'a> {
                 }
             }
             if !self.cycle.core.multi_accept {
-                // Re-arm so remaining connections are taken on the next
-                // turn of the loop, after other ready events.
-                if let Some(l) = self.listeners.get_mut(i) {
-                    let _ = self.poll.registry().reregister(l, Token(i), Interest::READABLE);
+                // The rest on the next turns of the loop, after other
+                // ready events.
+                if !self.accept_more.contains(&i) {
+                    self.accept_more.push(i);
                 }
                 return;
             }
