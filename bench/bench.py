@@ -136,12 +136,17 @@ class Server:
                 self.proc.wait()
 
 
-def wrk(port, path, secs, conns, close=False):
+def wrk_out(port, path, secs, conns, close=False):
+    """Runs wrk (one thread) and returns what it printed."""
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}{path}")
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30).stdout
+    return subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60).stdout
+
+
+def wrk(port, path, secs, conns, close=False):
+    out = wrk_out(port, path, secs, conns, close)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -211,10 +216,7 @@ def instructions(d, name, argv, conf_text, port, path, secs, close):
         # Warm up (the open-file cache, the upstream pool), then count.
         wrk(port, path, 1, 10, close)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, timeout=60)
-        argv_wrk = ["wrk", "-t1", "-c10", f"-d{secs}s", "--timeout", "5s"]
-        if close:
-            argv_wrk += ["-H", "Connection: close"]
-        res = subprocess.run(argv_wrk + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=secs + 60).stdout
+        res = wrk_out(port, path, secs, 10, close)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, timeout=60)
         n = re.search(r"(\d+) requests in", res)
         if not n or int(n.group(1)) == 0:

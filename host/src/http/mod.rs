@@ -789,11 +789,7 @@ impl<'a> Conn<'a> {
             r.framing = info.framing;
             r.body_state = if info.framing == Framing::None { BodyIn::Done } else { BodyIn::Idle };
             for h in q.headers.iter() {
-                let v = match std::str::from_utf8(h.value) {
-                    Ok(v) => r.text(v),
-                    Err(_) => r.text(&String::from_utf8_lossy(h.value)),
-                };
-                let k = r.text(h.name);
+                let (k, v) = (r.text(h.name), r.text(&parse::text(h.value)));
                 r.headers_in.push((k, v));
             }
             match parse::origin_form(target) {
@@ -806,10 +802,7 @@ impl<'a> Conn<'a> {
                         let mut decoded = d.borrow_mut();
                         decoded.clear();
                         match parse::normalize(path, merge, &mut decoded) {
-                            Ok(()) => match std::str::from_utf8(&decoded) {
-                                Ok(u) => r.uri.push_str(u),
-                                Err(_) => r.uri.push_str(&String::from_utf8_lossy(&decoded)),
-                            },
+                            Ok(()) => r.uri.push_str(&parse::text(&decoded)),
                             Err(why) => bad = Some((400, why)),
                         }
                     });

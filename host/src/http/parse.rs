@@ -38,7 +38,8 @@ fn valid_method(m: &str) -> bool {
 
 /// Validates a host name as nginx's `ngx_http_validate_host`: strips the
 /// port and a trailing dot, lowercases, refuses `/`, `\0`, `..` and
-/// leading dots. `None` = invalid.
+/// leading dots. Appends the name to `out`; false (nothing appended) =
+/// invalid.
 pub fn validate_host(h: &[u8], out: &mut String) -> bool {
     let mut in_bracket = false;
     let mut prev_dot = false;
@@ -71,12 +72,20 @@ pub fn validate_host(h: &[u8], out: &mut String) -> bool {
     if let [rest @ .., b'.'] = name {
         name = rest;
     }
-    match std::str::from_utf8(name) {
-        Ok(n) => out.push_str(n),
-        Err(_) => out.push_str(&String::from_utf8_lossy(name)),
-    }
-    out.make_ascii_lowercase();
+    let start = out.len();
+    out.push_str(&text(name));
+    out[start..].make_ascii_lowercase();
     true
+}
+
+/// Bytes from the wire as text: borrowed when they are UTF-8 (checked with
+/// `from_utf8`, cheaper than `from_utf8_lossy`'s chunk scan on this hot
+/// path), with U+FFFD for invalid sequences otherwise.
+pub fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
 }
 
 /// Checks a parsed head as nginx would: returns what the rest of the

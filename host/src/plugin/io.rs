@@ -170,7 +170,7 @@ struct TimerEntry {
 /// instructions a lookup on every plugin I/O call. The keys are the host's
 /// own, not chosen by a peer, so flooding is not a concern.
 #[derive(Default, Clone, Copy)]
-pub struct IntHash(u64);
+struct IntHash(u64);
 
 impl std::hash::Hasher for IntHash {
     fn finish(&self) -> u64 {
