@@ -1,5 +1,5 @@
 /*
- * ngx_plugin.h -- the ngxr plugin ABI, version 1.3.
+ * ngx_plugin.h -- the ngxr plugin ABI, version 1.4.
  *
  * 1.1 appended conn_error, http_output_queued, http_resume_when_drained and
  * conf_location to the host table, and the NGX_PLUGIN_TIMEDOUT code.
@@ -7,6 +7,9 @@
  * connections: upstream TLS, STARTTLS), with ngx_plugin_tls_opts_t.
  * 1.3 appended conf_open_file and file_write (log files the host reopens
  * on USR1, `ngxr -s reopen`).
+ * 1.4 appended http_headers_in and http_headers_out_set (several request
+ * headers read, or response headers set, in one call), with
+ * ngx_plugin_header_t.
  *
  * This header is the whole contract between the ngxr host and a plugin.
  * It is C99, depends only on <stdint.h>, <stddef.h> and <stdbool.h>, and
@@ -76,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 3
+#define NGX_PLUGIN_ABI_MINOR 4
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -259,6 +262,12 @@ typedef struct ngx_plugin_buf_s {
     int64_t file_pos;
     int64_t file_len;
 } ngx_plugin_buf_t;
+
+/** A header line: name and value (1.4, http_headers_out_set). */
+typedef struct ngx_plugin_header_s {
+    ngx_plugin_str_t name;
+    ngx_plugin_str_t value;
+} ngx_plugin_header_t;
 
 /* ------------------------------------------------------------------ */
 /* Log files (1.3)                                                      */
@@ -635,6 +644,23 @@ typedef struct ngx_plugin_host_s {
      *  failure logs "write() to \"/x\" failed (...)" at alert and returns
      *  NGX_PLUGIN_ERROR. [worker] (also [conf] and in the master) */
     ngx_plugin_rc_t (*file_write)(ngx_plugin_file_t *f, const uint8_t *data, size_t len);
+
+    /* ---- appended in 1.4 -------------------------------------------- */
+
+    /** (1.4) Looks up n request headers in one call: values[i] is the
+     *  first header named names[i] (case-insensitive), as http_header_in
+     *  answers it, or {NULL, 0} when there is none. Returns NGX_PLUGIN_OK.
+     *  OWNERSHIP: names borrowed for the call; values borrowed until the
+     *  request finishes. [worker] */
+    ngx_plugin_rc_t (*http_headers_in)(ngx_plugin_request_t *r, const ngx_plugin_str_t *names,
+                                       ngx_plugin_str_t *values, size_t n);
+    /** (1.4) Sets n response headers in one call, each as
+     *  http_header_out_set would in order (replaces every header of that
+     *  name; a value with data NULL removes them). Every line is checked
+     *  first: if one is invalid, returns NGX_PLUGIN_INVALID and changes
+     *  nothing. OWNERSHIP: copied. [worker] */
+    ngx_plugin_rc_t (*http_headers_out_set)(ngx_plugin_request_t *r, const ngx_plugin_header_t *h,
+                                            size_t n);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -533,6 +533,20 @@ impl<'a> Request<'a> {
             .then(|| unsafe { rt::str_of(out) })
     }
 
+    /// Several request headers in one host call: the value of the first
+    /// header of each name (case-insensitive), in the order of `names`.
+    pub fn headers_named<const N: usize>(&self, names: [&str; N]) -> [Option<&str>; N] {
+        let Some(f) = rt::host().http_headers_in else { return names.map(|n| self.header(n)) };
+        let keys = names.map(|n| sys::Str::from_bytes(n.as_bytes()));
+        let mut out = [sys::Str::empty(); N];
+        // SAFETY: live handle; N names borrowed for the call, room for N
+        // values, which live until the request finishes.
+        if unsafe { f(self.raw, keys.as_ptr(), out.as_mut_ptr(), N) } != sys::OK {
+            return [None; N];
+        }
+        out.map(|v| (!v.data.is_null()).then(|| unsafe { rt::str_of(v) }))
+    }
+
     /// Sets the response status.
     pub fn set_status(&mut self, status: u16) {
         if let Some(f) = rt::host().http_set_status {
@@ -592,7 +606,7 @@ impl<'a> Request<'a> {
 
     /// A variable's value as text (lossy: invalid UTF-8 reads as empty).
     pub fn var(&self, name: &str) -> Option<&str> {
-        self.var_bytes(name).map(|b| std::str::from_utf8(b).unwrap_or(""))
+        self.var_bytes(name).map(rt::text)
     }
 
     /// Sets a (user) variable, or `uri`/`args`.
@@ -626,6 +640,35 @@ impl<'a> Request<'a> {
             // SAFETY: live handle; strings copied.
             unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), sys::Str::from_bytes(value.as_bytes())) };
         }
+    }
+
+    /// Sets several response headers in one host call, each as
+    /// [`set_header`](Self::set_header) would; a `None` value removes the
+    /// header. Nothing is set if one line is invalid.
+    pub fn set_headers(&mut self, lines: &[(&str, Option<&str>)]) -> Result<(), sys::Rc> {
+        let Some(f) = rt::host().http_headers_out_set else {
+            for &(n, v) in lines {
+                match v {
+                    Some(v) => self.set_header(n, v),
+                    None => self.remove_header(n),
+                }
+            }
+            return Ok(());
+        };
+        const CHUNK: usize = 8;
+        let mut buf = [sys::Header { name: sys::Str::empty(), value: sys::Str::empty() }; CHUNK];
+        // More than CHUNK lines go in several calls (each checked whole).
+        for part in lines.chunks(CHUNK) {
+            for (b, &(n, v)) in buf.iter_mut().zip(part) {
+                *b = sys::Header { name: sys::Str::from_bytes(n.as_bytes()), value: v.map_or(sys::Str::empty(), |v| sys::Str::from_bytes(v.as_bytes())) };
+            }
+            // SAFETY: live handle; the lines are borrowed for the call.
+            match unsafe { f(self.raw, buf.as_ptr(), part.len()) } {
+                sys::OK => {}
+                rc => return Err(rc),
+            }
+        }
+        Ok(())
     }
 
     /// Removes every response header `name`.

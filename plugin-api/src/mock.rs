@@ -94,6 +94,35 @@ unsafe extern "C" fn header_out_add(r: *mut sys::Request, name: Str, value: Str)
     sys::OK
 }
 
+unsafe extern "C" fn header_out_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {
+    let m = me(r);
+    m.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case(bytes(name)));
+    if !value.data.is_null() {
+        m.headers_out.push((bytes(name).to_string(), bytes(value).to_string()));
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn headers_out_set(r: *mut sys::Request, h: *const sys::Header, n: usize) -> Rc {
+    // SAFETY: the plugin passes n valid lines for the call.
+    for l in unsafe { std::slice::from_raw_parts(h, n) } {
+        // SAFETY: forwarded.
+        unsafe { header_out_set(r, l.name, l.value) };
+    }
+    sys::OK
+}
+
+unsafe extern "C" fn headers_in(r: *mut sys::Request, names: *const Str, values: *mut Str, n: usize) -> Rc {
+    for i in 0..n {
+        // SAFETY: the plugin passes n names and room for n values.
+        let (name, out) = unsafe { (*names.add(i), &mut *values.add(i)) };
+        *out = Str::empty();
+        // SAFETY: forwarded; NOT_FOUND leaves out empty.
+        unsafe { header_in(r, name, out) };
+    }
+    sys::OK
+}
+
 unsafe extern "C" fn send_body(r: *mut sys::Request, bufs: *const sys::Buf, n: usize) -> Rc {
     let m = me(r);
     // SAFETY: the plugin passes n valid buffers for the call.
@@ -132,6 +161,9 @@ pub fn install() {
         h.http_header_in = Some(header_in);
         h.http_set_status = Some(set_status);
         h.http_header_out_add = Some(header_out_add);
+        h.http_header_out_set = Some(header_out_set);
+        h.http_headers_out_set = Some(headers_out_set);
+        h.http_headers_in = Some(headers_in);
         h.http_send_body = Some(send_body);
         Box::into_raw(Box::new(h)) as usize
     });

@@ -43,7 +43,17 @@ pub fn set_host(h: *const sys::Host) {
 /// `s` must point to bytes valid for `'a`.
 pub unsafe fn str_of<'a>(s: sys::Str) -> &'a str {
     // SAFETY: forwarded from the caller.
-    std::str::from_utf8(unsafe { s.as_bytes() }).unwrap_or("")
+    text(unsafe { s.as_bytes() })
+}
+
+/// `b` as str, or "" if it is not UTF-8. ASCII, nearly everything the
+/// host hands over, is recognised a word at a time.
+pub fn text(b: &[u8]) -> &str {
+    if b.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        return unsafe { std::str::from_utf8_unchecked(b) };
+    }
+    std::str::from_utf8(b).unwrap_or("")
 }
 
 /// Calls a host parse function on `s`.

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -204,6 +204,14 @@ pub struct Buf {
     pub file_len: i64,
 }
 
+/// `ngx_plugin_header_t` (1.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub name: Str,
+    pub value: Str,
+}
+
 /// `ngx_plugin_host_t`. Append-only: new slots go at the end.
 #[repr(C)]
 pub struct Host {
@@ -283,6 +291,9 @@ pub struct Host {
     // appended in 1.3
     pub conf_open_file: Option<unsafe extern "C" fn(*mut Conf, Str, *mut *mut File) -> Rc>,
     pub file_write: Option<unsafe extern "C" fn(*mut File, *const u8, usize) -> Rc>,
+    // appended in 1.4
+    pub http_headers_in: Option<unsafe extern "C" fn(*mut Request, *const Str, *mut Str, usize) -> Rc>,
+    pub http_headers_out_set: Option<unsafe extern "C" fn(*mut Request, *const Header, usize) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -84,6 +84,7 @@ fn rust() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
         "ngx_plugin_directive_t" => sys::Directive { name, contexts, flags, min_args, max_args, block_context, set }
         "ngx_plugin_http_handler_t" => sys::HttpHandler { phase, handler }
         "ngx_plugin_buf_t" => sys::Buf { data, len, fd, flags, file_pos, file_len }
+        "ngx_plugin_header_t" => sys::Header { name, value }
         "ngx_plugin_host_t" => sys::Host {
             struct_size, abi_major, abi_minor, reserved, version, supports, log,
             conf_error, conf_position, parse_flag, parse_size, parse_time_ms, conf_full_path,
@@ -99,6 +100,7 @@ fn rust() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
             conn_start_tls, conn_peer, conn_close, relay,
             shm_addr, shm_is_new, shm_lock, shm_unlock, conn_error, http_output_queued, http_resume_when_drained, conf_location,
             conf_tls, conn_tls, conn_tls_info, conf_open_file, file_write,
+            http_headers_in, http_headers_out_set,
         }
         "ngx_plugin_tls_opts_t" => sys::TlsOpts {
             struct_size, flags, reserved, certificates, keys, ncertificates, trusted_certificate, protocols, ciphers,

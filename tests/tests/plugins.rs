@@ -95,14 +95,18 @@ fn refusals_name_the_file_and_the_reason() {
     let dir = p.path();
     std::fs::write(dir.join("text.so"), "not a library\n").unwrap();
     let good = hello_c(dir, "good", &repo_root().join("include"));
+    // The version the header (and so the host) is at.
+    let h = std::fs::read_to_string(repo_root().join("include/ngx_plugin.h")).unwrap();
+    let minor = h.lines().find_map(|l| l.strip_prefix("#define NGX_PLUGIN_ABI_MINOR ")).unwrap().trim();
+    let host = format!("this host implements ABI 1.{minor}");
     let cases: Vec<(String, String)> = vec![
         ("modules/missing.so".into(), "failed: open() \"{p}/modules/missing.so\" failed (2: No such file or directory)".into()),
         (dir.join("text.so").display().to_string(), "failed: not a shared object (no ELF header)".into()),
         (refuse(dir, "noentry", &["NO_ENTRY"]).display().to_string(), "failed: no \"ngx_plugin_entry_v1\" symbol".into()),
-        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), "failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); this host implements ABI 1.3".into()),
+        (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), format!("failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); {host}")),
         (refuse(dir, "null", &["ENTRY_NULL"]).display().to_string(), "failed: the plugin refused to load (its entry point returned NULL)".into()),
-        (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), "failed: built for plugin ABI 2.0; this host implements ABI 1.3".into()),
-        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), "failed: needs plugin ABI 1.7; this host implements ABI 1.3".into()),
+        (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), format!("failed: built for plugin ABI 2.0; {host}")),
+        (refuse(dir, "minor", &["MINOR=7"]).display().to_string(), format!("failed: needs plugin ABI 1.7; {host}")),
         (refuse(dir, "clash", &["DIRECTIVE=\"listen\""]).display().to_string(), "plugin \"refuse\" declares directive \"listen\", which the host already declares".into()),
     ];
     for (path, want) in cases {
@@ -474,13 +478,22 @@ fn c_output_filters_and_plugin_variable() {
     assert_eq!((r.status, r.body.as_slice()), (200, &b"HELLO, FILTERS"[..]));
     assert_eq!(r.header("x-upper"), Some("on"));
     assert_eq!(r.header("transfer-encoding"), Some("chunked"), "the filter dropped Content-Length");
+    // The batched header calls (ABI 1.4): two request headers read in one
+    // call, and a batch with one bad line refused whole.
+    assert_eq!((r.header("x-echo-back"), r.header("x-missing")), (Some("absent"), Some("absent")));
+    assert_eq!((r.header("x-batch"), r.header("x-half"), r.header("x-evil")), (Some("refused"), None, None));
+    let mut c = Client::new(s.port);
+    c.send(b"GET /up/x HTTP/1.1\r\nHost: a\r\nX-Echo: hi there\r\nX-MISSING: \r\nX-Echo: second\r\n\r\n");
+    let r = c.response().expect("a response");
+    assert_eq!(r.header("x-echo-back"), Some("hi there"), "the first of a repeated header, name matched case-insensitively");
+    assert_eq!(r.header("x-missing"), Some("present"), "an empty header is present");
     let r = get(s.port, "/file/f.txt").unwrap();
     assert_eq!((r.body.as_slice(), r.header("x-upper")), (big.as_bytes(), Some("on")), "file regions pass untouched");
     let r = get(s.port, "/plain/").unwrap();
     assert_eq!((r.body.as_slice(), r.header("x-upper")), (&b"plain"[..], None));
     let log = poll_until("up.log", Duration::from_secs(5), || {
         let t = std::fs::read_to_string(s.prefix.path().join("logs/up.log")).unwrap_or_default();
-        (t.lines().count() >= 3).then_some(t)
+        (t.lines().count() >= 4).then_some(t)
     });
-    assert_eq!(log, "/up/x 14\n/file/f.txt 0\n/plain/ -\n");
+    assert_eq!(log, "/up/x 14\n/up/x 14\n/file/f.txt 0\n/plain/ -\n");
 }

@@ -78,10 +78,83 @@ pub fn validate_host(h: &[u8], out: &mut String) -> bool {
     true
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Non-zero when a byte of `w` is below `n` (n <= 128), as in "Bit
+/// Twiddling Hacks"; exact about whether there is one.
+#[inline(always)]
+fn below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(LO * u64::from(n)) & !w & HI
+}
+
+/// Non-zero when a byte of `w` equals `b`.
+#[inline(always)]
+fn equal(w: u64, b: u8) -> u64 {
+    below(w ^ (LO * u64::from(b)), 1)
+}
+
+/// Up to eight bytes of `b` as one little-endian word; a shorter `b`
+/// fills it by reading its pieces overlapping, and the bytes it cannot
+/// fill are `pad`. For "every byte is…" checks only: bytes may repeat.
+#[inline(always)]
+fn word(b: &[u8], pad: u64) -> u64 {
+    let n = b.len();
+    let u16_at = |i: usize| u64::from(u16::from_le_bytes([b[i], b[i + 1]]));
+    let u32_at = |i: usize| u64::from(u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
+    match n {
+        8.. => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        4..=7 => u32_at(0) | (u32_at(n - 4) << 32),
+        2..=3 => u16_at(0) | (u16_at(n - 2) << 16) | (pad & !0xffff_ffff),
+        1 => u64::from(b[0]) | (pad & !0xff),
+        _ => pad,
+    }
+}
+
+/// True when `bad` is zero for every eight bytes of `b` (read a word at a
+/// time, the last word overlapping the one before); `pad` is a byte
+/// `bad` accepts.
+#[inline(always)]
+fn all_words(b: &[u8], pad: u8, bad: impl Fn(u64) -> u64) -> bool {
+    let pad = LO * u64::from(pad);
+    let mut acc = 0;
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        acc |= bad(word(&b[i..i + 8], pad));
+        i += 8;
+    }
+    if i < b.len() {
+        acc |= bad(word(if b.len() >= 8 { &b[b.len() - 8..] } else { b }, pad));
+    }
+    acc == 0
+}
+
+/// True when every byte is printable ASCII (0x20..=0x7e): text that is
+/// UTF-8 and safe in a header line as it is.
+pub fn plain(b: &[u8]) -> bool {
+    all_words(b, b'a', |w| (w & HI) | below(w, 0x20) | equal(w, 0x7f))
+}
+
+/// `b` as str when it is [`plain`], without a second UTF-8 scan.
+#[allow(unsafe_code)]
+pub fn plain_str(b: &[u8]) -> Option<&str> {
+    // SAFETY: plain bytes are ASCII, hence UTF-8.
+    plain(b).then(|| unsafe { std::str::from_utf8_unchecked(b) })
+}
+
+/// True for a header name nginx would send: visible ASCII (0x21..=0x7e)
+/// other than ':', at least one byte.
+pub fn header_name(b: &[u8]) -> bool {
+    !b.is_empty() && all_words(b, b'a', |w| (w & HI) | below(w, 0x21) | equal(w, 0x7f) | equal(w, b':'))
+}
+
 /// Bytes from the wire as text: borrowed when they are UTF-8 (checked with
 /// `from_utf8`, cheaper than `from_utf8_lossy`'s chunk scan on this hot
 /// path), with U+FFFD for invalid sequences otherwise.
 pub fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    if let Some(t) = plain_str(b) {
+        return std::borrow::Cow::Borrowed(t);
+    }
     match std::str::from_utf8(b) {
         Ok(s) => std::borrow::Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(b),
@@ -194,5 +267,28 @@ mod tests {
         for bad in [&b"a/b"[..], b"..", b"a..b", b".a", b"a:b", b"a\0"] {
             assert!(host(bad).is_none(), "{:?}", bad);
         }
+    }
+
+    /// The word-at-a-time checks agree with a byte-by-byte reading for
+    /// every byte value at every position of strings up to 17 bytes long.
+    #[test]
+    fn word_checks_match_bytewise() {
+        let plain_ref = |b: &[u8]| b.iter().all(|&c| (0x20..0x7f).contains(&c));
+        let name_ref = |b: &[u8]| !b.is_empty() && b.iter().all(|&c| c.is_ascii_graphic() && c != b':');
+        for len in 0..=17 {
+            for pos in 0..len.max(1) {
+                for c in 0..=255u8 {
+                    let mut b = vec![b'x'; len];
+                    if len > 0 {
+                        b[pos] = c;
+                    }
+                    assert_eq!(plain(&b), plain_ref(&b), "plain {b:?}");
+                    assert_eq!(header_name(&b), name_ref(&b), "name {b:?}");
+                    assert_eq!(plain_str(&b).is_some(), plain_ref(&b));
+                }
+            }
+        }
+        assert_eq!(text(b"caf\xc3\xa9"), "caf\u{e9}");
+        assert_eq!(text(b"a\xffb"), "a\u{fffd}b");
     }
 }

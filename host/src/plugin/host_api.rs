@@ -500,6 +500,30 @@ unsafe extern "C" fn http_header_in(r: *mut sys::Request, name: Str, out: *mut S
     }
 }
 
+unsafe extern "C" fn http_headers_in(r: *mut sys::Request, names: *const Str, values: *mut Str, n: usize) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(r) = c.try_borrow() else { return sys::INVALID };
+    if n == 0 {
+        return sys::OK;
+    }
+    if names.is_null() || values.is_null() {
+        return sys::INVALID;
+    }
+    // SAFETY: the plugin passes n names and room for n values for the call.
+    let (names, values) = unsafe { (std::slice::from_raw_parts(names, n), std::slice::from_raw_parts_mut(values, n)) };
+    values.fill(Str::empty());
+    // One pass over the request's headers, matching each against the
+    // names still unanswered (the first of each name wins).
+    for (k, v) in &r.headers_in {
+        for (name, out) in names.iter().zip(values.iter_mut()) {
+            if out.data.is_null() && name.len == k.len() && s(*name).eq_ignore_ascii_case(k) {
+                *out = Str::from_bytes(v.as_bytes());
+            }
+        }
+    }
+    sys::OK
+}
+
 unsafe extern "C" fn http_header_in_at(r: *mut sys::Request, i: usize, name: *mut Str, value: *mut Str) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(r) = c.try_borrow() else { return sys::INVALID };
@@ -525,34 +549,82 @@ unsafe extern "C" fn http_status(r: *mut sys::Request) -> u32 {
 unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value: Str) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
-    let (n, v) = (s(name), s(value));
-    if r.header_sent || n.is_empty() || !valid_header(n, v) {
-        return sys::INVALID;
-    }
+    let Some((n, v)) = header_line(name, value).filter(|_| !r.header_sent) else { return sys::INVALID };
     let (n, v) = (r.text(n), r.text(v));
     r.headers_out.push((n, v));
     sys::OK
 }
 
-/// Refuses header text that would split the response.
-fn valid_header(name: &str, value: &str) -> bool {
-    name.bytes().all(|b| b.is_ascii_graphic() && b != b':') && memchr::memchr3(b'\r', b'\n', 0, value.as_bytes()).is_none()
+/// A header line a plugin passes, as text: None when it could split the
+/// response (a name that is not a token, CR, LF or NUL in the value).
+fn header_line(name: Str, value: Str) -> Option<(&'static str, &'static str)> {
+    // SAFETY: plugins pass strings valid for the call; the results are
+    // used only within it (the host copies what it keeps).
+    let (n, v) = unsafe { (name.as_bytes(), value.as_bytes()) };
+    if !crate::http::parse::header_name(n) {
+        return None;
+    }
+    // SAFETY: header_name() accepts ASCII only.
+    let n = unsafe { std::str::from_utf8_unchecked(n) };
+    if let Some(v) = crate::http::parse::plain_str(v) {
+        return Some((n, v));
+    }
+    memchr::memchr3(b'\r', b'\n', 0, v).is_none().then(|| (n, s(value)))
 }
 
 unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value: Str) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
-    let (n, v) = (s(name), s(value));
-    if r.header_sent || n.is_empty() || !valid_header(n, v) {
-        return sys::INVALID;
+    let Some((n, v)) = header_line(name, value).filter(|_| !r.header_sent) else { return sys::INVALID };
+    set_header_out(&mut r, n, (!value.data.is_null()).then_some(v));
+    sys::OK
+}
+
+/// Replaces every response header `n` by one with value `v` (None: removes them).
+fn set_header_out(r: &mut Req, n: &str, v: Option<&str>) {
+    if !r.headers_out.is_empty() {
+        r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case(n));
     }
-    r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case(n));
-    if n.eq_ignore_ascii_case("content-length") {
-        r.content_length = if value.data.is_null() { None } else { v.trim().parse().ok() };
+    if n.len() == 14 && n.eq_ignore_ascii_case("content-length") {
+        r.content_length = v.and_then(|v| v.trim().parse().ok());
     }
-    if !value.data.is_null() {
+    if let Some(v) = v {
         let (n, v) = (r.text(n), r.text(v));
         r.headers_out.push((n, v));
+    }
+}
+
+unsafe extern "C" fn http_headers_out_set(r: *mut sys::Request, h: *const sys::Header, n: usize) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    if n > 0 && h.is_null() {
+        return sys::INVALID;
+    }
+    // SAFETY: the plugin passes n valid lines for the call.
+    let list = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(h, n) } };
+    if r.header_sent {
+        return sys::INVALID;
+    }
+    // Checked once, into room on the stack for a typical batch.
+    const ROOM: usize = 16;
+    let mut lines = [("", None); ROOM];
+    if n <= ROOM {
+        for (l, out) in list.iter().zip(&mut lines) {
+            let Some((k, v)) = header_line(l.name, l.value) else { return sys::INVALID };
+            *out = (k, (!l.value.data.is_null()).then_some(v));
+        }
+        for &(k, v) in &lines[..n] {
+            set_header_out(&mut r, k, v);
+        }
+        return sys::OK;
+    }
+    if !list.iter().all(|l| header_line(l.name, l.value).is_some()) {
+        return sys::INVALID;
+    }
+    for l in list {
+        if let Some((k, v)) = header_line(l.name, l.value) {
+            set_header_out(&mut r, k, (!l.value.data.is_null()).then_some(v));
+        }
     }
     sys::OK
 }
@@ -940,8 +1012,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 62] = offsets!(
-    conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 64] = offsets!(
+    http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1029,6 +1101,8 @@ static TABLE: Table = Table(sys::Host {
     conn_tls_info: Some(super::io::conn_tls_info),
     conf_open_file: Some(super::files::conf_open_file),
     file_write: Some(super::files::file_write),
+    http_headers_in: Some(http_headers_in),
+    http_headers_out_set: Some(http_headers_out_set),
 });
 
 /// The host table handed to every plugin.

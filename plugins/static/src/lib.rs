@@ -230,13 +230,43 @@ fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
     }
 }
 
+/// Response header lines gathered for one `set_headers` call.
+struct Lines<'a> {
+    l: [(&'a str, Option<&'a str>); 8],
+    n: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn new() -> Self {
+        Lines { l: [("", None); 8], n: 0 }
+    }
+
+    fn set(&mut self, name: &'a str, value: &'a str) -> &mut Self {
+        self.l[self.n] = (name, Some(value));
+        self.n += 1;
+        self
+    }
+
+    fn remove(&mut self, name: &'a str) -> &mut Self {
+        self.l[self.n] = (name, None);
+        self.n += 1;
+        self
+    }
+
+    fn apply(&self, req: &mut Request<'_>) {
+        // Header lines of a file and the configuration are valid by
+        // construction: nothing to report.
+        let _ = req.set_headers(&self.l[..self.n]);
+    }
+}
+
 fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
-    let (slash, post) = {
+    let (slash, post, ctype) = {
         let (uri, method) = (req.uri(), req.method());
         if !matches!(method, "GET" | "HEAD" | "POST") {
             return Status::Http(405);
         }
-        (uri.ends_with('/'), method == "POST")
+        (uri.ends_with('/'), method == "POST", content_type(uri, conf))
     };
     if slash {
         return Status::Declined;
@@ -259,61 +289,67 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
         return Status::Http(405);
     }
     let (size, mtime) = (e.size, e.mtime);
-    let ctype = content_type(req.uri(), conf);
-    req.set_header("Content-Type", ctype);
-    req.set_header("Last-Modified", &e.last_modified);
-    if conf.etag != Some(false) {
-        req.set_header("ETag", &e.etag);
+    let etag = (conf.etag != Some(false)).then_some(e.etag.as_str());
+    // The not-modified filter, then the range filter: what the request
+    // asks for, read in one host call.
+    let (cond, ranges) = {
+        let [ius, im, inm, ims, range, if_range] =
+            req.headers_named(["If-Unmodified-Since", "If-Match", "If-None-Match", "If-Modified-Since", "Range", "If-Range"]);
+        let cond = conditional(conf, mtime, &e.etag, ius, im, inm, ims);
+        let if_range_ok = |v: &str| {
+            if v.starts_with('"') || v.starts_with("W/") {
+                v == e.etag
+            } else {
+                httpdate::parse_http_date(v).ok().map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())) == Some(mtime)
+            }
+        };
+        let ranges = match range {
+            Some(spec) if cond == 200 && if_range.map_or(true, if_range_ok) => parse_ranges(spec, size),
+            _ => Ranges::Ignore,
+        };
+        (cond, ranges)
+    };
+    let mut h = Lines::new();
+    h.set("Content-Type", ctype).set("Last-Modified", &e.last_modified);
+    if let Some(t) = etag {
+        h.set("ETag", t);
     }
-    // The not-modified filter.
-    let cond = conditional(req, conf, mtime, &e.etag);
     if cond != 200 {
         if cond == 304 {
-            req.remove_header("Content-Type");
+            h.remove("Content-Type").apply(req);
             req.set_status(304);
             return match req.send_header() {
                 Ok(()) => Status::Ok,
                 Err(_) => Status::Error,
             };
         }
+        h.apply(req);
         return Status::Http(cond);
     }
-    req.set_header("Accept-Ranges", "bytes");
+    h.set("Accept-Ranges", "bytes");
     let fd = e.file.as_raw_fd();
-    // The range filter.
-    if let Some(spec) = req.header("Range").map(str::to_string) {
-        let if_range_ok = match req.header("If-Range") {
-            None => true,
-            Some(v) if v.starts_with('"') || v.starts_with("W/") => v == e.etag,
-            Some(v) => httpdate::parse_http_date(v).ok().map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())) == Some(mtime),
-        };
-        if if_range_ok {
-            match parse_ranges(&spec, size) {
-                Ranges::Ignore => {}
-                Ranges::Unsatisfiable => {
-                    req.remove_header("Accept-Ranges");
-                    req.remove_header("Last-Modified");
-                    req.remove_header("ETag");
-                    req.set_header("Content-Range", &format!("bytes */{size}"));
-                    return Status::Http(416);
-                }
-                Ranges::List(list) if list.len() > conf.max_ranges.unwrap_or(usize::MAX) => {}
-                Ranges::List(list) if list.len() == 1 => {
-                    let (a, b) = list[0];
-                    req.set_status(206);
-                    req.set_header("Content-Range", &format!("bytes {a}-{b}/{size}"));
-                    req.set_header("Content-Length", &(b - a + 1).to_string());
-                    return sent(req.send_file(fd, a, b - a + 1, true));
-                }
-                Ranges::List(list) => {
-                    let ctype = ctype.to_string();
-                    return multipart(req, fd, &list, size, &ctype);
-                }
-            }
+    match ranges {
+        Ranges::Ignore => {}
+        Ranges::Unsatisfiable => {
+            let cr = format!("bytes */{size}");
+            h.remove("Accept-Ranges").remove("Last-Modified").remove("ETag").set("Content-Range", &cr).apply(req);
+            return Status::Http(416);
+        }
+        Ranges::List(list) if list.len() > conf.max_ranges.unwrap_or(usize::MAX) => {}
+        Ranges::List(list) if list.len() == 1 => {
+            let (a, b) = list[0];
+            let (cr, cl) = (format!("bytes {a}-{b}/{size}"), (b - a + 1).to_string());
+            h.set("Content-Range", &cr).set("Content-Length", &cl).apply(req);
+            req.set_status(206);
+            return sent(req.send_file(fd, a, b - a + 1, true));
+        }
+        Ranges::List(list) => {
+            h.apply(req);
+            return multipart(req, fd, &list, size, ctype);
         }
     }
+    h.set("Content-Length", &e.length).apply(req);
     req.set_status(200);
-    req.set_header("Content-Length", &e.length);
     match &e.body {
         // Small and cached: the header and the body leave in one write.
         Some(body) => sent(req.send(body, true)),
@@ -353,23 +389,20 @@ fn etag_match(list: &str, etag: &str, weak: bool) -> bool {
     })
 }
 
-/// nginx's not-modified filter: 200 to go on, 304 or 412.
-fn conditional(req: &Request<'_>, conf: &Conf, mtime: u64, etag: &str) -> u16 {
-    if let Some(v) = req.header("If-Unmodified-Since") {
-        if http_time(v).is_some_and(|t| mtime > t) {
-            return 412;
-        }
+/// nginx's not-modified filter: 200 to go on, 304 or 412, from the
+/// request's If-Unmodified-Since, If-Match, If-None-Match and
+/// If-Modified-Since.
+fn conditional(conf: &Conf, mtime: u64, etag: &str, ius: Option<&str>, im: Option<&str>, inm: Option<&str>, ims: Option<&str>) -> u16 {
+    if ius.and_then(http_time).is_some_and(|t| mtime > t) {
+        return 412;
     }
-    if let Some(v) = req.header("If-Match") {
-        if !etag_match(v, etag, false) {
-            return 412;
-        }
+    if im.is_some_and(|v| !etag_match(v, etag, false)) {
+        return 412;
     }
-    let inm = req.header("If-None-Match");
     if let Some(v) = inm {
         return if etag_match(v, etag, true) { 304 } else { 200 };
     }
-    if let Some(v) = req.header("If-Modified-Since") {
+    if let Some(v) = ims {
         let mode = conf.if_modified_since.unwrap_or(1);
         if let (Some(t), true) = (http_time(v), mode != 0) {
             if (mode == 1 && t == mtime) || (mode == 2 && mtime <= t) {
