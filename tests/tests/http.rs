@@ -622,6 +622,21 @@ fn timeouts() {
     let t0 = std::time::Instant::now();
     assert!(c.closed());
     assert!(t0.elapsed() >= Duration::from_millis(900));
+    // The timer the first request armed is kept while the deadline moves
+    // on by less than nginx's lazy delay (300 ms), but the connection
+    // still idles a whole keepalive_timeout after its last request.
+    let mut c = Client::new(s.port);
+    for _ in 0..3 {
+        c.send(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(c.response().unwrap().status, 200);
+        // The pause between requests is what is tested.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.send(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.response().unwrap().status, 200);
+    let t0 = std::time::Instant::now();
+    assert!(c.closed());
+    assert!(t0.elapsed() >= Duration::from_millis(900), "closed {:?} after the last request", t0.elapsed());
 }
 
 #[test]

@@ -559,6 +559,12 @@ fn server_name(d: &Directive, n: &str) -> Result<Option<Name>, ConfError> {
     }))
 }
 
+/// True when a server listening on `a` takes connections made to `local`
+/// (the same address, or a wildcard address on its port).
+fn covers(a: &SocketAddr, local: SocketAddr) -> bool {
+    *a == local || (a.ip().is_unspecified() && a.port() == local.port())
+}
+
 impl HttpConf {
     /// Builds the HTTP configuration from the plugins' configuration nodes.
     pub fn build(plugins: &Plugins, prefix: &Prefix, conf_dir: &Path, default_addr: SocketAddr) -> Result<HttpConf, ConfError> {
@@ -761,9 +767,7 @@ impl HttpConf {
     /// port): exact name, longest `*.` suffix, longest `.*` prefix, first
     /// matching regex, else the address's default server.
     pub fn find_server(&self, local: SocketAddr, host: &str) -> Option<&Server> {
-        let on = |s: &&Server| {
-            s.listens.iter().any(|a| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
-        };
+        let on = |s: &&Server| s.listens.iter().any(|a| covers(a, local));
         if !host.is_empty() {
             let cands = || self.servers.iter().filter(on);
             if let Some(s) = cands().find(|s| s.names.iter().any(|n| matches!(n, Name::Exact(e) if e == host))) {
@@ -793,15 +797,19 @@ impl HttpConf {
         self.default_server(local)
     }
 
+    /// How many servers listen on `local` (counting stops at 2).
+    pub fn servers_on(&self, local: SocketAddr) -> usize {
+        self.servers.iter().filter(|s| s.listens.iter().any(|a| covers(a, local))).take(2).count()
+    }
+
     /// The default server for `local`: the one marked `default_server`
     /// for that address (or the wildcard of its port), else the first.
     pub fn default_server(&self, local: SocketAddr) -> Option<&Server> {
-        let covers = |a: &SocketAddr| *a == local || (a.ip().is_unspecified() && a.port() == local.port());
         self.servers
             .iter()
             .find(|s| s.default_for.contains(&local))
-            .or_else(|| self.servers.iter().find(|s| s.default_for.iter().any(covers)))
-            .or_else(|| self.servers.iter().find(|s| s.listens.iter().any(covers)))
+            .or_else(|| self.servers.iter().find(|s| s.default_for.iter().any(|a| covers(a, local))))
+            .or_else(|| self.servers.iter().find(|s| s.listens.iter().any(|a| covers(a, local))))
     }
 }
 

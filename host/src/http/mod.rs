@@ -151,6 +151,8 @@ pub struct Conn<'a> {
     local: SocketAddr,
     cycle: &'a Cycle,
     default: &'a Server,
+    /// `default` is the only server on this address: no name to look up.
+    sole: bool,
     body_left: u64,
     chunked: Chunked,
     linger: Option<Instant>,
@@ -193,6 +195,7 @@ impl<'a> Conn<'a> {
     /// the http configuration opened).
     pub fn new(sock: TcpStream, local: SocketAddr, peer: SocketAddr, idx: usize, cycle: &'a Cycle) -> Option<Conn<'a>> {
         let default = cycle.http.default_server(local)?;
+        let sole = cycle.http.servers_on(local) == 1;
         let serial = SERIAL.with(|s| {
             s.set(s.get() + 1);
             s.get()
@@ -216,6 +219,7 @@ impl<'a> Conn<'a> {
             local,
             cycle,
             default,
+            sole,
             body_left: 0,
             chunked: Chunked::default(),
             linger: None,
@@ -771,7 +775,7 @@ impl<'a> Conn<'a> {
 
     fn start_request(&mut self, q: &httparse::Request<'_, '_>, info: parse::HeadInfo, host: &str, n: usize, merge: bool) {
         let local = self.local;
-        let srv = self.cycle().http.find_server(local, host);
+        let srv = if self.sole { Some(self.default) } else { self.cycle().http.find_server(local, host) };
         let mut bad = None;
         {
             let mut r = self.begin();

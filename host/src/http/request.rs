@@ -603,20 +603,50 @@ impl std::fmt::Write for VecW<'_> {
     }
 }
 
-thread_local! {
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+/// The response heads' common first lines, per second: the status line,
+/// Server and Date, rendered once per status and `server_tokens` value.
+#[derive(Default)]
+struct HeadStart {
+    secs: u64,
+    date: String,
+    /// (status, server_tokens, the lines up to and including Date's).
+    lines: Vec<(u16, bool, Vec<u8>)>,
 }
 
-/// Appends the current HTTP date (cached per second).
-fn push_date(out: &mut Vec<u8>) {
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
+thread_local! {
+    static HEAD_START: RefCell<HeadStart> = RefCell::new(HeadStart::default());
+}
+
+/// Appends "HTTP/1.1 <status> <reason>\r\nServer: …\r\nDate: …\r\n".
+fn push_head_start(out: &mut Vec<u8>, status: u16, tokens: bool) {
+    HEAD_START.with(|h| {
+        let mut h = h.borrow_mut();
         let now = SystemTime::now();
         let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if d.0 != secs || d.1.is_empty() {
-            *d = (secs, httpdate::fmt_http_date(now));
+        if h.secs != secs || h.date.is_empty() {
+            h.secs = secs;
+            h.date = httpdate::fmt_http_date(now);
+            h.lines.clear();
         }
-        out.extend_from_slice(d.1.as_bytes());
+        if let Some((.., l)) = h.lines.iter().find(|(s, t, _)| (*s, *t) == (status, tokens)) {
+            out.extend_from_slice(l);
+            return;
+        }
+        let mut l = Vec::with_capacity(96);
+        l.extend_from_slice(b"HTTP/1.1 ");
+        push_u64(&mut l, u64::from(wire_status(status)));
+        l.push(b' ');
+        l.extend_from_slice(reason(status).as_bytes());
+        l.extend_from_slice(b"\r\nServer: ");
+        l.extend_from_slice(server_string(tokens).as_bytes());
+        l.extend_from_slice(b"\r\nDate: ");
+        l.extend_from_slice(h.date.as_bytes());
+        l.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&l);
+        // A handful of statuses per second in practice; bounded anyway.
+        if h.lines.len() < 16 {
+            h.lines.push((status, tokens, l));
+        }
     });
 }
 
@@ -659,9 +689,7 @@ pub fn send_header(cell: &RefCell<Req>) -> bool {
         if r.status == 0 {
             r.status = 200;
         }
-        if let Some(cl) = r.header_out("Content-Length").and_then(|v| v.trim().parse::<u64>().ok()) {
-            r.content_length = Some(cl);
-        }
+        // content_length follows Content-Length as plugins add and set it.
         // Filters may still change status and headers.
         r.in_header_filter = true;
     }
@@ -717,16 +745,7 @@ fn render_head(r: &mut Req) {
     }
     let mut h = mem_buf();
     h.reserve(256);
-    let wire = wire_status(status);
-    h.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(&mut h, u64::from(wire));
-    h.push(b' ');
-    h.extend_from_slice(reason(status).as_bytes());
-    h.extend_from_slice(b"\r\nServer: ");
-    h.extend_from_slice(server_string(core_tokens).as_bytes());
-    h.extend_from_slice(b"\r\nDate: ");
-    push_date(&mut h);
-    h.extend_from_slice(b"\r\n");
+    push_head_start(&mut h, status, core_tokens);
     for (k, v) in &r.headers_out {
         if host_header(k) {
             continue;

@@ -550,6 +550,12 @@ unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value:
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
     let Some((n, v)) = header_line(name, value).filter(|_| !r.header_sent) else { return sys::INVALID };
+    // The first Content-Length says the length (send_header renders it).
+    if n.len() == 14 && n.eq_ignore_ascii_case("content-length") && r.header_out(n).is_none() {
+        if let Ok(cl) = v.trim().parse() {
+            r.content_length = Some(cl);
+        }
+    }
     let (n, v) = (r.text(n), r.text(v));
     r.headers_out.push((n, v));
     sys::OK

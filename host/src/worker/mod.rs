@@ -33,8 +33,16 @@ enum Timer {
 
 struct Slot<'a> {
     conn: Conn<'a>,
+    /// The armed timer; it may be due up to [`LAZY`] before `want`.
     timer: Option<TimerKey>,
+    /// When the connection's timeout really is.
+    want: Instant,
 }
+
+/// nginx's lazy timers (NGX_TIMER_LAZY_DELAY): a deadline that moves later
+/// by less than this keeps the armed timer, which is re-armed for the rest
+/// when it fires, instead of being removed and added for every request.
+const LAZY: Duration = Duration::from_millis(300);
 
 struct Worker<'a> {
     cycle: &'a Cycle,
@@ -353,7 +361,7 @@ impl<'a> Worker<'a> {
             self.free.push(idx);
             return;
         };
-        let mut slot = Slot { conn, timer: None };
+        let mut slot = Slot { conn, timer: None, want: Instant::now() };
         if let Err(e) = self.poll.registry().register(
             &mut slot.conn.sock.tcp,
             Token(CONN_BASE + idx),
@@ -378,13 +386,24 @@ impl<'a> Worker<'a> {
 
     fn apply(&mut self, idx: usize, next: Next) {
         let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
-        if let Some(k) = slot.timer.take() {
-            self.timers.cancel(k);
-        }
         match next {
             Next::Close => self.close(idx),
-            Next::Park => {}
-            Next::Wait(at) => slot.timer = Some(self.timers.add(at, Timer::Conn(idx))),
+            Next::Park => {
+                if let Some(k) = slot.timer.take() {
+                    self.timers.cancel(k);
+                }
+            }
+            Next::Wait(at) => {
+                slot.want = at;
+                let armed = slot.timer.map(|k| k.at());
+                if armed.is_some_and(|t| t <= at && at - t < LAZY) {
+                    return;
+                }
+                if let Some(k) = slot.timer.take() {
+                    self.timers.cancel(k);
+                }
+                slot.timer = Some(self.timers.add(at, Timer::Conn(idx)));
+            }
         }
     }
 
@@ -442,7 +461,13 @@ impl<'a> Worker<'a> {
                 let quitting = self.quitting;
                 let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
                 slot.timer = None;
-                let next = slot.conn.on_timeout(Instant::now(), quitting);
+                let now = Instant::now();
+                if now < slot.want {
+                    // A lazy timer: the deadline moved on since it was armed.
+                    slot.timer = Some(self.timers.add(slot.want, Timer::Conn(idx)));
+                    return;
+                }
+                let next = slot.conn.on_timeout(now, quitting);
                 self.apply(idx, next);
             }
             Timer::ResumeAccept => {

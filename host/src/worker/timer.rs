@@ -14,6 +14,13 @@ pub struct Timers<T> {
     seq: u64,
 }
 
+impl TimerKey {
+    /// The deadline.
+    pub fn at(self) -> Instant {
+        self.0
+    }
+}
+
 impl<T> Default for Timers<T> {
     fn default() -> Self {
         Timers { map: BTreeMap::new(), seq: 0 }

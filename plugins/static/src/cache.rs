@@ -27,7 +27,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use crate::watch::{self, Held, Stale, Watch};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Files up to this size are kept in memory.
 pub const BODY_MAX: u64 = 64 * 1024;
@@ -75,7 +75,8 @@ pub struct Entry {
     pub length: String,
     /// The contents, for a small file that was not just modified.
     pub body: Option<Box<[u8]>>,
-    used: std::cell::Cell<Instant>,
+    /// When it was last used ([`coarse_ms`]).
+    used: std::cell::Cell<u64>,
     /// The inotify watches this entry holds; None: validated by stat().
     held: Option<Held>,
 }
@@ -113,7 +114,7 @@ impl Entry {
             last_modified: httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime)),
             length: size.to_string(),
             body,
-            used: std::cell::Cell::new(Instant::now()),
+            used: std::cell::Cell::new(coarse_ms()),
             held,
         })
     }
@@ -131,7 +132,7 @@ fn read_body(file: &File, stamp: Stamp) -> std::io::Result<Option<Box<[u8]>>> {
 struct Cache {
     map: HashMap<String, Rc<Entry>>,
     body_bytes: usize,
-    swept: Option<Instant>,
+    swept: Option<u64>,
     /// This worker's inotify instance: None until first needed, Some(None)
     /// where it cannot be had.
     watch: Option<Option<Watch>>,
@@ -177,6 +178,16 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
+/// Milliseconds of the monotonic clock at the kernel tick's resolution
+/// (a few ms): the time for least-recently-used order and `inactive`,
+/// read on every hit, where `Instant::now()` would cost more.
+fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// The cached entry for `path` if it is watched and nothing changed it
 /// (no file system call when nothing did); None: look it up with
 /// [`lookup`].
@@ -186,7 +197,7 @@ pub fn lookup_watched(path: &str) -> Option<Rc<Entry>> {
         c.apply_changes();
         let e = c.map.get(path)?;
         e.held.as_ref()?;
-        e.used.set(Instant::now());
+        e.used.set(coarse_ms());
         Some(e.clone())
     })
 }
@@ -198,7 +209,7 @@ pub fn lookup(path: &str, meta: &Metadata) -> Option<Rc<Entry>> {
         let mut c = c.borrow_mut();
         let e = c.map.get(path)?;
         if e.stamp == Stamp::of(meta) {
-            e.used.set(Instant::now());
+            e.used.set(coarse_ms());
             return Some(e.clone());
         }
         c.remove(path);
@@ -243,10 +254,11 @@ pub fn insert(path: &str, e: Entry, s: Settings) -> Rc<Entry> {
     let e = Rc::new(e);
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        let now = Instant::now();
-        if c.swept.map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1)) {
+        let now = coarse_ms();
+        if c.swept.map_or(true, |t| now.saturating_sub(t) >= 1000) {
             c.swept = Some(now);
-            let idle: Vec<String> = c.map.iter().filter(|(_, v)| now.duration_since(v.used.get()) >= s.inactive).map(|(k, _)| k.clone()).collect();
+            let inactive = s.inactive.as_millis() as u64;
+            let idle: Vec<String> = c.map.iter().filter(|(_, v)| now.saturating_sub(v.used.get()) >= inactive).map(|(k, _)| k.clone()).collect();
             for k in idle {
                 c.remove(&k);
             }

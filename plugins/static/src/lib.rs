@@ -27,10 +27,36 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Extension → MIME type, hashed with FNV-1a: keys are a few bytes, looked
+/// up once per request, and come from the configuration (not from
+/// clients, so SipHash's flooding resistance buys nothing here).
+type Types = HashMap<String, String, std::hash::BuildHasherDefault<Fnv>>;
+
+/// The FNV-1a hash.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Per-block configuration.
 #[derive(Default, Clone)]
 pub struct Conf {
-    types: Option<Rc<HashMap<String, String>>>,
+    types: Option<Rc<Types>>,
     default_type: Option<String>,
     etag: Option<bool>,
     /// 0 off, 1 exact, 2 before.
@@ -61,7 +87,7 @@ impl Plugin for Static {
     fn directives() -> Vec<DirectiveSpec<Conf>> {
         vec![
             DirectiveSpec::<Conf>::new("types", H, 0, 0, |c, _, cx| {
-                let mut m = HashMap::new();
+                let mut m = Types::default();
                 for words in cx.block_children() {
                     let Some((t, exts)) = words.split_first() else { continue };
                     if exts.is_empty() {
@@ -367,8 +393,9 @@ fn sent(r: Result<(), sys::Rc>) -> Status {
 /// The type for the URI's extension: the `types` map, else the built-in
 /// defaults (when no `types` is configured), else `default_type`.
 fn content_type<'c>(uri: &str, conf: &'c Conf) -> &'c str {
-    let name = uri.rsplit('/').next().unwrap_or("");
-    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    let b = uri.as_bytes();
+    let name = b.iter().rposition(|&c| c == b'/').map_or(uri, |i| &uri[i + 1..]);
+    let ext = name.as_bytes().iter().rposition(|&c| c == b'.').map(|i| &name[i + 1..]);
     let found = match (&conf.types, ext) {
         (Some(types), Some(e)) if e.bytes().any(|b| b.is_ascii_uppercase()) => types.get(&e.to_ascii_lowercase()).map(String::as_str),
         (Some(types), Some(e)) => types.get(e).map(String::as_str),
@@ -496,6 +523,21 @@ export_plugin!(Static);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn types_by_extension() {
+        let mut types = Types::default();
+        types.insert("txt".into(), "text/plain".into());
+        types.insert("png".into(), "image/png".into());
+        let conf = Conf { types: Some(Rc::new(types)), default_type: Some("application/octet-stream".into()), ..Conf::default() };
+        assert_eq!(content_type("/x/a.txt", &conf), "text/plain");
+        assert_eq!(content_type("/x/A.PNG", &conf), "image/png", "extensions match case-insensitively");
+        assert_eq!(content_type("/x.txt/noext", &conf), "application/octet-stream", "a dot in a directory is no extension");
+        assert_eq!(content_type("/a.tar.gz", &conf), "application/octet-stream");
+        assert_eq!(content_type("/a.", &conf), "application/octet-stream");
+        let builtin = Conf::default();
+        assert_eq!((content_type("/i.GIF", &builtin), content_type("/i.txt", &builtin)), ("image/gif", "text/plain"));
+    }
 
     #[test]
     fn ranges() {
