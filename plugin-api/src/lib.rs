@@ -781,19 +781,30 @@ impl<'a> Request<'a> {
 
     /// Sends several body buffers in one call (the host copies them).
     pub fn send_bufs(&mut self, parts: &[&[u8]], last: bool) -> Result<(), sys::Rc> {
-        let mut bufs: Vec<sys::Buf> = parts
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| sys::Buf { data: p.as_ptr(), len: p.len(), fd: -1, flags: 0, file_pos: 0, file_len: 0 })
-            .collect();
-        if last {
-            match bufs.last_mut() {
-                Some(b) => b.flags |= sys::BUF_LAST,
-                None => bufs.push(sys::Buf { data: std::ptr::null(), len: 0, fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 }),
+        let mem = |p: &&[u8]| sys::Buf { data: p.as_ptr(), len: p.len(), fd: -1, flags: 0, file_pos: 0, file_len: 0 };
+        // A few parts go from the stack, more from the heap.
+        const ROOM: usize = 8;
+        let mut room = [mem(&&[][..]); ROOM];
+        let mut heap = Vec::new();
+        let n = parts.iter().filter(|p| !p.is_empty()).count();
+        let bufs: &mut [sys::Buf] = if n <= ROOM {
+            for (b, p) in room.iter_mut().zip(parts.iter().filter(|p| !p.is_empty())) {
+                *b = mem(p);
             }
+            &mut room[..n.max(1)]
+        } else {
+            heap.extend(parts.iter().filter(|p| !p.is_empty()).map(mem));
+            &mut heap
+        };
+        if n == 0 {
+            if !last {
+                return Ok(());
+            }
+            // Only the end of the body: one empty buffer says it.
+            bufs[0] = sys::Buf { data: std::ptr::null(), ..bufs[0] };
         }
-        if bufs.is_empty() {
-            return Ok(());
+        if last {
+            bufs[bufs.len() - 1].flags |= sys::BUF_LAST;
         }
         let f = rt::host().http_send_body.ok_or(sys::UNSUPPORTED)?;
         // SAFETY: live handle; bufs borrow parts for the call.

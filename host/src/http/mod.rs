@@ -178,6 +178,13 @@ pub struct Conn<'a> {
 /// `on_timeout`, `closing`) attaches it before use.
 struct ReqSlot<'a>(Option<Box<RefCell<Req<'a>>>>);
 
+/// Request objects the worker keeps between requests (see `Conn::detach`).
+pub type ReqPool<'a> = Vec<Box<RefCell<Req<'a>>>>;
+
+/// How many request objects a worker keeps: enough for the requests in
+/// flight at once on a busy worker; memory stays bounded.
+const POOLED: usize = 32;
+
 impl<'a> std::ops::Deref for ReqSlot<'a> {
     type Target = RefCell<Req<'a>>;
 
@@ -254,35 +261,55 @@ impl<'a> Conn<'a> {
         !self.active && self.rstart >= self.rbuf.len() && self.requests > 0 && self.linger.is_none()
     }
 
-    /// Gives the connection its request object (its growable memory comes
-    /// from the worker's pool) if it has none.
-    fn attach(&mut self) {
+    /// Gives the connection a request object if it has none: one the
+    /// worker keeps in `pool`, else a new one (whose growable memory comes
+    /// from the worker's pool of parts).
+    fn attach(&mut self, pool: &mut ReqPool<'a>) {
         if self.req.0.is_none() {
-            let mut r = Req::new(self.idx, self.cycle, self.default, self.peer, self.local);
-            r.remote_addr = if self.remote_addr.is_empty() { ip_text(self.peer.ip()) } else { std::mem::take(&mut self.remote_addr) };
-            self.req.0 = Some(Box::new(RefCell::new(r)));
+            let remote = if self.remote_addr.is_empty() { ip_text(self.peer.ip()) } else { std::mem::take(&mut self.remote_addr) };
+            let b = match pool.pop() {
+                Some(b) => {
+                    b.borrow_mut().rebind(self.idx, self.cycle, self.default, self.peer, self.local);
+                    b
+                }
+                None => Box::new(RefCell::new(Req::new(self.idx, self.cycle, self.default, self.peer, self.local))),
+            };
+            b.borrow_mut().remote_addr = remote;
+            self.req.0 = Some(b);
         }
     }
 
-    /// Drops the request object of a connection idle between requests.
-    fn detach(&mut self) {
-        if let Some(r) = self.req.0.take() {
-            let mut r = r.borrow_mut();
-            r.shed();
-            self.remote_addr = std::mem::take(&mut r.remote_addr);
+    /// Takes the request object from a connection idle between requests
+    /// (or closing): the worker keeps a few, with their memory, for the
+    /// next requests on any connection; the others give their memory to
+    /// the pool of parts and are dropped.
+    fn detach(&mut self, pool: &mut ReqPool<'a>) {
+        if let Some(b) = self.req.0.take() {
+            {
+                let mut r = b.borrow_mut();
+                self.remote_addr = std::mem::take(&mut r.remote_addr);
+                if pool.len() >= POOLED {
+                    r.shed();
+                } else {
+                    r.trim();
+                }
+            }
+            if pool.len() < POOLED {
+                pool.push(b);
+            }
         }
     }
 
     /// A timer set by the last `Next::Wait` fired.
-    pub fn on_timeout(&mut self, now: Instant, quitting: bool) -> Next {
+    pub fn on_timeout(&mut self, now: Instant, quitting: bool, pool: &mut ReqPool<'a>) -> Next {
         if !self.active || self.linger.is_some() {
             return Next::Close;
         }
-        self.attach();
+        self.attach(pool);
         let reading = self.req.borrow().body_state == BodyIn::Reading;
         if reading {
             self.timed_out = true;
-            return self.on_ready(now, quitting);
+            return self.on_ready(now, quitting, pool);
         }
         // send_timeout, or discarding a body too slowly.
         let mut r = self.req.borrow_mut();
@@ -293,9 +320,9 @@ impl<'a> Conn<'a> {
     }
 
     /// The connection is being closed: log the request in progress.
-    pub fn closing(&mut self) {
+    pub fn closing(&mut self, pool: &mut ReqPool<'a>) {
         if self.active {
-            self.attach();
+            self.attach(pool);
             {
                 let mut r = self.req.borrow_mut();
                 if !r.header_sent || r.run != Run::Finalized {
@@ -311,11 +338,11 @@ impl<'a> Conn<'a> {
         if let Some(r) = &self.req.0 {
             let mut r = r.borrow_mut();
             r.free_plugin_state();
-            // Its memory serves the next connection's requests (open files
-            // in unsent output are closed now, not kept in the pool).
+            // It serves the next connection's requests (open files in
+            // unsent output are closed now, not kept).
             r.out.clear();
-            r.shed();
         }
+        self.detach(pool);
         if !self.sock.handshaking() {
             self.sock.close_notify();
         }
@@ -380,13 +407,13 @@ impl<'a> Conn<'a> {
     }
 
     /// Does all the work the socket and the request allow now.
-    pub fn on_ready(&mut self, now: Instant, quitting: bool) -> Next {
-        self.attach();
+    pub fn on_ready(&mut self, now: Instant, quitting: bool, pool: &mut ReqPool<'a>) -> Next {
+        self.attach(pool);
         let prev = RUNNING.with(|r| r.replace(self.idx));
         let next = self.work(now, quitting);
         RUNNING.with(|r| r.set(prev));
         if next != Next::Close && self.is_idle() {
-            self.detach();
+            self.detach(pool);
         }
         next
     }

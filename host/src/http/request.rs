@@ -300,13 +300,28 @@ impl<'a> Req<'a> {
         if self.shed {
             return;
         }
+        self.trim();
         let mut p = Parts::default();
         self.swap_parts(&mut p);
-        if p.body_in.capacity() > 64 * 1024 {
-            p.body_in = Vec::new();
-        }
         PARTS.with(|pool| pool.give(p));
         self.shed = true;
+    }
+
+    /// Makes a request object kept by the worker serve connection `conn`
+    /// (`begin` resets the rest for each request, as for a new one).
+    pub fn rebind(&mut self, conn: usize, cycle: &'a Cycle, srv: &'a Server, peer: SocketAddr, local: SocketAddr) {
+        self.conn = conn;
+        self.cycle = cycle;
+        self.srv = srv;
+        self.peer = peer;
+        self.local = local;
+    }
+
+    /// Lets go of unusually large buffers before the object is kept.
+    pub fn trim(&mut self) {
+        if self.body_in.capacity() > 64 * 1024 {
+            self.body_in = Vec::new();
+        }
     }
 
     /// Takes request memory from the worker's pool after `shed`.

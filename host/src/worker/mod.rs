@@ -56,6 +56,8 @@ struct Worker<'a> {
     accepting: bool,
     conns: Vec<Option<Slot<'a>>>,
     free: Vec<usize>,
+    /// Request objects kept between requests.
+    reqs: crate::http::ReqPool<'a>,
     active: usize,
     timers: Timers<Timer>,
     quitting: bool,
@@ -165,6 +167,7 @@ impl<'a> Worker<'a> {
             accepting: true,
             conns: Vec::new(),
             free: Vec::new(),
+            reqs: Vec::new(),
             active: 0,
             timers: Timers::default(),
             quitting: false,
@@ -380,7 +383,7 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         let quitting = self.quitting;
         let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
-        let next = slot.conn.on_ready(now, quitting);
+        let next = slot.conn.on_ready(now, quitting, &mut self.reqs);
         self.apply(idx, next);
     }
 
@@ -444,7 +447,7 @@ impl<'a> Worker<'a> {
         if let Some(k) = slot.timer.take() {
             self.timers.cancel(k);
         }
-        slot.conn.closing();
+        slot.conn.closing(&mut self.reqs);
         // No EPOLL_CTL_DEL: closing the socket (its only descriptor) takes
         // it out of the epoll set.
         drop(slot);
@@ -467,7 +470,7 @@ impl<'a> Worker<'a> {
                     slot.timer = Some(self.timers.add(slot.want, Timer::Conn(idx)));
                     return;
                 }
-                let next = slot.conn.on_timeout(now, quitting);
+                let next = slot.conn.on_timeout(now, quitting, &mut self.reqs);
                 self.apply(idx, next);
             }
             Timer::ResumeAccept => {

@@ -21,7 +21,6 @@
 //!   (sendfile) until they have aged.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -130,7 +129,7 @@ fn read_body(file: &File, stamp: Stamp) -> std::io::Result<Option<Box<[u8]>>> {
 
 #[derive(Default)]
 struct Cache {
-    map: HashMap<String, Rc<Entry>>,
+    map: crate::hash::Map<String, Rc<Entry>>,
     body_bytes: usize,
     swept: Option<u64>,
     /// This worker's inotify instance: None until first needed, Some(None)

@@ -18,40 +18,17 @@
 //! change nothing (a changed file is never served from the cache).
 
 mod cache;
+mod hash;
 mod watch;
 
 use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Extension → MIME type, hashed with FNV-1a: keys are a few bytes, looked
-/// up once per request, and come from the configuration (not from
-/// clients, so SipHash's flooding resistance buys nothing here).
-type Types = HashMap<String, String, std::hash::BuildHasherDefault<Fnv>>;
-
-/// The FNV-1a hash.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// Extension → MIME type.
+type Types = hash::Map<String, String>;
 
 /// Per-block configuration.
 #[derive(Default, Clone)]
