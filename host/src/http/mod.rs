@@ -167,6 +167,12 @@ pub struct Conn<'a> {
     fbuf: Option<Box<[u8]>>,
     /// TCP_CORK is on (`tcp_nopush` while sending a file).
     corked: bool,
+    /// TCP_NODELAY is on: set as nginx sets it, once the connection is
+    /// kept alive (the next response must not wait for the last one's
+    /// ACK), for a relay, and here also as soon as a response leaves in
+    /// several writes, and for TLS. A response written at once and
+    /// followed by close needs no system call for it.
+    nodelay: bool,
 }
 
 /// The connection's request object. It is attached while a request is
@@ -207,7 +213,11 @@ impl<'a> Conn<'a> {
             s.set(s.get() + 1);
             s.get()
         });
-        let sock = if cycle.http.is_ssl(local) { Stream::accepting(sock) } else { Stream::plain(sock) };
+        let tls = cycle.http.is_ssl(local);
+        if tls {
+            let _ = sock.set_nodelay(true);
+        }
+        let sock = if tls { Stream::accepting(sock) } else { Stream::plain(sock) };
         Some(Conn {
             sock,
             plain_https: false,
@@ -238,6 +248,7 @@ impl<'a> Conn<'a> {
             relay: None,
             fbuf: None,
             corked: false,
+            nodelay: tls,
         })
     }
 
@@ -516,6 +527,7 @@ impl<'a> Conn<'a> {
             let early = Pipe::with(&self.rbuf[self.rstart..]);
             self.rstart = self.rbuf.len();
             self.relay = Some(Box::new((early, Pipe::default())));
+            self.nodelay();
         }
         let Some(pipes) = self.relay.as_mut() else { return Next::Close };
         let client = &mut self.sock;
@@ -581,6 +593,7 @@ impl<'a> Conn<'a> {
         self.end_request();
         self.keepalive_timeout = core_ka;
         if keep {
+            self.nodelay();
             if self.rstart >= self.rbuf.len() {
                 // Idle until the next request: the buffer goes back (and
                 // on_ready() drops the request object).
@@ -973,8 +986,26 @@ impl<'a> Conn<'a> {
         Ok(true)
     }
 
+    /// Turns Nagle's algorithm off for the rest of the connection.
+    fn nodelay(&mut self) {
+        if !self.nodelay {
+            let _ = self.sock.tcp.set_nodelay(true);
+            self.nodelay = true;
+        }
+    }
+
     /// Writes queued output. Ok(true) when everything is out.
     fn flush(&mut self) -> Result<bool, ()> {
+        let done = self.write_out();
+        // More of the response goes in later writes (the socket is full,
+        // or the body is still being made): none may wait for an ACK.
+        if !self.nodelay && (done == Ok(false) || (done == Ok(true) && self.req.borrow().run != Run::Finalized)) {
+            self.nodelay();
+        }
+        done
+    }
+
+    fn write_out(&mut self) -> Result<bool, ()> {
         let fd = self.sock.tcp.as_raw_fd();
         // sendfile cannot encrypt: TLS reads the file and writes records.
         let (sendfile, nopush) = {

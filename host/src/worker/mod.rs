@@ -348,7 +348,6 @@ impl<'a> Worker<'a> {
     }
 
     fn add_conn(&mut self, sock: mio::net::TcpStream, peer: std::net::SocketAddr, listener: usize) {
-        let _ = sock.set_nodelay(true);
         let local = match self.local.get(listener).copied().flatten() {
             Some(a) => a,
             None => match sock.local_addr() {
