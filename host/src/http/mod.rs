@@ -996,10 +996,11 @@ impl<'a> Conn<'a> {
 
     /// Writes queued output. Ok(true) when everything is out.
     fn flush(&mut self) -> Result<bool, ()> {
+        let wrote = !self.nodelay && !self.req.borrow().out.is_empty();
         let done = self.write_out();
         // More of the response goes in later writes (the socket is full,
         // or the body is still being made): none may wait for an ACK.
-        if !self.nodelay && (done == Ok(false) || (done == Ok(true) && self.req.borrow().run != Run::Finalized)) {
+        if wrote && (done == Ok(false) || (done == Ok(true) && self.req.borrow().run != Run::Finalized)) {
             self.nodelay();
         }
         done
