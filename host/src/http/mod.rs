@@ -176,12 +176,14 @@ pub struct Conn<'a> {
 }
 
 /// The connection's request object. It is attached while a request is
-/// read or served and dropped as soon as the connection idles between
-/// requests (its growable memory goes to the worker's pool first, see
-/// `Req::shed`), as nginx frees a keepalive connection's request: an idle
-/// connection holds only its `Conn`, and a burst of clients going idle
-/// does not leave the heap grown. Every entry point (`on_ready`,
-/// `on_timeout`, `closing`) attaches it before use.
+/// read or served and taken away as soon as the connection idles between
+/// requests or closes, as nginx frees a keepalive connection's request:
+/// the worker keeps up to [`POOLED`] of them, memory and all, for the
+/// next requests on any connection; the rest give their growable memory
+/// to the worker's pool (`Req::shed`) and are dropped. An idle connection
+/// holds only its `Conn`, and a burst of clients going idle does not
+/// leave the heap grown. Every entry point (`on_ready`, `on_timeout`,
+/// `closing`) attaches one before use.
 struct ReqSlot<'a>(Option<Box<RefCell<Req<'a>>>>);
 
 /// Request objects the worker keeps between requests (see `Conn::detach`).
@@ -296,16 +298,17 @@ impl<'a> Conn<'a> {
     /// the pool of parts and are dropped.
     fn detach(&mut self, pool: &mut ReqPool<'a>) {
         if let Some(b) = self.req.0.take() {
+            let keep = pool.len() < POOLED;
             {
                 let mut r = b.borrow_mut();
                 self.remote_addr = std::mem::take(&mut r.remote_addr);
-                if pool.len() >= POOLED {
-                    r.shed();
-                } else {
+                if keep {
                     r.trim();
+                } else {
+                    r.shed();
                 }
             }
-            if pool.len() < POOLED {
+            if keep {
                 pool.push(b);
             }
         }
