@@ -644,7 +644,9 @@ impl<'a> Request<'a> {
 
     /// Sets several response headers in one host call, each as
     /// [`set_header`](Self::set_header) would; a `None` value removes the
-    /// header. Nothing is set if one line is invalid.
+    /// header. Up to 8 lines go in one host call, which sets none of them
+    /// if one is invalid; a longer list goes 8 at a time, and stops at the
+    /// first group refused (earlier groups stay set).
     pub fn set_headers(&mut self, lines: &[(&str, Option<&str>)]) -> Result<(), sys::Rc> {
         let Some(f) = rt::host().http_headers_out_set else {
             for &(n, v) in lines {
