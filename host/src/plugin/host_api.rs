@@ -218,13 +218,7 @@ pub fn buf_bytes<'a>(b: &sys::Buf) -> &'a [u8] {
 fn s(x: Str) -> &'static str {
     // SAFETY: plugins pass strings valid for the call; the result is used
     // only within the call (the host copies what it keeps).
-    let b = unsafe { x.as_bytes() };
-    if b.is_ascii() {
-        // SAFETY: ASCII is UTF-8 (the word-at-a-time check is the cheap
-        // path for header names and values).
-        return unsafe { std::str::from_utf8_unchecked(b) };
-    }
-    std::str::from_utf8(b).unwrap_or("")
+    plugin_api::rt::text(unsafe { x.as_bytes() })
 }
 
 fn put(out: *mut Str, v: &str) -> Rc {
@@ -611,26 +605,23 @@ unsafe extern "C" fn http_headers_out_set(r: *mut sys::Request, h: *const sys::H
     if r.header_sent {
         return sys::INVALID;
     }
-    // Checked once, into room on the stack for a typical batch.
+    // Every line checked before any is set: into room on the stack for a
+    // typical batch, on the heap for a longer one.
     const ROOM: usize = 16;
-    let mut lines = [("", None); ROOM];
-    if n <= ROOM {
-        for (l, out) in list.iter().zip(&mut lines) {
-            let Some((k, v)) = header_line(l.name, l.value) else { return sys::INVALID };
-            *out = (k, (!l.value.data.is_null()).then_some(v));
-        }
-        for &(k, v) in &lines[..n] {
-            set_header_out(&mut r, k, v);
-        }
-        return sys::OK;
+    let mut room = [("", None); ROOM];
+    let mut heap = Vec::new();
+    let lines: &mut [(&str, Option<&str>)] = if n <= ROOM {
+        &mut room[..n]
+    } else {
+        heap.resize(n, ("", None));
+        &mut heap
+    };
+    for (l, out) in list.iter().zip(lines.iter_mut()) {
+        let Some((k, v)) = header_line(l.name, l.value) else { return sys::INVALID };
+        *out = (k, (!l.value.data.is_null()).then_some(v));
     }
-    if !list.iter().all(|l| header_line(l.name, l.value).is_some()) {
-        return sys::INVALID;
-    }
-    for l in list {
-        if let Some((k, v)) = header_line(l.name, l.value) {
-            set_header_out(&mut r, k, (!l.value.data.is_null()).then_some(v));
-        }
+    for &(k, v) in lines.iter() {
+        set_header_out(&mut r, k, v);
     }
     sys::OK
 }
