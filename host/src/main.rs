@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod cycle;
 pub mod http;

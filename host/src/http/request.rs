@@ -244,8 +244,8 @@ impl<'a> Req<'a> {
             framing: Framing::None,
             expect_continue: false,
             keepalive: false,
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
+            start: crate::clock::now(),
+            start_wall: crate::clock::wall(),
             head_len: 0,
             conn_requests: 0,
             conn_serial: 0,
@@ -363,8 +363,8 @@ impl<'a> Req<'a> {
         self.framing = Framing::None;
         self.expect_continue = false;
         self.keepalive = false;
-        self.start = Instant::now();
-        self.start_wall = SystemTime::now();
+        self.start = crate::clock::now();
+        self.start_wall = crate::clock::wall();
         self.body_state = BodyIn::Done;
         self.body_in.clear();
         self.body_received = 0;
@@ -636,7 +636,7 @@ thread_local! {
 fn push_head_start(out: &mut Vec<u8>, status: u16, tokens: bool) {
     HEAD_START.with(|h| {
         let mut h = h.borrow_mut();
-        let now = SystemTime::now();
+        let now = crate::clock::wall();
         let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if h.secs != secs || h.date.is_empty() {
             h.secs = secs;

@@ -157,7 +157,6 @@ enum TimerWhat {
 }
 
 struct TimerEntry {
-    id: u64,
     plugin: usize,
     /// The plugin's name (shared, see State::names).
     name: Rc<str>,
@@ -196,12 +195,11 @@ struct State {
     registry: Option<Registry>,
     conns: IntMap<usize, *mut PConn>,
     next_token: usize,
+    /// Plugin timers; a timer's id is its key (`TimerKey::to_id`).
     timers: Timers<TimerEntry>,
-    timer_keys: IntMap<u64, TimerKey>,
     /// Per owning request (handle): what it owns, so that drop_owner
     /// finds it without scanning every timer and connection.
     owned: IntMap<usize, Owned>,
-    next_timer: u64,
     pending: Vec<(usize, u32)>,
     /// Tokens closed during callbacks, freed by reap().
     closing: Vec<usize>,
@@ -214,8 +212,6 @@ struct State {
 impl State {
     /// Arms a timer; returns its id.
     fn add_timer(&mut self, ms: u64, plugin: usize, name: &str, what: TimerWhat, owner: usize) -> u64 {
-        self.next_timer += 1;
-        let id = self.next_timer;
         let name = match self.names.iter().find(|(i, n)| *i == plugin && **n == *name) {
             Some((_, n)) => n.clone(),
             None => {
@@ -224,9 +220,8 @@ impl State {
                 n
             }
         };
-        let e = TimerEntry { id, plugin, name, what, owner };
-        let k = self.timers.add(Instant::now() + Duration::from_millis(ms), e);
-        self.timer_keys.insert(id, k);
+        let e = TimerEntry { plugin, name, what, owner };
+        let id = self.timers.add(crate::clock::now() + Duration::from_millis(ms), e).to_id();
         if owner != 0 {
             self.owned.entry(owner).or_default().add_timer(id);
         }
@@ -524,12 +519,11 @@ pub fn run_pending() -> bool {
 /// Runs pending immediate callbacks and due timers.
 pub fn run_due() {
     run_pending();
-    let now = Instant::now();
+    let now = crate::clock::now();
     while let Some(t) = ST.with(|s| {
         let mut s = s.borrow_mut();
-        let t = s.timers.pop_due(now)?;
-        s.timer_keys.remove(&t.id);
-        s.timer_gone(t.owner, t.id);
+        let (k, t) = s.timers.pop_due(now)?;
+        s.timer_gone(t.owner, k.to_id());
         Some(t)
     }) {
         match t.what {
@@ -591,19 +585,11 @@ pub fn drop_owner(owner: usize) {
     let owned: Vec<usize> = ST.with(|s| {
         let mut s = s.borrow_mut();
         let Some(o) = s.owned.remove(&owner) else { return Vec::new() };
-        let State { timers, timer_keys, .. } = &mut *s;
         if o.overflow {
-            timers.retain(|t| {
-                if t.owner == owner {
-                    timer_keys.remove(&t.id);
-                }
-                t.owner != owner
-            });
+            s.timers.retain(|t| t.owner != owner);
         } else {
-            for id in &o.timers[..o.ntimers as usize] {
-                if let Some(k) = timer_keys.remove(id) {
-                    timers.cancel(k);
-                }
+            for &id in &o.timers[..o.ntimers as usize] {
+                s.timers.cancel(TimerKey::from_id(id));
             }
         }
         if o.conns == 0 {
@@ -642,10 +628,8 @@ fn close_token(token: usize) {
 fn timer_cancel_id(id: u64) {
     ST.with(|s| {
         let mut s = s.borrow_mut();
-        if let Some(k) = s.timer_keys.remove(&id) {
-            if let Some(t) = s.timers.cancel(k) {
-                s.timer_gone(t.owner, t.id);
-            }
+        if let Some(t) = s.timers.cancel(TimerKey::from_id(id)) {
+            s.timer_gone(t.owner, id);
         }
     });
 }

@@ -35,8 +35,11 @@ struct Slot<'a> {
     conn: Conn<'a>,
     /// The armed timer; it may be due up to [`LAZY`] before `want`.
     timer: Option<TimerKey>,
-    /// When the connection's timeout really is.
-    want: Instant,
+    /// When the connection's timeout really is; None while parked (no
+    /// timeout: a timer still armed is left to fire for nothing, which is
+    /// cheaper than taking it out now and arming another when the request
+    /// ends, a few microseconds later, for the keepalive timeout).
+    want: Option<Instant>,
 }
 
 /// nginx's lazy timers (NGX_TIMER_LAZY_DELAY): a deadline that moves later
@@ -193,11 +196,12 @@ impl<'a> Worker<'a> {
             return 2;
         }
         let mut events = Events::with_capacity(512);
+        crate::clock::update();
         while !self.exit {
             if self.quitting && self.active == 0 && crate::plugin::io::active() == 0 {
                 break;
             }
-            let now = Instant::now();
+            let now = crate::clock::now();
             let wait = match (self.timers.next_wait(now), crate::plugin::io::next_wait(now)) {
                 _ if crate::http::has_wakes() || !self.accept_more.is_empty() => Some(std::time::Duration::ZERO),
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -209,6 +213,7 @@ impl<'a> Worker<'a> {
                     return 1;
                 }
             }
+            crate::clock::update();
             for ev in events.iter() {
                 match ev.token() {
                     SIGNAL => {
@@ -240,8 +245,8 @@ impl<'a> Worker<'a> {
             }
             crate::plugin::io::run_due();
             self.run_deferred();
-            let now = Instant::now();
-            while let Some(t) = self.timers.pop_due(now) {
+            let now = crate::clock::update();
+            while let Some((_, t)) = self.timers.pop_due(now) {
                 self.on_timer(t);
             }
         }
@@ -273,7 +278,7 @@ impl<'a> Worker<'a> {
             let _ = self.poll.registry().deregister(&mut l);
         }
         if let Some(t) = self.cycle.core.shutdown_timeout {
-            self.timers.add(Instant::now() + t, Timer::ShutdownTimeout);
+            self.timers.add(crate::clock::now() + t, Timer::ShutdownTimeout);
         }
         let idle: Vec<usize> = self
             .conns
@@ -328,7 +333,7 @@ impl<'a> Worker<'a> {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     crate::log!(Crit, "accept4() failed ({})", crate::config::parser::os_err(&e));
                     self.set_accepting(false);
-                    self.timers.add(Instant::now() + Duration::from_millis(500), Timer::ResumeAccept);
+                    self.timers.add(crate::clock::now() + Duration::from_millis(500), Timer::ResumeAccept);
                     return;
                 }
                 Err(e) => {
@@ -363,7 +368,7 @@ impl<'a> Worker<'a> {
             self.free.push(idx);
             return;
         };
-        let mut slot = Slot { conn, timer: None, want: Instant::now() };
+        let mut slot = Slot { conn, timer: None, want: None };
         if let Err(e) = self.poll.registry().register(
             &mut slot.conn.sock.tcp,
             Token(CONN_BASE + idx),
@@ -379,7 +384,7 @@ impl<'a> Worker<'a> {
     }
 
     fn conn_ready(&mut self, idx: usize) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let quitting = self.quitting;
         let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
         let next = slot.conn.on_ready(now, quitting, &mut self.reqs);
@@ -390,14 +395,10 @@ impl<'a> Worker<'a> {
         let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
         match next {
             Next::Close => self.close(idx),
-            Next::Park => {
-                if let Some(k) = slot.timer.take() {
-                    self.timers.cancel(k);
-                }
-            }
+            Next::Park => slot.want = None,
             Next::Wait(at) => {
-                slot.want = at;
-                let armed = slot.timer.map(|k| k.at());
+                slot.want = Some(at);
+                let armed = slot.timer.and_then(|k| self.timers.deadline(k));
                 if armed.is_some_and(|t| t <= at && at - t < LAZY) {
                     return;
                 }
@@ -463,10 +464,11 @@ impl<'a> Worker<'a> {
                 let quitting = self.quitting;
                 let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
                 slot.timer = None;
-                let now = Instant::now();
-                if now < slot.want {
+                let now = crate::clock::now();
+                let Some(want) = slot.want else { return };
+                if now < want {
                     // A lazy timer: the deadline moved on since it was armed.
-                    slot.timer = Some(self.timers.add(slot.want, Timer::Conn(idx)));
+                    slot.timer = Some(self.timers.add(want, Timer::Conn(idx)));
                     return;
                 }
                 let next = slot.conn.on_timeout(now, quitting, &mut self.reqs);
@@ -538,8 +540,9 @@ pub fn helper_loop() {
     }
     let mut events = Events::with_capacity(64);
     loop {
-        let wait = crate::plugin::io::next_wait(Instant::now());
+        let wait = crate::plugin::io::next_wait(crate::clock::update());
         let _ = poll.poll(&mut events, wait);
+        crate::clock::update();
         for ev in events.iter() {
             match ev.token() {
                 SIGNAL => {

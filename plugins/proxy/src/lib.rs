@@ -508,6 +508,10 @@ struct State {
     keep: bool,
     deadline: Option<Instant>,
     timer_at: Option<Instant>,
+    /// The time when this step began: one clock read per resumption
+    /// serves every deadline and record of the step, as nginx's cached
+    /// time does (a read costs as much as a host call).
+    now: Option<Instant>,
     temp: Option<(File, u64)>,
     /// The temp file could not be made: buffer in memory only.
     no_temp: bool,
@@ -536,7 +540,7 @@ impl Drop for State {
     fn drop(&mut self) {
         // The request ended (finished, or the client went away): a
         // connection still held is mid-exchange and cannot be reused.
-        self.release(false, Instant::now(), false);
+        self.abandon();
     }
 }
 
@@ -550,7 +554,7 @@ impl State {
     /// Back to a fresh state for the next request, keeping the buffers'
     /// memory (unless a large response grew them).
     fn reset(&mut self) {
-        self.release(false, Instant::now(), false);
+        self.abandon();
         let mut out = std::mem::take(&mut self.out);
         let mut buf = std::mem::take(&mut self.buf);
         let mut tried = std::mem::take(&mut self.tried);
@@ -575,6 +579,19 @@ impl State {
         (self.addrs, self.statuses, self.times) = (a, st, t);
     }
 
+    /// Gives up what an unfinished exchange holds (nothing, and no clock
+    /// read, after a finished one).
+    fn abandon(&mut self) {
+        if self.conn.is_some() || self.acquired {
+            self.release(false, self.now(), false);
+        }
+    }
+
+    /// The time this step began.
+    fn now(&self) -> Instant {
+        self.now.unwrap_or_else(Instant::now)
+    }
+
     fn release(&mut self, keep: bool, now: Instant, ok: bool) {
         if let Some(conn) = self.conn.take() {
             if let Some(g) = &self.group {
@@ -597,6 +614,7 @@ impl State {
     }
 
     fn step(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Status {
+        self.now = Some(Instant::now());
         loop {
             let r = match self.phase {
                 Phase::Start => self.start(req, conf, pass),
@@ -622,8 +640,9 @@ impl State {
     /// Suspends with the timer armed for the current deadline.
     fn wait(&mut self, req: &mut Request<'_>) -> Status {
         if let Some(d) = self.deadline {
-            if self.timer_at.is_none_or(|t| t > d || t <= Instant::now()) {
-                let ms = d.saturating_duration_since(Instant::now()).as_millis() as u64 + 1;
+            let now = self.now();
+            if self.timer_at.is_none_or(|t| t > d || t <= now) {
+                let ms = d.saturating_duration_since(now).as_millis() as u64 + 1;
                 if plugin_api::io::resume_timer(req, ms).is_ok() {
                     self.timer_at = Some(d);
                 }
@@ -633,7 +652,7 @@ impl State {
     }
 
     fn timed_out(&mut self) -> bool {
-        let now = Instant::now();
+        let now = self.now();
         if self.timer_at.is_some_and(|t| t <= now) {
             self.timer_at = None;
         }
@@ -654,14 +673,14 @@ impl State {
         self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
         build_request(req, conf, pass, &self.proxy_host, &mut self.out);
-        self.first_try = Some(Instant::now());
+        self.first_try = Some(self.now());
         self.connect(req, conf)
     }
 
     /// Picks a peer and connects (or reuses an idle connection).
     fn connect(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
         let Some(group) = self.group.clone() else { return Flow::Return(Status::Http(502)) };
-        let now = Instant::now();
+        let now = self.now();
         let key = match &group.balance {
             upstream::Balance::Hash { key, .. } => render(req, key, &self.proxy_host),
             _ => Vec::new(),
@@ -719,7 +738,7 @@ impl State {
             return Flow::Failed(Fail::Error);
         }
         self.phase = Phase::Sending;
-        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
+        self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.send_timeout)));
         Flow::Next
     }
 
@@ -764,7 +783,7 @@ impl State {
             match c.write(&self.out[self.sent..]) {
                 Ok(Some(n)) if n > 0 => {
                     self.sent += n;
-                    self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.send_timeout)));
+                    self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.send_timeout)));
                 }
                 Ok(_) => {
                     if self.timed_out() {
@@ -781,7 +800,7 @@ impl State {
             return Flow::Failed(Fail::Error);
         }
         self.phase = Phase::ReadingHead;
-        self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout)));
+        self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout)));
         Flow::Next
     }
 
@@ -841,7 +860,7 @@ impl State {
                 return Flow::Failed(Fail::InvalidHeader);
             }
             match self.fill(c, max) {
-                Ok(Some(true)) => self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout))),
+                Ok(Some(true)) => self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout))),
                 Ok(Some(false)) => {
                     plugin_api::log(
                         sys::LOG_ERR,
@@ -866,7 +885,7 @@ impl State {
 
     fn record(&mut self, status: u16) {
         self.statuses.push(status);
-        self.times.push(self.attempt_start.map_or(0, |s| s.elapsed().as_millis() as u64));
+        self.times.push(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
     }
 
     fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: &[httparse::Header<'_>]) -> Flow {
@@ -886,7 +905,7 @@ impl State {
             self.record(code);
             // 5xx count against the peer (max_fails); 403/404/429 do not.
             let ok = !matches!(code, 500 | 502 | 503 | 504);
-            self.release(false, Instant::now(), ok);
+            self.release(false, self.now(), ok);
             return self.connect(req, conf);
         }
         let value = |n: &str| head.iter().find(|h| h.name.eq_ignore_ascii_case(n)).map(|h| h.value);
@@ -951,7 +970,7 @@ impl State {
                 c.close();
                 return Flow::Return(Status::Error);
             }
-            self.release(false, Instant::now(), true);
+            self.release(false, self.now(), true);
             self.phase = Phase::Finished;
             return Flow::Return(Status::Done);
         }
@@ -986,7 +1005,7 @@ impl State {
 
     /// An attempt failed before the response head was passed on.
     fn failed(&mut self, req: &mut Request<'_>, conf: &Conf, f: Fail) -> Option<Status> {
-        let now = Instant::now();
+        let now = self.now();
         let peer = self.peer_text();
         let reason = self.conn.map(|c| c.error().1).filter(|s| !s.is_empty());
         let what = match self.phase {
@@ -1043,7 +1062,7 @@ impl State {
     }
 
     fn finish_upstream(&mut self, keep: bool) {
-        self.release(keep, Instant::now(), true);
+        self.release(keep, self.now(), true);
     }
 
     fn reading_body(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
@@ -1065,7 +1084,7 @@ impl State {
                     Ok(false) => {}
                     Err(()) => {
                         plugin_api::log(sys::LOG_ERR, &format!("upstream sent invalid chunked response while reading upstream, upstream: \"{}\"", self.peer_text()));
-                        self.release(false, Instant::now(), false);
+                        self.release(false, self.now(), false);
                         self.phase = Phase::Finished;
                         return Flow::Return(Status::Error);
                     }
@@ -1077,11 +1096,11 @@ impl State {
             if !spill_room && !req.resume_when_drained(mem_limit) {
                 // The client is the bottleneck (send_timeout is its
                 // clock): the upstream's read timeout starts again later.
-                self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout)));
+                self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout)));
                 return Flow::Return(Status::Again);
             }
             match self.fill(c, chunk) {
-                Ok(Some(true)) => self.deadline = Some(Instant::now() + Duration::from_millis(timeout(conf.read_timeout))),
+                Ok(Some(true)) => self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout))),
                 Ok(Some(false)) => {
                     if self.framing == Some(Framing::Close) {
                         self.phase = Phase::Finished;
