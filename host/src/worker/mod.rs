@@ -129,6 +129,9 @@ pub fn run(cycle: &Cycle, bound: &[Bound], slot: usize, single: bool, master: i3
         return 0;
     }
     crate::plugin::host_api::set_worker_slot(slot as i32);
+    // A clock reading the master may have left in this (forked) thread is
+    // old: timers plugins arm in init_worker count from now.
+    crate::clock::update();
     if let Err(e) = cycle.plugins.init_worker() {
         crate::log!(Emerg, "{e}");
         return 2;
@@ -500,6 +503,7 @@ pub fn run_helper(cycle: &Cycle, idx: usize, master: i32) -> i32 {
         return 0;
     }
     crate::log!(Notice, "helper \"{}\" of plugin \"{}\" started", h.name, h.plugin_name);
+    crate::clock::update();
     crate::plugin::call_helper(h);
     0
 }
