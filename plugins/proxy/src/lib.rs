@@ -580,10 +580,12 @@ impl State {
     }
 
     /// Gives up what an unfinished exchange holds (nothing, and no clock
-    /// read, after a finished one).
+    /// read, after a finished one). Outside a step: the clock is read
+    /// afresh, as the last step may have begun long ago (a client that
+    /// went away mid-wait), and the peer's failure is dated now.
     fn abandon(&mut self) {
         if self.conn.is_some() || self.acquired {
-            self.release(false, self.now(), false);
+            self.release(false, Instant::now(), false);
         }
     }
 
