@@ -146,8 +146,7 @@ impl<T> Timers<T> {
         let last = self.heap.pop().expect("a timer at pos");
         if pos < self.heap.len() {
             // The last node fills the hole and moves whichever way it must.
-            self.heap[pos] = last;
-            self.slots[last.slot as usize].pos = pos as u32;
+            self.place(pos, last);
             if pos > 0 && last.before(&self.heap[(pos - 1) / 2]) {
                 self.up(pos);
             } else {
@@ -167,12 +166,10 @@ impl<T> Timers<T> {
             if !node.before(&self.heap[parent]) {
                 break;
             }
-            self.heap[pos] = self.heap[parent];
-            self.slots[self.heap[pos].slot as usize].pos = pos as u32;
+            self.place(pos, self.heap[parent]);
             pos = parent;
         }
-        self.heap[pos] = node;
-        self.slots[node.slot as usize].pos = pos as u32;
+        self.place(pos, node);
     }
 
     fn down(&mut self, mut pos: usize) {
@@ -187,10 +184,14 @@ impl<T> Timers<T> {
             if !self.heap[c].before(&node) {
                 break;
             }
-            self.heap[pos] = self.heap[c];
-            self.slots[self.heap[pos].slot as usize].pos = pos as u32;
+            self.place(pos, self.heap[c]);
             pos = c;
         }
+        self.place(pos, node);
+    }
+
+    /// Puts `node` at heap position `pos` and tells its slot where it is.
+    fn place(&mut self, pos: usize, node: Node) {
         self.heap[pos] = node;
         self.slots[node.slot as usize].pos = pos as u32;
     }
