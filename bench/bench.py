@@ -106,10 +106,25 @@ http {{
     )
 
 
+# CPU placement (bench/run --pin, the default on two or more CPUs): the
+# servers under test on one CPU, wrk and the proxy's backend on another, so
+# the two never contend for a core and runs repeat more closely. Both
+# servers get the same placement. None leaves placement to the scheduler.
+PIN = {"server": None, "client": None}
+
+
+def pinned(role):
+    cpu = PIN[role]
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 class Server:
-    def __init__(self, name, argv, port, cwd):
+    def __init__(self, name, argv, port, cwd, role="server"):
         self.name, self.port = name, port
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=pinned(role))
         wait_port(port, self.proc, name)
 
     def worker_pid(self):
@@ -142,7 +157,8 @@ def wrk_out(port, path, secs, conns, close=False):
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}{path}")
-    return subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60).stdout
+    return subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60,
+                          preexec_fn=pinned("client")).stdout
 
 
 def wrk(port, path, secs, conns, close=False):
@@ -246,9 +262,16 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--only", help="run scenarios whose name contains this")
+    ap.add_argument("--pin", choices=["on", "off"], default="on" if len(os.sched_getaffinity(0)) >= 2 else "off",
+                    help="servers on one CPU, wrk and the backend on another (default on with 2+ CPUs)")
     ap.add_argument("--instructions", action="store_true",
                     help="count user-space instructions per request under callgrind instead of timing")
     a = ap.parse_args()
+    if a.pin == "on":
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("--pin on needs two CPUs")
+        PIN["server"], PIN["client"] = cpus[0], cpus[1]
 
     d = tempfile.mkdtemp(prefix="ngxr-bench-")
     os.chmod(d, 0o755)
@@ -271,7 +294,8 @@ def main():
 
     procs = []
     try:
-        backend = Server("backend", [os.path.join(REL, "bench-ceiling"), f"127.0.0.1:{backend_port}"], backend_port, d)
+        backend = Server("backend", [os.path.join(REL, "bench-ceiling"), f"127.0.0.1:{backend_port}"], backend_port, d,
+                         role="client")
         procs.append(backend)
         ceiling = Server("ceiling", [os.path.join(REL, "bench-ceiling"), f"127.0.0.1:{ceiling_port}"], ceiling_port, d)
         procs.append(ceiling)
@@ -308,7 +332,9 @@ def main():
 
         print(f"# ngxr vs nginx ({subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}),"
               f" wrk -t1, {a.secs}s per run, {a.rounds} rounds A B A B, median shown")
-        print(f"# {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+        pin = (f"servers on CPU {PIN['server']}, wrk and backend on CPU {PIN['client']}"
+               if PIN["server"] is not None else "not pinned")
+        print(f"# {os.cpu_count()} CPUs, {pin}, {time.strftime('%Y-%m-%d')}")
         rows = []
         for title, path, conns, close in SCENARIOS:
             if a.only and a.only not in title:

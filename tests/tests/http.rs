@@ -311,6 +311,58 @@ fn half_closed_client_gets_its_answer_and_the_close() {
     }
 }
 
+/// A connection's last response is written so that the close sends its
+/// tail with the FIN (MSG_MORE, or the tcp_nopush cork left on): it must
+/// still arrive whole, from memory, by sendfile, or as an error page; and
+/// where the client sent more than the closing request (lingering close),
+/// the response must not be held back.
+#[test]
+fn closing_responses_arrive_whole() {
+    let big: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect::<String>().repeat(8);
+    let conf = site_conf(
+        "sendfile on; tcp_nopush on; location /plain/ { sendfile off; tcp_nopush off; alias html/; }
+         location /sleep { testkit_reply x; }",
+    );
+    let s = serve(&conf, &[("html/a.txt", "0123456789"), ("html/big.txt", &big)]);
+    for (path, status, body) in [
+        ("/a.txt", 200, "0123456789"),
+        ("/big.txt", 200, big.as_str()),
+        ("/plain/big.txt", 200, big.as_str()),
+    ] {
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            let r = req(s.port, &format!("GET {path} {version}\r\nHost: x\r\nConnection: close\r\n\r\n"));
+            assert_eq!((r.status, r.header("connection")), (status, Some("close")), "{path} {version}");
+            assert!(r.body == body.as_bytes(), "{path} {version}: {} bytes of {}", r.body.len(), body.len());
+        }
+    }
+    let r = req(s.port, "GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 404);
+    assert!(String::from_utf8_lossy(&r.body).contains("404 Not Found"));
+    // After a keepalive response with the cork: the next one still comes.
+    let mut c = Client::new(s.port);
+    c.send(b"GET /big.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.response().unwrap().body.len(), big.len());
+    c.send(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(c.response().unwrap().body, b"0123456789");
+    assert!(c.closed());
+    // More bytes behind the closing request: answered, then a lingering close.
+    for path in ["/a.txt", "/big.txt"] {
+        let mut c = Client::new(s.port);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let r = c.response().unwrap();
+        assert_eq!((r.status, r.body.len()), (200, if path == "/a.txt" { 10 } else { big.len() }));
+        assert!(c.closed(), "{path}: not closed");
+    }
+    // Bytes that come while the request waits, not read by the worker:
+    // the close must not reset the connection under the response.
+    let mut c = Client::new(s.port);
+    c.send(b"GET /sleep?ms=300 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100)); // the worker has read the request
+    c.send(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.response().unwrap().body, b"slept");
+    assert!(c.closed());
+}
+
 fn body_of(port: u16, path: &str) -> String {
     let r = get(port, path).unwrap();
     assert_eq!(r.status, 200);

@@ -606,7 +606,9 @@ impl<'a> Conn<'a> {
             return None;
         }
         let (mode, time, timeout) = linger_mode;
-        let pending = unread_body || self.rstart < self.rbuf.len();
+        // Input the client sent after this request, read or still in the
+        // kernel (nginx looks only at what it has read).
+        let pending = unread_body || self.rstart < self.rbuf.len() || (mode == 1 && crate::sys::has_input(self.sock.tcp.as_raw_fd()));
         if mode == 2 || (mode == 1 && pending) {
             self.sock.close_notify();
             crate::sys::shutdown_write(self.sock.tcp.as_raw_fd());
@@ -1012,23 +1014,43 @@ impl<'a> Conn<'a> {
     fn write_out(&mut self) -> Result<bool, ()> {
         let fd = self.sock.tcp.as_raw_fd();
         // sendfile cannot encrypt: TLS reads the file and writes records.
-        let (sendfile, nopush) = {
+        let (sendfile, nopush, linger) = {
             let r = self.req.borrow();
             let core = &r.location().core;
-            (core.sendfile && !self.sock.is_tls(), core.tcp_nopush)
+            (core.sendfile && !self.sock.is_tls(), core.tcp_nopush, core.lingering_close)
         };
         let mut r = self.req.borrow_mut();
+        // The connection's last response: the close (or lingering
+        // shutdown) that follows at once sends its tail with the FIN, one
+        // segment fewer per connection, as nginx's corked close does. (A
+        // close with unread input would reset the connection and lose held
+        // data: after_response() lingers instead when the client sent
+        // more, unless `lingering_close off`.) Not for TLS, whose
+        // close_notify is still to be written.
+        let last = r.must_close
+            && linger != 0
+            && r.run == Run::Finalized
+            && r.relay.is_none()
+            && r.body_state == BodyIn::Done
+            && !self.sock.is_tls();
         // tcp_nopush: the head and the file leave in full segments; the
         // cork comes off when everything queued is out.
         if sendfile && nopush && !self.corked && r.out.iter().any(|c| matches!(c, Chunk::File { .. })) {
             crate::sys::set_cork(fd, true);
             self.corked = true;
         }
-        while let Some(front) = r.out.front_mut() {
+        loop {
+            let hold = last && r.out.len() == 1;
+            let Some(front) = r.out.front_mut() else { break };
             match front {
                 Chunk::Mem(v) => {
                     while self.wpos < v.len() {
-                        match self.sock.write(&v[self.wpos..]) {
+                        let res = if hold {
+                            crate::sys::send_more(fd, &v[self.wpos..])
+                        } else {
+                            self.sock.write(&v[self.wpos..])
+                        };
+                        match res {
                             Ok(0) => return Err(()),
                             Ok(n) => self.wpos += n,
                             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
@@ -1071,7 +1093,8 @@ impl<'a> Conn<'a> {
                 request::give_mem(v);
             }
         }
-        if self.corked {
+        // On the last response the close flushes the cork, with the FIN.
+        if self.corked && !last {
             crate::sys::set_cork(fd, false);
             self.corked = false;
         }

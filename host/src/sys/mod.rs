@@ -408,6 +408,28 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// send(2) with MSG_MORE: the kernel holds a partial segment back until
+/// more data, close(2) or shutdown(2). For a connection's last response,
+/// so the close that follows sends it and the FIN in one segment.
+pub fn send_more(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads buf.len() bytes from a live slice.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL | libc::MSG_MORE) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Whether the socket has unread input (recv with MSG_PEEK): closing it
+/// now would answer with a reset, and a reset can cost the client the
+/// response it has not read yet.
+pub fn has_input(fd: RawFd) -> bool {
+    let mut b = 0u8;
+    // SAFETY: recv writes at most one byte into `b`.
+    unsafe { libc::recv(fd, (&mut b as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) > 0 }
+}
+
 /// shutdown(SHUT_WR) for lingering close.
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: shutdown on an open socket has no memory effects.
