@@ -161,21 +161,37 @@ def wrk_out(port, path, secs, conns, close=False):
                           preexec_fn=pinned("client")).stdout
 
 
+def busy_ticks():
+    """CPU time spent busy (not idle or waiting on I/O) by the whole
+    machine so far, in clock ticks."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:]]
+    return sum(t) - t[3] - t[4]
+
+
 def wrk(port, path, secs, conns, close=False):
+    """(requests/s, p99 ms, CPU µs per request, notes). The CPU figure is
+    the whole machine's busy time (server, wrk, backend, kernel) over the
+    requests served: where wrk's own CPU is the limit, requests/s cannot
+    tell the servers apart, the work each request costs still does."""
+    t0 = busy_ticks()
     out = wrk_out(port, path, secs, conns, close)
+    busy = busy_ticks() - t0
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
-    if not rps or not p99:
+    if not rps or not p99 or not total or int(total.group(1)) == 0:
         sys.exit(f"cannot read wrk's output:\n{out}")
+    cpu = busy * 1e6 / os.sysconf("SC_CLK_TCK") / int(total.group(1))
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     note = ""
     if errors:
         note += f" non-2xx={errors.group(1)}"
     if sock_err:
         note += f" socket errors: {sock_err.group(1)}"
-    return float(rps.group(1)), float(p99.group(1)) * scale, note
+    return float(rps.group(1)), float(p99.group(1)) * scale, cpu, note
 
 
 def idle_rss(port, pid, n):
@@ -230,7 +246,7 @@ def instructions(d, name, argv, conf_text, port, path, secs, close):
     try:
         wait_port(port, proc, f"{name} under valgrind", deadline=120)
         # Warm up (the open-file cache, the upstream pool), then count.
-        wrk(port, path, 1, 10, close)
+        wrk_out(port, path, 1, 10, close)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, timeout=60)
         res = wrk_out(port, path, secs, 10, close)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, timeout=60)
@@ -335,23 +351,21 @@ def main():
         pin = (f"servers on CPU {PIN['server']}, wrk and backend on CPU {PIN['client']}"
                if PIN["server"] is not None else "not pinned")
         print(f"# {os.cpu_count()} CPUs, {pin}, {time.strftime('%Y-%m-%d')}")
-        rows = []
+        print("# per server: requests/s, p99 latency, the machine's busy CPU time per request")
         for title, path, conns, close in SCENARIOS:
             if a.only and a.only not in title:
                 continue
             runs = {"ngxr": [], "nginx": []}
             for _ in range(a.rounds):
                 for name, srv in [("ngxr", ngxr), ("nginx", nginx)]:
-                    rps, p99, note = wrk(srv.port, path, a.secs, conns, close)
-                    runs[name].append((rps, p99))
+                    rps, p99, cpu, note = wrk(srv.port, path, a.secs, conns, close)
+                    runs[name].append((rps, p99, cpu))
                     if note:
                         print(f"  ! {name} {title}:{note}", file=sys.stderr)
-            med = {k: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for k, v in runs.items()}
+            med = {k: [statistics.median(run[i] for run in v) for i in range(3)] for k, v in runs.items()}
             ratio = med["ngxr"][0] / med["nginx"][0]
-            rows.append((title, med["ngxr"], med["nginx"], ratio,
-                         [r for r, _ in runs["ngxr"]], [r for r, _ in runs["nginx"]]))
-            print(f"{title:40} ngxr {med['ngxr'][0]:>9.0f} rps p99 {med['ngxr'][1]:6.2f} ms | "
-                  f"nginx {med['nginx'][0]:>9.0f} rps p99 {med['nginx'][1]:6.2f} ms | ratio {ratio:.2f}", flush=True)
+            cells = " | ".join(f"{k} {m[0]:>9.0f} rps p99 {m[1]:6.2f} ms {m[2]:6.1f} µs" for k, m in med.items())
+            print(f"{title:40} {cells} | ratio {ratio:.2f}", flush=True)
 
         if not a.only or "ceiling" in a.only:
             c = [wrk(ceiling.port, "/", a.secs, 50)[0] for _ in range(a.rounds)]

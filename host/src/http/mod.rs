@@ -844,7 +844,10 @@ impl<'a> Conn<'a> {
             match parse::origin_form(target) {
                 None => bad = Some((400, "client sent invalid request target")),
                 Some(t) => {
-                    let (path, args) = t.split_once('?').unwrap_or((t, ""));
+                    let (path, args) = match memchr::memchr(b'?', t.as_bytes()) {
+                        Some(i) => (&t[..i], &t[i + 1..]),
+                        None => (t, ""),
+                    };
                     r.args.push_str(args);
                     thread_local!(static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
                     DECODED.with(|d| {

@@ -41,9 +41,9 @@ fn current() -> (usize, &'static str) {
     if p.is_null() {
         return (i, "?");
     }
-    // SAFETY: set by with_plugin from a &str owned by the Plugin, which
-    // outlives every call made inside with_plugin.
-    (i, std::str::from_utf8(unsafe { std::slice::from_raw_parts(p, n) }).unwrap_or("?"))
+    // SAFETY: set by with_plugin from a &str (valid UTF-8) owned by the
+    // Plugin, which outlives every call made inside with_plugin.
+    (i, unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, n)) })
 }
 
 /// Records this process's worker slot for `worker_slot()`.
@@ -546,7 +546,7 @@ unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value:
     let Some((n, v)) = header_line(name, value).filter(|_| !r.header_sent) else { return sys::INVALID };
     // The first Content-Length says the length (send_header renders it).
     if n.len() == 14 && n.eq_ignore_ascii_case("content-length") && r.header_out(n).is_none() {
-        if let Ok(cl) = v.trim().parse() {
+        if let Ok(cl) = v.trim_ascii().parse() {
             r.content_length = Some(cl);
         }
     }

@@ -516,6 +516,9 @@ struct State {
     /// The temp file could not be made: buffer in memory only.
     no_temp: bool,
     status: u16,
+    /// The request's method is HEAD; it is idempotent (set by start()).
+    head: bool,
+    idempotent: bool,
     proxy_host: String,
     /// Attempts so far (`$upstream_addr`, `_status`, `_response_time`):
     /// peer indexes (NO_PEER: none was live, the group's name is shown),
@@ -674,7 +677,11 @@ impl State {
         self.proxy_host.push_str(&pass.host);
         self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
-        build_request(req, conf, pass, &self.proxy_host, &mut self.out);
+        // The method is asked for once (each ask is a host call).
+        let method = req.method();
+        self.head = method == "HEAD";
+        self.idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
+        build_request(req, method, conf, pass, &self.proxy_host, &mut self.out);
         self.first_try = Some(self.now());
         self.connect(req, conf)
     }
@@ -687,7 +694,12 @@ impl State {
             upstream::Balance::Hash { key, .. } => render(req, key, &self.proxy_host),
             _ => Vec::new(),
         };
-        let client = req.var("remote_addr").unwrap_or("");
+        // Only ip_hash looks at the client's address (a variable lookup
+        // is a host call).
+        let client = match group.balance {
+            upstream::Balance::IpHash => req.var("remote_addr").unwrap_or(""),
+            _ => "",
+        };
         self.attempt += 1;
         let Ok(i) = group.pick(&self.tried, client, &key, now) else {
             plugin_api::log(sys::LOG_ERR, &format!("no live upstreams while connecting to upstream, upstream: \"{}\"", group.name));
@@ -903,7 +915,7 @@ impl State {
             429 => next::HTTP_429,
             _ => 0,
         };
-        if retry_on != 0 && mask & retry_on != 0 && self.may_retry(req, conf) {
+        if retry_on != 0 && mask & retry_on != 0 && self.may_retry(conf) {
             self.record(code);
             // 5xx count against the peer (max_fails); 403/404/429 do not.
             let ok = !matches!(code, 500 | 502 | 503 | 504);
@@ -913,8 +925,8 @@ impl State {
         let value = |n: &str| head.iter().find(|h| h.name.eq_ignore_ascii_case(n)).map(|h| h.value);
         let conn_tokens = value("connection").unwrap_or(b"");
         let chunked = value("transfer-encoding").is_some_and(|v| contains_ci(v, b"chunked"));
-        let length = value("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
-        let framing = if req.method() == "HEAD" || code == 204 || code == 304 || (100..200).contains(&code) {
+        let length = value("content-length").and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()?.parse::<u64>().ok());
+        let framing = if self.head || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
         } else if chunked {
             Framing::Chunked
@@ -956,10 +968,14 @@ impl State {
             if hidden(k) {
                 continue;
             }
-            if k.eq_ignore_ascii_case("content-length") && !matches!(framing, Framing::Length(_)) && req.method() != "HEAD" {
+            if k.eq_ignore_ascii_case("content-length") && !matches!(framing, Framing::Length(_)) && !self.head {
                 continue;
             }
-            let v = String::from_utf8_lossy(h.value);
+            // Checked first: from_utf8_lossy's chunk scan costs more.
+            let v = match std::str::from_utf8(h.value) {
+                Ok(v) => std::borrow::Cow::Borrowed(v),
+                Err(_) => String::from_utf8_lossy(h.value),
+            };
             if k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh") {
                 req.add_header(k, &rewrite_redirect(conf, pass, &v));
                 continue;
@@ -984,7 +1000,7 @@ impl State {
     }
 
     /// Whether another peer may be tried for this request.
-    fn may_retry(&self, req: &Request<'_>, conf: &Conf) -> bool {
+    fn may_retry(&self, conf: &Conf) -> bool {
         let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
         if mask & next::OFF != 0 {
             return false;
@@ -998,8 +1014,7 @@ impl State {
                 return false;
             }
         }
-        let idempotent = matches!(req.method(), "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
-        if self.sent > 0 && !idempotent && mask & next::NON_IDEMPOTENT == 0 {
+        if self.sent > 0 && !self.idempotent && mask & next::NON_IDEMPOTENT == 0 {
             return false;
         }
         self.tried.iter().any(|t| !t)
@@ -1053,7 +1068,7 @@ impl State {
             Fail::InvalidHeader => next::INVALID_HEADER,
         };
         self.release(false, now, false);
-        if mask & bit != 0 && self.may_retry(req, conf) {
+        if mask & bit != 0 && self.may_retry(conf) {
             return match self.connect(req, conf) {
                 Flow::Return(s) => Some(s),
                 _ => None,
@@ -1312,9 +1327,9 @@ const DEFAULT_SET: [(&str, &str); 7] =
     [("Host", "$proxy_host"), ("Connection", "close"), ("Keep-Alive", ""), ("Expect", ""), ("Upgrade", ""), ("TE", ""), ("Transfer-Encoding", "")];
 
 /// Writes the request head and body for the upstream into `out`.
-fn build_request(req: &Request<'_>, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>) {
+fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(req.method().as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     upstream_uri(req, pass, out);
     out.extend_from_slice(if conf.http11.unwrap_or(false) { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
