@@ -592,6 +592,12 @@ impl State {
         }
     }
 
+    /// Sets the deadline `ms` (a `proxy_*_timeout`, unset = 60 s) from
+    /// this step's time.
+    fn expire_in(&mut self, ms: Option<u64>) {
+        self.deadline = Some(self.now() + Duration::from_millis(timeout(ms)));
+    }
+
     /// The time this step began.
     fn now(&self) -> Instant {
         self.now.unwrap_or_else(Instant::now)
@@ -752,7 +758,7 @@ impl State {
             return Flow::Failed(Fail::Error);
         }
         self.phase = Phase::Sending;
-        self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.send_timeout)));
+        self.expire_in(conf.send_timeout);
         Flow::Next
     }
 
@@ -797,7 +803,7 @@ impl State {
             match c.write(&self.out[self.sent..]) {
                 Ok(Some(n)) if n > 0 => {
                     self.sent += n;
-                    self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.send_timeout)));
+                    self.expire_in(conf.send_timeout);
                 }
                 Ok(_) => {
                     if self.timed_out() {
@@ -814,7 +820,7 @@ impl State {
             return Flow::Failed(Fail::Error);
         }
         self.phase = Phase::ReadingHead;
-        self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout)));
+        self.expire_in(conf.read_timeout);
         Flow::Next
     }
 
@@ -874,7 +880,7 @@ impl State {
                 return Flow::Failed(Fail::InvalidHeader);
             }
             match self.fill(c, max) {
-                Ok(Some(true)) => self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout))),
+                Ok(Some(true)) => self.expire_in(conf.read_timeout),
                 Ok(Some(false)) => {
                     plugin_api::log(
                         sys::LOG_ERR,
@@ -1113,11 +1119,11 @@ impl State {
             if !spill_room && !req.resume_when_drained(mem_limit) {
                 // The client is the bottleneck (send_timeout is its
                 // clock): the upstream's read timeout starts again later.
-                self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout)));
+                self.expire_in(conf.read_timeout);
                 return Flow::Return(Status::Again);
             }
             match self.fill(c, chunk) {
-                Ok(Some(true)) => self.deadline = Some(self.now() + Duration::from_millis(timeout(conf.read_timeout))),
+                Ok(Some(true)) => self.expire_in(conf.read_timeout),
                 Ok(Some(false)) => {
                     if self.framing == Some(Framing::Close) {
                         self.phase = Phase::Finished;
