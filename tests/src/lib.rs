@@ -20,7 +20,26 @@ pub fn ngxr_bin() -> PathBuf {
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("ngxr");
     assert!(bin.exists(), "{} not found: run `cargo build --workspace` first", bin.display());
+    static FRESH: std::sync::Once = std::sync::Once::new();
+    FRESH.call_once(|| assert_fresh(&bin));
     bin
+}
+
+/// Panics when `built` is older than one of its sources (as listed in
+/// cargo's dep-info file beside it): `cargo test -p ngxr-tests` builds the
+/// tests, not the binary and plugins they run, and a stale one would test
+/// old code.
+fn assert_fresh(built: &Path) {
+    let Ok(at) = std::fs::metadata(built).and_then(|m| m.modified()) else { return };
+    let Ok(deps) = std::fs::read_to_string(built.with_extension("d")) else { return };
+    let stale = deps
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(_, srcs)| srcs))
+        .flat_map(str::split_whitespace)
+        .find(|src| std::fs::metadata(src).and_then(|m| m.modified()).is_ok_and(|t| t > at));
+    if let Some(src) = stale {
+        panic!("{} is older than {src}: run `cargo build --workspace` first", built.display());
+    }
 }
 
 /// Repeats `f` until it returns `Some`, or panics naming `what` at the deadline.
@@ -439,6 +458,7 @@ pub fn build_c_plugin(src: &Path, include: &Path, defines: &[&str], out: &Path) 
 pub fn plugin_so(name: &str) -> PathBuf {
     let so = ngxr_bin().parent().unwrap().join(format!("libngxr_{name}.so"));
     assert!(so.exists(), "{} not found: run `cargo build --workspace` first", so.display());
+    assert_fresh(&so);
     so
 }
 
@@ -519,6 +539,7 @@ pub fn testkit_so() -> PathBuf {
     let bin = ngxr_bin();
     let so = bin.parent().unwrap().join("libngxr_testkit.so");
     assert!(so.exists(), "{} not found: run `cargo build --workspace` first", so.display());
+    assert_fresh(&so);
     so
 }
 
