@@ -84,6 +84,8 @@ pub struct Watch {
     /// Watch descriptor → the paths it was added under (several when
     /// paths lead to one inode through symlinks or hard links).
     wds: HashMap<i32, Vec<String>>,
+    /// The watch limit was reported in the error log (once per worker).
+    told_limit: bool,
 }
 
 impl Watch {
@@ -91,11 +93,21 @@ impl Watch {
     pub fn new() -> Option<Watch> {
         // SAFETY: plain system call; the descriptor is owned from here on.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        (fd >= 0).then(|| Watch {
+        if fd < 0 {
+            // Called once per worker: the cache goes on with stat().
+            let e = std::io::Error::last_os_error();
+            plugin_api::log(
+                plugin_api::sys::LOG_WARN,
+                &format!("inotify_init1() failed ({}), the open file cache checks every hit with stat() (fs.inotify.max_user_instances)", crate::os_error(&e)),
+            );
+            return None;
+        }
+        Some(Watch {
             // SAFETY: fd is a fresh descriptor nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             paths: HashMap::new(),
             wds: HashMap::new(),
+            told_limit: false,
         })
     }
 
@@ -143,6 +155,19 @@ impl Watch {
         // SAFETY: valid descriptor and NUL-terminated path.
         let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
         if wd < 0 {
+            // A path that vanished or is not readable is that path's
+            // matter; the watch limit is the machine's, said once.
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOSPC) && !self.told_limit {
+                self.told_limit = true;
+                plugin_api::log(
+                    plugin_api::sys::LOG_WARN,
+                    &format!(
+                        "inotify_add_watch() \"{path}\" failed ({}), files past the limit are checked with stat() on every hit (fs.inotify.max_user_watches)",
+                        crate::os_error(&e)
+                    ),
+                );
+            }
             return None;
         }
         self.paths.insert(path.to_string(), Watched { wd, refs: 1 });
