@@ -371,19 +371,30 @@ impl<'a> Worker<'a> {
             self.free.push(idx);
             return;
         };
-        let mut slot = Slot { conn, timer: None, want: None };
-        if let Err(e) = self.poll.registry().register(
-            &mut slot.conn.sock.tcp,
-            Token(CONN_BASE + idx),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            crate::log!(Alert, "epoll_ctl() on connection failed ({e})");
-            self.free.push(idx);
-            return;
-        }
-        self.conns[idx] = Some(slot);
+        self.conns[idx] = Some(Slot { conn, timer: None, want: None });
         self.active += 1;
-        self.conn_ready(idx);
+        // The request is usually there already: the connection goes into
+        // the epoll set only if it has to wait. One answered and closed at
+        // once (`Connection: close`, HTTP/1.0) costs no epoll_ctl() at all.
+        // Added later, the socket's current readiness is reported at once
+        // (edge-triggered epoll checks it on EPOLL_CTL_ADD): nothing that
+        // arrived in between is missed.
+        let now = crate::clock::now();
+        let quitting = self.quitting;
+        let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
+        let next = slot.conn.on_ready(now, quitting, &mut self.reqs);
+        if !matches!(next, Next::Close) {
+            if let Err(e) = self.poll.registry().register(
+                &mut slot.conn.sock.tcp,
+                Token(CONN_BASE + idx),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                crate::log!(Alert, "epoll_ctl() on connection failed ({e})");
+                self.close(idx);
+                return;
+            }
+        }
+        self.apply(idx, next);
     }
 
     fn conn_ready(&mut self, idx: usize) {
