@@ -581,8 +581,11 @@ unsafe extern "C" fn http_header_out_set(r: *mut sys::Request, name: Str, value:
 }
 
 /// Replaces every response header `n` by one with value `v` (None: removes them).
+#[inline]
 fn set_header_out(r: &mut Req, n: &str, v: Option<&str>) {
-    if !r.headers_out.is_empty() {
+    // Usually the name is new: a plain scan says so without retain()'s
+    // moving machinery.
+    if r.headers_out.iter().any(|(k, _)| k.eq_ignore_ascii_case(n)) {
         r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case(n));
     }
     if n.len() == 14 && n.eq_ignore_ascii_case("content-length") {
