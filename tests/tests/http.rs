@@ -357,7 +357,10 @@ fn closing_responses_arrive_whole() {
     // the close must not reset the connection under the response.
     let mut c = Client::new(s.port);
     c.send(b"GET /sleep?ms=300 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(100)); // the worker has read the request
+    // Time for the worker to read the request alone (not a readiness
+    // wait: if the bytes below come with it, the pipelined path runs
+    // instead, and must pass as well).
+    std::thread::sleep(Duration::from_millis(100));
     c.send(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.response().unwrap().body, b"slept");
     assert!(c.closed());
