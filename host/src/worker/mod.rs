@@ -379,11 +379,9 @@ impl<'a> Worker<'a> {
         // Added later, the socket's current readiness is reported at once
         // (edge-triggered epoll checks it on EPOLL_CTL_ADD): nothing that
         // arrived in between is missed.
-        let now = crate::clock::now();
-        let quitting = self.quitting;
-        let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
-        let next = slot.conn.on_ready(now, quitting, &mut self.reqs);
+        let Some(next) = self.on_ready(idx) else { return };
         if !matches!(next, Next::Close) {
+            let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
             if let Err(e) = self.poll.registry().register(
                 &mut slot.conn.sock.tcp,
                 Token(CONN_BASE + idx),
@@ -398,11 +396,17 @@ impl<'a> Worker<'a> {
     }
 
     fn conn_ready(&mut self, idx: usize) {
+        if let Some(next) = self.on_ready(idx) {
+            self.apply(idx, next);
+        }
+    }
+
+    /// Runs connection `idx` as far as it goes; what it waits for next.
+    fn on_ready(&mut self, idx: usize) -> Option<Next> {
         let now = crate::clock::now();
         let quitting = self.quitting;
-        let Some(Some(slot)) = self.conns.get_mut(idx) else { return };
-        let next = slot.conn.on_ready(now, quitting, &mut self.reqs);
-        self.apply(idx, next);
+        let slot = self.conns.get_mut(idx)?.as_mut()?;
+        Some(slot.conn.on_ready(now, quitting, &mut self.reqs))
     }
 
     fn apply(&mut self, idx: usize, next: Next) {
