@@ -1016,11 +1016,12 @@ impl<'a> Conn<'a> {
 
     fn write_out(&mut self) -> Result<bool, ()> {
         let fd = self.sock.tcp.as_raw_fd();
+        let tls = self.sock.is_tls();
         // sendfile cannot encrypt: TLS reads the file and writes records.
         let (sendfile, nopush, linger) = {
             let r = self.req.borrow();
             let core = &r.location().core;
-            (core.sendfile && !self.sock.is_tls(), core.tcp_nopush, core.lingering_close)
+            (core.sendfile && !tls, core.tcp_nopush, core.lingering_close)
         };
         let mut r = self.req.borrow_mut();
         // The connection's last response: the close (or lingering
@@ -1035,7 +1036,7 @@ impl<'a> Conn<'a> {
             && r.run == Run::Finalized
             && r.relay.is_none()
             && r.body_state == BodyIn::Done
-            && !self.sock.is_tls();
+            && !tls;
         // tcp_nopush: the head and the file leave in full segments; the
         // cork comes off when everything queued is out.
         if sendfile && nopush && !self.corked && r.out.iter().any(|c| matches!(c, Chunk::File { .. })) {
