@@ -1,7 +1,7 @@
 //! End-to-end harness: runs the real `ngxr` binary in a temporary prefix
 //! and talks to it with real sockets.
 //!
-//! Every server gets a free port ([`free_port`]), every wait has a deadline
+//! Every server gets ephemeral ports, every wait has a deadline
 //! ([`poll_until`]), and every started master is stopped on drop.
 
 use std::io::{Read, Write};
@@ -56,33 +56,9 @@ pub fn poll_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A free TCP port on 127.0.0.1 for a server a test starts next.
-///
-/// Taken below the kernel's ephemeral range (`ip_local_port_range`), so
-/// that no outgoing connection (a test client, the proxy's upstream
-/// connections) can be given the port between this check and the
-/// server's bind, as can happen with a port the kernel picked for
-/// `bind(0)`. A counter per process keeps parallel tests apart; the
-/// process id spreads test binaries. Falls back to `bind(0)` when the
-/// ephemeral range starts too low to leave room.
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not
+/// hand it out again soon).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    const FIRST: u32 = 10_000;
-    if low > FIRST + 1000 {
-        let span = low - FIRST;
-        let start = std::process::id().wrapping_mul(7919) % span;
-        for _ in 0..1000 {
-            let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-                return port as u16;
-            }
-        }
-    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
