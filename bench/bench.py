@@ -13,6 +13,7 @@ Nothing here is a test: it prints figures, it does not judge them.
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -178,14 +179,31 @@ def busy_ticks():
     return sum(t) - t[3] - t[4]
 
 
-def wrk(port, path, secs, conns, close=False):
-    """(requests/s, p99 ms, CPU µs per request, notes). The CPU figure is
-    the whole machine's busy time (server, wrk, backend, kernel) over the
-    requests served: where wrk's own CPU is the limit, requests/s cannot
-    tell the servers apart, the work each request costs still does."""
-    t0 = busy_ticks()
+def proc_ticks(pid):
+    """User and system CPU time of one process so far, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def children_secs():
+    """CPU seconds used by the waited-for children of this script (wrk)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wrk(port, path, secs, conns, close=False, worker=None):
+    """A dict: rps, p99 (ms), cpu (µs per request, the whole machine's busy
+    time: server, wrk, backend, kernel), worker (µs per request charged to
+    the server's worker process, if given), client (wrk's CPU as a share
+    of one CPU over the run), note. Where wrk's own CPU is the limit
+    (client near 1.0), requests/s cannot tell the servers apart; the work
+    each request costs still does."""
+    t0, w0, c0, wall0 = busy_ticks(), worker and proc_ticks(worker), children_secs(), time.monotonic()
     out = wrk_out(port, path, secs, conns, close)
     busy = busy_ticks() - t0
+    wticks = worker and proc_ticks(worker) - w0
+    client = (children_secs() - c0) / (time.monotonic() - wall0)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
     p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -193,14 +211,16 @@ def wrk(port, path, secs, conns, close=False):
     sock_err = re.search(r"Socket errors: (.*)", out)
     if not rps or not p99 or not total or int(total.group(1)) == 0:
         sys.exit(f"cannot read wrk's output:\n{out}")
-    cpu = busy * 1e6 / os.sysconf("SC_CLK_TCK") / int(total.group(1))
+    n = int(total.group(1))
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     note = ""
     if errors:
         note += f" non-2xx={errors.group(1)}"
     if sock_err:
         note += f" socket errors: {sock_err.group(1)}"
-    return float(rps.group(1)), float(p99.group(1)) * scale, cpu, note
+    return {"rps": float(rps.group(1)), "p99": float(p99.group(1)) * scale, "cpu": busy * tick_us / n,
+            "worker": wticks * tick_us / n if worker else 0.0, "client": client, "note": note}
 
 
 def idle_rss(port, pid, n):
@@ -360,28 +380,41 @@ def main():
         pin = (f"servers on CPU {PIN['server']}, wrk and backend on CPU {PIN['client']}"
                if PIN["server"] is not None else "not pinned")
         print(f"# {os.cpu_count()} CPUs, {pin}, {time.strftime('%Y-%m-%d')}")
-        print("# per server: requests/s, p99 latency, the machine's busy CPU time per request;"
-              " ratio = ngxr/nginx requests/s (median, and the lowest and highest round)")
+        print("# per server: requests/s; p99 latency; CPU time per request, of the whole machine (servers, wrk,"
+              " backend, kernel) and of the server's worker alone; wrk's CPU (100 % = one CPU: wrk is the limit)")
+        print("# ratio = ngxr/nginx requests/s: median, and the lowest and highest round's own ratio")
+        workers = {"ngxr": ngxr.worker_pid(), "nginx": nginx.worker_pid()}
+        keys = ["rps", "p99", "cpu", "worker", "client"]
         for title, path, conns, close in SCENARIOS:
             if a.only and a.only not in title:
                 continue
             runs = {"ngxr": [], "nginx": []}
             for _ in range(a.rounds):
                 for name, srv in [("ngxr", ngxr), ("nginx", nginx)]:
-                    rps, p99, cpu, note = wrk(srv.port, path, a.secs, conns, close)
-                    runs[name].append((rps, p99, cpu))
-                    if note:
-                        print(f"  ! {name} {title}:{note}", file=sys.stderr)
-            med = {k: [statistics.median(run[i] for run in v) for i in range(3)] for k, v in runs.items()}
-            ratio = med["ngxr"][0] / med["nginx"][0]
+                    r = wrk(srv.port, path, a.secs, conns, close, worker=workers[name])
+                    runs[name].append(r)
+                    if r["note"]:
+                        print(f"  ! {name} {title}:{r['note']}", file=sys.stderr)
+            med = {k: {f: statistics.median(r[f] for r in v) for f in keys} for k, v in runs.items()}
+            ratio = med["ngxr"]["rps"] / med["nginx"]["rps"]
             # Each round's own ratio (its ngxr run over the nginx run right
             # after it): the spread says how far the median can be trusted.
-            each = [a[0] / b[0] for a, b in zip(runs["ngxr"], runs["nginx"])]
-            cells = " | ".join(f"{k} {m[0]:>9.0f} rps p99 {m[1]:6.2f} ms {m[2]:6.1f} µs" for k, m in med.items())
-            print(f"{title:40} {cells} | ratio {ratio:.2f} (rounds {min(each):.2f}-{max(each):.2f})", flush=True)
+            each = [x["rps"] / y["rps"] for x, y in zip(runs["ngxr"], runs["nginx"])]
+            print(title, flush=True)
+            for k, m in med.items():
+                print(f"    {k:5} {m['rps']:>9.0f} rps  p99 {m['p99']:6.2f} ms  CPU/req machine {m['cpu']:6.1f} µs"
+                      f"  worker {m['worker']:6.1f} µs  wrk {m['client'] * 100:3.0f} %")
+            # When wrk runs flat out for both servers, requests/s is wrk's
+            # speed, not theirs: say so next to the ratio, with what does
+            # still separate them.
+            bound = min(m["client"] for m in med.values()) >= 0.9
+            cost = med["ngxr"]["worker"] / med["nginx"]["worker"]
+            print(f"    ratio {ratio:.2f} (rounds {min(each):.2f}-{max(each):.2f})"
+                  f"; worker CPU/req ngxr/nginx {cost:.2f}" + ("  [wrk-bound: requests/s is wrk's speed]" if bound else ""),
+                  flush=True)
 
         if not a.only or "ceiling" in a.only:
-            c = [wrk(ceiling.port, "/", a.secs, 50)[0] for _ in range(a.rounds)]
+            c = [wrk(ceiling.port, "/", a.secs, 50)["rps"] for _ in range(a.rounds)]
             print(f"{'ceiling: bare mio+httparse fixed reply':40} {statistics.median(c):>14.0f} rps", flush=True)
 
         if a.idle and (not a.only or "idle" in a.only):
