@@ -494,7 +494,8 @@ typedef struct ngx_plugin_host_s {
     /** Memory freed when the request finishes (NULL on failure). */
     void *(*http_alloc)(ngx_plugin_request_t *r, size_t size);
     /** Attaches per-request plugin state; `free` (may be NULL) runs when
-     *  the request finishes. One slot per plugin. */
+     *  the request finishes, before the request's http_alloc memory is
+     *  released (so the state may live in it). One slot per plugin. */
     ngx_plugin_rc_t (*http_set_ctx)(ngx_plugin_request_t *r, void *ctx, void (*free_fn)(void *));
     /** This plugin's per-request state, or NULL. */
     void *(*http_ctx)(ngx_plugin_request_t *r);

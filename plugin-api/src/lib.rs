@@ -762,7 +762,9 @@ impl<'a> Request<'a> {
     }
 
     /// This plugin's per-request state, created with `Default` on first
-    /// use and dropped when the request ends.
+    /// use and dropped when the request ends. It lives in the request's
+    /// memory (no allocation per request) unless aligned to more than 16
+    /// bytes. One type per plugin: every call must name the same `T`.
     pub fn ctx<T: Default + 'static>(&mut self) -> &mut T {
         let h = rt::host();
         // SAFETY: live handle.
@@ -772,11 +774,34 @@ impl<'a> Request<'a> {
             // plugin by contract of this method.
             return unsafe { &mut *(p as *mut T) };
         }
-        let b = Box::into_raw(Box::<T>::default());
-        if let Some(f) = h.http_set_ctx {
-            // SAFETY: live handle; the host calls drop_box::<T> once.
-            unsafe { f(self.raw, b.cast(), Some(rt::drop_box::<T>)) };
+        let Some(set) = h.http_set_ctx else {
+            // A host without per-request state: this call's own, leaked.
+            return Box::leak(Box::<T>::default());
+        };
+        // In the request's own memory when it fits (as nginx's module
+        // contexts live in the request pool): no allocation per request,
+        // since the host keeps that memory from one request to the next.
+        // Request memory is 16-aligned, and the host runs ctx free
+        // functions before releasing it (ngx_plugin.h, http_set_ctx).
+        let (size, align) = (std::mem::size_of::<T>(), std::mem::align_of::<T>());
+        if size > 0 && align <= 16 {
+            if let Some(alloc) = h.http_alloc {
+                // SAFETY: live handle.
+                let p = unsafe { alloc(self.raw, size) } as *mut T;
+                if !p.is_null() {
+                    // SAFETY: p is size bytes, aligned for T, ours until the
+                    // request ends; dropped once by drop_in_request.
+                    unsafe {
+                        p.write(T::default());
+                        set(self.raw, p.cast(), Some(rt::drop_in_request::<T>));
+                        return &mut *p;
+                    }
+                }
+            }
         }
+        let b = Box::into_raw(Box::<T>::default());
+        // SAFETY: live handle; the host calls drop_box::<T> once.
+        unsafe { set(self.raw, b.cast(), Some(rt::drop_box::<T>)) };
         // SAFETY: just allocated; owned by the request from now on.
         unsafe { &mut *b }
     }

@@ -147,11 +147,22 @@ pub unsafe extern "C" fn var_tramp(r: *mut sys::Request, data: *mut c_void, out:
     })
 }
 
-/// Frees per-request state made by `Request::ctx`.
+/// Frees per-request state made by `Request::ctx` on the heap.
 pub unsafe extern "C" fn drop_box<T>(p: *mut c_void) {
     if !p.is_null() {
         // SAFETY: made by Box::into_raw::<T> in Request::ctx, freed once.
         drop(unsafe { Box::from_raw(p as *mut T) });
+    }
+}
+
+/// Drops per-request state made by `Request::ctx` in the request's
+/// memory (`http_alloc`): the host releases the memory itself, after this.
+pub unsafe extern "C" fn drop_in_request<T>(p: *mut c_void) {
+    if !p.is_null() {
+        // SAFETY: a T written in place by Request::ctx, dropped once, and
+        // its memory outlives this call (the host frees request memory
+        // after the ctx free functions have run).
+        unsafe { std::ptr::drop_in_place(p as *mut T) };
     }
 }
 

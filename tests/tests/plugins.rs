@@ -70,6 +70,33 @@ fn rust_plugin_request_api_and_merge() {
     assert_eq!(get(p2, "/").unwrap().body, b"inner");
 }
 
+/// `Request::ctx`: a fresh state per request, the same one within it,
+/// aligned for its type, dropped exactly once when the request ends, for
+/// a state small enough for the request's memory, a large one and an
+/// over-aligned one, on a keepalive connection whose request memory is
+/// reused.
+#[test]
+fn rust_plugin_ctx_is_per_request_and_dropped_once() {
+    let s = Server::start(&format!(
+        "load_module {};\nevents {{}}\nhttp {{ server {{ listen 127.0.0.1:PORT; testkit_reply x; }} }}\n",
+        testkit_so().display()
+    ));
+    let mut c = Client::new(s.port);
+    let mut last: Option<u64> = None;
+    for kind in ["small", "big", "aligned", "small", "big", "aligned", "small"] {
+        c.send(format!("GET /ctx/{kind} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let r = c.response().unwrap();
+        let body = String::from_utf8(r.body).unwrap();
+        let drops: u64 = body.rsplit("drops=").next().unwrap().parse().unwrap();
+        assert!(body.starts_with("fresh=true same=true aligned=true "), "{kind}: {body}");
+        // The previous request's state was dropped when it ended, once.
+        if let Some(prev) = last {
+            assert_eq!(drops, prev + 1, "{kind}: {body}");
+        }
+        last = Some(drops);
+    }
+}
+
 #[test]
 fn panic_in_rust_handler_fails_only_that_request() {
     let so = testkit_so();

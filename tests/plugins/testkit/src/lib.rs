@@ -14,8 +14,13 @@
 //!   answers "slept".
 //! - `/chunks` sends its body in three pieces without a length (chunked
 //!   on HTTP/1.1, close-delimited on HTTP/1.0).
+//! - `/ctx/small`, `/ctx/big`, `/ctx/aligned` take a per-request state
+//!   (`Request::ctx`) of that kind and answer whether it was fresh, the
+//!   same object when asked again, aligned for its type, and how many
+//!   states this worker has dropped so far.
 
 use plugin_api::{export_plugin, sys, DirectiveSpec, Phase, Plugin, Request, Shm, Status};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-block configuration.
 #[derive(Default, Clone)]
@@ -27,6 +32,59 @@ pub struct Conf {
 
 /// The plugin.
 pub struct Testkit;
+
+/// Per-request states dropped by this worker (`/ctx/*`).
+static CTX_DROPS: AtomicU64 = AtomicU64::new(0);
+
+/// A per-request state for `/ctx/*`: each kind lands in a different place
+/// (request memory, its own block, the heap).
+trait Probe: Default + 'static {
+    fn fresh(&self) -> bool;
+    fn mark(&mut self);
+    fn marked(&self) -> bool;
+}
+
+macro_rules! probe {
+    ($(#[$a:meta])* $name:ident, $words:expr) => {
+        $(#[$a])*
+        struct $name([u64; $words]);
+        impl Default for $name {
+            fn default() -> Self {
+                $name([0; $words])
+            }
+        }
+        impl Probe for $name {
+            fn fresh(&self) -> bool {
+                self.0.iter().all(|&w| w == 0)
+            }
+            fn mark(&mut self) {
+                self.0.fill(u64::MAX);
+            }
+            fn marked(&self) -> bool {
+                self.0.iter().all(|&w| w == u64::MAX)
+            }
+        }
+        impl Drop for $name {
+            fn drop(&mut self) {
+                CTX_DROPS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    };
+}
+probe!(Small, 1);
+probe!(Big, 64);
+probe!(#[repr(align(64))] Aligned, 2);
+
+fn ctx_probe<T: Probe>(req: &mut Request<'_>) -> Status {
+    let c: &mut T = req.ctx();
+    let aligned = (c as *const T as usize).is_multiple_of(std::mem::align_of::<T>());
+    let fresh = c.fresh();
+    c.mark();
+    let same = req.ctx::<T>().marked();
+    let drops = CTX_DROPS.load(Ordering::Relaxed);
+    let text = format!("fresh={fresh} same={same} aligned={aligned} drops={drops}");
+    req.respond(200, "text/plain", text.as_bytes())
+}
 
 const ANY_HTTP: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
 
@@ -110,6 +168,9 @@ impl Plugin for Testkit {
                     Err(_) => Status::Error,
                 };
             }
+            "/ctx/small" => return ctx_probe::<Small>(req),
+            "/ctx/big" => return ctx_probe::<Big>(req),
+            "/ctx/aligned" => return ctx_probe::<Aligned>(req),
             "/chunks" => {
                 req.set_status(200);
                 for (i, piece) in [&b"one,"[..], b"two,", b"three"].iter().enumerate() {
