@@ -143,7 +143,7 @@ fn refusals_name_the_file_and_the_reason() {
         let conf = dir.join("conf/ngxr.conf").display().to_string();
         assert_eq!(o.status.code(), Some(1), "{path}");
         let out = text(&o);
-        assert!(out.contains(&format!("[emerg] load_module \"")), "{out}");
+        assert!(out.contains("[emerg] load_module \""), "{out}");
         assert!(out.contains(&want), "{path}: want {want:?} in {out}");
         assert!(out.contains(&format!(" in {conf}:1")), "{out}");
     }

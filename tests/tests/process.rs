@@ -61,7 +61,7 @@ fn reload_with_broken_config_keeps_old_generation_serving() {
     assert!(o.status.success());
     let conf = s.prefix.path().join("conf/ngxr.conf").display().to_string();
     poll_until("the refusal to be logged", SECS, || {
-        s.prefix.error_log().contains(&format!("[emerg]")).then_some(())
+        s.prefix.error_log().contains("[emerg]").then_some(())
     });
     let log = s.prefix.error_log();
     assert!(log.contains(&format!("unknown directive \"broken_directive\" in {conf}:")), "{log}");

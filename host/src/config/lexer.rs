@@ -120,7 +120,7 @@ impl<'a> Lexer<'a> {
         while let Some(&c) = self.src.get(self.pos) {
             match c {
                 b' ' | b'\t' | b'\r' | b'\n' | b';' => break,
-                b'{' if !(out.last() == Some(&b'$')) && !in_var_braces => break,
+                b'{' if out.last() != Some(&b'$') && !in_var_braces => break,
                 b'}' if !in_var_braces => break,
                 b'{' => {
                     in_var_braces = true;

@@ -173,21 +173,17 @@ impl Master {
         }
         match sig {
             libc::SIGCHLD => self.reap(),
-            libc::SIGQUIT => {
-                if self.stop.is_none() {
-                    crate::log!(Notice, "gracefully shutting down");
-                    self.stop = Some(Stop::Graceful);
-                    self.respawn.clear();
-                    self.signal_workers(libc::SIGQUIT, |_| true);
-                }
+            libc::SIGQUIT if self.stop.is_none() => {
+                crate::log!(Notice, "gracefully shutting down");
+                self.stop = Some(Stop::Graceful);
+                self.respawn.clear();
+                self.signal_workers(libc::SIGQUIT, |_| true);
             }
-            libc::SIGTERM | libc::SIGINT => {
-                if !matches!(self.stop, Some(Stop::Fast { .. })) {
-                    crate::log!(Notice, "exiting");
-                    self.stop = Some(Stop::Fast { kill_at: Instant::now() + Duration::from_secs(3) });
-                    self.respawn.clear();
-                    self.signal_workers(libc::SIGTERM, |_| true);
-                }
+            libc::SIGTERM | libc::SIGINT if !matches!(self.stop, Some(Stop::Fast { .. })) => {
+                crate::log!(Notice, "exiting");
+                self.stop = Some(Stop::Fast { kill_at: Instant::now() + Duration::from_secs(3) });
+                self.respawn.clear();
+                self.signal_workers(libc::SIGTERM, |_| true);
             }
             libc::SIGHUP if self.stop.is_none() => {
                 if self.retired && self.new_binary.is_some() {

@@ -174,12 +174,12 @@ impl Plugins {
         in_ctx: u32,
         confs: &[*mut c_void],
         node: Option<usize>,
-        data: &mut Vec<*mut c_void>,
+        data: &mut [*mut c_void],
         reg: &Registry,
     ) -> Result<(), ConfError> {
         for d in list {
             let Ok(spec) = reg.find(&d.name, in_ctx) else { continue };
-            let mut child_data = data.clone();
+            let mut child_data = data.to_vec();
             if let Some(pi) = spec.owner {
                 let p = &self.list[pi];
                 let set = p.setters.iter().find(|(n, _)| *n == d.name).and_then(|(_, s)| *s);

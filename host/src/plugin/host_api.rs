@@ -111,11 +111,14 @@ impl<'a> ConfCtx<'a> {
 use crate::http::request::{self as hreq, Req};
 use std::cell::RefCell;
 
+/// Live requests: slot → (request cell, generation), and the free slots.
+type Slots = (Vec<(*const RefCell<Req<'static>>, u32)>, Vec<usize>);
+
 thread_local! {
-    /// Live requests: slot → (request cell, generation). A handle encodes
-    /// (generation, slot + 1), so a stale handle answers GONE instead of
-    /// reaching freed or reused memory.
-    static REQS: RefCell<(Vec<(*const RefCell<Req<'static>>, u32)>, Vec<usize>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The live requests. A handle encodes (generation, slot + 1), so a
+    /// stale handle answers GONE instead of reaching freed or reused
+    /// memory.
+    static REQS: RefCell<Slots> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Registers a request cell; returns its ABI handle (never 0).

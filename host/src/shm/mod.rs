@@ -47,13 +47,13 @@ impl Zone {
         let mut spins = 0u32;
         loop {
             let cur = w.load(Ordering::Relaxed);
-            if cur == 0 || (spins > 1000 && !owner_alive(cur)) {
-                if w.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    return;
-                }
+            if (cur == 0 || (spins > 1000 && !owner_alive(cur)))
+                && w.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                return;
             }
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -102,7 +102,7 @@ pub fn retain_generation(gen: u64) {
 
 /// Finds or creates a zone for the generation being configured.
 pub fn zone(plugin: &str, name: &str, size: u64, version: u32) -> Result<Rc<Zone>, String> {
-    if size < 4096 || size > (1 << 40) {
+    if !(4096..=(1 << 40)).contains(&size) {
         return Err(format!("zone \"{name}\" is too small or too large ({size} bytes; at least 4k)"));
     }
     let gen = GEN.with(Cell::get);

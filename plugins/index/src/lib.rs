@@ -28,7 +28,7 @@ impl Plugin for Index {
                     return Err("index \"\" in \"index\" directive is invalid".into());
                 }
                 if name.starts_with('/') && i + 1 != a.len() {
-                    return Err(format!("only the last index in \"index\" directive should be absolute"));
+                    return Err("only the last index in \"index\" directive should be absolute".into());
                 }
             }
             c.index.get_or_insert_with(Vec::new).extend(a.iter().map(|n| Template::parse(n)));

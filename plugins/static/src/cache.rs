@@ -254,7 +254,7 @@ pub fn insert(path: &str, e: Entry, s: Settings) -> Rc<Entry> {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         let now = coarse_ms();
-        if c.swept.map_or(true, |t| now.saturating_sub(t) >= 1000) {
+        if c.swept.is_none_or(|t| now.saturating_sub(t) >= 1000) {
             c.swept = Some(now);
             let inactive = s.inactive.as_millis() as u64;
             let idle: Vec<String> = c.map.iter().filter(|(_, v)| now.saturating_sub(v.used.get()) >= inactive).map(|(k, _)| k.clone()).collect();

@@ -307,7 +307,7 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
             }
         };
         let ranges = match range {
-            Some(spec) if cond == 200 && if_range.map_or(true, if_range_ok) => parse_ranges(spec, size),
+            Some(spec) if cond == 200 && if_range.is_none_or(if_range_ok) => parse_ranges(spec, size),
             _ => Ranges::Ignore,
         };
         (cond, ranges)
