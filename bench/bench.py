@@ -176,7 +176,9 @@ def busy_ticks():
     machine so far, in clock ticks."""
     with open("/proc/stat") as f:
         t = [int(x) for x in f.readline().split()[1:]]
-    return sum(t) - t[3] - t[4]
+    # user nice system idle iowait irq softirq steal (guest time is
+    # already inside user and nice)
+    return sum(t[:8]) - t[3] - t[4]
 
 
 def proc_ticks(pid):
