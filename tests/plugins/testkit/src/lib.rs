@@ -50,12 +50,14 @@ macro_rules! probe {
         struct $name([u64; $words]);
         impl Default for $name {
             fn default() -> Self {
-                $name([0; $words])
+                // Not zero: request memory comes zeroed, and the test
+                // must see Default's value written there.
+                $name([7; $words])
             }
         }
         impl Probe for $name {
             fn fresh(&self) -> bool {
-                self.0.iter().all(|&w| w == 0)
+                self.0.iter().all(|&w| w == 7)
             }
             fn mark(&mut self) {
                 self.0.fill(u64::MAX);
