@@ -2,9 +2,10 @@
 """ngxr against nginx, side by side, in one run (called by bench/run).
 
 Both servers get the same files, one worker, access_log off, sendfile on,
-and listen on 127.0.0.1. For every scenario wrk runs on ngxr, then nginx,
-then ngxr again... (A B A B, --rounds times) so machine drift cancels;
-the table shows the median of the rounds. The last scenario measures the
+and listen on 127.0.0.1. For every scenario wrk runs once on each to warm
+up (not counted), then on both in turns, --rounds times, in the order
+A B, B A, A B... so a steady drift of the machine cancels and neither
+server always goes first; the table shows the median of the rounds. The last scenario measures the
 worker's resident memory holding 10,000 idle keepalive connections.
 
 Nothing here is a test: it prints figures, it does not judge them.
@@ -378,7 +379,7 @@ def main():
             return
 
         print(f"# ngxr vs nginx ({subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}),"
-              f" wrk -t1, {a.secs}s per run, {a.rounds} rounds A B A B, median shown")
+              f" wrk -t1, {a.secs}s per run, {a.rounds} rounds A B, B A, ... after a warm-up, median shown")
         pin = (f"servers on CPU {PIN['server']}, wrk and backend on CPU {PIN['client']}"
                if PIN["server"] is not None else "not pinned")
         print(f"# {os.cpu_count()} CPUs, {pin}, {time.strftime('%Y-%m-%d')}")
@@ -391,16 +392,23 @@ def main():
             if a.only and a.only not in title:
                 continue
             runs = {"ngxr": [], "nginx": []}
-            for _ in range(a.rounds):
-                for name, srv in [("ngxr", ngxr), ("nginx", nginx)]:
+            pair = [("ngxr", ngxr), ("nginx", nginx)]
+            # A warm-up run each (caches, the upstream pool, the kernel's
+            # socket memory), not counted: the first run of a row would
+            # otherwise pay for it.
+            for name, srv in pair:
+                wrk(srv.port, path, 1, conns, close)
+            for i in range(a.rounds):
+                for name, srv in pair if i % 2 == 0 else pair[::-1]:
                     r = wrk(srv.port, path, a.secs, conns, close, worker=workers[name])
                     runs[name].append(r)
                     if r["note"]:
                         print(f"  ! {name} {title}:{r['note']}", file=sys.stderr)
             med = {k: {f: statistics.median(r[f] for r in v) for f in keys} for k, v in runs.items()}
             ratio = med["ngxr"]["rps"] / med["nginx"]["rps"]
-            # Each round's own ratio (its ngxr run over the nginx run right
-            # after it): the spread says how far the median can be trusted.
+            # Each round's own ratio (its ngxr run over its nginx run, one
+            # right after the other): the spread says how far the median
+            # can be trusted.
             each = [x["rps"] / y["rps"] for x, y in zip(runs["ngxr"], runs["nginx"])]
             print(title, flush=True)
             for k, m in med.items():
