@@ -5,8 +5,9 @@ Both servers get the same files, one worker, access_log off, sendfile on,
 and listen on 127.0.0.1. For every scenario wrk runs once on each to warm
 up (not counted), then on both in turns, --rounds times, in the order
 A B, B A, A B... so a steady drift of the machine cancels and neither
-server always goes first; the table shows the median of the rounds. The last scenario measures the
-worker's resident memory holding 10,000 idle keepalive connections.
+server always goes first; the table shows the median of the rounds. The
+last scenario measures the worker's resident memory holding 10,000 idle
+keepalive connections.
 
 Nothing here is a test: it prints figures, it does not judge them.
 """
