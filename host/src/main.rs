@@ -23,8 +23,8 @@ use std::process::ExitCode;
 
 /// Version of the host.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Plugin ABI version this host implements (major, minor).
-pub const ABI_VERSION: (u32, u32) = (1, 0);
+/// Plugin ABI version this host implements (major, minor): the header's.
+pub const ABI_VERSION: (u32, u32) = (plugin_api::sys::ABI_MAJOR, plugin_api::sys::ABI_MINOR);
 
 struct Cli {
     paths: Paths,
