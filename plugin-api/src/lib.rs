@@ -167,6 +167,18 @@ pub trait Plugin: 'static {
         Status::Declined
     }
 
+    /// True if [`Plugin::header_filter`] is to be registered.
+    const HEADER_FILTER: bool = false;
+
+    /// Output header filter (when [`Plugin::HEADER_FILTER`]): runs with the
+    /// location's merged `conf` for every response, before its head is
+    /// rendered, and may change the status and the headers. Filters run in
+    /// reverse load order, as nginx's. `Err` aborts the response: the
+    /// message is logged and the connection closed.
+    fn header_filter(_req: &mut Request<'_>, _conf: &Self::Conf) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Runs in each worker after fork; an error stops the worker.
     fn init_worker(_main: &Self::Conf) -> Result<(), String> {
         Ok(())

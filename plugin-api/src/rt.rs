@@ -219,7 +219,7 @@ pub fn build<P: Plugin>() -> Built {
         fini_cycle: None,
         handlers: handlers.as_ptr(),
         nhandlers: handlers.len(),
-        header_filter: None,
+        header_filter: if P::HEADER_FILTER { Some(header_filter_tramp::<P>) } else { None },
         body_filter: None,
     };
     Built { def, _names: names, _dirs: dirs, _handlers: handlers }
@@ -260,6 +260,27 @@ unsafe extern "C" fn handler_tramp<P: Plugin, const PHASE: u32>(r: *mut sys::Req
         // create_tramp::<P> made for this location.
         let (mut req, conf) = unsafe { (Request::from_raw(r), &*(conf as *const P::Conf)) };
         P::handle(phase_of(PHASE), &mut req, conf).rc()
+    })
+}
+
+unsafe extern "C" fn header_filter_tramp<P: Plugin>(r: *mut sys::Request, conf: *mut c_void) -> Rc {
+    guard(P::NAME, "the header filter", sys::ERROR, || {
+        if r.is_null() {
+            return sys::ERROR;
+        }
+        if conf.is_null() {
+            // A location the plugin has no configuration for: nothing to do.
+            return sys::OK;
+        }
+        // SAFETY: as in handler_tramp.
+        let (mut req, conf) = unsafe { (Request::from_raw(r), &*(conf as *const P::Conf)) };
+        match P::header_filter(&mut req, conf) {
+            Ok(()) => sys::OK,
+            Err(e) => {
+                log(sys::LOG_ERR, &e);
+                sys::ERROR
+            }
+        }
     })
 }
 

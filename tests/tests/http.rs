@@ -783,7 +783,9 @@ fn shipped_config_serves_out_of_the_box() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/html"));
     assert!(String::from_utf8_lossy(&r.body).contains("Welcome to ngxr!"));
-    assert!(String::from_utf8_lossy(&get(s.port, "/docs/").unwrap().body).contains("readme.md"));
+    let listing = get(s.port, "/docs/").unwrap();
+    assert!(String::from_utf8_lossy(&listing.body).contains("readme.md"));
+    assert_eq!((listing.header("cache-control"), listing.header("x-served-by")), (Some("max-age=60"), Some("ngxr")));
     assert_eq!(get(s.port, "/docs/readme.md").unwrap().header("content-type"), Some("text/plain"));
     assert_eq!(get(s.port, "/missing").unwrap().status, 404);
     // The proxy example: the same page through the "self" upstream.
