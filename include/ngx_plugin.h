@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 4
+#define NGX_PLUGIN_ABI_MINOR 5
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -343,6 +343,15 @@ typedef ngx_plugin_rc_t (*ngx_plugin_body_filter_pt)(ngx_plugin_request_t *r, vo
 #define NGX_PLUGIN_REQ_PROTOCOL    4 /* "HTTP/1.1" */
 #define NGX_PLUGIN_REQ_HOST        5 /* host name ("$host") */
 #define NGX_PLUGIN_REQ_REMOTE_ADDR 6 /* client address ("$remote_addr") */
+/* (1.5) The MIME type for $uri's extension by the location's `types`,
+ * else its `default_type` (nginx's ngx_http_set_content_type). A host
+ * older than 1.5 answers NGX_PLUGIN_INVALID. */
+#define NGX_PLUGIN_REQ_CONTENT_TYPE 7
+
+/* Flags of host->http_set_uri (1.5). */
+/* Search the locations again for the new URI once the REWRITE phase ends
+ * (nginx's `rewrite ... last`, or a rewrite without a flag). */
+#define NGX_PLUGIN_URI_RELOCATE 0x1u
 
 /* ------------------------------------------------------------------ */
 /* Async I/O                                                           */
@@ -662,6 +671,23 @@ typedef struct ngx_plugin_host_s {
      *  nothing. OWNERSHIP: copied. [worker] */
     ngx_plugin_rc_t (*http_headers_out_set)(ngx_plugin_request_t *r, const ngx_plugin_header_t *h,
                                             size_t n);
+
+    /* ---- appended in 1.5 -------------------------------------------- */
+
+    /** (1.5) Changes the request's URI ($uri, which must start with '/')
+     *  and, when args.data is not NULL, its arguments ($args), as nginx's
+     *  rewrite module does. From SERVER_REWRITE the location is then
+     *  searched for the new URI as usual. From REWRITE, with
+     *  NGX_PLUGIN_URI_RELOCATE the locations are searched again once the
+     *  phase ends and the request goes on from the new location's REWRITE
+     *  phase, as an internal request (at most 10 times per request: the
+     *  11th answers 500, "rewrite or internal redirection cycle"); without
+     *  it the request stays in its location (a `break`), and cancels a
+     *  relocation asked for earlier in the phase. Returns NGX_PLUGIN_INVALID
+     *  for a URI not starting with '/' or in another phase. OWNERSHIP:
+     *  copied. [worker] */
+    ngx_plugin_rc_t (*http_set_uri)(ngx_plugin_request_t *r, ngx_plugin_str_t uri,
+                                    ngx_plugin_str_t args, uint32_t flags);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

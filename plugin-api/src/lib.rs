@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod hash;
 pub mod http;
 pub mod io;
 pub mod sys;
@@ -525,6 +526,33 @@ impl<'a> Request<'a> {
         self.get(sys::REQ_URI)
     }
 
+    /// The MIME type for `$uri`'s extension by the location's `types`, else
+    /// its `default_type` (nginx's `ngx_http_set_content_type`); None from
+    /// a host older than ABI 1.5.
+    pub fn mime_type(&self) -> Option<&str> {
+        let mut out = sys::Str::empty();
+        let f = rt::host().http_get?;
+        // SAFETY: as in `get`.
+        (unsafe { f(self.raw, sys::REQ_CONTENT_TYPE, &mut out) } == sys::OK).then(|| unsafe { rt::str_of(out) })
+    }
+
+    /// Changes `$uri` (and `$args` when `args` is Some) from the
+    /// SERVER_REWRITE or REWRITE phase, as nginx's rewrite module does.
+    /// In REWRITE, `relocate` searches the locations again for the new URI
+    /// once the phase ends (`rewrite … last`); without it the request
+    /// stays in its location (`break`). See `http_set_uri` in
+    /// ngx_plugin.h.
+    pub fn set_uri(&mut self, uri: &str, args: Option<&str>, relocate: bool) -> Result<(), sys::Rc> {
+        let f = rt::slot!(http_set_uri).ok_or(sys::UNSUPPORTED)?;
+        let a = args.map_or(sys::Str { data: std::ptr::null(), len: 0 }, |a| sys::Str::from_bytes(a.as_bytes()));
+        let flags = if relocate { sys::URI_RELOCATE } else { 0 };
+        // SAFETY: live handle; strings copied by the host.
+        match unsafe { f(self.raw, sys::Str::from_bytes(uri.as_bytes()), a, flags) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
     /// The query string (`$args`).
     pub fn args(&self) -> &str {
         self.get(sys::REQ_ARGS)
@@ -548,7 +576,7 @@ impl<'a> Request<'a> {
     /// Several request headers in one host call: the value of the first
     /// header of each name (case-insensitive), in the order of `names`.
     pub fn headers_named<const N: usize>(&self, names: [&str; N]) -> [Option<&str>; N] {
-        let Some(f) = rt::host().http_headers_in else { return names.map(|n| self.header(n)) };
+        let Some(f) = rt::slot!(http_headers_in) else { return names.map(|n| self.header(n)) };
         let keys = names.map(|n| sys::Str::from_bytes(n.as_bytes()));
         let mut out = [sys::Str::empty(); N];
         // SAFETY: live handle; N names borrowed for the call, room for N
@@ -660,7 +688,7 @@ impl<'a> Request<'a> {
     /// if one is invalid; a longer list goes 8 at a time, and stops at the
     /// first group refused (earlier groups stay set).
     pub fn set_headers(&mut self, lines: &[(&str, Option<&str>)]) -> Result<(), sys::Rc> {
-        let Some(f) = rt::host().http_headers_out_set else {
+        let Some(f) = rt::slot!(http_headers_out_set) else {
             for &(n, v) in lines {
                 match v {
                     Some(v) => self.set_header(n, v),

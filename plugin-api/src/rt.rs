@@ -85,6 +85,19 @@ pub fn host_has(off: usize) -> bool {
     host().struct_size as usize >= off + std::mem::size_of::<usize>()
 }
 
+/// A host slot appended after ABI 1.0: None when the host's table is too
+/// old to have it (reading past its end would read foreign memory).
+macro_rules! slot {
+    ($f:ident) => {
+        if $crate::rt::host_has(std::mem::offset_of!($crate::sys::Host, $f)) {
+            $crate::rt::host().$f
+        } else {
+            None
+        }
+    };
+}
+pub(crate) use slot;
+
 /// Runs `f`, turning a panic into a logged `fallback`.
 pub fn guard<T>(plugin: &str, what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {

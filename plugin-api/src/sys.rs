@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 4;
+pub const ABI_MINOR: u32 = 5;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -70,6 +70,9 @@ pub const REQ_REQUEST_URI: u32 = 3;
 pub const REQ_PROTOCOL: u32 = 4;
 pub const REQ_HOST: u32 = 5;
 pub const REQ_REMOTE_ADDR: u32 = 6;
+pub const REQ_CONTENT_TYPE: u32 = 7;
+
+pub const URI_RELOCATE: u32 = 0x1;
 
 pub const EV_READ: u32 = 0x1;
 pub const EV_WRITE: u32 = 0x2;
@@ -294,6 +297,8 @@ pub struct Host {
     // appended in 1.4
     pub http_headers_in: Option<unsafe extern "C" fn(*mut Request, *const Str, *mut Str, usize) -> Rc>,
     pub http_headers_out_set: Option<unsafe extern "C" fn(*mut Request, *const Header, usize) -> Rc>,
+    // appended in 1.5
+    pub http_set_uri: Option<unsafe extern "C" fn(*mut Request, Str, Str, u32) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -126,6 +126,7 @@ impl Registry {
             Spec::new("listen", SERVER, 1, MANY),
             Spec::new("server_name", SERVER, 1, MANY),
             Spec::new("location", SERVER | LOCATION, 1, 2).block(LOCATION),
+            Spec::new("types", any_http, 0, 0).block(OPAQUE),
         ] {
             r.add(s);
         }

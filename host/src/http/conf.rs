@@ -81,6 +81,39 @@ pub struct Core {
     pub server_name_in_redirect: bool,
     /// `client_body_buffer_size` (kept for `$request_body` users).
     pub client_body_buffer_size: u64,
+    /// `types {}`: extension (lowercase) → MIME type; None: nginx's
+    /// built-in three.
+    pub types: Option<Arc<Types>>,
+    /// `default_type`.
+    pub default_type: String,
+}
+
+/// Extension → MIME type.
+pub type Types = plugin_api::hash::Map<String, String>;
+
+/// nginx's built-in types (used when no `types` block is configured).
+fn builtin_type(ext: &str) -> Option<&'static str> {
+    [("html", "text/html"), ("gif", "image/gif"), ("jpg", "image/jpeg")]
+        .iter()
+        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
+        .map(|(_, t)| *t)
+}
+
+impl Core {
+    /// The type for `uri`'s extension, as nginx's
+    /// `ngx_http_set_content_type`: the `types` map (or the built-in types
+    /// when there is no `types` block), else `default_type`.
+    pub fn content_type(&self, uri: &str) -> &str {
+        let name = uri.as_bytes().iter().rposition(|&c| c == b'/').map_or(uri, |i| &uri[i + 1..]);
+        let ext = name.as_bytes().iter().rposition(|&c| c == b'.').map(|i| &name[i + 1..]);
+        let found = match (&self.types, ext) {
+            (Some(types), Some(e)) if e.bytes().any(|b| b.is_ascii_uppercase()) => types.get(&e.to_ascii_lowercase()).map(String::as_str),
+            (Some(types), Some(e)) => types.get(e).map(String::as_str),
+            (None, Some(e)) => builtin_type(e),
+            (_, None) => None,
+        };
+        found.unwrap_or(&self.default_type)
+    }
 }
 
 impl Core {
@@ -109,6 +142,8 @@ impl Core {
             port_in_redirect: true,
             server_name_in_redirect: false,
             client_body_buffer_size: 16 * 1024,
+            types: None,
+            default_type: "text/plain".to_string(),
         }
     }
 }
@@ -344,6 +379,7 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("ssl_buffer_size", HS, 1, 1),
         ("ssl_dhparam", HS, 1, 1),
         ("ssl_ecdh_curve", HS, 1, 1),
+        ("default_type", H, 1, 1),
         ("output_buffers", H, 2, 2),
         ("postpone_output", H, 1, 1),
         ("send_lowat", H, 1, 1),
@@ -436,6 +472,19 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "client_max_body_size" => c.client_max_body_size = size(d, 0)?,
         "client_body_timeout" => c.client_body_timeout = dur(d, 0)?,
         "client_body_buffer_size" => c.client_body_buffer_size = size(d, 0)?,
+        "types" => {
+            let mut m = Types::default();
+            for ch in d.children() {
+                if ch.args.is_empty() {
+                    return Err(ch.err(format!("invalid number of arguments in \"{}\" of \"types\" block", ch.name)));
+                }
+                for e in &ch.args {
+                    m.insert(e.to_ascii_lowercase(), ch.name.clone());
+                }
+            }
+            c.types = Some(Arc::new(m));
+        }
+        "default_type" => c.default_type = d.args[0].clone(),
         "keepalive_timeout" => c.keepalive_timeout = dur(d, 0)?,
         "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
         "send_timeout" => c.send_timeout = dur(d, 0)?,
@@ -934,5 +983,28 @@ mod tests {
         assert!(c.core.alias && c.core.internal);
         assert!(!b.core.internal);
         assert_eq!(s.locs[0].core.error_pages[0].target, "/404.html");
+    }
+
+    #[test]
+    fn types_by_extension_and_inheritance() {
+        let s = server(
+            "http { types { text/plain txt; image/png png PNG2; } default_type application/octet-stream;
+              server { location /own { types { text/css css; } } location /def { default_type text/x-d; } location /none { } } }",
+        );
+        let core = |u: &str| &s.locs[s.find_location(u)].core;
+        let t = core("/x");
+        assert_eq!(t.content_type("/x/a.txt"), "text/plain");
+        assert_eq!(t.content_type("/x/A.PNG"), "image/png", "extensions match case-insensitively");
+        assert_eq!(t.content_type("/x/a.png2"), "image/png");
+        assert_eq!(t.content_type("/x.txt/noext"), "application/octet-stream", "a dot in a directory is no extension");
+        assert_eq!(t.content_type("/a.tar.gz"), "application/octet-stream");
+        assert_eq!(t.content_type("/a."), "application/octet-stream");
+        // A block's own types replace the inherited map; default_type alone
+        // keeps it.
+        assert_eq!((core("/own/a.css").content_type("/a.css"), core("/own/a.txt").content_type("/a.txt")), ("text/css", "application/octet-stream"));
+        assert_eq!((core("/def/a.txt").content_type("/a.txt"), core("/def/a.bin").content_type("/a.bin")), ("text/plain", "text/x-d"));
+        // Without a types block: nginx's built-in three, else text/plain.
+        let b = server("http { server { } }");
+        assert_eq!((b.locs[0].core.content_type("/i.GIF"), b.locs[0].core.content_type("/i.txt")), ("image/gif", "text/plain"));
     }
 }

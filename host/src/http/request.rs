@@ -167,6 +167,11 @@ pub struct Req<'a> {
     pub redirect: Option<Redirect>,
     /// Internal redirects so far (nginx allows 10).
     pub redirects: u8,
+    /// A plugin changed the URI in REWRITE and asked for the locations to
+    /// be searched again when the phase ends (`http_set_uri`).
+    pub uri_changed: bool,
+    /// Location searches after URI changes so far (nginx allows 10).
+    pub uri_changes: u8,
     /// This request reached its location through a redirect (`internal`).
     pub internal: bool,
     /// Serving an error_page: the status to answer with (and no recursion).
@@ -273,6 +278,8 @@ impl<'a> Req<'a> {
             finalize: None,
             redirect: None,
             redirects: 0,
+            uri_changed: false,
+            uri_changes: 0,
             internal: false,
             error_page: None,
             must_close: false,
@@ -387,6 +394,8 @@ impl<'a> Req<'a> {
         self.finalize = None;
         self.redirect = None;
         self.redirects = 0;
+        self.uri_changed = false;
+        self.uri_changes = 0;
         self.internal = false;
         self.error_page = None;
         self.must_close = false;
@@ -927,6 +936,17 @@ fn send_simple(cell: &RefCell<Req>, body: &[u8]) {
 
 /// Finalizes the request with `status`: error_page, or the built-in page.
 pub fn finalize_status(cell: &RefCell<Req>, status: u16) {
+    if status == 444 {
+        // nginx's NGX_HTTP_CLOSE: no response at all; the connection
+        // closes (and 444 is logged).
+        let mut r = cell.borrow_mut();
+        r.status = 444;
+        r.must_close = true;
+        r.header_sent = true;
+        r.body_done_out = true;
+        r.run = Run::Finalized;
+        return;
+    }
     let header_sent = cell.borrow().header_sent;
     if header_sent {
         // Too late for an error page: end the response and the connection.
@@ -1188,6 +1208,8 @@ fn step(cell: &RefCell<Req>) {
                 r.run = Run::Waiting;
             }
         }
+        // The handler sent the whole response itself, in any phase.
+        sys::DONE => r.run = Run::Finalized,
         rc => {
             if rc == sys::ERROR || !(rc == sys::OK || rc == sys::DONE || (100..600).contains(&rc)) {
                 crate::log!(Error, "plugin \"{}\" failed the request \"{} {}\" (rc {rc})", plugins.list[i].name, r.method, r.request_uri);
@@ -1202,8 +1224,23 @@ fn step(cell: &RefCell<Req>) {
 fn next_phase(cell: &RefCell<Req>) {
     let mut r = cell.borrow_mut();
     r.hidx = 0;
-    let from = r.phase;
+    let mut from = r.phase;
     r.phase += 1;
+    if from == sys::PHASE_REWRITE && r.uri_changed {
+        // nginx's post-rewrite phase: the URI changed, find its location
+        // and run that location's REWRITE phase.
+        r.uri_changed = false;
+        r.uri_changes += 1;
+        if r.uri_changes > 10 {
+            crate::log!(Error, "rewrite or internal redirection cycle while processing \"{}\"", r.uri);
+            drop(r);
+            finalize_status(cell, 500);
+            return;
+        }
+        r.internal = true;
+        r.phase = sys::PHASE_REWRITE;
+        from = sys::PHASE_SERVER_REWRITE;
+    }
     if from == sys::PHASE_SERVER_REWRITE {
         // FIND_CONFIG.
         let uri = std::mem::take(&mut r.uri);

@@ -483,6 +483,7 @@ unsafe extern "C" fn http_get(r: *mut sys::Request, what: u32, out: *mut Str) ->
         sys::REQ_PROTOCOL => r.protocol(),
         sys::REQ_HOST => &r.host,
         sys::REQ_REMOTE_ADDR => &r.remote_addr,
+        sys::REQ_CONTENT_TYPE => r.location().core.content_type(&r.uri),
         _ => return sys::INVALID,
     };
     put(out, v)
@@ -779,6 +780,25 @@ unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -
     sys::OK
 }
 
+unsafe extern "C" fn http_set_uri(r: *mut sys::Request, uri: Str, args: Str, flags: u32) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    let u = uri.as_bytes();
+    if u.first() != Some(&b'/') || !matches!(r.phase, sys::PHASE_SERVER_REWRITE | sys::PHASE_REWRITE) {
+        return sys::INVALID;
+    }
+    r.uri.clear();
+    r.uri.push_str(&String::from_utf8_lossy(u));
+    if !args.data.is_null() {
+        r.args.clear();
+        r.args.push_str(&String::from_utf8_lossy(args.as_bytes()));
+    }
+    if r.phase == sys::PHASE_REWRITE {
+        r.uri_changed = flags & sys::URI_RELOCATE != 0;
+    }
+    sys::OK
+}
+
 unsafe extern "C" fn http_read_body(r: *mut sys::Request, done: Option<sys::DoneFn>, data: *mut c_void) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
@@ -1015,8 +1035,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 64] = offsets!(
-    http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 65] = offsets!(
+    http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1106,6 +1126,7 @@ static TABLE: Table = Table(sys::Host {
     file_write: Some(super::files::file_write),
     http_headers_in: Some(http_headers_in),
     http_headers_out_set: Some(http_headers_out_set),
+    http_set_uri: Some(http_set_uri),
 });
 
 /// The host table handed to every plugin.

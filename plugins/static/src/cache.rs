@@ -129,7 +129,7 @@ fn read_body(file: &File, stamp: Stamp) -> std::io::Result<Option<Box<[u8]>>> {
 
 #[derive(Default)]
 struct Cache {
-    map: crate::hash::Map<String, Rc<Entry>>,
+    map: plugin_api::hash::Map<String, Rc<Entry>>,
     body_bytes: usize,
     swept: Option<u64>,
     /// This worker's inotify instance: None until first needed, Some(None)

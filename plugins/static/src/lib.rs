@@ -10,7 +10,8 @@
 //! → 416). The body goes out from memory (small files, cached) or as a
 //! file region (sendfile).
 //!
-//! Directives: `types { type ext…; }`, `default_type`, `etag on|off`,
+//! The Content-Type is the host's (`types`, `default_type`: core
+//! directives, as in nginx). Directives: `etag on|off`,
 //! `if_modified_since off|exact|before`, `max_ranges n`,
 //! `open_file_cache off | max=N [inactive=time]` (on by default, see
 //! [`cache`]); `open_file_cache_valid`, `open_file_cache_min_uses` and
@@ -18,7 +19,6 @@
 //! change nothing (a changed file is never served from the cache).
 
 mod cache;
-mod hash;
 mod watch;
 
 use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
@@ -27,14 +27,9 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Extension → MIME type.
-type Types = hash::Map<String, String>;
-
 /// Per-block configuration.
 #[derive(Default, Clone)]
 pub struct Conf {
-    types: Option<Rc<Types>>,
-    default_type: Option<String>,
     etag: Option<bool>,
     /// 0 off, 1 exact, 2 before.
     if_modified_since: Option<u8>,
@@ -48,14 +43,6 @@ const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
 /// The plugin.
 pub struct Static;
 
-/// nginx's built-in types (used when no `types` block is configured).
-fn builtin_type(ext: &str) -> Option<&'static str> {
-    [("html", "text/html"), ("gif", "image/gif"), ("jpg", "image/jpeg")]
-        .iter()
-        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
-        .map(|(_, t)| *t)
-}
-
 impl Plugin for Static {
     const NAME: &'static str = "static";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
@@ -63,26 +50,6 @@ impl Plugin for Static {
 
     fn directives() -> Vec<DirectiveSpec<Conf>> {
         vec![
-            DirectiveSpec::<Conf>::new("types", H, 0, 0, |c, _, cx| {
-                let mut m = Types::default();
-                for words in cx.block_children() {
-                    let Some((t, exts)) = words.split_first() else { continue };
-                    if exts.is_empty() {
-                        return Err(format!("invalid number of arguments in \"{t}\" of \"types\" block"));
-                    }
-                    for e in exts {
-                        m.insert(e.to_ascii_lowercase(), t.clone());
-                    }
-                }
-                c.types = Some(Rc::new(m));
-                Ok(())
-            })
-            .opaque_block(),
-            DirectiveSpec::<Conf>::new("default_type", H, 1, 1, |c, a, _| {
-                c.default_type = Some(a[0].to_string());
-                Ok(())
-            })
-            .unique(),
             DirectiveSpec::<Conf>::new("etag", H, 1, 1, |c, a, cx| {
                 c.etag = Some(cx.flag(a[0])?);
                 Ok(())
@@ -135,12 +102,6 @@ impl Plugin for Static {
     }
 
     fn merge(parent: &Conf, child: &mut Conf) {
-        if child.types.is_none() {
-            child.types = parent.types.clone();
-        }
-        if child.default_type.is_none() {
-            child.default_type = parent.default_type.clone();
-        }
         child.etag = child.etag.or(parent.etag);
         child.if_modified_since = child.if_modified_since.or(parent.if_modified_since);
         child.max_ranges = child.max_ranges.or(parent.max_ranges);
@@ -264,12 +225,24 @@ impl<'a> Lines<'a> {
 }
 
 fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
+    // The type is copied out of the host's answer (borrowed from the
+    // request) onto the stack: no allocation for any usual type.
+    let mut tbuf = [0u8; 128];
+    let long: String;
     let (slash, post, ctype) = {
         let (uri, method) = (req.uri(), req.method());
         if !matches!(method, "GET" | "HEAD" | "POST") {
             return Status::Http(405);
         }
-        (uri.ends_with('/'), method == "POST", content_type(uri, conf))
+        let t = req.mime_type().unwrap_or("application/octet-stream");
+        let ctype: &str = if t.len() <= tbuf.len() {
+            tbuf[..t.len()].copy_from_slice(t.as_bytes());
+            std::str::from_utf8(&tbuf[..t.len()]).unwrap_or("application/octet-stream")
+        } else {
+            long = t.to_string();
+            &long
+        };
+        (uri.ends_with('/'), method == "POST", ctype)
     };
     if slash {
         return Status::Declined;
@@ -365,21 +338,6 @@ fn sent(r: Result<(), sys::Rc>) -> Status {
         Ok(()) => Status::Ok,
         Err(_) => Status::Error,
     }
-}
-
-/// The type for the URI's extension: the `types` map, else the built-in
-/// defaults (when no `types` is configured), else `default_type`.
-fn content_type<'c>(uri: &str, conf: &'c Conf) -> &'c str {
-    let b = uri.as_bytes();
-    let name = b.iter().rposition(|&c| c == b'/').map_or(uri, |i| &uri[i + 1..]);
-    let ext = name.as_bytes().iter().rposition(|&c| c == b'.').map(|i| &name[i + 1..]);
-    let found = match (&conf.types, ext) {
-        (Some(types), Some(e)) if e.bytes().any(|b| b.is_ascii_uppercase()) => types.get(&e.to_ascii_lowercase()).map(String::as_str),
-        (Some(types), Some(e)) => types.get(e).map(String::as_str),
-        (None, Some(e)) => builtin_type(e),
-        (_, None) => None,
-    };
-    found.or(conf.default_type.as_deref()).unwrap_or("text/plain")
 }
 
 fn http_time(v: &str) -> Option<u64> {
@@ -500,21 +458,6 @@ export_plugin!(Static);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn types_by_extension() {
-        let mut types = Types::default();
-        types.insert("txt".into(), "text/plain".into());
-        types.insert("png".into(), "image/png".into());
-        let conf = Conf { types: Some(Rc::new(types)), default_type: Some("application/octet-stream".into()), ..Conf::default() };
-        assert_eq!(content_type("/x/a.txt", &conf), "text/plain");
-        assert_eq!(content_type("/x/A.PNG", &conf), "image/png", "extensions match case-insensitively");
-        assert_eq!(content_type("/x.txt/noext", &conf), "application/octet-stream", "a dot in a directory is no extension");
-        assert_eq!(content_type("/a.tar.gz", &conf), "application/octet-stream");
-        assert_eq!(content_type("/a.", &conf), "application/octet-stream");
-        let builtin = Conf::default();
-        assert_eq!((content_type("/i.GIF", &builtin), content_type("/i.txt", &builtin)), ("image/gif", "text/plain"));
-    }
 
     #[test]
     fn ranges() {

@@ -1,8 +1,8 @@
-//! A fast hash for the plugin's own maps (file paths, extensions): a
-//! word at a time, multiply and rotate, as rustc's FxHash. Keys are
-//! either configuration or paths of files that exist (the cache inserts
-//! only opened files), so SipHash's resistance to chosen-key flooding
-//! buys nothing here and costs ~2× on every request's lookups.
+//! A fast hash (FxHash: a word at a time, multiply and rotate) for maps
+//! whose keys are configuration or paths of files that exist (MIME types
+//! by extension, an open-file cache), where SipHash's resistance to
+//! chosen-key flooding buys nothing and costs ~2x on every lookup. Not for
+//! keys a client chooses.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
