@@ -347,6 +347,10 @@ typedef ngx_plugin_rc_t (*ngx_plugin_body_filter_pt)(ngx_plugin_request_t *r, vo
  * else its `default_type` (nginx's ngx_http_set_content_type). A host
  * older than 1.5 answers NGX_PLUGIN_INVALID. */
 #define NGX_PLUGIN_REQ_CONTENT_TYPE 7
+/* (1.5) "1" when a rewrite changed $uri in this location without a new
+ * location search (`break`: nginx's !valid_location), else "". The proxy
+ * then passes the whole URI instead of replacing the location's prefix. */
+#define NGX_PLUGIN_REQ_URI_REWRITTEN 8
 
 /* Flags of host->http_set_uri (1.5). */
 /* Search the locations again for the new URI once the REWRITE phase ends

@@ -536,6 +536,13 @@ impl<'a> Request<'a> {
         (unsafe { f(self.raw, sys::REQ_CONTENT_TYPE, &mut out) } == sys::OK).then(|| unsafe { rt::str_of(out) })
     }
 
+    /// True when a rewrite changed `$uri` in this location without a new
+    /// location search (`break`): the URI no longer is the one the
+    /// location was chosen for (nginx's `!valid_location`).
+    pub fn uri_rewritten(&self) -> bool {
+        self.get(sys::REQ_URI_REWRITTEN) == "1"
+    }
+
     /// Changes `$uri` (and `$args` when `args` is Some) from the
     /// SERVER_REWRITE or REWRITE phase, as nginx's rewrite module does.
     /// In REWRITE, `relocate` searches the locations again for the new URI

@@ -788,6 +788,8 @@ fn shipped_config_serves_out_of_the_box() {
     assert_eq!((listing.header("cache-control"), listing.header("x-served-by")), (Some("max-age=60"), Some("ngxr")));
     assert_eq!(get(s.port, "/docs/readme.md").unwrap().header("content-type"), Some("text/plain"));
     assert_eq!(get(s.port, "/missing").unwrap().status, 404);
+    let h = get(s.port, "/health").unwrap();
+    assert_eq!((h.status, h.header("content-type"), h.body.as_slice()), (200, Some("text/plain"), &b"ok\n"[..]));
     // The proxy example: the same page through the "self" upstream.
     let r = get(s.port, "/proxied/").unwrap();
     assert_eq!(r.status, 200);

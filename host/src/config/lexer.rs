@@ -106,9 +106,10 @@ impl<'a> Lexer<'a> {
                 c => out.push(c),
             }
         }
-        // A quoted word must end where a token may end.
+        // A quoted word must end where a token may end; as in nginx, a ')'
+        // may follow at once and starts the next word (`if ($a = "")`).
         match self.src.get(self.pos) {
-            None | Some(b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}') => {}
+            None | Some(b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}' | b')') => {}
             Some(&c) => return Err(self.err(format!("unexpected \"{}\"", c as char))),
         }
         self.utf8(out)
@@ -218,5 +219,10 @@ mod tests {
     fn junk_after_quote() {
         let mut l = Lexer::new("'a'b;", "f".into());
         assert_eq!(l.next_token().unwrap_err().to_string(), "unexpected \"b\" in f:1");
+    }
+
+    #[test]
+    fn paren_after_quote_starts_a_word() {
+        assert_eq!(words("if ($a = \"\") {"), [w("if"), w("($a"), w("="), w(""), w(")"), Tok::Open]);
     }
 }

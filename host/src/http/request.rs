@@ -172,6 +172,9 @@ pub struct Req<'a> {
     pub uri_changed: bool,
     /// Location searches after URI changes so far (nginx allows 10).
     pub uri_changes: u8,
+    /// The URI changed in REWRITE without a new search (nginx's
+    /// `!valid_location`).
+    pub uri_rewritten: bool,
     /// This request reached its location through a redirect (`internal`).
     pub internal: bool,
     /// Serving an error_page: the status to answer with (and no recursion).
@@ -280,6 +283,7 @@ impl<'a> Req<'a> {
             redirects: 0,
             uri_changed: false,
             uri_changes: 0,
+            uri_rewritten: false,
             internal: false,
             error_page: None,
             must_close: false,
@@ -396,6 +400,7 @@ impl<'a> Req<'a> {
         self.redirects = 0;
         self.uri_changed = false;
         self.uri_changes = 0;
+        self.uri_rewritten = false;
         self.internal = false;
         self.error_page = None;
         self.must_close = false;
@@ -1038,6 +1043,8 @@ fn apply_redirect(r: &mut Req) -> Result<(), u16> {
     r.internal = true;
     r.again = None;
     r.hidx = 0;
+    r.uri_changed = false;
+    r.uri_rewritten = false;
     if uri.starts_with('@') {
         match r.server().named(&uri) {
             Some(i) => {
@@ -1243,6 +1250,7 @@ fn next_phase(cell: &RefCell<Req>) {
     }
     if from == sys::PHASE_SERVER_REWRITE {
         // FIND_CONFIG.
+        r.uri_rewritten = false;
         let uri = std::mem::take(&mut r.uri);
         r.loc = r.server().find_location(&uri);
         r.uri = uri;

@@ -484,6 +484,13 @@ unsafe extern "C" fn http_get(r: *mut sys::Request, what: u32, out: *mut Str) ->
         sys::REQ_HOST => &r.host,
         sys::REQ_REMOTE_ADDR => &r.remote_addr,
         sys::REQ_CONTENT_TYPE => r.location().core.content_type(&r.uri),
+        sys::REQ_URI_REWRITTEN => {
+            if r.uri_rewritten {
+                "1"
+            } else {
+                ""
+            }
+        }
         _ => return sys::INVALID,
     };
     put(out, v)
@@ -795,6 +802,7 @@ unsafe extern "C" fn http_set_uri(r: *mut sys::Request, uri: Str, args: Str, fla
     }
     if r.phase == sys::PHASE_REWRITE {
         r.uri_changed = flags & sys::URI_RELOCATE != 0;
+        r.uri_rewritten = !r.uri_changed;
     }
     sys::OK
 }

@@ -1315,6 +1315,9 @@ fn upstream_uri(req: &Request<'_>, pass: &Pass, out: &mut Vec<u8>) {
             }
             escape_uri(uri, out);
         }
+        // A `break` rewrite changed the URI in this location: nginx passes
+        // it whole.
+        Some(_) if req.uri_rewritten() => escape_uri(uri, out),
         Some(p) => {
             out.extend_from_slice(p.as_bytes());
             let rest = uri.strip_prefix(pass.loc_prefix.as_str()).unwrap_or(uri);
