@@ -11,6 +11,20 @@ pub fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
+/// Escapes a decoded path for a request line or a Location header, as
+/// nginx's NGX_ESCAPE_URI: controls, space, non-ASCII, `"`, `#`, `%` and
+/// `?` become `%XX`.
+pub fn escape_uri(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'#' | b'%' | b'?') {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
 /// Decodes `%XX` and normalises a path into `out`: merges `//` (when
 /// `merge`), resolves `.` and `..` segments. `Err` when the path is not
 /// absolute, climbs above the root, has a bad escape or a decoded NUL.

@@ -197,3 +197,40 @@ fn bad_directives_are_refused_with_file_and_line() {
         assert!(out.contains(want) && out.contains(&format!("{conf}:5")), "{line}: {out}");
     }
 }
+
+#[test]
+fn core_captures_joined_headers_and_redirects() {
+    let port = free_port();
+    let p = Prefix::new();
+    for (f, b) in [("html/img/a.txt", "image a"), ("html/dir sp/index.html", "spaced"), ("data/d1/f", "d1 f")] {
+        p.write(f, b);
+    }
+    let conf = format!(
+        "{}{}events {{}}\nhttp {{ access_log off; root html; server {{ listen 127.0.0.1:{port};
+            location ~ ^/cap/(?<first>[a-z]+)/(.*)$ {{ return 200 \"$1|$first|$2\"; }}
+            location ~ ^/pics/(.*)$ {{ alias html/img/$1; }}
+            location /var/ {{ root data/$arg_d; rewrite ^/var/(.*)$ /$1 break; }}
+            location /hdr {{ return 200 \"$http_x_m|$http_cookie\"; }}
+            location /auto/ {{ proxy_pass http://127.0.0.1:9/; }}
+        }} }}\n",
+        conf_head(),
+        load_plugins(&["rewrite", "index", "static", "log", "headers", "proxy"]),
+    );
+    p.write_conf(&conf);
+    let s = Server::start_in(p, port);
+    // A regex location's captures and named groups are variables.
+    assert_eq!(body(&get(s.port, "/cap/abc/d/e")), "abc|abc|d/e");
+    // …and alias (and root) expand them.
+    let r = get(s.port, "/pics/a.txt");
+    assert_eq!((r.status, body(&r)), (200, "image a"));
+    assert_eq!(body(&get(s.port, "/var/f?d=d1")), "d1 f");
+    // Several lines of one header read joined, as nginx (1.23).
+    let r = req(s.port, "GET /hdr HTTP/1.1\r\nX-M: a\r\nX-M: b\r\nCookie: c=1\r\nCookie: d=2");
+    assert_eq!(body(&r), "a, b|c=1; d=2");
+    // A directory's redirect escapes its path.
+    let r = get(s.port, "/dir%20sp?x=1");
+    assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/dir%20sp/?x=1").as_str())));
+    // auto_redirect: the name of a proxied location without its '/'.
+    let r = get(s.port, "/auto?a=b");
+    assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/auto/?a=b").as_str())));
+}

@@ -215,6 +215,10 @@ pub struct Server {
     pub locs: Vec<Loc>,
     /// `@name` locations.
     pub named: Vec<(String, usize)>,
+    /// Prefix locations ending in '/' with their own content handler
+    /// (`proxy_pass`): a request for the name without the '/' is
+    /// redirected to it (nginx's auto_redirect).
+    pub auto_redirect: Vec<usize>,
     /// `client_header_timeout`.
     pub header_timeout: Duration,
     /// `large_client_header_buffers` size: the longest line.
@@ -669,6 +673,7 @@ impl HttpConf {
                             regexes: Vec::new(),
                         }],
                         named: Vec::new(),
+                        auto_redirect: Vec::new(),
                         header_timeout: head.header_timeout,
                         large_header: head.large_header,
                         max_head: head.max_head,
@@ -746,6 +751,9 @@ impl HttpConf {
                     let content = n.content.or(if pl.kind == Kind::Server { pl.content } else { None });
                     let dup = |list: &[usize], locs: &[Loc]| list.iter().any(|&i| locs[i].path == path);
                     let me = s.locs.len();
+                    if n.content.is_some() && matches!(kind, Kind::Prefix | Kind::NoRegex) && path.len() > 1 && path.ends_with('/') {
+                        s.auto_redirect.push(me);
+                    }
                     match kind {
                         Kind::Exact if dup(&s.locs[parent].exact, &s.locs) => {
                             return Err(n.d.err(format!("duplicate location \"{path}\"")))
@@ -873,6 +881,19 @@ enum Found {
 }
 
 impl Server {
+    /// nginx's auto_redirect: `uri` (found at `found` by prefix or not at
+    /// all) is the name of a location with its own content handler minus
+    /// the trailing '/', so the client is sent to the name.
+    pub fn auto_redirect(&self, uri: &str, found: usize) -> bool {
+        !self.auto_redirect.is_empty()
+            && !uri.ends_with('/')
+            && !matches!(self.locs[found].kind, Kind::Exact | Kind::Regex)
+            && self.auto_redirect.iter().any(|&i| {
+                let p = &self.locs[i].path;
+                p.len() == uri.len() + 1 && p.starts_with(uri)
+            })
+    }
+
     /// The location for `uri`, nginx's way: an exact match wins; else the
     /// longest prefix, whose nested locations are searched next; unless it
     /// is `^~`, regexes are then tried in order (nested ones first) and

@@ -228,6 +228,10 @@ pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool, host_out: 
         (None, Some(0)) | (None, None) => {}
         (None, Some(n)) => info.framing = Framing::Length(n),
     }
+    if method == "TRACE" {
+        // As nginx: never echoed back.
+        return Err((405, "client sent TRACE method"));
+    }
     Ok(info)
 }
 

@@ -195,6 +195,10 @@ pub struct Req<'a> {
     shed: bool,
     /// Variables set with http_var_set.
     pub vars: Vec<(String, String)>,
+    /// The regex location's match: `$1`… as spans of `captured`.
+    pub captures: Vec<Option<(usize, usize)>>,
+    /// The URI the location's regex matched.
+    pub captured: String,
     /// http_resume_when_drained: resume once at most this much is queued.
     pub drain_limit: Option<usize>,
     /// A relay asked for with `relay`: (plugin connection token, plugin,
@@ -295,6 +299,8 @@ impl<'a> Req<'a> {
             // The growable parts come from the worker's pool on reset().
             shed: true,
             vars: Vec::new(),
+            captures: Vec::new(),
+            captured: String::new(),
             drain_limit: None,
             relay: None,
             tls: None,
@@ -407,6 +413,7 @@ impl<'a> Req<'a> {
         self.filter_pos = 0;
         self.logged = false;
         self.vars.clear();
+        self.captures.clear();
         self.loc = 0;
         self.drain_limit = None;
         self.relay = None;
@@ -501,11 +508,31 @@ impl<'a> Req<'a> {
     /// Appends the file path `uri` maps to (root or alias) to `out`.
     pub fn map_to_path(&self, uri: &str, out: &mut String) {
         let loc = self.location();
-        out.push_str(&loc.core.root);
+        self.document_root(out);
         if loc.core.alias && loc.kind != Kind::Regex {
             out.push_str(uri.get(loc.path.len()..).unwrap_or(""));
         } else if !loc.core.alias {
             out.push_str(uri);
+        }
+    }
+}
+
+impl Req<'_> {
+    /// `root`/`alias` with its variables (captures included) expanded,
+    /// as nginx's `$document_root`.
+    pub fn document_root(&self, out: &mut String) {
+        let root = &self.location().core.root;
+        if root.contains('$') {
+            plugin_api::template::walk(root, |seg| match seg {
+                plugin_api::template::Seg::Lit(s) => out.push_str(s),
+                plugin_api::template::Seg::Var(v) => {
+                    if v != "document_root" && v != "realpath_root" && v != "request_filename" {
+                        super::vars::get(self, v, out);
+                    }
+                }
+            });
+        } else {
+            out.push_str(root);
         }
     }
 }
@@ -1066,6 +1093,29 @@ fn apply_redirect(r: &mut Req) -> Result<(), u16> {
     }
 }
 
+/// A regex location's captures become `$1`… and its named groups
+/// variables, as in nginx.
+fn set_captures(r: &mut Req) {
+    r.captures.clear();
+    let Some(re) = r.location().regex.clone() else { return };
+    let Some(c) = re.captures(&r.uri) else { return };
+    let spans: Vec<_> = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
+    for (i, name) in re.capture_names().enumerate() {
+        if let (Some(n), Some(Some((a, b)))) = (name, spans.get(i)) {
+            let v = r.uri[*a..*b].to_string();
+            match r.vars.iter_mut().find(|(k, _)| k == n) {
+                Some(slot) => slot.1 = v,
+                None => r.vars.push((n.to_string(), v)),
+            }
+        }
+    }
+    r.captured.clear();
+    let uri = std::mem::take(&mut r.uri);
+    r.captured.push_str(&uri);
+    r.uri = uri;
+    r.captures = spans;
+}
+
 /// After location lookup: `internal`, `client_max_body_size`.
 fn check_location(r: &mut Req) -> Result<(), u16> {
     let loc = r.location();
@@ -1253,7 +1303,23 @@ fn next_phase(cell: &RefCell<Req>) {
         r.uri_rewritten = false;
         let uri = std::mem::take(&mut r.uri);
         r.loc = r.server().find_location(&uri);
+        let auto = r.server().auto_redirect(&uri, r.loc);
         r.uri = uri;
+        set_captures(&mut r);
+        if auto {
+            let mut loc = Vec::new();
+            plugin_api::http::escape_uri(&r.uri, &mut loc);
+            loc.push(b'/');
+            if !r.args.is_empty() {
+                loc.push(b'?');
+                loc.extend_from_slice(r.args.as_bytes());
+            }
+            r.headers_out.retain(|(k, _)| !k.eq_ignore_ascii_case("location"));
+            r.headers_out.push(("Location".into(), String::from_utf8_lossy(&loc).into_owned()));
+            drop(r);
+            finalize_status(cell, 301);
+            return;
+        }
         if let Err(st) = check_location(&mut r) {
             drop(r);
             finalize_status(cell, st);

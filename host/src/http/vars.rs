@@ -42,10 +42,28 @@ fn format_local(t: SystemTime, iso: bool, out: &mut String) {
     }
 }
 
+/// Writes `values` joined by `sep`; false if there are none.
+fn join<'v>(values: impl Iterator<Item = &'v str>, sep: &str, out: &mut String) -> bool {
+    let mut any = false;
+    for v in values {
+        if any {
+            out.push_str(sep);
+        }
+        out.push_str(v);
+        any = true;
+    }
+    any
+}
+
 /// Writes the value of `$name` into `out`; false if it is not set.
 pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
     if let Some((_, v)) = r.vars.iter().find(|(k, _)| k == name) {
         out.push_str(v);
+        return true;
+    }
+    if let Ok(n) = name.parse::<usize>() {
+        let Some(Some((a, b))) = r.captures.get(n) else { return false };
+        out.push_str(&r.captured[*a..*b]);
         return true;
     }
     match name {
@@ -124,10 +142,11 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
             Some(v) => out.push_str(v),
             None => return false,
         },
-        "document_root" => out.push_str(&r.location().core.root),
+        "document_root" => r.document_root(out),
         "realpath_root" => {
-            let root = &r.location().core.root;
-            match std::fs::canonicalize(root) {
+            let mut root = String::new();
+            r.document_root(&mut root);
+            match std::fs::canonicalize(&root) {
                 Ok(p) => out.push_str(&p.to_string_lossy()),
                 Err(_) => return false,
             }
@@ -151,13 +170,10 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         }
         _ => {
             if let Some(h) = name.strip_prefix("http_") {
-                return match r.headers_in.iter().find(|(k, _)| header_matches(k, h)) {
-                    Some((_, v)) => {
-                        out.push_str(v);
-                        true
-                    }
-                    None => false,
-                };
+                // Several lines of one header are joined, as nginx does
+                // (1.23): "; " for Cookie, ", " for the others.
+                let sep = if h == "cookie" { "; " } else { ", " };
+                return join(r.headers_in.iter().filter(|(k, _)| header_matches(k, h)).map(|(_, v)| v.as_str()), sep, out);
             }
             if let Some(h) = name.strip_prefix("sent_http_") {
                 if h == "content_length" {
@@ -170,13 +186,7 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
                     out.push_str(if r.must_close || !r.keepalive { "close" } else { "keep-alive" });
                     return true;
                 }
-                return match r.headers_out.iter().find(|(k, _)| header_matches(k, h)) {
-                    Some((_, v)) => {
-                        out.push_str(v);
-                        true
-                    }
-                    None => false,
-                };
+                return join(r.headers_out.iter().filter(|(k, _)| header_matches(k, h)).map(|(_, v)| v.as_str()), ", ", out);
             }
             if let Some(a) = name.strip_prefix("arg_") {
                 for pair in r.args.split('&') {

@@ -20,7 +20,7 @@
 
 pub mod upstream;
 
-use plugin_api::http::{Chunked, Step};
+use plugin_api::http::{escape_uri, Chunked, Step};
 use plugin_api::io::Conn;
 use plugin_api::template::Template;
 use plugin_api::{export_plugin, sys, ConfCx, DirectiveSpec, Plugin, Request, Status};
@@ -1284,16 +1284,6 @@ fn render_into(req: &Request<'_>, t: &Template, proxy_host: &str, out: &mut Vec<
             }
         }
     });
-}
-
-fn escape_uri(s: &str, out: &mut Vec<u8>) {
-    for &b in s.as_bytes() {
-        if b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'#' | b'%' | b'?') {
-            out.extend_from_slice(format!("%{b:02X}").as_bytes());
-        } else {
-            out.push(b);
-        }
-    }
 }
 
 /// The request line's target for the upstream, with nginx's rules,

@@ -250,13 +250,15 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
     let e = match find(req, conf) {
         Ok(Found::File(e)) => e,
         Ok(Found::Dir) => {
-            let mut loc = format!("{}/", req.uri());
+            let mut loc = Vec::new();
+            plugin_api::http::escape_uri(req.uri(), &mut loc);
+            loc.push(b'/');
             let args = req.args();
             if !args.is_empty() {
-                loc.push('?');
-                loc.push_str(args);
+                loc.push(b'?');
+                loc.extend_from_slice(args.as_bytes());
             }
-            req.set_header("Location", &loc);
+            req.set_header("Location", &String::from_utf8_lossy(&loc));
             return Status::Http(301);
         }
         Err(st) => return st,
