@@ -163,6 +163,20 @@ class Handler(BaseHTTPRequestHandler):
         if p == "/nohead":
             self.close_connection = True
             return
+        if p.startswith("/framing/"):
+            # Response heads with ambiguous or bad framing (nginx answers 502).
+            lines = {
+                "cl-invalid": ["Content-Length: foo"],
+                "cl-twice": ["Content-Length: 0", "Content-Length: 0"],
+                "te-unknown": ["Transfer-Encoding: foo"],
+                "te-twice": ["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+                "cl-and-te": ["Content-Length: 2", "Transfer-Encoding: chunked"],
+                "expires-twice": ["Content-Length: 2", "Expires: foo", "Expires: bar"],
+            }[p[len("/framing/"):]]
+            self.close_connection = True
+            head = "HTTP/1.1 200 OK\r\nConnection: close\r\n" + "".join(l + "\r\n" for l in lines) + "\r\n"
+            self.wfile.write(head.encode() + b"ok" + (b"\r\n0\r\n\r\n" if "te-twice" in p else b""))
+            return
         echo = {
             "backend": NAME,
             "method": self.command,

@@ -526,3 +526,22 @@ fn connect_timeout_and_tries() {
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(fd) };
 }
+
+#[test]
+fn ambiguous_upstream_framing_is_a_bad_gateway() {
+    let b = Backend::start("A");
+    let s = front(&format!("server {{ listen 127.0.0.1:PORT; location /framing/ {{ proxy_pass http://127.0.0.1:{}; }} }}", b.port));
+    for case in ["cl-invalid", "cl-twice", "te-unknown", "te-twice", "cl-and-te"] {
+        let r = get_h(s.port, &format!("/framing/{case}"), "");
+        assert_eq!(r.status, 502, "{case}: {r:?}");
+    }
+    let log = s.prefix.error_log();
+    for want in ["upstream sent invalid \"Content-Length\" header", "upstream sent duplicate header line: \"Content-Length: 0\"", "upstream sent unknown \"Transfer-Encoding\": \"foo\"", "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time"] {
+        assert!(log.contains(want), "{want}: {log}");
+    }
+    // A second Expires is dropped, the first kept.
+    let r = get_h(s.port, "/framing/expires-twice", "");
+    assert_eq!(r.status, 200);
+    let expires: Vec<_> = r.headers.iter().filter(|(k, _)| k == "expires").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(expires, ["foo"]);
+}

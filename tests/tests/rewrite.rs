@@ -212,6 +212,8 @@ fn core_captures_joined_headers_and_redirects() {
             location /var/ {{ root data/$arg_d; rewrite ^/var/(.*)$ /$1 break; }}
             location /hdr {{ return 200 \"$http_x_m|$http_cookie\"; }}
             location /auto/ {{ proxy_pass http://127.0.0.1:9/; }}
+            location = / {{ return 200 \"u=$uri a=$args\"; }}
+            location /u/ {{ return 200 \"u=$uri a=$args\"; }}
         }} }}\n",
         conf_head(),
         load_plugins(&["rewrite", "index", "static", "log", "headers", "proxy"]),
@@ -230,6 +232,10 @@ fn core_captures_joined_headers_and_redirects() {
     // A directory's redirect escapes its path.
     let r = get(s.port, "/dir%20sp?x=1");
     assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/dir%20sp/?x=1").as_str())));
+    // A fragment is no part of the request; an absolute target without a
+    // path has "/".
+    assert_eq!(body(&req(s.port, "GET /u/a/..#frag HTTP/1.1")), "u=/u/ a=");
+    assert_eq!(body(&req(s.port, "GET http://localhost?x=1#frag HTTP/1.1")), "u=/ a=x=1");
     // auto_redirect: the name of a proxied location without its '/'.
     let r = get(s.port, "/auto?a=b");
     assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/auto/?a=b").as_str())));

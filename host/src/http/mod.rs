@@ -844,7 +844,11 @@ impl<'a> Conn<'a> {
             match parse::origin_form(target) {
                 None => bad = Some((400, "client sent invalid request target")),
                 Some(t) => {
+                    // A fragment is not part of the request, as nginx reads it.
+                    let t = memchr::memchr(b'#', t.as_bytes()).map_or(t, |i| &t[..i]);
                     let (path, args) = match memchr::memchr(b'?', t.as_bytes()) {
+                        // "http://host?args": the path is "/".
+                        Some(0) => ("/", &t[1..]),
                         Some(i) => (&t[..i], &t[i + 1..]),
                         None => (t, ""),
                     };
@@ -1116,6 +1120,11 @@ fn too_long_header(head: &[u8], max: usize) -> Option<usize> {
 fn version_like(buf: &[u8]) -> bool {
     let line = buf.split(|&b| b == b'\n').next().unwrap_or(b"");
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Method, target, version: a space inside the target is a bad request
+    // (400), not a bad version.
+    if line.split(|&b| b == b' ').filter(|w| !w.is_empty()).count() != 3 {
+        return false;
+    }
     let v = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
     v.len() >= 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[5] != b'0' && v[5] != b'1'
         || (v.len() >= 8 && v.starts_with(b"HTTP/1.") && v[7].is_ascii_digit())

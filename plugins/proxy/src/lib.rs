@@ -930,8 +930,46 @@ impl State {
         }
         let value = |n: &str| head.iter().find(|h| h.name.eq_ignore_ascii_case(n)).map(|h| h.value);
         let conn_tokens = value("connection").unwrap_or(b"");
-        let chunked = value("transfer-encoding").is_some_and(|v| contains_ci(v, b"chunked"));
-        let length = value("content-length").and_then(|v| std::str::from_utf8(v.trim_ascii()).ok()?.parse::<u64>().ok());
+        // The framing must be unambiguous, as nginx requires: one valid
+        // Content-Length or one "chunked", never both (else 502).
+        let (mut cl, mut te): (Option<&[u8]>, Option<&[u8]>) = (None, None);
+        for h in head {
+            let slot = if h.name.eq_ignore_ascii_case("content-length") {
+                &mut cl
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                &mut te
+            } else {
+                continue;
+            };
+            if slot.is_some() {
+                let v = String::from_utf8_lossy(h.value);
+                plugin_api::log(sys::LOG_ERR, &format!("upstream sent duplicate header line: \"{}: {v}\" while reading response header from upstream, upstream: \"{}\"", h.name, self.peer_text()));
+                return Flow::Failed(Fail::InvalidHeader);
+            }
+            *slot = Some(h.value);
+        }
+        let length = match cl {
+            Some(v) => match std::str::from_utf8(v.trim_ascii()).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse::<u64>().ok()) {
+                Some(n) => Some(n),
+                None => {
+                    plugin_api::log(sys::LOG_ERR, &format!("upstream sent invalid \"Content-Length\" header: \"Content-Length: {}\" while reading response header from upstream, upstream: \"{}\"", String::from_utf8_lossy(v), self.peer_text()));
+                    return Flow::Failed(Fail::InvalidHeader);
+                }
+            },
+            None => None,
+        };
+        let chunked = match te {
+            Some(v) if v.trim_ascii().eq_ignore_ascii_case(b"chunked") => true,
+            Some(v) => {
+                plugin_api::log(sys::LOG_ERR, &format!("upstream sent unknown \"Transfer-Encoding\": \"{}\" while reading response header from upstream, upstream: \"{}\"", String::from_utf8_lossy(v), self.peer_text()));
+                return Flow::Failed(Fail::InvalidHeader);
+            }
+            None => false,
+        };
+        if chunked && length.is_some() {
+            plugin_api::log(sys::LOG_ERR, &format!("upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+            return Flow::Failed(Fail::InvalidHeader);
+        }
         let framing = if self.head || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
         } else if chunked {
@@ -969,10 +1007,18 @@ impl State {
                 && (is(n, &["date", "server", "x-pad"]) || n.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("x-accel-")));
             hop || default_hidden || listed(n, &conf.hide)
         };
+        let mut expires = false;
         for h in head {
             let k = h.name;
             if hidden(k) {
                 continue;
+            }
+            // A second Expires is ignored, as nginx does.
+            if k.eq_ignore_ascii_case("expires") {
+                if expires {
+                    continue;
+                }
+                expires = true;
             }
             if k.eq_ignore_ascii_case("content-length") && !matches!(framing, Framing::Length(_)) && !self.head {
                 continue;
