@@ -800,3 +800,24 @@ fn shipped_config_serves_out_of_the_box() {
     let r = get(s.port, "/proxied/missing").unwrap();
     assert_eq!(r.status, 404);
 }
+
+#[test]
+fn alias_in_nested_and_regex_locations() {
+    let s = serve(
+        "http { access_log off; server { listen 127.0.0.1:PORT; root html;
+            location /static/ { alias files/; location ~ \\.css$ { } }
+            location ~ ^/re/(.*)$ { alias files/$1; }
+            location ~ /tried\\.txt$ { alias files/dir; try_files $uri =404; }
+        } }\n",
+        &[("files/a.css", "css a"), ("files/b.txt", "txt b"), ("files/dir/tried.txt", "tried"), ("html/static/a.css", "wrong root")],
+    );
+    // A regex location nested in an aliased prefix keeps the alias.
+    assert_eq!(body_of(s.port, "/static/a.css"), "css a");
+    assert_eq!(body_of(s.port, "/static/b.txt"), "txt b");
+    // A regex location's alias is the whole path (with captures).
+    assert_eq!(body_of(s.port, "/re/b.txt"), "txt b");
+    // try_files under a regex location's alias looks for the URI beneath
+    // it, as nginx.
+    assert_eq!(body_of(s.port, "/tried.txt"), "tried");
+    assert_eq!(get(s.port, "/x/tried.txt").unwrap().status, 404);
+}

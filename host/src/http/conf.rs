@@ -39,6 +39,11 @@ pub struct Core {
     pub root: String,
     /// True when `root` came from `alias`.
     pub alias: bool,
+    /// With `alias`: how much of the URI it replaces — the length of the
+    /// path of the prefix location that declared it (nested locations
+    /// inherit it), or `usize::MAX` when a regex location declared it
+    /// (the alias is then the whole path), as nginx's `clcf->alias`.
+    pub alias_len: usize,
     /// `try_files` arguments (not inherited, as in nginx).
     pub try_files: Vec<String>,
     /// `error_page` rules (a block with any replaces the inherited list).
@@ -121,6 +126,7 @@ impl Core {
         Core {
             root: prefix.resolve("html").to_string_lossy().into_owned(),
             alias: false,
+            alias_len: 0,
             try_files: Vec::new(),
             error_pages: Vec::new(),
             recursive_error_pages: false,
@@ -745,7 +751,10 @@ impl HttpConf {
                     {
                         return Err(n.d.err(format!("location \"{path}\" is outside location \"{}\"", pl.path)));
                     }
-                    let core = block_core(&pl.core, &n.d, prefix, true)?;
+                    let mut core = block_core(&pl.core, &n.d, prefix, true)?;
+                    if n.d.children().iter().any(|c| c.name == "alias") {
+                        core.alias_len = if kind == Kind::Regex { usize::MAX } else { path.len() };
+                    }
                     // A content handler set at server/http level is inherited;
                     // one set in a location is not (as nginx's clcf->handler).
                     let content = n.content.or(if pl.kind == Kind::Server { pl.content } else { None });

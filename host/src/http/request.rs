@@ -9,7 +9,7 @@
 //! into the host freely; host functions borrow for the duration of their
 //! own work only.
 
-use super::conf::{Kind, Loc, Server};
+use super::conf::{Loc, Server};
 use super::parse::Framing;
 use crate::cycle::Cycle;
 use crate::plugin::host_api;
@@ -172,6 +172,9 @@ pub struct Req<'a> {
     pub uri_changed: bool,
     /// Location searches after URI changes so far (nginx allows 10).
     pub uri_changes: u8,
+    /// try_files found the URI under a regex location's alias: the path
+    /// is the alias and the URI.
+    pub add_uri_to_alias: bool,
     /// The URI changed in REWRITE without a new search (nginx's
     /// `!valid_location`).
     pub uri_rewritten: bool,
@@ -287,6 +290,7 @@ impl<'a> Req<'a> {
             redirects: 0,
             uri_changed: false,
             uri_changes: 0,
+            add_uri_to_alias: false,
             uri_rewritten: false,
             internal: false,
             error_page: None,
@@ -406,6 +410,7 @@ impl<'a> Req<'a> {
         self.redirects = 0;
         self.uri_changed = false;
         self.uri_changes = 0;
+        self.add_uri_to_alias = false;
         self.uri_rewritten = false;
         self.internal = false;
         self.error_page = None;
@@ -509,10 +514,13 @@ impl<'a> Req<'a> {
     pub fn map_to_path(&self, uri: &str, out: &mut String) {
         let loc = self.location();
         self.document_root(out);
-        if loc.core.alias && loc.kind != Kind::Regex {
-            out.push_str(uri.get(loc.path.len()..).unwrap_or(""));
-        } else if !loc.core.alias {
-            out.push_str(uri);
+        match (loc.core.alias, loc.core.alias_len) {
+            (false, _) => out.push_str(uri),
+            // A regex location's alias is the whole path, unless try_files
+            // found the file under it (nginx's add_uri_to_alias).
+            (true, usize::MAX) if self.add_uri_to_alias => out.push_str(uri),
+            (true, usize::MAX) => {}
+            (true, n) => out.push_str(uri.get(n..).unwrap_or("")),
         }
     }
 }
@@ -1301,6 +1309,7 @@ fn next_phase(cell: &RefCell<Req>) {
     if from == sys::PHASE_SERVER_REWRITE {
         // FIND_CONFIG.
         r.uri_rewritten = false;
+        r.add_uri_to_alias = false;
         let uri = std::mem::take(&mut r.uri);
         r.loc = r.server().find_location(&uri);
         let auto = r.server().auto_redirect(&uri, r.loc);
@@ -1354,15 +1363,20 @@ fn try_files(cell: &RefCell<Req>) {
         return;
     }
     let mut path = String::new();
+    let regex_alias = r.location().core.alias && r.location().core.alias_len == usize::MAX;
     for arg in &list[..list.len() - 1] {
         let uri = super::vars::expand(&r, arg);
         let dir = uri.ends_with('/');
         path.clear();
         r.map_to_path(&uri, &mut path);
+        if regex_alias {
+            path.push_str(&uri);
+        }
         // A trailing '/' asks for a directory; a file path with one fails.
         let ok = std::fs::metadata(&path).is_ok_and(|m| m.is_dir() == dir);
         if ok {
             // The tried URI becomes $uri; root or alias maps it again later.
+            r.add_uri_to_alias = regex_alias && !dir;
             r.uri = uri;
             return;
         }
