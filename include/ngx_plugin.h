@@ -351,6 +351,10 @@ typedef ngx_plugin_rc_t (*ngx_plugin_body_filter_pt)(ngx_plugin_request_t *r, vo
  * location search (`break`: nginx's !valid_location), else "". The proxy
  * then passes the whole URI instead of replacing the location's prefix. */
 #define NGX_PLUGIN_REQ_URI_REWRITTEN 8
+/* (1.5) The statuses the location's error_page directives cover, as
+ * decimal numbers separated by spaces ("404 500 502"); "" when none. A
+ * plugin relaying errors (proxy_intercept_errors) replaces only those. */
+#define NGX_PLUGIN_REQ_ERROR_PAGES 9
 
 /* Flags of host->http_set_uri (1.5). */
 /* Search the locations again for the new URI once the REWRITE phase ends

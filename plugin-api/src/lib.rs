@@ -543,6 +543,12 @@ impl<'a> Request<'a> {
         self.get(sys::REQ_URI_REWRITTEN) == "1"
     }
 
+    /// True when the location has an `error_page` for `status`.
+    pub fn has_error_page(&self, status: u16) -> bool {
+        let s = status.to_string();
+        self.get(sys::REQ_ERROR_PAGES).split(' ').any(|c| c == s)
+    }
+
     /// Changes `$uri` (and `$args` when `args` is Some) from the
     /// SERVER_REWRITE or REWRITE phase, as nginx's rewrite module does.
     /// In REWRITE, `relocate` searches the locations again for the new URI

@@ -72,6 +72,7 @@ pub const REQ_HOST: u32 = 5;
 pub const REQ_REMOTE_ADDR: u32 = 6;
 pub const REQ_CONTENT_TYPE: u32 = 7;
 pub const REQ_URI_REWRITTEN: u32 = 8;
+pub const REQ_ERROR_PAGES: u32 = 9;
 
 pub const URI_RELOCATE: u32 = 0x1;
 

@@ -270,6 +270,10 @@ fn failures_statuses_retries_and_logged_upstream_variables() {
     // intercept_errors + error_page; without it the upstream's page passes.
     let r = get_h(p, "/intercept/status/404", "");
     assert_eq!((r.status, body(&r).as_str()), (404, "custom 404 page"));
+    // Only statuses an error_page covers are intercepted, as nginx.
+    let r = get_h(p, "/intercept/status/403", "");
+    assert_eq!(r.status, 403);
+    assert!(body(&r).starts_with("backend status 403 from A"), "{}", body(&r));
     let r = get_h(p, "/passthru/status/404", "");
     assert_eq!(r.status, 404);
     assert!(body(&r).starts_with("backend status 404 from A"));

@@ -229,6 +229,10 @@ fn core_captures_joined_headers_and_redirects() {
     // Several lines of one header read joined, as nginx (1.23).
     let r = req(s.port, "GET /hdr HTTP/1.1\r\nX-M: a\r\nX-M: b\r\nCookie: c=1\r\nCookie: d=2");
     assert_eq!(body(&r), "a, b|c=1; d=2");
+    // Names with '_' (or other characters than letters, digits and '-')
+    // are ignored, as nginx's ignore_invalid_headers.
+    let r = req(s.port, "GET /hdr HTTP/1.1\r\nX_M: u\r\nX.M: d\r\nX-M: a");
+    assert_eq!(body(&r), "a|");
     // A directory's redirect escapes its path.
     let r = get(s.port, "/dir%20sp?x=1");
     assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/dir%20sp/?x=1").as_str())));

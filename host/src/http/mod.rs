@@ -717,9 +717,10 @@ impl<'a> Conn<'a> {
     /// response) began, None when more bytes are needed.
     fn try_head(&mut self) -> Option<Head> {
         let s = self.default;
-        let (large, max_head, underscores, merge) = (s.large_header, s.max_head, s.underscores_in_headers, s.merge_slashes);
+        let (large, max_head, merge) = (s.large_header, s.max_head, s.merge_slashes);
+        let names = (s.underscores_in_headers, s.ignore_invalid_headers);
         let rbuf = std::mem::take(&mut self.rbuf);
-        let out = self.try_head_in(&rbuf, large, max_head, underscores, merge);
+        let out = self.try_head_in(&rbuf, large, max_head, names, merge);
         self.rbuf = rbuf;
         if self.skip_input {
             // Nothing after a bad head can be trusted.
@@ -729,7 +730,7 @@ impl<'a> Conn<'a> {
         out
     }
 
-    fn try_head_in(&mut self, rbuf: &[u8], large: usize, max_head: usize, underscores: bool, merge: bool) -> Option<Head> {
+    fn try_head_in(&mut self, rbuf: &[u8], large: usize, max_head: usize, (underscores, ignore_invalid): (bool, bool), merge: bool) -> Option<Head> {
         let buf = &rbuf[self.rstart..];
         // Not initialised: httparse writes the headers it finds.
         let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
@@ -741,7 +742,7 @@ impl<'a> Conn<'a> {
                 HOST.with(|host| {
                     let mut host = host.borrow_mut();
                     host.clear();
-                    let checked = parse::check_head(&req, underscores, &mut host);
+                    let checked = parse::check_head(&req, underscores, ignore_invalid, &mut host);
                     let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(n);
                     if line_len > large {
                         self.error_request(Some(&req), 414, "client sent too long URI");
@@ -837,7 +838,10 @@ impl<'a> Conn<'a> {
             r.expect_continue = info.expect_continue && r.minor == 1;
             r.framing = info.framing;
             r.body_state = if info.framing == Framing::None { BodyIn::Done } else { BodyIn::Idle };
-            for h in q.headers.iter() {
+            for (i, h) in q.headers.iter().enumerate() {
+                if i < 128 && info.ignored & (1 << i) != 0 {
+                    continue;
+                }
                 let (k, v) = (r.text(h.name), r.text(&parse::text(h.value)));
                 r.headers_in.push((k, v));
             }

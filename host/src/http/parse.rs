@@ -27,6 +27,9 @@ pub struct HeadInfo {
     pub keepalive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
+    /// Header lines to drop (bit i: line i): invalid names under
+    /// `ignore_invalid_headers`, as nginx ignores them.
+    pub ignored: u128,
 }
 
 /// Why a head is refused: the status and the error-log reason.
@@ -165,18 +168,23 @@ pub fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
 /// request needs, or the status to refuse it with.
 /// The host name goes to `host` (lowercase, no port; left empty when
 /// there is none).
-pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool, host_out: &mut String) -> Result<HeadInfo, Refusal> {
+pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool, ignore_invalid: bool, host_out: &mut String) -> Result<HeadInfo, Refusal> {
     let method = req.method.unwrap_or("");
     if !valid_method(method) {
         return Err((400, "client sent invalid method"));
     }
     let minor = req.version.unwrap_or(1);
-    let mut info = HeadInfo { framing: Framing::None, keepalive: minor == 1, expect_continue: false };
+    let mut info = HeadInfo { framing: Framing::None, keepalive: minor == 1, expect_continue: false, ignored: 0 };
     let (mut cl, mut te, mut host): (Option<u64>, Option<bool>, Option<&[u8]>) = (None, None, None);
-    for h in req.headers.iter() {
+    for (i, h) in req.headers.iter().enumerate() {
         let name = h.name;
-        if !underscores && name.contains('_') {
-            // nginx ignores such headers (ignore_invalid_headers on).
+        // nginx's valid names: letters, digits, '-' (and '_' with
+        // underscores_in_headers); others are ignored unless
+        // ignore_invalid_headers is off.
+        if ignore_invalid && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores)) {
+            if i < 128 {
+                info.ignored |= 1 << i;
+            }
             continue;
         }
         if name.eq_ignore_ascii_case("host") {

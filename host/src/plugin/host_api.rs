@@ -474,6 +474,19 @@ fn put_owned(r: &mut Req, out: *mut Str, v: &[u8]) -> Rc {
 
 unsafe extern "C" fn http_get(r: *mut sys::Request, what: u32, out: *mut Str) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
+    if what == sys::REQ_ERROR_PAGES {
+        let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+        let mut codes = String::new();
+        for p in &r.location().core.error_pages {
+            for code in &p.codes {
+                if !codes.is_empty() {
+                    codes.push(' ');
+                }
+                codes.push_str(&code.to_string());
+            }
+        }
+        return put_owned(&mut r, out, codes.as_bytes());
+    }
     let Ok(r) = c.try_borrow() else { return sys::INVALID };
     let v: &str = match what {
         sys::REQ_METHOD => &r.method,

@@ -986,7 +986,13 @@ impl State {
             && (minor == 1 || contains_ci(conn_tokens, b"keep-alive"))
             && self.group.as_ref().is_some_and(|g| g.keepalive > 0);
         self.record(code);
-        if code >= 300 && conf.intercept.unwrap_or(false) && code != 304 {
+        if code >= 300 && conf.intercept.unwrap_or(false) && code != 304 && req.has_error_page(code) {
+            // The client learns how to authenticate, as nginx passes it on.
+            if code == 401 {
+                for h in head.iter().filter(|h| h.name.eq_ignore_ascii_case("www-authenticate")) {
+                    req.add_header("WWW-Authenticate", &String::from_utf8_lossy(h.value));
+                }
+            }
             // error_page (or the built-in page) answers instead.
             self.finish_upstream(false);
             self.phase = Phase::Finished;
