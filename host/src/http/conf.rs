@@ -39,6 +39,8 @@ pub struct Core {
     pub root: String,
     /// True when `root` came from `alias`.
     pub alias: bool,
+    /// `root` holds variables (expanded per request).
+    pub root_vars: bool,
     /// With `alias`: how much of the URI it replaces — the length of the
     /// path of the prefix location that declared it (nested locations
     /// inherit it), or `usize::MAX` when a regex location declared it
@@ -109,8 +111,19 @@ impl Core {
     /// `ngx_http_set_content_type`: the `types` map (or the built-in types
     /// when there is no `types` block), else `default_type`.
     pub fn content_type(&self, uri: &str) -> &str {
-        let name = uri.as_bytes().iter().rposition(|&c| c == b'/').map_or(uri, |i| &uri[i + 1..]);
-        let ext = name.as_bytes().iter().rposition(|&c| c == b'.').map(|i| &name[i + 1..]);
+        // The extension: after the last '.' of the last path segment.
+        let b = uri.as_bytes();
+        let mut ext = None;
+        for i in (0..b.len()).rev() {
+            match b[i] {
+                b'/' => break,
+                b'.' => {
+                    ext = Some(&uri[i + 1..]);
+                    break;
+                }
+                _ => {}
+            }
+        }
         let found = match (&self.types, ext) {
             (Some(types), Some(e)) if e.bytes().any(|b| b.is_ascii_uppercase()) => types.get(&e.to_ascii_lowercase()).map(String::as_str),
             (Some(types), Some(e)) => types.get(e).map(String::as_str),
@@ -126,6 +139,7 @@ impl Core {
         Core {
             root: prefix.resolve("html").to_string_lossy().into_owned(),
             alias: false,
+            root_vars: false,
             alias_len: 0,
             try_files: Vec::new(),
             error_pages: Vec::new(),
@@ -445,6 +459,7 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
             if d.name == "root" && p.len() > 1 && p.ends_with('/') {
                 p.pop();
             }
+            c.root_vars = p.contains('$');
             c.root = p;
             c.alias = d.name == "alias";
         }
@@ -893,14 +908,16 @@ impl Server {
     /// nginx's auto_redirect: `uri` (found at `found` by prefix or not at
     /// all) is the name of a location with its own content handler minus
     /// the trailing '/', so the client is sent to the name.
+    #[inline]
     pub fn auto_redirect(&self, uri: &str, found: usize) -> bool {
-        !self.auto_redirect.is_empty()
-            && !uri.ends_with('/')
-            && !matches!(self.locs[found].kind, Kind::Exact | Kind::Regex)
-            && self.auto_redirect.iter().any(|&i| {
-                let p = &self.locs[i].path;
-                p.len() == uri.len() + 1 && p.starts_with(uri)
-            })
+        !self.auto_redirect.is_empty() && self.auto_redirect_slow(uri, found)
+    }
+
+    fn auto_redirect_slow(&self, uri: &str, found: usize) -> bool {
+        self.auto_redirect.iter().any(|&i| {
+            let p = self.locs[i].path.as_bytes();
+            p.len() == uri.len() + 1 && p.starts_with(uri.as_bytes())
+        }) && !matches!(self.locs[found].kind, Kind::Exact | Kind::Regex)
     }
 
     /// The location for `uri`, nginx's way: an exact match wins; else the

@@ -848,14 +848,21 @@ impl<'a> Conn<'a> {
             match parse::origin_form(target) {
                 None => bad = Some((400, "client sent invalid request target")),
                 Some(t) => {
-                    // A fragment is not part of the request, as nginx reads it.
-                    let t = memchr::memchr(b'#', t.as_bytes()).map_or(t, |i| &t[..i]);
-                    let (path, args) = match memchr::memchr(b'?', t.as_bytes()) {
-                        // "http://host?args": the path is "/".
-                        Some(0) => ("/", &t[1..]),
-                        Some(i) => (&t[..i], &t[i + 1..]),
+                    // A fragment is not part of the request, as nginx reads
+                    // it; "http://host?args" has the path "/".
+                    // (Targets are short: a plain loop beats memchr's setup.)
+                    let qf = |b: &u8| *b == b'?' || *b == b'#';
+                    let at = if t.len() <= 64 { t.as_bytes().iter().position(qf) } else { memchr::memchr2(b'?', b'#', t.as_bytes()) };
+                    let (path, args) = match at {
+                        Some(i) if t.as_bytes()[i] == b'#' => (&t[..i], ""),
+                        Some(i) => {
+                            let a = &t[i + 1..];
+                            let a = memchr::memchr(b'#', a.as_bytes()).map_or(a, |j| &a[..j]);
+                            (if i == 0 { "/" } else { &t[..i] }, a)
+                        }
                         None => (t, ""),
                     };
+                    let path = if path.is_empty() { "/" } else { path };
                     r.args.push_str(args);
                     thread_local!(static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
                     DECODED.with(|d| {

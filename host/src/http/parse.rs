@@ -164,6 +164,25 @@ pub fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
+const NAME_OK: u8 = 1;
+const NAME_UNDERSCORE: u8 = 2;
+
+/// Request header name bytes nginx accepts: letters, digits and '-'
+/// (NAME_OK); '_' only with underscores_in_headers.
+const NAME_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' {
+            t[b] = NAME_OK;
+        }
+        b += 1;
+    }
+    t[b'_' as usize] = NAME_UNDERSCORE;
+    t
+};
+
 /// Checks a parsed head as nginx would: returns what the rest of the
 /// request needs, or the status to refuse it with.
 /// The host name goes to `host` (lowercase, no port; left empty when
@@ -181,7 +200,8 @@ pub fn check_head(req: &httparse::Request<'_, '_>, underscores: bool, ignore_inv
         // nginx's valid names: letters, digits, '-' (and '_' with
         // underscores_in_headers); others are ignored unless
         // ignore_invalid_headers is off.
-        if ignore_invalid && !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores)) {
+        let mask = if underscores { NAME_OK | NAME_UNDERSCORE } else { NAME_OK };
+        if ignore_invalid && !name.bytes().all(|b| NAME_CLASS[usize::from(b)] & mask != 0) {
             if i < 128 {
                 info.ignored |= 1 << i;
             }

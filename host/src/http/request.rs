@@ -529,8 +529,9 @@ impl Req<'_> {
     /// `root`/`alias` with its variables (captures included) expanded,
     /// as nginx's `$document_root`.
     pub fn document_root(&self, out: &mut String) {
-        let root = &self.location().core.root;
-        if root.contains('$') {
+        let core = &self.location().core;
+        let root = &core.root;
+        if core.root_vars {
             plugin_api::template::walk(root, |seg| match seg {
                 plugin_api::template::Seg::Lit(s) => out.push_str(s),
                 plugin_api::template::Seg::Var(v) => {
@@ -1105,7 +1106,8 @@ fn apply_redirect(r: &mut Req) -> Result<(), u16> {
 /// variables, as in nginx.
 fn set_captures(r: &mut Req) {
     r.captures.clear();
-    let Some(re) = r.location().regex.clone() else { return };
+    let Some(re) = r.location().regex.as_ref() else { return };
+    let re = re.clone();
     let Some(c) = re.captures(&r.uri) else { return };
     let spans: Vec<_> = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
     for (i, name) in re.capture_names().enumerate() {

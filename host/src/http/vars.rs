@@ -61,8 +61,8 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         out.push_str(v);
         return true;
     }
-    if let Ok(n) = name.parse::<usize>() {
-        let Some(Some((a, b))) = r.captures.get(n) else { return false };
+    if name.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        let Some(Some((a, b))) = name.parse::<usize>().ok().and_then(|n| r.captures.get(n)) else { return false };
         out.push_str(&r.captured[*a..*b]);
         return true;
     }
