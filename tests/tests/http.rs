@@ -821,3 +821,35 @@ fn alias_in_nested_and_regex_locations() {
     assert_eq!(body_of(s.port, "/tried.txt"), "tried");
     assert_eq!(get(s.port, "/x/tried.txt").unwrap().status, 404);
 }
+
+#[test]
+fn one_file_through_locations_with_their_own_types() {
+    // The static plugin keeps a file's type on its cache entry: it must
+    // still answer each location's (and each extension's) own type.
+    let s = serve(
+        "http { access_log off; types { text/plain txt; } default_type application/x-default; server { listen 127.0.0.1:PORT; root html;
+            location /a/ { alias files/; types { text/x-a txt; } }
+            location /b/ { alias files/; }
+            location = /c/any.bin { alias files/f.txt; }
+            location = /c/any.txt { alias files/f.txt; }
+            location ~ ^/d/(\\w+)\\.\\w+$ { alias files/$1.txt; }
+        } }\n",
+        &[("files/f.txt", "f"), ("files/g.txt", "g")],
+    );
+    // Old enough for the cache to keep them.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for f in ["files/f.txt", "files/g.txt"] {
+        std::fs::File::options().write(true).open(s.prefix.path().join(f)).unwrap().set_modified(old).unwrap();
+    }
+    let ctype = |path: &str| get(s.port, path).unwrap().header("content-type").map(str::to_string);
+    for _ in 0..2 {
+        assert_eq!(ctype("/a/f.txt").as_deref(), Some("text/x-a"));
+        assert_eq!(ctype("/b/f.txt").as_deref(), Some("text/plain"));
+        // The same file under a URI with another extension (or none).
+        assert_eq!(ctype("/c/any.bin").as_deref(), Some("application/x-default"));
+        assert_eq!(ctype("/c/any.txt").as_deref(), Some("text/plain"));
+        // One location, one file, two extensions.
+        assert_eq!(ctype("/d/g.txt").as_deref(), Some("text/plain"));
+        assert_eq!(ctype("/d/g.bin").as_deref(), Some("application/x-default"));
+    }
+}

@@ -78,6 +78,10 @@ pub struct Entry {
     used: std::cell::Cell<u64>,
     /// The inotify watches this entry holds; None: validated by stat().
     held: Option<Held>,
+    /// The Content-Type the host gave the first time the file was served,
+    /// with what the answer depends on: the location's configuration (its
+    /// address) and the URI's extension (packed).
+    pub ctype: std::cell::OnceCell<((usize, u64), String)>,
 }
 
 impl Entry {
@@ -115,6 +119,7 @@ impl Entry {
             body,
             used: std::cell::Cell::new(coarse_ms()),
             held,
+            ctype: std::cell::OnceCell::new(),
         })
     }
 }

@@ -117,6 +117,25 @@ impl Plugin for Static {
     }
 }
 
+/// The URI's extension packed in a word (at most 8 bytes; 0 for none),
+/// or None when it is longer.
+fn ext_key(uri: &str) -> Option<u64> {
+    let b = uri.as_bytes();
+    let mut start = b.len();
+    for i in (0..b.len()).rev() {
+        match b[i] {
+            b'/' => break,
+            b'.' => {
+                start = i + 1;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let ext = &b[start..];
+    (ext.len() <= 8).then(|| ext.iter().fold(0u64, |k, &c| k << 8 | u64::from(c)))
+}
+
 fn os_error(e: &std::io::Error) -> String {
     let code = e.raw_os_error().unwrap_or(0);
     let text = e.to_string();
@@ -225,24 +244,12 @@ impl<'a> Lines<'a> {
 }
 
 fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
-    // The type is copied out of the host's answer (borrowed from the
-    // request) onto the stack: no allocation for any usual type.
-    let mut tbuf = [0u8; 128];
-    let long: String;
-    let (slash, post, ctype) = {
+    let (slash, post, ext) = {
         let (uri, method) = (req.uri(), req.method());
         if !matches!(method, "GET" | "HEAD" | "POST") {
             return Status::Http(405);
         }
-        let t = req.mime_type().unwrap_or("application/octet-stream");
-        let ctype: &str = if t.len() <= tbuf.len() {
-            tbuf[..t.len()].copy_from_slice(t.as_bytes());
-            std::str::from_utf8(&tbuf[..t.len()]).unwrap_or("application/octet-stream")
-        } else {
-            long = t.to_string();
-            &long
-        };
-        (uri.ends_with('/'), method == "POST", ctype)
+        (uri.ends_with('/'), method == "POST", ext_key(uri))
     };
     if slash {
         return Status::Declined;
@@ -266,6 +273,24 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
     if post {
         return Status::Http(405);
     }
+    // The host's type depends on the location and the URI's extension: it
+    // is kept on the entry for the next request with both (another
+    // location or extension asks the host each time).
+    let key = ext.map(|x| (conf as *const Conf as usize, x));
+    let other: String;
+    let ctype: &str = match (e.ctype.get(), key) {
+        (Some((at, t)), Some(k)) if *at == k => t,
+        (cached, _) => {
+            let t = req.mime_type().unwrap_or("application/octet-stream").to_string();
+            match key {
+                Some(k) if cached.is_none() => &e.ctype.get_or_init(|| (k, t)).1,
+                _ => {
+                    other = t;
+                    &other
+                }
+            }
+        }
+    };
     let (size, mtime) = (e.size, e.mtime);
     let etag = (conf.etag != Some(false)).then_some(e.etag.as_str());
     // The not-modified filter, then the range filter: what the request
