@@ -502,7 +502,7 @@ fn error_pages_and_try_files() {
 
 #[test]
 fn keepalive_pipelining_and_limits() {
-    let s = serve(&site_conf("location /two/ { keepalive_requests 2; testkit_reply two; }"), SITE);
+    let s = serve(&site_conf("location /two/ { keepalive_requests 2; testkit_reply two; } location /aged/ { keepalive_time 300ms; testkit_reply aged; }"), SITE);
     // Three pipelined requests in one write, answered in order on one connection.
     let mut c = Client::new(s.port);
     c.send(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nHEAD /page.html HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -527,6 +527,14 @@ fn keepalive_pipelining_and_limits() {
     let mut c = Client::new(s.port);
     c.send(b"GET /two/ HTTP/1.1\r\nHost: x\r\n\r\nGET /two/ HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.response().unwrap().header("connection"), Some("keep-alive"));
+    assert_eq!(c.response().unwrap().header("connection"), Some("close"));
+    assert!(c.closed());
+    // keepalive_time: a request on a connection older than that is its last.
+    let mut c = Client::new(s.port);
+    c.send(b"GET /aged/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.response().unwrap().header("connection"), Some("keep-alive"));
+    std::thread::sleep(Duration::from_millis(400)); // the connection's age, not a wait for readiness
+    c.send(b"GET /aged/ HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.response().unwrap().header("connection"), Some("close"));
     assert!(c.closed());
 }

@@ -399,6 +399,28 @@ fn keepalive_pool_reuses_upstream_connections() {
 }
 
 #[test]
+fn upstream_keepalive_time_retires_old_connections() {
+    let b = Backend::start("T");
+    let s = front(&format!(
+        "access_log off;
+         upstream aged {{ server 127.0.0.1:{}; keepalive 4; keepalive_time 300ms; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /t/ {{ proxy_pass http://aged/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}
+         }}",
+        b.port
+    ));
+    let before = b.conns();
+    let conn = |path: &str| get_h(s.port, path, "").header("x-conn").unwrap().to_string();
+    let first = conn("/t/x");
+    assert_eq!(conn("/t/x"), first, "reused while young");
+    std::thread::sleep(Duration::from_millis(400)); // the connection's age, not a wait for readiness
+    // Its next use is its last: it goes back to the backend closed.
+    assert_eq!(conn("/t/x"), first);
+    assert_ne!(conn("/t/x"), first, "a new connection once the old one aged out");
+    assert_eq!(b.conns() - before - 1, 2);
+}
+
+#[test]
 fn websocket_upgrade_is_relayed_both_ways() {
     let b = Backend::start("W");
     let bp = b.port;

@@ -60,6 +60,8 @@ pub struct Core {
     pub keepalive_timeout: Duration,
     /// `keepalive_requests`.
     pub keepalive_requests: u32,
+    /// `keepalive_time`: no new request on a connection older than this.
+    pub keepalive_time: Duration,
     /// `send_timeout`.
     pub send_timeout: Duration,
     /// `server_tokens`.
@@ -148,6 +150,7 @@ impl Core {
             client_body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
             keepalive_requests: 1000,
+            keepalive_time: Duration::from_secs(3600),
             send_timeout: Duration::from_secs(60),
             server_tokens: true,
             sendfile: false,
@@ -369,6 +372,7 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("large_client_header_buffers", HS, 2, 2),
         ("keepalive_timeout", H, 1, 2),
         ("keepalive_requests", H, 1, 1),
+        ("keepalive_time", H, 1, 1),
         ("send_timeout", H, 1, 1),
         ("server_tokens", H, 1, 1),
         ("sendfile", H | IF, 1, 1),
@@ -512,6 +516,7 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "default_type" => c.default_type = d.args[0].clone(),
         "keepalive_timeout" => c.keepalive_timeout = dur(d, 0)?,
         "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
+        "keepalive_time" => c.keepalive_time = dur(d, 0)?,
         "send_timeout" => c.send_timeout = dur(d, 0)?,
         "server_tokens" => {
             c.server_tokens = match d.args[0].as_str() {

@@ -148,6 +148,8 @@ pub struct Conn<'a> {
     remote_addr: String,
     active: bool,
     requests: u32,
+    /// When the connection was accepted (keepalive_time).
+    born: std::time::Instant,
     local: SocketAddr,
     cycle: &'a Cycle,
     default: &'a Server,
@@ -235,6 +237,7 @@ impl<'a> Conn<'a> {
             remote_addr: String::new(),
             active: false,
             requests: 0,
+            born: crate::clock::now(),
             local,
             cycle,
             default,
@@ -793,6 +796,7 @@ impl<'a> Conn<'a> {
         r.reset();
         r.srv = srv;
         r.conn_requests = self.requests;
+        r.conn_born = self.born;
         r.conn_serial = self.serial;
         r.tls = self.sock.info();
         if r.ssl_server_name != self.sni {

@@ -117,6 +117,8 @@ pub struct Req<'a> {
     pub head_len: usize,
     /// Requests served on this connection, this one included.
     pub conn_requests: u32,
+    /// When the connection was accepted.
+    pub conn_born: std::time::Instant,
     /// Connection serial number (`$connection`).
     pub conn_serial: u64,
     /// Request body state.
@@ -263,6 +265,7 @@ impl<'a> Req<'a> {
             start_wall: crate::clock::wall(),
             head_len: 0,
             conn_requests: 0,
+            conn_born: crate::clock::now(),
             conn_serial: 0,
             body_state: BodyIn::Done,
             body_in: Vec::new(),
@@ -804,7 +807,11 @@ fn render_head(r: &mut Req) {
         }
     }
     let core = &r.location().core;
-    let keep = !r.must_close && r.keepalive && r.conn_requests < core.keepalive_requests && !core.keepalive_timeout.is_zero();
+    let keep = !r.must_close
+        && r.keepalive
+        && r.conn_requests < core.keepalive_requests
+        && !core.keepalive_timeout.is_zero()
+        && crate::clock::now().saturating_duration_since(r.conn_born) < core.keepalive_time;
     if !keep {
         r.must_close = true;
     }

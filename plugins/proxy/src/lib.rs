@@ -495,6 +495,8 @@ struct State {
     cached: bool,
     /// Requests the connection carried before this one.
     conn_requests: u32,
+    /// When the upstream connection was made.
+    conn_born: Option<Instant>,
     acquired: bool,
     tried: Vec<bool>,
     tries: u32,
@@ -611,7 +613,7 @@ impl State {
                     self.acquired = false;
                 }
                 if keep {
-                    g.put_idle(Idle { conn, peer: self.peer, since: now, requests: self.conn_requests + 1 }, now);
+                    g.put_idle(Idle { conn, peer: self.peer, since: now, requests: self.conn_requests + 1, born: self.conn_born.unwrap_or(now) }, now);
                     return;
                 }
             }
@@ -730,10 +732,12 @@ impl State {
             self.conn = Some(idle.conn);
             self.cached = true;
             self.conn_requests = idle.requests;
+            self.conn_born = Some(idle.born);
             return self.start_sending(req, idle.conn, conf);
         }
         self.cached = false;
         self.conn_requests = 0;
+        self.conn_born = Some(now);
         match Conn::connect_resuming(req, false, &group.peers[i].text, timeout(conf.connect_timeout)) {
             Ok(c) => self.conn = Some(c),
             Err(_) => return Flow::Failed(Fail::Error),

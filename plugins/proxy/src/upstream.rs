@@ -70,6 +70,8 @@ pub struct Idle {
     pub since: Instant,
     /// Requests it has carried.
     pub requests: u32,
+    /// When it was connected (`keepalive_time`).
+    pub born: Instant,
 }
 
 /// An upstream group (explicit, or implicit for `proxy_pass http://host:port`).
@@ -89,6 +91,8 @@ pub struct Upstream {
     pub keepalive_timeout: Duration,
     /// `keepalive_requests`.
     pub keepalive_requests: u32,
+    /// `keepalive_time`: a connection older than this is not kept.
+    pub keepalive_time: Duration,
     state: RefCell<Vec<PeerState>>,
     ring: Vec<(u32, usize)>,
     pool: RefCell<Vec<Idle>>,
@@ -133,6 +137,7 @@ impl Upstream {
             keepalive: 0,
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
+            keepalive_time: Duration::from_secs(3600),
             state: RefCell::new(state),
             ring: Vec::new(),
             pool: RefCell::new(Vec::new()),
@@ -158,6 +163,7 @@ impl Upstream {
         let mut backup = Vec::new();
         let mut balance = Balance::RoundRobin;
         let (mut keepalive, mut ka_timeout, mut ka_requests) = (0usize, Duration::from_secs(60), 1000u32);
+        let mut ka_time = Duration::from_secs(3600);
         for words in children {
             let (d, args) = words.split_first().ok_or("empty directive")?;
             match d.as_str() {
@@ -207,10 +213,11 @@ impl Upstream {
                     keepalive = args[0].parse().ok().filter(|&n| n > 0).ok_or(format!("invalid value \"{}\" in \"keepalive\" directive", args[0]))?
                 }
                 "keepalive_timeout" if args.len() == 1 => ka_timeout = parse_time(time_ms, &args[0])?,
+                "keepalive_time" if args.len() == 1 => ka_time = parse_time(time_ms, &args[0])?,
                 "keepalive_requests" if args.len() == 1 => {
                     ka_requests = args[0].parse().map_err(|_| format!("invalid value \"{}\" in \"keepalive_requests\" directive", args[0]))?
                 }
-                "least_conn" | "ip_hash" | "hash" | "keepalive" | "keepalive_timeout" | "keepalive_requests" => {
+                "least_conn" | "ip_hash" | "hash" | "keepalive" | "keepalive_timeout" | "keepalive_time" | "keepalive_requests" => {
                     return Err(format!("invalid number of arguments in \"{d}\" directive"))
                 }
                 other => return Err(format!("unknown directive \"{other}\" in upstream \"{name}\"")),
@@ -228,6 +235,7 @@ impl Upstream {
         u.keepalive = keepalive;
         u.keepalive_timeout = ka_timeout;
         u.keepalive_requests = ka_requests;
+        u.keepalive_time = ka_time;
         Ok(u)
     }
 
@@ -448,7 +456,7 @@ impl Upstream {
     /// Keeps a connection for reuse (the oldest one is closed when the
     /// pool is full). It is watched: data or EOF while idle closes it.
     pub fn put_idle(&self, mut idle: Idle, now: Instant) {
-        if self.keepalive == 0 || idle.requests >= self.keepalive_requests {
+        if self.keepalive == 0 || idle.requests >= self.keepalive_requests || now.saturating_duration_since(idle.born) >= self.keepalive_time {
             idle.conn.close();
             return;
         }
