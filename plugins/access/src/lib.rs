@@ -1,0 +1,195 @@
+//! `access`: nginx's access module — `allow` and `deny` with an address,
+//! a CIDR block, `unix:` or `all` (IPv4 and IPv6; an IPv4-mapped IPv6
+//! client is checked against IPv4 rules, as nginx does).
+//!
+//! Rules run in the ACCESS phase in the order written; the first that
+//! matches decides, and a deny answers 403 ("access forbidden by rule").
+//! A block without rules inherits the enclosing block's whole list.
+
+use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
+use std::net::IpAddr;
+
+/// One rule: allow or deny the network `addr/bits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    allow: bool,
+    net: Net,
+}
+
+/// The network a rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// `all`.
+    All,
+    /// `unix:`: clients on a unix-domain socket.
+    Unix,
+    /// An IPv4 network and its mask.
+    V4(u32, u32),
+    /// An IPv6 network and its mask.
+    V6(u128, u128),
+}
+
+impl Net {
+    fn contains(self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Net::All, _) => true,
+            (Net::V4(net, mask), IpAddr::V4(a)) => u32::from(a) & mask == net,
+            (Net::V6(net, mask), IpAddr::V6(a)) => u128::from(a) & mask == net,
+            _ => false,
+        }
+    }
+
+    fn contains_unix(self) -> bool {
+        match self {
+            Net::All | Net::Unix => true,
+            Net::V4(..) | Net::V6(..) => false,
+        }
+    }
+}
+
+/// Parses `all`, an address or a CIDR block as nginx's `allow`/`deny`.
+pub fn parse_net(s: &str) -> Result<Net, String> {
+    match s {
+        "all" => return Ok(Net::All),
+        "unix:" => return Ok(Net::Unix),
+        _ => {}
+    }
+    let (addr, bits) = match s.split_once('/') {
+        Some((a, b)) => (a, Some(b.parse::<u32>().map_err(|_| format!("invalid parameter \"{s}\""))?)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| format!("invalid parameter \"{s}\""))?;
+    let net = match ip {
+        IpAddr::V4(a) => {
+            let b = bits.unwrap_or(32);
+            if b > 32 {
+                return Err(format!("invalid parameter \"{s}\""));
+            }
+            let mask = if b == 0 { 0 } else { u32::MAX << (32 - b) };
+            let a = u32::from(a);
+            if a & !mask != 0 {
+                log(sys::LOG_WARN, &format!("low address bits of {s} are meaningless"));
+            }
+            Net::V4(a & mask, mask)
+        }
+        IpAddr::V6(a) => {
+            let b = bits.unwrap_or(128);
+            if b > 128 {
+                return Err(format!("invalid parameter \"{s}\""));
+            }
+            let mask = if b == 0 { 0 } else { u128::MAX << (128 - b) };
+            let a = u128::from(a);
+            if a & !mask != 0 {
+                log(sys::LOG_WARN, &format!("low address bits of {s} are meaningless"));
+            }
+            Net::V6(a & mask, mask)
+        }
+    };
+    Ok(net)
+}
+
+/// The first rule matching `ip` allows it (no rule matching: allowed).
+pub fn allowed(rules: &[Rule], ip: IpAddr) -> bool {
+    // An IPv4-mapped IPv6 client is an IPv4 client here, as in nginx.
+    let ip = match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    rules.iter().find(|r| r.net.contains(ip)).is_none_or(|r| r.allow)
+}
+
+/// Per-block configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Conf {
+    rules: Option<Vec<Rule>>,
+}
+
+/// The plugin.
+pub struct Access;
+
+const CTX: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION | sys::CTX_LIMIT_EXCEPT;
+
+fn rule(c: &mut Conf, a: &[&str], allow: bool) -> Result<(), String> {
+    let net = parse_net(a[0])?;
+    c.rules.get_or_insert_with(Vec::new).push(Rule { allow, net });
+    Ok(())
+}
+
+impl Plugin for Access {
+    const NAME: &'static str = "access";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        vec![
+            DirectiveSpec::<Conf>::new("allow", CTX, 1, 1, |c, a, _| rule(c, a, true)),
+            DirectiveSpec::<Conf>::new("deny", CTX, 1, 1, |c, a, _| rule(c, a, false)),
+        ]
+    }
+
+    fn merge(parent: &Conf, child: &mut Conf) {
+        if child.rules.is_none() {
+            child.rules = parent.rules.clone();
+        }
+    }
+
+    fn phases() -> &'static [Phase] {
+        &[Phase::Access]
+    }
+
+    fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        let Some(rules) = conf.rules.as_deref() else { return Status::Declined };
+        let Some(ip) = req.var("remote_addr").and_then(|a| a.parse::<IpAddr>().ok()) else {
+            // A unix-socket client: "all" and "unix:" rules apply.
+            return match rules.iter().find(|r| r.net.contains_unix()) {
+                Some(r) if !r.allow => forbidden(),
+                _ => Status::Declined,
+            };
+        };
+        if allowed(rules, ip) {
+            Status::Declined
+        } else {
+            forbidden()
+        }
+    }
+}
+
+fn forbidden() -> Status {
+    log(sys::LOG_ERR, "access forbidden by rule");
+    Status::Http(403)
+}
+
+export_plugin!(Access);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[(bool, &str)]) -> Vec<Rule> {
+        list.iter().map(|&(allow, n)| Rule { allow, net: parse_net(n).unwrap() }).collect()
+    }
+
+    #[test]
+    fn first_match_decides() {
+        let r = rules(&[(false, "192.168.1.1"), (true, "192.168.1.0/24"), (true, "10.1.1.0/16"), (true, "2001:db8::/32"), (false, "all")]);
+        let ok = |s: &str| allowed(&r, s.parse().unwrap());
+        assert!(!ok("192.168.1.1"));
+        assert!(ok("192.168.1.2"));
+        assert!(ok("10.1.200.3"), "low bits of 10.1.1.0/16 ignored");
+        assert!(!ok("10.2.0.1"));
+        assert!(ok("2001:db8::1"));
+        assert!(!ok("2001:db9::1"));
+        assert!(ok("::ffff:192.168.1.7"), "IPv4-mapped is IPv4");
+        assert!(!ok("::ffff:192.168.1.1"));
+        assert!(allowed(&[], "1.2.3.4".parse().unwrap()), "no rules: allowed");
+        assert!(allowed(&rules(&[(false, "0.0.0.0/0")]), "::1".parse().unwrap()), "an IPv4 rule says nothing of IPv6");
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        assert_eq!(parse_net("unix:"), Ok(Net::Unix));
+        for bad in ["1.2.3.4/33", "::1/129", "nowhere", "1.2.3.4/x", "unix:/x"] {
+            assert!(parse_net(bad).is_err(), "{bad}");
+        }
+    }
+}
