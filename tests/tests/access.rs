@@ -19,9 +19,10 @@ fn allow_and_deny_in_order_with_inheritance() {
             location /first/ {{ allow 127.0.0.1; deny all; }}
             location /inherit/ {{ deny all; location /inherit/own/ {{ allow all; }} }}
             location /other/ {{ allow 192.168.0.0/16; deny all; }}
+            location /ret/ {{ deny all; return 200 early; }}
         }} }}\n",
         conf_head(),
-        load_plugins(&["access", "static", "log"]),
+        load_plugins(&["rewrite", "access", "static", "log"]),
     ));
     let s = Server::start_in(p, port);
     let status = |path: &str| get(s.port, path).unwrap().status;
@@ -33,6 +34,8 @@ fn allow_and_deny_in_order_with_inheritance() {
     assert_eq!(status("/inherit/own/x"), 200, "a block's own rules replace the inherited list");
     assert_eq!(status("/other/x"), 403);
     assert!(s.prefix.error_log().contains("access forbidden by rule"));
+    // As in nginx, `return` runs in the rewrite phase, before access.
+    assert_eq!(status("/ret/x"), 200);
     let o = {
         let p = Prefix::new();
         p.write_conf(&format!("{}events {{}}\nhttp {{\nserver {{\ndeny 1.2.3.4/40;\n}}\n}}\n", load_plugins(&["access"])));
