@@ -189,6 +189,15 @@ pub trait Plugin: 'static {
     fn exit_worker(_main: &Self::Conf) {}
 }
 
+/// A variable's getter and the data it reads: see
+/// [`ConfCx::define_variable_with`].
+pub struct VarDef<T> {
+    /// Computes the value for a request (`None`: not found).
+    pub get: fn(&T, &mut Request<'_>) -> Option<String>,
+    /// What `get` reads.
+    pub data: T,
+}
+
 /// What [`ConfCx::tls`] builds (nginx's `ssl_*` / `proxy_ssl_*` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -426,6 +435,24 @@ impl ConfCx<'_> {
         // SAFETY: live conf handle; get is a plain function pointer passed
         // through `data` and called back by rt::var_tramp.
         match unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), Some(rt::var_tramp), get as *mut c_void) } {
+            sys::OK => Ok(()),
+            rc => Err(format!("cannot define variable \"{name}\" (rc {rc})")),
+        }
+    }
+
+    /// Defines `$name`, computed by `def.get` from `def.data` for each
+    /// request: for variables a directive makes (nginx's `map`, `set`-like
+    /// tables), where one function serves many variables.
+    ///
+    /// # Safety
+    /// `def` must stay where it is, unchanged, for as long as this
+    /// configuration is in use: box it in the plugin's configuration
+    /// object for the block being read (freed with the generation).
+    pub unsafe fn define_variable_with<T: 'static>(&self, name: &str, def: &VarDef<T>) -> Result<(), String> {
+        let f = rt::host().conf_define_variable.ok_or("variables are not supported by this host")?;
+        // SAFETY: live conf handle; def outlives the generation (caller's
+        // contract) and is read back by rt::var_with_tramp::<T>.
+        match unsafe { f(self.raw, sys::Str::from_bytes(name.as_bytes()), Some(rt::var_with_tramp::<T>), def as *const VarDef<T> as *mut c_void) } {
             sys::OK => Ok(()),
             rc => Err(format!("cannot define variable \"{name}\" (rc {rc})")),
         }

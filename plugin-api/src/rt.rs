@@ -138,6 +138,28 @@ thread_local! {
     static VAR_OUT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// Calls a variable getter defined with `ConfCx::define_variable_with`.
+pub unsafe extern "C" fn var_with_tramp<T: 'static>(r: *mut sys::Request, data: *mut c_void, out: *mut sys::Str) -> Rc {
+    guard("variable", "a variable getter", sys::ERROR, || {
+        if r.is_null() || data.is_null() || out.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: data is the VarDef<T> define_variable_with passed, kept
+        // alive by the plugin for the generation.
+        let def = unsafe { &*(data as *const crate::VarDef<T>) };
+        // SAFETY: live request handle for the call.
+        let mut req = unsafe { crate::Request::from_raw(r) };
+        let Some(v) = (def.get)(&def.data, &mut req) else { return sys::NOT_FOUND };
+        VAR_OUT.with(|b| {
+            let mut b = b.borrow_mut();
+            *b = v;
+            // SAFETY: as in var_tramp.
+            unsafe { *out = sys::Str::from_bytes(b.as_bytes()) };
+        });
+        sys::OK
+    })
+}
+
 /// Calls a variable getter defined with `ConfCx::define_variable`.
 pub unsafe extern "C" fn var_tramp(r: *mut sys::Request, data: *mut c_void, out: *mut sys::Str) -> Rc {
     guard("variable", "a variable getter", sys::ERROR, || {
