@@ -180,6 +180,18 @@ pub trait Plugin: 'static {
         Ok(())
     }
 
+    /// True if [`Plugin::body_filter`] is to be registered.
+    const BODY_FILTER: bool = false;
+
+    /// Output body filter (when [`Plugin::BODY_FILTER`]): receives the
+    /// response body as it is sent, in pieces ([`Piece`]), and passes on
+    /// what the client gets with [`Request::next_body`]; passing nothing
+    /// holds data back. Runs in reverse load order. `Err` aborts the
+    /// response (logged, the connection closed).
+    fn body_filter(req: &mut Request<'_>, _conf: &Self::Conf, body: &[sys::Buf]) -> Result<(), String> {
+        req.next_body_raw(body).map_err(|rc| format!("next body filter failed (rc {rc})"))
+    }
+
     /// Runs in each worker after fork; an error stops the worker.
     fn init_worker(_main: &Self::Conf) -> Result<(), String> {
         Ok(())
@@ -187,6 +199,42 @@ pub trait Plugin: 'static {
 
     /// Runs in each worker before it exits.
     fn exit_worker(_main: &Self::Conf) {}
+}
+
+/// A piece of response body as a body filter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Bytes in memory.
+    Mem(&'a [u8]),
+    /// A region of an open file (read it with `pread`; the fd is only
+    /// borrowed for the call).
+    File {
+        /// The descriptor.
+        fd: i32,
+        /// Where the region starts.
+        pos: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl<'a> Piece<'a> {
+    /// What `b` holds (borrowed for the filter call).
+    pub fn of(b: &'a sys::Buf) -> Piece<'a> {
+        if b.flags & sys::BUF_FILE != 0 {
+            Piece::File { fd: b.fd, pos: b.file_pos.max(0) as u64, len: b.file_len.max(0) as u64 }
+        } else if b.data.is_null() || b.len == 0 {
+            Piece::Mem(&[])
+        } else {
+            // SAFETY: the host passes len readable bytes, valid for the call.
+            Piece::Mem(unsafe { std::slice::from_raw_parts(b.data, b.len) })
+        }
+    }
+
+    /// True for the last piece of the body.
+    pub fn is_last(b: &sys::Buf) -> bool {
+        b.flags & sys::BUF_LAST != 0
+    }
 }
 
 /// A variable's getter and the data it reads: see
@@ -884,6 +932,26 @@ impl<'a> Request<'a> {
         unsafe { set(self.raw, b.cast(), Some(rt::drop_box::<T>)) };
         // SAFETY: just allocated; owned by the request from now on.
         unsafe { &mut *b }
+    }
+
+    /// From a body filter: passes `data` (copied by the host) on to the
+    /// next filter, ending the body when `last`.
+    pub fn next_body(&mut self, data: &[u8], last: bool) -> Result<(), sys::Rc> {
+        let b = sys::Buf { data: data.as_ptr(), len: data.len(), fd: -1, flags: if last { sys::BUF_LAST } else { 0 }, file_pos: 0, file_len: 0 };
+        if data.is_empty() && !last {
+            return Ok(());
+        }
+        self.next_body_raw(std::slice::from_ref(&b))
+    }
+
+    /// From a body filter: passes buffers on unchanged (zero copy).
+    pub fn next_body_raw(&mut self, bufs: &[sys::Buf]) -> Result<(), sys::Rc> {
+        let f = rt::host().http_next_body_filter.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: live handle; bufs borrowed for the call.
+        match unsafe { f(self.raw, bufs.as_ptr(), bufs.len()) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
     }
 
     /// Sends several body buffers in one call (the host copies them).

@@ -255,7 +255,7 @@ pub fn build<P: Plugin>() -> Built {
         handlers: handlers.as_ptr(),
         nhandlers: handlers.len(),
         header_filter: if P::HEADER_FILTER { Some(header_filter_tramp::<P>) } else { None },
-        body_filter: None,
+        body_filter: if P::BODY_FILTER { Some(body_filter_tramp::<P>) } else { None },
     };
     Built { def, _names: names, _dirs: dirs, _handlers: handlers }
 }
@@ -310,6 +310,30 @@ unsafe extern "C" fn header_filter_tramp<P: Plugin>(r: *mut sys::Request, conf: 
         // SAFETY: as in handler_tramp.
         let (mut req, conf) = unsafe { (Request::from_raw(r), &*(conf as *const P::Conf)) };
         match P::header_filter(&mut req, conf) {
+            Ok(()) => sys::OK,
+            Err(e) => {
+                log(sys::LOG_ERR, &e);
+                sys::ERROR
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn body_filter_tramp<P: Plugin>(r: *mut sys::Request, conf: *mut c_void, bufs: *const sys::Buf, n: usize) -> Rc {
+    guard(P::NAME, "the body filter", sys::ERROR, || {
+        if r.is_null() || (bufs.is_null() && n > 0) {
+            return sys::ERROR;
+        }
+        // SAFETY: the host passes n buffers valid for the call.
+        let body: &[sys::Buf] = if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(bufs, n) } };
+        // SAFETY: a live request handle.
+        let mut req = unsafe { Request::from_raw(r) };
+        if conf.is_null() {
+            return req.next_body_raw(body).err().unwrap_or(sys::OK);
+        }
+        // SAFETY: the conf object create_tramp::<P> made for this location.
+        let conf = unsafe { &*(conf as *const P::Conf) };
+        match P::body_filter(&mut req, conf, body) {
             Ok(()) => sys::OK,
             Err(e) => {
                 log(sys::LOG_ERR, &e);
