@@ -253,8 +253,10 @@ impl Plugin for Gzip {
         Ok(())
     }
 
-    fn body_filter(req: &mut Request<'_>, _conf: &Conf, body: &[sys::Buf]) -> Result<(), String> {
-        let Some(mut enc) = req.ctx::<Ctx>().enc.take() else {
+    fn body_filter(req: &mut Request<'_>, conf: &Conf, body: &[sys::Buf]) -> Result<(), String> {
+        // Off here: no per-request state to look at (or make).
+        let on = conf.enable == Some(true);
+        let Some(mut enc) = on.then(|| req.ctx::<Ctx>().enc.take()).flatten() else {
             return req.next_body_raw(body).map_err(|rc| format!("next body filter failed (rc {rc})"));
         };
         let mut last = false;
