@@ -231,6 +231,39 @@ impl<'a> Piece<'a> {
         }
     }
 
+    /// Reads `len` bytes at `pos` of a file piece into `out` (appended);
+    /// for a memory piece, copies it.
+    pub fn read_into(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        match *self {
+            Piece::Mem(m) => out.extend_from_slice(m),
+            Piece::File { fd, pos, len } => {
+                use std::os::fd::FromRawFd;
+                use std::os::unix::fs::FileExt;
+                // SAFETY: the host's descriptor, live for the call; borrowed
+                // (ManuallyDrop: never closed here).
+                let file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+                let (start, mut done) = (out.len(), 0u64);
+                out.resize(start + len as usize, 0);
+                while done < len {
+                    let n = match file.read_at(&mut out[start + done as usize..], pos + done) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            out.truncate(start);
+                            return Err(e);
+                        }
+                    };
+                    if n == 0 {
+                        out.truncate(start);
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than its region"));
+                    }
+                    done += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// True for the last piece of the body.
     pub fn is_last(b: &sys::Buf) -> bool {
         b.flags & sys::BUF_LAST != 0
@@ -863,8 +896,19 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The request body read so far (complete after [`Request::read_body`]).
+    /// The request body once read, when it is in memory (see
+    /// [`Request::body_piece`] for one in a temporary file).
     pub fn body(&self) -> Option<&[u8]> {
+        match self.body_piece()? {
+            Piece::Mem(m) => Some(m),
+            Piece::File { .. } => None,
+        }
+    }
+
+    /// The whole request body once read: in memory, or (larger than
+    /// `client_body_buffer_size`) a region of a temporary file whose
+    /// descriptor lives as long as the request.
+    pub fn body_piece(&self) -> Option<Piece<'_>> {
         let f = rt::host().http_body?;
         let (mut bufs, mut n) = (std::ptr::null(), 0usize);
         // SAFETY: live handle; valid out-pointers.
@@ -872,8 +916,7 @@ impl<'a> Request<'a> {
             return None;
         }
         // SAFETY: the host's buffer lives in the request.
-        let b = unsafe { &*bufs };
-        Some(unsafe { sys::Str { data: b.data, len: b.len }.as_bytes() })
+        Some(Piece::of(unsafe { &*bufs }))
     }
 
     /// Resumes the request after `ms` milliseconds: return

@@ -861,3 +861,50 @@ fn one_file_through_locations_with_their_own_types() {
         assert_eq!(ctype("/d/g.bin").as_deref(), Some("application/x-default"));
     }
 }
+
+#[test]
+fn large_request_bodies_wait_in_temporary_files() {
+    let s = serve(
+        &site_conf(
+            "client_max_body_size 10m; client_body_buffer_size 1k; client_body_temp_path body_temp;
+             location /echo { testkit_reply x; }
+             location /kept/ { client_body_in_file_only on; testkit_reply x; }",
+        ),
+        SITE,
+    );
+    let temp = s.prefix.path().join("body_temp");
+    let body: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let post = |path: &str, body: &[u8]| {
+        let mut c = Client::new(s.port);
+        c.send(format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+        c.send(body);
+        c.response().unwrap()
+    };
+    // Below client_body_buffer_size: in memory, no file.
+    let r = post("/echo", b"small body");
+    assert_eq!((r.body.as_slice(), r.header("x-body-file")), (&b"small body"[..], None));
+    // Above it: in a file under client_body_temp_path while the request
+    // lasts, whole when read, removed after.
+    let r = post("/echo", &body);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body == body, "the body read back from the file differs");
+    let file = r.header("x-body-file").expect("the body went to a file").to_string();
+    assert!(file.starts_with(&temp.display().to_string()), "{file}");
+    poll_until("the temporary file to go", Duration::from_secs(5), || (!std::path::Path::new(&file).exists()).then_some(()));
+    // Chunked, too.
+    let mut c = Client::new(s.port);
+    c.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for part in body.chunks(70_000) {
+        c.send(format!("{:x}\r\n", part.len()).as_bytes());
+        c.send(part);
+        c.send(b"\r\n");
+    }
+    c.send(b"0\r\n\r\n");
+    let r = c.response().unwrap();
+    assert!(r.body == body && r.header("x-body-file").is_some());
+    // client_body_in_file_only on: every body in a file, kept afterwards.
+    let r = post("/kept/echo", b"tiny");
+    assert_eq!(r.body, b"tiny");
+    let kept = r.header("x-body-file").unwrap().to_string();
+    assert_eq!(std::fs::read(&kept).unwrap(), b"tiny");
+}

@@ -571,3 +571,36 @@ fn ambiguous_upstream_framing_is_a_bad_gateway() {
     let expires: Vec<_> = r.headers.iter().filter(|(k, _)| k == "expires").map(|(_, v)| v.as_str()).collect();
     assert_eq!(expires, ["foo"]);
 }
+
+#[test]
+fn large_request_bodies_go_upstream_from_their_temporary_file() {
+    let b = Backend::start("F");
+    let dead = free_port();
+    let s = front(&format!(
+        "access_log off; client_max_body_size 5m;
+         upstream pair {{ server 127.0.0.1:{dead}; server 127.0.0.1:{}; }}
+         server {{ listen 127.0.0.1:PORT; location / {{ proxy_pass http://pair; }} }}",
+        b.port
+    ));
+    let body: String = (0..400_000u32).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for round in 0..2 {
+        // The first peer is refused (then marked failed): the body is sent
+        // again, whole, to the second.
+        let r = req(s.port, &format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+        assert_eq!(r.status, 200, "round {round}");
+        let echoed = body_of_echo(&r);
+        assert_eq!(echoed.len(), body.len(), "round {round}");
+        assert!(echoed == body, "round {round}: the backend got another body");
+    }
+    // The temporary files are gone.
+    let temp = s.prefix.path().join("client_body_temp");
+    poll_until("no temporary files left", Duration::from_secs(5), || (std::fs::read_dir(&temp).map_or(0, |d| d.count()) == 0).then_some(()));
+}
+
+/// The "body" field of the echo backend's JSON.
+fn body_of_echo(r: &Response) -> String {
+    let b = body(r);
+    let start = b.find("\"body\": \"").expect("an echo") + 9;
+    let end = start + b[start..].find('"').unwrap();
+    b[start..end].to_string()
+}

@@ -88,8 +88,14 @@ pub struct Core {
     pub port_in_redirect: bool,
     /// `server_name_in_redirect`.
     pub server_name_in_redirect: bool,
-    /// `client_body_buffer_size` (kept for `$request_body` users).
+    /// `client_body_buffer_size`: a request body larger than this goes to
+    /// a temporary file.
     pub client_body_buffer_size: u64,
+    /// `client_body_temp_path`: where those files go.
+    pub client_body_temp_path: String,
+    /// `client_body_in_file_only off|clean|on` as 0/1/2: every body goes to
+    /// a file (kept after the request with `on`).
+    pub body_in_file_only: u8,
     /// `types {}`: extension (lowercase) → MIME type; None: nginx's
     /// built-in three.
     pub types: Option<Arc<Types>>,
@@ -165,6 +171,8 @@ impl Core {
             port_in_redirect: true,
             server_name_in_redirect: false,
             client_body_buffer_size: 16 * 1024,
+            client_body_temp_path: prefix.resolve("client_body_temp").to_string_lossy().into_owned(),
+            body_in_file_only: 0,
             types: None,
             default_type: "text/plain".to_string(),
         }
@@ -367,6 +375,9 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("client_max_body_size", H, 1, 1),
         ("client_body_timeout", H, 1, 1),
         ("client_body_buffer_size", H, 1, 1),
+        ("client_body_temp_path", H, 1, 4),
+        ("client_body_in_file_only", H, 1, 1),
+        ("client_body_in_single_buffer", H, 1, 1),
         ("client_header_timeout", HS, 1, 1),
         ("client_header_buffer_size", HS, 1, 1),
         ("large_client_header_buffers", HS, 2, 2),
@@ -501,6 +512,29 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "client_max_body_size" => c.client_max_body_size = size(d, 0)?,
         "client_body_timeout" => c.client_body_timeout = dur(d, 0)?,
         "client_body_buffer_size" => c.client_body_buffer_size = size(d, 0)?,
+        "client_body_temp_path" => {
+            if d.args.len() > 1 {
+                // nginx's hashed levels: accepted, files go in the top
+                // directory (they live no longer than their request).
+                for l in &d.args[1..] {
+                    if !matches!(l.as_str(), "1" | "2") {
+                        return Err(d.err(format!("invalid value \"{l}\"")));
+                    }
+                }
+            }
+            c.client_body_temp_path = prefix.resolve(&d.args[0]).to_string_lossy().into_owned();
+        }
+        "client_body_in_file_only" => {
+            c.body_in_file_only = match d.args[0].as_str() {
+                "off" => 0,
+                "clean" => 1,
+                "on" => 2,
+                v => return Err(d.err(format!("invalid value \"{v}\" in \"client_body_in_file_only\" directive, it must be \"on\", \"clean\" or \"off\""))),
+            }
+        }
+        "client_body_in_single_buffer" => {
+            d.flag()?;
+        }
         "types" => {
             let mut m = Types::default();
             for ch in d.children() {
@@ -645,6 +679,15 @@ fn covers(a: &SocketAddr, local: SocketAddr) -> bool {
 }
 
 impl HttpConf {
+    /// Every `client_body_temp_path` in use (for the directories to be
+    /// made before workers need them).
+    pub fn temp_paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.servers.iter().flat_map(|s| s.locs.iter().map(|l| l.core.client_body_temp_path.clone())).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Builds the HTTP configuration from the plugins' configuration nodes.
     pub fn build(plugins: &Plugins, prefix: &Prefix, conf_dir: &Path, default_addr: SocketAddr) -> Result<HttpConf, ConfError> {
         let nodes = &plugins.nodes;

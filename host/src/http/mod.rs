@@ -350,6 +350,8 @@ impl<'a> Conn<'a> {
                 }
             }
             request::log_phase(&self.req);
+            // A body's temporary file lives no longer than its request.
+            self.req.borrow_mut().body_file = None;
             self.end_request();
         }
         if let Some(r) = &self.req.0 {
@@ -587,6 +589,7 @@ impl<'a> Conn<'a> {
             return None;
         }
         request::log_phase(&self.req);
+        self.req.borrow_mut().body_file = None;
         let (keep, core_ka, linger_mode) = {
             let r = self.req.borrow();
             let core = &r.location().core;
@@ -942,7 +945,11 @@ impl<'a> Conn<'a> {
                     }
                     if state == BodyIn::Reading {
                         let start = self.rstart;
-                        r.body_in.extend_from_slice(&self.rbuf[start + data.start..start + data.end]);
+                        if let Err(e) = r.body_append(&self.rbuf[start + data.start..start + data.end]) {
+                            drop(r);
+                            crate::log!(Crit, "writing the client request body to a temporary file failed: {e}");
+                            return self.body_failed(500);
+                        }
                     }
                 }
                 self.rstart += used;

@@ -125,6 +125,9 @@ pub struct Req<'a> {
     pub body_state: BodyIn,
     /// The body read so far (when a plugin asked for it).
     pub body_in: Vec<u8>,
+    /// The body, once larger than client_body_buffer_size (or with
+    /// client_body_in_file_only): in a temporary file instead.
+    pub body_file: Option<BodyFile>,
     /// Body bytes received (read or discarded).
     pub body_received: u64,
     /// Who to tell when the body is complete: (plugin, callback, data).
@@ -269,6 +272,7 @@ impl<'a> Req<'a> {
             conn_serial: 0,
             body_state: BodyIn::Done,
             body_in: Vec::new(),
+            body_file: None,
             body_received: 0,
             body_done: None,
             body_buf: sys::Buf { data: std::ptr::null(), len: 0, fd: -1, flags: 0, file_pos: 0, file_len: 0 },
@@ -341,8 +345,34 @@ impl<'a> Req<'a> {
         self.local = local;
     }
 
+    /// Appends request-body bytes: in memory up to
+    /// `client_body_buffer_size`, then (or always, with
+    /// `client_body_in_file_only`) in a temporary file, as nginx.
+    pub fn body_append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(f) = &mut self.body_file {
+            f.file.write_all(data)?;
+            f.len += data.len() as u64;
+            return Ok(());
+        }
+        let core = &self.location().core;
+        if self.body_in.len() + data.len() <= core.client_body_buffer_size as usize && core.body_in_file_only == 0 {
+            self.body_in.extend_from_slice(data);
+            return Ok(());
+        }
+        let mut f = BodyFile::create(&core.client_body_temp_path, core.body_in_file_only == 2)?;
+        f.file.write_all(&self.body_in)?;
+        f.file.write_all(data)?;
+        f.len = (self.body_in.len() + data.len()) as u64;
+        self.body_in.clear();
+        self.body_file = Some(f);
+        Ok(())
+    }
+
     /// Lets go of unusually large buffers before the object is kept.
     pub fn trim(&mut self) {
+        // A body's temporary file lives no longer than its request.
+        self.body_file = None;
         if self.body_in.capacity() > 64 * 1024 {
             self.body_in = Vec::new();
         }
@@ -391,6 +421,7 @@ impl<'a> Req<'a> {
         self.start_wall = crate::clock::wall();
         self.body_state = BodyIn::Done;
         self.body_in.clear();
+        self.body_file = None;
         self.body_received = 0;
         self.body_done = None;
         self.status = 0;
@@ -545,6 +576,52 @@ impl Req<'_> {
             });
         } else {
             out.push_str(root);
+        }
+    }
+}
+
+/// A request body in a temporary file. Removed when dropped (the
+/// request is over), unless `client_body_in_file_only on` keeps it.
+#[derive(Debug)]
+pub struct BodyFile {
+    /// The open file (written, then read by plugins through its fd).
+    pub file: std::fs::File,
+    /// Its path (`$request_body_file`).
+    pub path: String,
+    /// Bytes in it.
+    pub len: u64,
+    keep: bool,
+}
+
+impl BodyFile {
+    /// Makes a new file in `dir` (0600), named as nginx names them: ten
+    /// digits, unique in the directory.
+    fn create(dir: &str, keep: bool) -> std::io::Result<BodyFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        thread_local!(static NEXT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        let pid = std::process::id();
+        for _ in 0..100 {
+            let n = NEXT.with(|c| {
+                let n = c.get().wrapping_add(1);
+                c.set(n);
+                n
+            });
+            let seq = (u64::from(pid) * 1_000_003 + u64::from(n)) % 10_000_000_000;
+            let path = format!("{dir}/{seq:010}");
+            match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(file) => return Ok(BodyFile { file, path, len: 0, keep }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("open() \"{path}\" failed ({})", crate::config::parser::os_err(&e)))),
+            }
+        }
+        Err(std::io::Error::other(format!("no free temporary file name in \"{dir}\"")))
+    }
+}
+
+impl Drop for BodyFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }

@@ -13,7 +13,7 @@ const CORE: &[&str] = &[
     "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
     "request_time", "time_local", "time_iso8601", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
-    "request_body", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
+    "request_body", "request_body_file", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
 ];
 
 /// True if `name` is (or is in a family of) the host's variables.
@@ -162,12 +162,17 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
             let _ = write!(out, "{}", std::process::id());
         }
         "nginx_version" => out.push_str(env!("CARGO_PKG_VERSION")),
+        // As nginx: the body when it is in memory; in a file, its path.
         "request_body" => {
-            if r.body_state != super::request::BodyIn::Done || r.body_in.is_empty() {
+            if r.body_state != super::request::BodyIn::Done || r.body_in.is_empty() || r.body_file.is_some() {
                 return false;
             }
             out.push_str(&String::from_utf8_lossy(&r.body_in));
         }
+        "request_body_file" => match &r.body_file {
+            Some(f) => out.push_str(&f.path),
+            None => return false,
+        },
         _ => {
             if let Some(h) = name.strip_prefix("http_") {
                 // Several lines of one header are joined, as nginx does

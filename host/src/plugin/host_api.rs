@@ -836,8 +836,19 @@ unsafe extern "C" fn http_body(r: *mut sys::Request, out: *mut *const sys::Buf, 
     if r.body_state != hreq::BodyIn::Done {
         return sys::AGAIN;
     }
-    let (p, len) = (r.body_in.as_ptr(), r.body_in.len());
-    r.body_buf = sys::Buf { data: p, len, fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 };
+    r.body_buf = match &r.body_file {
+        // In a temporary file: one file region (the fd lives with the
+        // request).
+        Some(f) => sys::Buf {
+            data: std::ptr::null(),
+            len: 0,
+            fd: std::os::fd::AsRawFd::as_raw_fd(&f.file),
+            flags: sys::BUF_LAST | sys::BUF_FILE,
+            file_pos: 0,
+            file_len: f.len as i64,
+        },
+        None => sys::Buf { data: r.body_in.as_ptr(), len: r.body_in.len(), fd: -1, flags: sys::BUF_LAST, file_pos: 0, file_len: 0 },
+    };
     // SAFETY: out-pointers checked non-null; body_buf lives in the request.
     unsafe {
         *out = &r.body_buf;

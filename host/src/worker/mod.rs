@@ -96,8 +96,21 @@ fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> 
         };
         sys::set_affinity(mask).map_err(|e| format!("sched_setaffinity({mask:#b}) failed ({e})"))?;
     }
+    // Directories for request bodies in temporary files: made (and given
+    // to the worker user) before privileges go, as nginx's master does.
+    let temp = cycle.http.temp_paths();
+    for d in &temp {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            crate::log!(Crit, "mkdir() \"{d}\" failed ({})", crate::config::parser::os_err(&e));
+        }
+    }
     if sys::is_root() && !single {
         let (uid, gid) = worker_user(core)?;
+        for d in &temp {
+            if let Err(e) = sys::chown(std::path::Path::new(d), uid, gid) {
+                crate::log!(Crit, "chown(\"{d}\", {uid}) failed ({})", crate::config::parser::os_err(&e));
+            }
+        }
         sys::drop_privileges(uid, gid)
             .map_err(|e| format!("setuid({uid})/setgid({gid}) failed ({e})"))?;
     } else if core.user.is_some() && !sys::is_root() && slot == 0 {

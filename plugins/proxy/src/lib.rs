@@ -23,7 +23,7 @@ pub mod upstream;
 use plugin_api::http::{escape_uri, Chunked, Step};
 use plugin_api::io::Conn;
 use plugin_api::template::Template;
-use plugin_api::{export_plugin, sys, ConfCx, DirectiveSpec, Plugin, Request, Status};
+use plugin_api::{export_plugin, sys, ConfCx, DirectiveSpec, Piece, Plugin, Request, Status};
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write as _;
@@ -504,6 +504,12 @@ struct State {
     attempt_start: Option<Instant>,
     out: Vec<u8>,
     sent: usize,
+    /// A request body in a temporary file (fd, pos, len): sent after
+    /// `out`, a block at a time through `fchunk`.
+    body_file: Option<(i32, u64, u64)>,
+    fchunk: Vec<u8>,
+    fchunk_off: usize,
+    file_read: u64,
     buf: Vec<u8>,
     framing: Option<Framing>,
     chunked: Chunked,
@@ -689,7 +695,7 @@ impl State {
         let method = req.method();
         self.head = method == "HEAD";
         self.idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
-        build_request(req, method, conf, pass, &self.proxy_host, &mut self.out);
+        self.body_file = build_request(req, method, conf, pass, &self.proxy_host, &mut self.out);
         self.first_try = Some(self.now());
         self.connect(req, conf)
     }
@@ -720,6 +726,8 @@ impl State {
         self.tried[i] = true;
         self.tries += 1;
         self.sent = 0;
+        (self.fchunk_off, self.file_read) = (0, 0);
+        self.fchunk.clear();
         // Whatever the previous attempt left unread is not this one's.
         self.buf.clear();
         self.framing = None;
@@ -803,10 +811,37 @@ impl State {
 
     fn sending(&mut self, req: &mut Request<'_>, conf: &Conf) -> Flow {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
-        while self.sent < self.out.len() {
-            match c.write(&self.out[self.sent..]) {
+        loop {
+            // The head (and a body in memory), then a body in a file, a
+            // block at a time.
+            let pending: &[u8] = if self.sent < self.out.len() {
+                &self.out[self.sent..]
+            } else if self.fchunk_off < self.fchunk.len() {
+                &self.fchunk[self.fchunk_off..]
+            } else {
+                match self.body_file {
+                    Some((fd, pos, len)) if self.file_read < len => {
+                        let want = (len - self.file_read).min(64 * 1024);
+                        self.fchunk.clear();
+                        self.fchunk_off = 0;
+                        let piece = Piece::File { fd, pos: pos + self.file_read, len: want };
+                        if let Err(e) = piece.read_into(&mut self.fchunk) {
+                            plugin_api::log(sys::LOG_CRIT, &format!("reading the request body file failed ({e})"));
+                            return Flow::Return(Status::Error);
+                        }
+                        self.file_read += want;
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            match c.write(pending) {
                 Ok(Some(n)) if n > 0 => {
-                    self.sent += n;
+                    if self.sent < self.out.len() {
+                        self.sent += n;
+                    } else {
+                        self.fchunk_off += n;
+                    }
                     self.expire_in(conf.send_timeout);
                 }
                 Ok(_) => {
@@ -1382,7 +1417,9 @@ const DEFAULT_SET: [(&str, &str); 7] =
     [("Host", "$proxy_host"), ("Connection", "close"), ("Keep-Alive", ""), ("Expect", ""), ("Upgrade", ""), ("TE", ""), ("Transfer-Encoding", "")];
 
 /// Writes the request head and body for the upstream into `out`.
-fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>) {
+/// Returns the body's file region when the body is in a temporary file
+/// (sent after `out`, which then holds only the head).
+fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>) -> Option<(i32, u64, u64)> {
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -1412,7 +1449,12 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
             header(out, name, &|out| out.extend_from_slice(v.as_bytes()));
         }
     }
-    let body = req.body().unwrap_or(&[]);
+    let (body, file): (&[u8], _) = match req.body_piece() {
+        Some(Piece::Mem(m)) => (m, None),
+        Some(Piece::File { fd, pos, len }) => (&[], Some((fd, pos, len))),
+        None => (&[], None),
+    };
+    let body_len = file.map_or(body.len() as u64, |(_, _, len)| len);
     let mut has_body = false;
     for (k, v) in req.headers() {
         if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
@@ -1424,10 +1466,11 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
         header(out, k, &|out| out.extend_from_slice(v.as_bytes()));
     }
     if has_body {
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        let _ = write!(out, "Content-Length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    file
 }
 
 /// Applies proxy_redirect to a Location or Refresh value.

@@ -148,10 +148,19 @@ impl Plugin for Testkit {
             return req.respond(200, "text/plain", n.to_string().as_bytes());
         }
         match req.uri() {
-            "/echo" => {
+            u if u.ends_with("/echo") => {
                 return match req.read_body() {
                     Ok(true) => {
-                        let body = req.body().unwrap_or(b"").to_vec();
+                        let mut body = Vec::new();
+                        if let Some(p) = req.body_piece() {
+                            if p.read_into(&mut body).is_err() {
+                                return Status::Error;
+                            }
+                        }
+                        // Where a large body waited (a temporary file).
+                        if let Some(f) = req.var("request_body_file").map(str::to_string) {
+                            req.add_header("X-Body-File", &f);
+                        }
                         req.respond(200, "application/octet-stream", &body)
                     }
                     Ok(false) => Status::Again,
