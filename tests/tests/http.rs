@@ -719,6 +719,7 @@ fn access_log_formats() {
                 location /quiet/ { access_log off; }
                 location /json/ { access_log logs/json.log js; }
                 location /buffered/ { access_log logs/buf.log combined buffer=64k; }
+                location /cond/ { access_log logs/cond.log test if=$arg_log; }
             }
             server { listen 127.0.0.1:PORT; server_name other.test; root html; }
         }\n",
@@ -729,6 +730,9 @@ fn access_log_formats() {
     get(s.port, "/quiet/x").unwrap();
     get_h(s.port, "/json/x", "User-Agent: a\"b\r\n");
     get(s.port, "/buffered/x").unwrap();
+    for q in ["?log=1", "?log=0", "", "?log=yes"] {
+        get(s.port, &format!("/cond/x{q}")).unwrap();
+    }
     req(s.port, "GET /a.txt HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n");
     let test_log = poll_until("test.log lines", Duration::from_secs(5), || {
         let t = std::fs::read_to_string(p.join("logs/test.log")).unwrap_or_default();
@@ -748,6 +752,13 @@ fn access_log_formats() {
     let line = combined.lines().next().unwrap();
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(line.ends_with("] \"GET /a.txt?a=1&b=2 HTTP/1.1\" 200 10 \"-\" \"t/1\""), "{line}");
+    // if=: only the requests whose condition is neither "" nor "0".
+    let cond = poll_until("cond.log lines", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(p.join("logs/cond.log")).unwrap_or_default();
+        (t.lines().count() >= 2).then_some(t)
+    });
+    let logged: Vec<&str> = cond.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert_eq!(logged, ["/cond/x?log=1", "/cond/x?log=yes"]);
     let json = std::fs::read_to_string(p.join("logs/json.log")).unwrap();
     assert_eq!(json.trim(), "{\"ua\":\"a\\\"b\",\"st\":404}");
     // buffer=: written when the worker exits (graceful quit).

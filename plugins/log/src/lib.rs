@@ -1,7 +1,8 @@
 //! `log`: the access log, as nginx's log module.
 //!
 //! - `log_format name [escape=default|json|none] string…;` (http)
-//! - `access_log path [format [buffer=size] [flush=time]] | off;`
+//! - `access_log path [format [buffer=size] [flush=time] [if=condition]] | off;`
+//!   (`if=`: the line is skipped when the condition is empty or "0")
 //!   (http, server, location; several may be given; inherited as a whole)
 //!
 //! The predefined `combined` format is the default; without any
@@ -73,6 +74,8 @@ impl LogFile {
 struct Target {
     file: Rc<LogFile>,
     format: Rc<Format>,
+    /// `if=`: the line is written unless this is empty or "0".
+    cond: Option<Rc<Template>>,
 }
 
 /// Per-block configuration.
@@ -167,19 +170,20 @@ impl Plugin for Log {
                         .cloned()
                         .ok_or_else(|| format!("unknown log format \"{name}\""))?,
                 };
-                let mut cap = 0;
+                let (mut cap, mut cond) = (0, None);
                 for p in a.iter().skip(1).filter(|p| p.contains('=')) {
                     match p.split_once('=') {
                         Some(("buffer", v)) => cap = cx.size(v)? as usize,
                         Some(("flush", v)) => {
                             cx.time_ms(v)?;
                         }
-                        Some(("gzip" | "if", _)) => return Err(format!("\"{p}\" is not supported by ngxr yet")),
+                        Some(("if", v)) if !v.is_empty() => cond = Some(Rc::new(Template::parse(v))),
+                        Some(("gzip", _)) => return Err(format!("\"{p}\" is not supported by ngxr yet")),
                         _ => return Err(format!("invalid parameter \"{p}\"")),
                     }
                 }
                 let file = open(cx, &path, cap)?;
-                c.targets.get_or_insert_with(Vec::new).push(Target { file, format });
+                c.targets.get_or_insert_with(Vec::new).push(Target { file, format, cond });
                 Ok(())
             }),
         ]
@@ -205,7 +209,7 @@ impl Plugin for Log {
         // (a file that cannot be opened refuses the configuration, as in
         // nginx).
         if let Some(path) = &parent.default_path {
-            child.targets = Some(vec![Target { file: open(cx, path, 0)?, format: combined() }]);
+            child.targets = Some(vec![Target { file: open(cx, path, 0)?, format: combined(), cond: None }]);
         }
         Ok(())
     }
@@ -222,6 +226,14 @@ impl Plugin for Log {
             let Ok(mut line) = l.try_borrow_mut() else { return };
             for t in targets {
                 line.clear();
+                if let Some(c) = &t.cond {
+                    // As nginx: skipped when the condition is "" or "0".
+                    c.render(&mut line, |v, out| out.extend_from_slice(req.var_bytes(v).unwrap_or(b"")));
+                    if line.is_empty() || line.as_slice() == b"0" {
+                        continue;
+                    }
+                    line.clear();
+                }
                 render(req, &t.format, &mut line);
                 line.push(b'\n');
                 t.file.write(&line);
