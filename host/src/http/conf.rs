@@ -250,6 +250,9 @@ pub struct Server {
     /// (`proxy_pass`): a request for the name without the '/' is
     /// redirected to it (nginx's auto_redirect).
     pub auto_redirect: Vec<usize>,
+    /// Bit (n - 1) % 64 set for each of those names' lengths n: most URIs
+    /// are ruled out by their length alone.
+    pub auto_redirect_lens: u64,
     /// `client_header_timeout`.
     pub header_timeout: Duration,
     /// `large_client_header_buffers` size: the longest line.
@@ -743,6 +746,7 @@ impl HttpConf {
                         }],
                         named: Vec::new(),
                         auto_redirect: Vec::new(),
+                        auto_redirect_lens: 0,
                         header_timeout: head.header_timeout,
                         large_header: head.large_header,
                         max_head: head.max_head,
@@ -825,6 +829,7 @@ impl HttpConf {
                     let me = s.locs.len();
                     if n.content.is_some() && matches!(kind, Kind::Prefix | Kind::NoRegex) && path.len() > 1 && path.ends_with('/') {
                         s.auto_redirect.push(me);
+                        s.auto_redirect_lens |= 1 << ((path.len() - 1) % 64);
                     }
                     match kind {
                         Kind::Exact if dup(&s.locs[parent].exact, &s.locs) => {
@@ -958,7 +963,7 @@ impl Server {
     /// the trailing '/', so the client is sent to the name.
     #[inline]
     pub fn auto_redirect(&self, uri: &str, found: usize) -> bool {
-        !self.auto_redirect.is_empty() && self.auto_redirect_slow(uri, found)
+        self.auto_redirect_lens & (1 << (uri.len() % 64)) != 0 && self.auto_redirect_slow(uri, found)
     }
 
     fn auto_redirect_slow(&self, uri: &str, found: usize) -> bool {

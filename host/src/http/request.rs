@@ -888,7 +888,7 @@ fn render_head(r: &mut Req) {
         && r.keepalive
         && r.conn_requests < core.keepalive_requests
         && !core.keepalive_timeout.is_zero()
-        && crate::clock::now().saturating_duration_since(r.conn_born) < core.keepalive_time;
+        && r.conn_born.checked_add(core.keepalive_time).is_none_or(|end| crate::clock::now() < end);
     if !keep {
         r.must_close = true;
     }

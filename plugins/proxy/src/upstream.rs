@@ -456,7 +456,7 @@ impl Upstream {
     /// Keeps a connection for reuse (the oldest one is closed when the
     /// pool is full). It is watched: data or EOF while idle closes it.
     pub fn put_idle(&self, mut idle: Idle, now: Instant) {
-        if self.keepalive == 0 || idle.requests >= self.keepalive_requests || now.saturating_duration_since(idle.born) >= self.keepalive_time {
+        if self.keepalive == 0 || idle.requests >= self.keepalive_requests || idle.born.checked_add(self.keepalive_time).is_some_and(|end| now >= end) {
             idle.conn.close();
             return;
         }
