@@ -124,10 +124,29 @@ impl Plugins {
             if obj.is_null() {
                 return Err(at.err(cx.error.unwrap_or_else(|| format!("plugin \"{}\" could not create its configuration", p.name))));
             }
+            // Variables may be defined when a block's configuration is made
+            // (the main one: before any directive) as from directives.
+            self.take_vars(i, &mut cx, at)?;
             self.made.push((i, level, obj));
             out.push(obj);
         }
         Ok(out)
+    }
+
+    /// Registers the variables plugin `pi` defined during a call.
+    fn take_vars(&mut self, pi: usize, cx: &mut ConfCtx, at: &Directive) -> Result<(), ConfError> {
+        for (name, get, vdata) in cx.vars.drain(..) {
+            // A plugin may define its variables from any of its
+            // directives: the first definition stands.
+            if self.vars.iter().any(|v| v.0 == name && v.1 == pi) {
+                continue;
+            }
+            if self.vars.iter().any(|v| v.0 == name) || crate::http::vars::is_core(&name) {
+                return Err(at.err(format!("variable \"{name}\" is already defined")));
+            }
+            self.vars.push((name, pi, get, vdata));
+        }
+        Ok(())
     }
 
     fn merge(&self, level: u32, parent: &[*mut c_void], child: &[*mut c_void], at: &Directive) -> Result<(), ConfError> {
@@ -198,17 +217,7 @@ impl Plugins {
                         return Err(d.err(msg));
                     }
                     self.zones.append(&mut cx.zones);
-                    for (name, get, vdata) in cx.vars.drain(..) {
-                        // A plugin may define its variables from any of its
-                        // directives: the first definition stands.
-                        if self.vars.iter().any(|v| v.0 == name && v.1 == pi) {
-                            continue;
-                        }
-                        if self.vars.iter().any(|v| v.0 == name) || crate::http::vars::is_core(&name) {
-                            return Err(d.err(format!("variable \"{name}\" is already defined")));
-                        }
-                        self.vars.push((name, pi, get, vdata));
-                    }
+                    self.take_vars(pi, &mut cx, d)?;
                     for (addr, cb, data) in cx.listens.drain(..) {
                         if self.proto.iter().any(|p| p.0 == addr) {
                             return Err(d.err(format!("a duplicate listen {addr}")));
