@@ -101,8 +101,8 @@ fn wr(b: &mut [u8], at: usize, v: u64) {
 pub enum Verdict {
     /// Within the limit, now.
     Pass,
-    /// Within burst: wait this many ms.
-    Delay(u64),
+    /// Within burst: wait this many ms (with the excess).
+    Delay(u64, u64),
     /// Beyond burst (with the excess, milli-requests).
     Reject(u64),
 }
@@ -155,7 +155,7 @@ pub fn judge(mem: &mut [u8], hash: u64, now: u64, rate: u64, burst: u64, delay: 
         wr(mem, at + 16, now);
     }
     if excess > delay {
-        Verdict::Delay((excess - delay) * 1000 / rate.max(1))
+        Verdict::Delay((excess - delay) * 1000 / rate.max(1), excess)
     } else {
         Verdict::Pass
     }
@@ -306,7 +306,7 @@ impl Plugin for LimitReq {
         let dry = conf.dry_run == Some(true);
         let level = conf.log_level.unwrap_or(sys::LOG_ERR);
         let now = now_ms();
-        let mut wait = 0u64;
+        let (mut wait, mut why) = (0u64, (0u64, String::new()));
         for l in limits {
             let Some(zone) = ZONES.with(|z| z.borrow().get(&l.zone).cloned()) else { continue };
             let key = if zone.key.segs.len() == 1 && zone.key.segs[0] == (true, "binary_remote_addr".to_string()) {
@@ -325,7 +325,11 @@ impl Plugin for LimitReq {
             let v = zone.shm.with(|m| judge(m, hash, now, zone.rate, l.burst, l.delay, true)).unwrap_or(Verdict::Pass);
             match v {
                 Verdict::Pass => {}
-                Verdict::Delay(ms) => wait = wait.max(ms),
+                Verdict::Delay(ms, excess) => {
+                    if ms > wait {
+                        (wait, why) = (ms, (excess, zone.name.clone()));
+                    }
+                }
                 Verdict::Reject(excess) => {
                     log(level, &format!("limiting requests{}, excess: {}.{:03} by zone \"{}\"", if dry { ", dry run" } else { "" }, excess / 1000, excess % 1000, zone.name));
                     req.ctx::<Ctx>().status = if dry { "REJECTED_DRY_RUN" } else { "REJECTED" };
@@ -337,13 +341,14 @@ impl Plugin for LimitReq {
             req.ctx::<Ctx>().status = "PASSED";
             return Status::Declined;
         }
+        // nginx logs the delay one level below the refusal.
+        let delay_level = if level == sys::LOG_INFO { sys::LOG_INFO } else { level + 1 };
+        let excess = why.0;
+        log(delay_level, &format!("delaying request{}, excess: {}.{:03}, by zone \"{}\"", if dry { ", dry run" } else { "" }, excess / 1000, excess % 1000, why.1));
         if dry {
             req.ctx::<Ctx>().status = "DELAYED_DRY_RUN";
             return Status::Declined;
         }
-        // nginx logs the delay one level below the refusal.
-        let delay_level = if level == sys::LOG_INFO { sys::LOG_INFO } else { level + 1 };
-        log(delay_level, &format!("delaying request by {wait} ms"));
         let c = req.ctx::<Ctx>();
         c.status = "DELAYED";
         c.delayed = true;
@@ -382,8 +387,8 @@ mod tests {
         // burst 2 without nodelay: the excess waits.
         let mut mem = vec![0u8; HEADER + SLOT * 64];
         assert_eq!(judge(&mut mem, 9, t, rate, 2000, 0, true), Verdict::Pass);
-        assert_eq!(judge(&mut mem, 9, t, rate, 2000, 0, true), Verdict::Delay(1000));
-        assert_eq!(judge(&mut mem, 9, t, rate, 2000, 0, true), Verdict::Delay(2000));
+        assert_eq!(judge(&mut mem, 9, t, rate, 2000, 0, true), Verdict::Delay(1000, 1000));
+        assert_eq!(judge(&mut mem, 9, t, rate, 2000, 0, true), Verdict::Delay(2000, 2000));
         assert_eq!(judge(&mut mem, 9, t, rate, 2000, 0, true), Verdict::Reject(3000));
         // nodelay (delay = burst): no wait within burst.
         let mut mem = vec![0u8; HEADER + SLOT * 64];
