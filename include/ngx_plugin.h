@@ -519,7 +519,10 @@ typedef struct ngx_plugin_host_s {
     /** A variable's value ("uri" for $uri). Borrowed until the handler returns. */
     ngx_plugin_rc_t (*http_var)(ngx_plugin_request_t *r, ngx_plugin_str_t name,
                                 ngx_plugin_str_t *out);
-    /** Sets a variable (for `set`-style plugins). Value copied. */
+    /** Sets a variable (for `set`-style plugins). Value copied. Core
+     *  variables are refused (INVALID) but for `uri`, `args` and (1.5)
+     *  `remote_addr`, which takes an IP address for this request only
+     *  (realip; the connection's own stays `$realip_remote_addr`). */
     ngx_plugin_rc_t (*http_var_set)(ngx_plugin_request_t *r, ngx_plugin_str_t name,
                                     ngx_plugin_str_t value);
     /** Starts reading the request body; `done` runs when it is complete or

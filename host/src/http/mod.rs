@@ -304,6 +304,7 @@ impl<'a> Conn<'a> {
             let keep = pool.len() < POOLED;
             {
                 let mut r = b.borrow_mut();
+                r.restore_addr();
                 self.remote_addr = std::mem::take(&mut r.remote_addr);
                 if keep {
                     r.trim();

@@ -99,6 +99,9 @@ pub struct Req<'a> {
     pub peer: SocketAddr,
     /// `$remote_addr`.
     pub remote_addr: String,
+    /// The connection's own address while a plugin (realip) set
+    /// `$remote_addr` for this request (`$realip_remote_addr`).
+    pub real_addr: Option<String>,
     /// Our address.
     pub local: SocketAddr,
     /// Request headers in order.
@@ -259,6 +262,7 @@ impl<'a> Req<'a> {
             host: String::new(),
             peer,
             remote_addr: String::new(),
+            real_addr: None,
             local,
             headers_in: Vec::new(),
             framing: Framing::None,
@@ -343,6 +347,14 @@ impl<'a> Req<'a> {
         self.srv = srv;
         self.peer = peer;
         self.local = local;
+    }
+
+    /// Puts the connection's own address back as `$remote_addr` (a
+    /// realip address is one request's).
+    pub fn restore_addr(&mut self) {
+        if let Some(a) = self.real_addr.take() {
+            self.remote_addr = a;
+        }
     }
 
     /// Appends request-body bytes: in memory up to
@@ -452,6 +464,7 @@ impl<'a> Req<'a> {
         self.filter_pos = 0;
         self.logged = false;
         self.vars.clear();
+        self.restore_addr();
         self.captures.clear();
         self.loc = 0;
         self.drain_limit = None;

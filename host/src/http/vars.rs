@@ -9,7 +9,7 @@ use std::time::SystemTime;
 /// Names of the host's variables (prefix families end with `_`).
 const CORE: &[&str] = &[
     "uri", "document_uri", "args", "query_string", "is_args", "request_uri", "request_method", "request",
-    "server_protocol", "host", "hostname", "remote_addr", "remote_port", "server_addr", "server_port",
+    "server_protocol", "host", "hostname", "remote_addr", "realip_remote_addr", "remote_port", "server_addr", "server_port",
     "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
     "request_time", "time_local", "time_iso8601", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
@@ -91,6 +91,7 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         }
         "hostname" => out.push_str(&crate::sys::hostname()),
         "remote_addr" => out.push_str(&r.remote_addr),
+        "realip_remote_addr" => out.push_str(r.real_addr.as_deref().unwrap_or(&r.remote_addr)),
         "remote_port" => {
             let _ = write!(out, "{}", r.peer.port());
         }

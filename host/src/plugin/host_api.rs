@@ -786,6 +786,21 @@ unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -
         return sys::INVALID;
     }
     match n {
+        // (1.5) A client address another part of the path reported
+        // (realip): this request's $remote_addr; the connection's stays
+        // $realip_remote_addr.
+        "remote_addr" => match v.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let text = ip.to_string();
+                if r.real_addr.is_none() {
+                    let own = std::mem::replace(&mut r.remote_addr, text);
+                    r.real_addr = Some(own);
+                } else {
+                    r.remote_addr = text;
+                }
+            }
+            Err(_) => return sys::INVALID,
+        },
         "uri" => r.uri = v,
         "args" | "query_string" => r.args = v,
         _ if crate::http::vars::is_core(n) || r.cycle().plugins.vars.iter().any(|x| x.0 == n) => return sys::INVALID,
