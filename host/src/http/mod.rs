@@ -509,6 +509,18 @@ impl<'a> Conn<'a> {
             if reading {
                 continue;
             }
+            if self.rdhup && self.rstart >= self.rbuf.len() && !crate::sys::has_input(self.sock.tcp.as_raw_fd()) {
+                // The client closed while its request waits (for an
+                // upstream, a timer): as nginx, the request is over (499),
+                // and what it holds (upstream connection, limits, files)
+                // is released now rather than when the wait ends.
+                let mut r = self.req.borrow_mut();
+                if !r.header_sent && r.status == 0 {
+                    r.status = 499;
+                }
+                crate::log!(Info, "client prematurely closed connection, client: {}", r.remote_addr);
+                return Next::Close;
+            }
             return Next::Park;
         }
     }

@@ -309,13 +309,13 @@ impl Plugin for LimitReq {
         let (mut wait, mut why) = (0u64, (0u64, String::new()));
         for l in limits {
             let Some(zone) = ZONES.with(|z| z.borrow().get(&l.zone).cloned()) else { continue };
-            let key = if zone.key.segs.len() == 1 && zone.key.segs[0] == (true, "binary_remote_addr".to_string()) {
-                req.var("remote_addr").unwrap_or("").as_bytes().to_vec()
-            } else {
-                let mut k = Vec::new();
-                zone.key.render(&mut k, |v, out| out.extend_from_slice(req.var_bytes(v).unwrap_or(b"")));
-                k
-            };
+            // $binary_remote_addr (nginx's address in binary) reads as the
+            // client address: the same identity.
+            let mut key = Vec::new();
+            zone.key.render(&mut key, |v, out| {
+                let v = if v == "binary_remote_addr" { "remote_addr" } else { v };
+                out.extend_from_slice(req.var_bytes(v).unwrap_or(b""));
+            });
             if key.is_empty() {
                 continue;
             }

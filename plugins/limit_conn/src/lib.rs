@@ -1,0 +1,330 @@
+//! `limit_conn`: nginx's limit on requests in progress per key, shared by
+//! all workers (a shared zone, kept across reload).
+//!
+//! - `limit_conn_zone key zone=name:size;` (http): `key` is text with
+//!   variables (`$binary_remote_addr` reads as the client address); an
+//!   empty key is not limited.
+//! - `limit_conn zone number;` (http, server, location; several; a block's
+//!   own list replaces the inherited one).
+//! - `limit_conn_status code` (503), `limit_conn_log_level`,
+//!   `limit_conn_dry_run`; `$limit_conn_status`: PASSED, REJECTED,
+//!   REJECTED_DRY_RUN.
+//!
+//! A request counts against its key from the pre-access phase until it
+//! ends (its state's drop gives the count back, whatever the way the
+//! request ended). A zone too full for a new key refuses the request, as
+//! nginx does.
+
+use plugin_api::{export_plugin, log, sys, template::Template, ConfCx, DirectiveSpec, Phase, Plugin, Request, Shm, Status};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+
+const LAYOUT: u32 = 1;
+const HEADER: usize = 32;
+const SLOT: usize = 16;
+const PROBES: usize = 16;
+
+/// One `limit_conn_zone`.
+pub struct Zone {
+    name: String,
+    key: Template,
+    shm: Shm,
+}
+
+#[derive(Clone)]
+struct Limit {
+    zone: String,
+    max: u64,
+}
+
+/// Per-block configuration.
+#[derive(Clone, Default)]
+pub struct Conf {
+    limits: Option<Rc<Vec<Limit>>>,
+    status: Option<u16>,
+    log_level: Option<u32>,
+    dry_run: Option<bool>,
+}
+
+thread_local! {
+    static ZONES: RefCell<HashMap<String, Rc<Zone>>> = RefCell::new(HashMap::new());
+}
+
+/// The plugin.
+pub struct LimitConn;
+
+/// A request's counts, given back when it ends.
+#[derive(Default)]
+struct Ctx {
+    status: &'static str,
+    held: Vec<(Rc<Zone>, u64)>,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        for (zone, hash) in self.held.drain(..) {
+            let _ = zone.shm.with(|m| release(m, hash));
+        }
+    }
+}
+
+fn rd(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn wr(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// Where `hash` lives, or a free slot for it (None: the neighbourhood is
+/// full of keys in use).
+fn slot(mem: &[u8], hash: u64) -> Option<(usize, bool)> {
+    let slots = mem.len().saturating_sub(HEADER) / SLOT;
+    if slots == 0 {
+        return None;
+    }
+    let start = (hash % slots as u64) as usize;
+    let mut free = None;
+    for i in 0..PROBES.min(slots) {
+        let at = HEADER + ((start + i) % slots) * SLOT;
+        let (h, n) = (rd(mem, at), rd(mem, at + 8));
+        if h == hash && n > 0 {
+            return Some((at, true));
+        }
+        if n == 0 && free.is_none() {
+            free = Some(at);
+        }
+    }
+    free.map(|at| (at, false))
+}
+
+/// Outcome of taking a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Counted (give it back with `release`).
+    Taken,
+    /// `max` requests of this key are in progress.
+    Busy,
+    /// No room in the zone for a new key.
+    Full,
+}
+
+/// Counts one more request for `hash` if fewer than `max` are in progress.
+pub fn take(mem: &mut [u8], hash: u64, max: u64) -> Take {
+    let hash = hash.max(1);
+    match slot(mem, hash) {
+        None => Take::Full,
+        Some((at, true)) => {
+            let n = rd(mem, at + 8);
+            if n >= max {
+                return Take::Busy;
+            }
+            wr(mem, at + 8, n + 1);
+            Take::Taken
+        }
+        Some((at, false)) => {
+            if max == 0 {
+                return Take::Busy;
+            }
+            wr(mem, at, hash);
+            wr(mem, at + 8, 1);
+            Take::Taken
+        }
+    }
+}
+
+/// Gives back one count of `hash`.
+pub fn release(mem: &mut [u8], hash: u64) {
+    if let Some((at, true)) = slot(mem, hash.max(1)) {
+        let n = rd(mem, at + 8);
+        wr(mem, at + 8, n.saturating_sub(1));
+    }
+}
+
+fn key_hash(shm: &Shm, key: &[u8]) -> u64 {
+    let (k0, k1) = shm.with(|m| (rd(m, 8), rd(m, 16))).unwrap_or((0, 0));
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+    h.write(key);
+    h.finish()
+}
+
+fn zone_directive(_c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
+    let z = a[1].strip_prefix("zone=").ok_or_else(|| format!("invalid parameter \"{}\"", a[1]))?;
+    let (name, size) = z.split_once(':').ok_or_else(|| format!("invalid zone size \"{z}\""))?;
+    if name.is_empty() {
+        return Err(format!("invalid zone name \"{z}\""));
+    }
+    let size = cx.size(size).map_err(|_| format!("invalid zone size \"{z}\""))?;
+    if size < 8 * 4096 {
+        return Err(format!("zone \"{name}\" is too small"));
+    }
+    let shm = cx.shm_zone(&format!("limit_conn:{name}"), size, LAYOUT)?;
+    if shm.is_new() {
+        let seed = std::collections::hash_map::RandomState::new();
+        let (k0, k1) = (seed.hash_one(1u8), seed.hash_one(2u8));
+        shm.with(|m| {
+            m.fill(0);
+            wr(m, 8, k0);
+            wr(m, 16, k1);
+        })
+        .map_err(|rc| format!("zone \"{name}\" is not usable (rc {rc})"))?;
+    }
+    let zone = Zone { name: name.to_string(), key: Template::parse(a[0]), shm };
+    if ZONES.with(|zs| zs.borrow_mut().insert(name.to_string(), Rc::new(zone)).is_some()) {
+        return Err(format!("duplicate zone \"{name}\""));
+    }
+    Ok(())
+}
+
+impl Plugin for LimitConn {
+    const NAME: &'static str = "limit_conn";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
+        vec![
+            DirectiveSpec::<Conf>::new("limit_conn_zone", sys::CTX_HTTP, 2, 2, zone_directive),
+            DirectiveSpec::<Conf>::new("limit_conn", H, 2, 2, |c, a, _| {
+                if !ZONES.with(|z| z.borrow().contains_key(a[0])) {
+                    return Err(format!("unknown limit_conn_zone \"{}\"", a[0]));
+                }
+                let max: u64 = a[1].parse().ok().filter(|&n| n > 0).ok_or_else(|| format!("invalid number of connections \"{}\"", a[1]))?;
+                let mut list = c.limits.as_deref().cloned().unwrap_or_default();
+                if list.iter().any(|l| l.zone == a[0]) {
+                    return Err("is duplicate".into());
+                }
+                list.push(Limit { zone: a[0].to_string(), max });
+                c.limits = Some(Rc::new(list));
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("limit_conn_status", H, 1, 1, |c, a, _| {
+                c.status = Some(a[0].parse::<u16>().ok().filter(|s| (400..600).contains(s)).ok_or("value must be between 400 and 599")?);
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("limit_conn_log_level", H, 1, 1, |c, a, _| {
+                c.log_level = Some(match a[0] {
+                    "info" => sys::LOG_INFO,
+                    "notice" => sys::LOG_NOTICE,
+                    "warn" => sys::LOG_WARN,
+                    "error" => sys::LOG_ERR,
+                    v => return Err(format!("invalid value \"{v}\" in \"limit_conn_log_level\" directive, it must be \"info\", \"notice\", \"warn\" or \"error\"")),
+                });
+                Ok(())
+            }),
+            DirectiveSpec::<Conf>::new("limit_conn_dry_run", H, 1, 1, |c, a, cx| {
+                c.dry_run = Some(cx.flag(a[0])?);
+                Ok(())
+            }),
+        ]
+    }
+
+    fn create(cx: &ConfCx<'_>, level: u32) -> Conf {
+        if level == sys::CTX_MAIN {
+            ZONES.with(|z| z.borrow_mut().clear());
+            let _ = cx.define_variable("limit_conn_status", |req| {
+                let s = req.ctx::<Ctx>().status;
+                (!s.is_empty()).then(|| s.to_string())
+            });
+        }
+        Conf::default()
+    }
+
+    fn merge(parent: &Conf, child: &mut Conf) {
+        if child.limits.is_none() {
+            child.limits = parent.limits.clone();
+        }
+        child.status = child.status.or(parent.status);
+        child.log_level = child.log_level.or(parent.log_level);
+        child.dry_run = child.dry_run.or(parent.dry_run);
+    }
+
+    fn phases() -> &'static [Phase] {
+        &[Phase::Preaccess]
+    }
+
+    fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        let Some(limits) = conf.limits.as_deref().filter(|l| !l.is_empty()) else { return Status::Declined };
+        if !req.ctx::<Ctx>().status.is_empty() {
+            return Status::Declined;
+        }
+        let dry = conf.dry_run == Some(true);
+        for l in limits {
+            let Some(zone) = ZONES.with(|z| z.borrow().get(&l.zone).cloned()) else { continue };
+            // $binary_remote_addr (nginx's address in binary) reads as the
+            // client address: the same identity.
+            let mut key = Vec::new();
+            zone.key.render(&mut key, |v, out| {
+                let v = if v == "binary_remote_addr" { "remote_addr" } else { v };
+                out.extend_from_slice(req.var_bytes(v).unwrap_or(b""));
+            });
+            if key.is_empty() {
+                continue;
+            }
+            let hash = key_hash(&zone.shm, &key);
+            if dry {
+                // Counted as nginx does in a dry run: not at all; only
+                // whether it would be refused.
+                let busy = zone.shm.with(|m| match slot(m, hash.max(1)) {
+                    Some((at, true)) => rd(m, at + 8) >= l.max,
+                    Some((_, false)) => false,
+                    None => true,
+                });
+                if busy.unwrap_or(false) {
+                    log(conf.log_level.unwrap_or(sys::LOG_ERR), &format!("limiting connections, dry run, by zone \"{}\"", zone.name));
+                    req.ctx::<Ctx>().status = "REJECTED_DRY_RUN";
+                    return Status::Declined;
+                }
+                continue;
+            }
+            match zone.shm.with(|m| take(m, hash, l.max)).unwrap_or(Take::Full) {
+                Take::Taken => req.ctx::<Ctx>().held.push((zone.clone(), hash)),
+                Take::Busy | Take::Full => {
+                    log(conf.log_level.unwrap_or(sys::LOG_ERR), &format!("limiting connections by zone \"{}\"", zone.name));
+                    // Counts taken for the other zones go back with the
+                    // request's state.
+                    req.ctx::<Ctx>().status = "REJECTED";
+                    return Status::Http(conf.status.unwrap_or(503));
+                }
+            }
+        }
+        req.ctx::<Ctx>().status = "PASSED";
+        Status::Declined
+    }
+}
+
+export_plugin!(LimitConn);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_in_progress() {
+        let mut m = vec![0u8; HEADER + SLOT * 64];
+        assert_eq!(take(&mut m, 5, 2), Take::Taken);
+        assert_eq!(take(&mut m, 5, 2), Take::Taken);
+        assert_eq!(take(&mut m, 5, 2), Take::Busy);
+        assert_eq!(take(&mut m, 6, 2), Take::Taken, "another key");
+        release(&mut m, 5);
+        assert_eq!(take(&mut m, 5, 2), Take::Taken);
+        release(&mut m, 5);
+        release(&mut m, 5);
+        release(&mut m, 5); // one too many: stays at zero
+        assert_eq!(take(&mut m, 5, 1), Take::Taken);
+    }
+
+    #[test]
+    fn a_full_zone_refuses_new_keys() {
+        let mut m = vec![0u8; HEADER + SLOT * PROBES];
+        for k in 0..PROBES as u64 {
+            assert_eq!(take(&mut m, (k + 1) * PROBES as u64, 1), Take::Taken);
+        }
+        assert_eq!(take(&mut m, 1000 * PROBES as u64, 1), Take::Full);
+        release(&mut m, PROBES as u64);
+        assert_eq!(take(&mut m, 1000 * PROBES as u64, 1), Take::Taken, "a slot with no requests is reused");
+    }
+}
