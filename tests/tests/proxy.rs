@@ -17,7 +17,7 @@ fn front(http: &str) -> Server {
     let conf = format!(
         "{}worker_processes 1;\n{}events {{}}\nhttp {{ {} }}\n",
         conf_head(),
-        load_plugins(&["proxy", "index", "static", "log"]),
+        load_plugins(&["proxy", "index", "static", "log", "headers"]),
         http.replace("PORT", &port.to_string())
     );
     p.write_conf(&conf);
@@ -603,4 +603,42 @@ fn body_of_echo(r: &Response) -> String {
     let start = b.find("\"body\": \"").expect("an echo") + 9;
     let end = start + b[start..].find('"').unwrap();
     b[start..end].to_string()
+}
+
+#[test]
+fn proxy_pass_with_variables() {
+    let a = Backend::start("A");
+    let b = Backend::start("B");
+    let s = front(&format!(
+        "access_log off;
+         upstream named {{ server 127.0.0.1:{}; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /whole/ {{ proxy_pass http://127.0.0.1:{}/echoed$is_args$args;
+               add_header X-PH $proxy_host; add_header X-PP $proxy_port; add_header X-UA $upstream_addr;
+               add_header X-Times \"$upstream_connect_time $upstream_header_time\"; }}
+           location /bygroup/ {{ proxy_pass http://$arg_to; }}
+           location /byaddr/ {{ proxy_pass http://$http_x_addr; }}
+         }}",
+        b.port, a.port
+    ));
+    // The URI part of a URL with variables is the whole target.
+    let r = get_h(s.port, "/whole/x?k=v", "");
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("A")));
+    // The proxy's variables, read by a header filter while the proxy is
+    // sending the head.
+    let hp = format!("127.0.0.1:{}", a.port);
+    assert_eq!((r.header("x-ph"), r.header("x-pp"), r.header("x-ua")), (Some(hp.as_str()), Some(a.port.to_string().as_str()), Some(hp.as_str())));
+    let times: Vec<f64> = r.header("x-times").unwrap().split(' ').map(|t| t.parse().unwrap()).collect();
+    assert!(times.len() == 2 && times[0] <= times[1], "{times:?}");
+    assert!(body(&r).contains("\"target\": \"/echoed?k=v\""), "{}", body(&r));
+    // No URI part: the request's own; the host names a group…
+    let r = get_h(s.port, "/bygroup/y?to=named", "");
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("B")));
+    assert!(body(&r).contains("\"target\": \"/bygroup/y?to=named\""), "{}", body(&r));
+    // …or an address.
+    let r = get_h(s.port, "/byaddr/z", &format!("X-Addr: 127.0.0.1:{}\r\n", a.port));
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("A")));
+    // A host name would need a resolver: 502, and the error log says so.
+    assert_eq!(get_h(s.port, "/byaddr/z", "X-Addr: backend.example\r\n").status, 502);
+    assert!(s.prefix.error_log().contains("no resolver defined to resolve backend.example"));
 }

@@ -68,6 +68,12 @@ pub struct Pass {
     pub group: RefCell<Option<Rc<Upstream>>>,
     /// `https://`: TLS to the upstream.
     pub tls: bool,
+    /// The URL holds variables: rendered per request into a Pass of its
+    /// own (this one keeps only `tls`).
+    pub url: Option<Template>,
+    /// Made from such a URL: its URI part (if any) replaces the request's
+    /// whole target, and `proxy_redirect default` does not apply (nginx).
+    pub dynamic: bool,
 }
 
 /// `proxy_redirect`.
@@ -76,7 +82,18 @@ pub enum Redirect {
     /// `off`.
     Off,
     /// Rules (`default` expands to one from proxy_pass and the location).
-    Rules(Vec<(String, String)>),
+    Rules(Vec<RedirectRule>),
+}
+
+/// One `proxy_redirect from to;`.
+#[derive(Debug, Clone)]
+pub enum RedirectRule {
+    /// `default`: from proxy_pass's URL to the location.
+    Default,
+    /// A prefix (text with variables) and its replacement.
+    Prefix(Template, Template),
+    /// `~regex` / `~*regex` and a replacement with `$1`… and variables.
+    Regex(regex::Regex, Template),
 }
 
 /// Per-block configuration.
@@ -151,10 +168,31 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     if host.is_empty() {
         return Err(format!("no host in \"{url}\""));
     }
-    if url.contains('$') {
-        return Err("proxy_pass with variables is not supported yet".into());
-    }
     let (modifier, name) = cx.location().unwrap_or_default();
+    if url.contains('$') {
+        // Resolved per request (dynamic_pass): an upstream group by name,
+        // or an address (there is no resolver for names at run time).
+        set_opt(
+            &mut c.pass,
+            Rc::new(Pass {
+                base: String::new(),
+                tls: scheme == "https",
+                host: String::new(),
+                uri: None,
+                loc_prefix: String::new(),
+                addrs: Vec::new(),
+                group: RefCell::new(None),
+                url: Some(Template::parse(url)),
+                dynamic: false,
+            }),
+            "proxy_pass",
+        )?;
+        cx.set_content_handler::<Proxy>()?;
+        for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for"] {
+            cx.define_variable(v, var_get(v))?;
+        }
+        return Ok(());
+    }
     if uri.is_some() && (modifier == "~" || modifier == "~*" || modifier == "@") {
         return Err("\"proxy_pass\" cannot have URI part in location given by regular expression, or inside named location".into());
     }
@@ -169,32 +207,137 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
             loc_prefix: if modifier == "@" { String::new() } else { name },
             addrs,
             group: RefCell::new(None),
+            url: None,
+            dynamic: false,
         }),
         "proxy_pass",
     )?;
     cx.set_content_handler::<Proxy>()?;
-    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "proxy_host", "proxy_add_x_forwarded_for"] {
+    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for"] {
         cx.define_variable(v, var_get(v))?;
     }
     Ok(())
 }
 
+thread_local! {
+    /// Implicit groups for addresses proxy_pass URLs with variables have
+    /// named (their peers' failure state and pools last between requests).
+    static DYN_GROUPS: RefCell<std::collections::HashMap<String, Rc<Upstream>>> = RefCell::new(std::collections::HashMap::new());
+}
+
+/// The Pass for this request of a proxy_pass URL with variables: an
+/// upstream group by that name, else an IP address (and port); a host
+/// name needs a resolver ngxr does not have (502, as nginx without one).
+fn dynamic_pass(req: &Request<'_>, conf: &Conf, tpl: &Pass) -> Result<Rc<Pass>, Status> {
+    let mut out = Vec::new();
+    if let Some(t) = &tpl.url {
+        t.render(&mut out, |v, o| o.extend_from_slice(req.var_bytes(v).unwrap_or(b"")));
+    }
+    let url = String::from_utf8_lossy(&out).into_owned();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s @ ("http" | "https"), r)) => (s, r),
+        _ => {
+            plugin_api::log(sys::LOG_ERR, &format!("invalid URL prefix in \"{url}\""));
+            return Err(Status::Http(500));
+        }
+    };
+    let (host, uri) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
+    };
+    if host.is_empty() {
+        plugin_api::log(sys::LOG_ERR, &format!("no host in \"{url}\""));
+        return Err(Status::Http(500));
+    }
+    let group = conf.groups.borrow().iter().find(|u| u.name == host).cloned().or_else(|| {
+        DYN_GROUPS.with(|g| {
+            if let Some(u) = g.borrow().get(host) {
+                return Some(u.clone());
+            }
+            let port = if scheme == "https" { 443 } else { 80 };
+            let addr = host
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .or_else(|| host.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port)))
+                .or_else(|| host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).and_then(|h| h.parse::<std::net::IpAddr>().ok()).map(|ip| std::net::SocketAddr::new(ip, port)))?;
+            let u = Rc::new(Upstream::implicit(host, &[addr]));
+            g.borrow_mut().insert(host.to_string(), u.clone());
+            Some(u)
+        })
+    });
+    let Some(group) = group else {
+        plugin_api::log(sys::LOG_ERR, &format!("no resolver defined to resolve {host}"));
+        return Err(Status::Http(502));
+    };
+    if (scheme == "https") != tpl.tls {
+        plugin_api::log(sys::LOG_ERR, &format!("\"{url}\": the scheme must be the one proxy_pass names ({})", if tpl.tls { "https" } else { "http" }));
+        return Err(Status::Http(500));
+    }
+    Ok(Rc::new(Pass {
+        base: format!("{scheme}://{host}"),
+        tls: tpl.tls,
+        host: host.to_string(),
+        uri,
+        loc_prefix: String::new(),
+        addrs: Vec::new(),
+        group: RefCell::new(Some(group)),
+        url: None,
+        dynamic: true,
+    }))
+}
+
+/// The proxy's variables, rendered by the state machine whenever they
+/// change (a new attempt, the start): readable while the state itself is
+/// busy, e.g. from a header filter that runs inside the proxy's own
+/// `send_header` (add_header X-Up $upstream_addr).
+#[derive(Default)]
+struct Snap {
+    upstream_addr: String,
+    upstream_status: String,
+    upstream_response_time: String,
+    upstream_connect_time: String,
+    upstream_header_time: String,
+    proxy_host: String,
+    proxy_port: String,
+}
+
 fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
     match name {
-        "upstream_addr" => |r| {
-            with_state(r, |s| {
-                join(&s.addrs, |&a, out| match (a, &s.group) {
-                    (NO_PEER, Some(g)) => out.push_str(&g.name),
-                    (i, Some(g)) => out.push_str(&g.peers[i].text),
-                    _ => {}
-                })
-            })
-        },
-        "upstream_status" => |r| with_state(r, |s| join(&s.statuses, |c, out| out.push_str(&c.to_string()))),
-        // Milliseconds, shown as seconds: "0.012" (nginx truncates too).
-        "upstream_response_time" => |r| with_state(r, |s| join(&s.times, |ms, out| out.push_str(&format!("{}.{:03}", ms / 1000, ms % 1000)))),
-        "proxy_host" => |r| with_state(r, |s| s.proxy_host.clone()),
+        "upstream_addr" => |r| with_snap(r, |s| &s.upstream_addr),
+        "upstream_status" => |r| with_snap(r, |s| &s.upstream_status),
+        "upstream_response_time" => |r| with_snap(r, |s| &s.upstream_response_time),
+        "upstream_connect_time" => |r| with_snap(r, |s| &s.upstream_connect_time),
+        "upstream_header_time" => |r| with_snap(r, |s| &s.upstream_header_time),
+        "proxy_host" => |r| with_snap(r, |s| &s.proxy_host),
+        "proxy_port" => |r| with_snap(r, |s| &s.proxy_port),
         _ => |r| Some(forwarded_for(r)),
+    }
+}
+
+impl State {
+    /// Renders the variables into the snapshot.
+    fn snap(&self) {
+        let Ok(mut v) = self.snap.try_borrow_mut() else { return };
+        v.upstream_addr = join(&self.addrs, |&a, out| match (a, &self.group) {
+            (NO_PEER, Some(g)) => out.push_str(&g.name),
+            (i, Some(g)) => out.push_str(&g.peers[i].text),
+            _ => {}
+        });
+        v.upstream_status = join(&self.statuses, |c, out| out.push_str(&c.to_string()));
+        // Milliseconds, shown as seconds: "0.012" (nginx truncates too).
+        v.upstream_response_time = join(&self.times, |ms, out| out.push_str(&format!("{}.{:03}", ms / 1000, ms % 1000)));
+        // "-" for an attempt that never got that far, as nginx.
+        let secs = |t: &Option<u64>, out: &mut String| match t {
+            Some(ms) => out.push_str(&format!("{}.{:03}", ms / 1000, ms % 1000)),
+            None => out.push('-'),
+        };
+        v.upstream_connect_time = join(&self.conn_times, secs);
+        v.upstream_header_time = join(&self.head_times, secs);
+        v.proxy_host.clone_from(&self.proxy_host);
+        // The port of proxy_pass's host (80 or 443 when it names none).
+        let h = self.proxy_host.as_str();
+        let port = h.rsplit_once(':').filter(|(a, p)| !a.ends_with(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).map(|(_, p)| p.to_string());
+        v.proxy_port = if self.proxy_host.is_empty() { String::new() } else { port.unwrap_or_else(|| if self.https { "443" } else { "80" }.to_string()) };
     }
 }
 
@@ -211,10 +354,10 @@ fn join<T>(items: &[T], each: impl Fn(&T, &mut String)) -> String {
 }
 
 /// A variable from the request's proxy state (unset when empty).
-fn with_state(r: &mut Request<'_>, f: fn(&State) -> String) -> Option<String> {
-    let h = r.ctx::<Holder>().0.clone();
-    let s = h.try_borrow().ok()?;
-    Some(f(&s)).filter(|v| !v.is_empty())
+fn with_snap(r: &mut Request<'_>, f: fn(&Snap) -> &String) -> Option<String> {
+    let snap = r.ctx::<Holder>().1.clone();
+    let s = snap.try_borrow().ok()?;
+    Some(f(&s).clone()).filter(|v| !v.is_empty())
 }
 
 /// Whether `hay` contains `needle` (lowercase ASCII), ignoring case.
@@ -302,8 +445,21 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             let r = c.redirect.get_or_insert_with(|| Redirect::Rules(Vec::new()));
             match (a, &mut *r) {
                 (["off"], _) => *r = Redirect::Off,
-                (["default"], Redirect::Rules(v)) => v.push(("\0default".into(), String::new())),
-                ([from, to], Redirect::Rules(v)) => v.push((from.to_string(), to.to_string())),
+                (["default"], Redirect::Rules(v)) => v.push(RedirectRule::Default),
+                ([from, to], Redirect::Rules(v)) => {
+                    let rule = match from.strip_prefix('~') {
+                        Some(re) => {
+                            let (src, caseless) = re.strip_prefix('*').map_or((re, false), |r| (r, true));
+                            let re = regex::RegexBuilder::new(src)
+                                .case_insensitive(caseless)
+                                .build()
+                                .map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?;
+                            RedirectRule::Regex(re, Template::parse(to))
+                        }
+                        None => RedirectRule::Prefix(Template::parse(from), Template::parse(to)),
+                    };
+                    v.push(rule);
+                }
                 (_, Redirect::Off) => return Err("\"proxy_redirect off\" cannot be mixed with other rules".into()),
                 _ => return Err("invalid parameter in \"proxy_redirect\"".into()),
             }
@@ -414,6 +570,20 @@ impl Plugin for Proxy {
             Ok(s) => s,
             Err(_) => return Status::Error,
         };
+        if pass.url.is_some() {
+            // A URL with variables: made once per request, kept in its state.
+            let p = match st.dyn_pass.clone() {
+                Some(p) => p,
+                None => match dynamic_pass(req, conf, pass) {
+                    Ok(p) => {
+                        st.dyn_pass = Some(p.clone());
+                        p
+                    }
+                    Err(status) => return status,
+                },
+            };
+            return st.step(req, conf, &p);
+        }
         st.step(req, conf, pass)
     }
 }
@@ -424,7 +594,7 @@ export_plugin!(Proxy);
 /// recycled within the worker (their buffers keep their capacity), as
 /// nginx reuses its request pools' memory: a proxied request allocates
 /// nothing here in steady state.
-struct Holder(Rc<RefCell<State>>);
+struct Holder(Rc<RefCell<State>>, Rc<RefCell<Snap>>);
 
 /// Recycled states; at most this many are kept.
 const POOL_MAX: usize = 64;
@@ -435,7 +605,9 @@ thread_local! {
 
 impl Default for Holder {
     fn default() -> Self {
-        Holder(POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())
+        let st: Rc<RefCell<State>> = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        let snap = st.borrow().snap.clone();
+        Holder(st, snap)
     }
 }
 
@@ -504,6 +676,18 @@ struct State {
     attempt_start: Option<Instant>,
     out: Vec<u8>,
     sent: usize,
+    /// This request's Pass when the URL holds variables.
+    dyn_pass: Option<Rc<Pass>>,
+    /// Its variables, readable while the state is busy.
+    snap: Rc<RefCell<Snap>>,
+    /// This attempt's connect and response-head times (ms), once known;
+    /// and every attempt's ($upstream_connect_time, _header_time).
+    conn_ms: Option<u64>,
+    head_ms: Option<u64>,
+    conn_times: Vec<Option<u64>>,
+    head_times: Vec<Option<u64>>,
+    /// The upstream is reached over TLS (`$proxy_port`'s default).
+    https: bool,
     /// A request body in a temporary file (fd, pos, len): sent after
     /// `out`, a block at a time through `fchunk`.
     body_file: Option<(i32, u64, u64)>,
@@ -572,7 +756,18 @@ impl State {
         let mut host = std::mem::take(&mut self.proxy_host);
         let mut ranges = std::mem::take(&mut self.ranges);
         let (mut a, mut st, mut t) = (std::mem::take(&mut self.addrs), std::mem::take(&mut self.statuses), std::mem::take(&mut self.times));
+        let snap = std::mem::take(&mut self.snap);
+        let (mut ct, mut ht) = (std::mem::take(&mut self.conn_times), std::mem::take(&mut self.head_times));
+        ct.clear();
+        ht.clear();
+        if let Ok(mut v) = snap.try_borrow_mut() {
+            let v = &mut *v;
+            for s in [&mut v.upstream_addr, &mut v.upstream_status, &mut v.upstream_response_time, &mut v.upstream_connect_time, &mut v.upstream_header_time, &mut v.proxy_host, &mut v.proxy_port] {
+                s.clear();
+            }
+        }
         *self = State::default();
+        (self.snap, self.conn_times, self.head_times) = (snap, ct, ht);
         for v in [&mut out, &mut buf] {
             v.clear();
             if v.capacity() > KEEP_BUF {
@@ -689,6 +884,8 @@ impl State {
             return Flow::Return(Status::Http(502));
         };
         self.proxy_host.push_str(&pass.host);
+        self.https = pass.tls;
+        self.snap();
         self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
         // The method is asked for once (each ask is a host call).
@@ -766,6 +963,8 @@ impl State {
 
     /// The connection is ready for the request: watch it and send.
     fn start_sending(&mut self, req: &Request<'_>, c: Conn, conf: &Conf) -> Flow {
+        // Connected (a kept-alive connection: at once).
+        self.conn_ms = Some(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
         if c.watch_resuming(req, sys::EV_READ | sys::EV_WRITE).is_err() {
             return Flow::Failed(Fail::Error);
         }
@@ -944,11 +1143,15 @@ impl State {
 
     fn record(&mut self, status: u16) {
         self.statuses.push(status);
+        self.conn_times.push(self.conn_ms.take());
+        self.head_times.push(self.head_ms.take());
         self.times.push(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
+        self.snap();
     }
 
     fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: &[httparse::Header<'_>]) -> Flow {
         self.status = code;
+        self.head_ms = Some(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
         let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
         let retry_on = match code {
             500 => next::HTTP_500,
@@ -1074,7 +1277,17 @@ impl State {
                 Err(_) => String::from_utf8_lossy(h.value),
             };
             if k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh") {
-                req.add_header(k, &rewrite_redirect(conf, pass, &v));
+                let vars = |name: &str, out: &mut Vec<u8>| out.extend_from_slice(req.var_bytes(name).unwrap_or(b""));
+                let new = if k.eq_ignore_ascii_case("refresh") {
+                    // Only the URL after "url=" is rewritten (nginx).
+                    match v.to_ascii_lowercase().find("url=") {
+                        Some(i) => format!("{}{}", &v[..i + 4], rewrite_redirect(conf, pass, &v[i + 4..], &vars)),
+                        None => v.to_string(),
+                    }
+                } else {
+                    rewrite_redirect(conf, pass, &v, &vars)
+                };
+                req.add_header(k, &new);
                 continue;
             }
             req.add_header(k, &v);
@@ -1396,6 +1609,11 @@ fn upstream_uri(req: &Request<'_>, pass: &Pass, out: &mut Vec<u8>) {
             }
             escape_uri(uri, out);
         }
+        // From a URL with variables: the URI part is the whole target.
+        Some(p) if pass.dynamic => {
+            out.extend_from_slice(p.as_bytes());
+            return;
+        }
         // A `break` rewrite changed the URI in this location: nginx passes
         // it whole.
         Some(_) if req.uri_rewritten() => escape_uri(uri, out),
@@ -1474,20 +1692,37 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
 }
 
 /// Applies proxy_redirect to a Location or Refresh value.
-fn rewrite_redirect(conf: &Conf, pass: &Pass, v: &str) -> String {
-    let rules = match &conf.redirect {
+/// `vars` renders a variable of the request.
+fn rewrite_redirect(conf: &Conf, pass: &Pass, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> String {
+    const DEFAULT: &[RedirectRule] = &[RedirectRule::Default];
+    let rules: &[RedirectRule] = match &conf.redirect {
         Some(Redirect::Off) => return v.to_string(),
-        Some(Redirect::Rules(r)) => r.clone(),
-        None => vec![("\0default".to_string(), String::new())],
+        Some(Redirect::Rules(r)) => r,
+        None => DEFAULT,
     };
-    for (from, to) in rules {
-        let (from, to) = if from == "\0default" {
-            match &pass.uri {
+    let text = |t: &Template| {
+        let mut out = Vec::new();
+        t.render(&mut out, |name, o| vars(name, o));
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    for rule in rules {
+        let (from, to) = match rule {
+            // nginx: no default rule for a URL with variables.
+            RedirectRule::Default if pass.dynamic => continue,
+            RedirectRule::Default => match &pass.uri {
                 Some(u) => (format!("{}{u}", pass.base), pass.loc_prefix.clone()),
                 None => (pass.base.clone(), String::new()),
+            },
+            RedirectRule::Prefix(from, to) => (text(from), text(to)),
+            RedirectRule::Regex(re, to) => {
+                let Some(c) = re.captures(v) else { continue };
+                let mut out = Vec::new();
+                to.render(&mut out, |name, o| match name.parse::<usize>() {
+                    Ok(n) => o.extend_from_slice(c.get(n).map_or("", |m| m.as_str()).as_bytes()),
+                    Err(_) => vars(name, o),
+                });
+                return String::from_utf8_lossy(&out).into_owned();
             }
-        } else {
-            (from, to)
         };
         if let Some(rest) = v.strip_prefix(from.as_str()) {
             return format!("{to}{rest}");
@@ -1509,6 +1744,8 @@ mod tests {
             addrs: Vec::new(),
             group: RefCell::new(None),
             tls: base.starts_with("https://"),
+            url: None,
+            dynamic: false,
         }
     }
 
@@ -1524,14 +1761,27 @@ mod tests {
     fn redirect_default_maps_the_upstream_url_to_the_location() {
         let c = Conf::default();
         let p = pass("http://127.0.0.1:9000", Some("/two/"), "/one/");
-        assert_eq!(rewrite_redirect(&c, &p, "http://127.0.0.1:9000/two/x?y"), "/one/x?y");
-        assert_eq!(rewrite_redirect(&c, &p, "http://elsewhere/two/x"), "http://elsewhere/two/x");
+        let none = |_: &str, _: &mut Vec<u8>| {};
+        assert_eq!(rewrite_redirect(&c, &p, "http://127.0.0.1:9000/two/x?y", &none), "/one/x?y");
+        assert_eq!(rewrite_redirect(&c, &p, "http://elsewhere/two/x", &none), "http://elsewhere/two/x");
         let p = pass("http://backend", None, "/");
-        assert_eq!(rewrite_redirect(&c, &p, "http://backend/a"), "/a");
+        assert_eq!(rewrite_redirect(&c, &p, "http://backend/a", &none), "/a");
         let off = Conf { redirect: Some(Redirect::Off), ..Default::default() };
-        assert_eq!(rewrite_redirect(&off, &p, "http://backend/a"), "http://backend/a");
-        let rules = Conf { redirect: Some(Redirect::Rules(vec![("http://x/".into(), "/y/".into())])), ..Default::default() };
-        assert_eq!(rewrite_redirect(&rules, &p, "http://x/z"), "/y/z");
+        assert_eq!(rewrite_redirect(&off, &p, "http://backend/a", &none), "http://backend/a");
+        let rule = RedirectRule::Prefix(Template::parse("http://x/"), Template::parse("/y/"));
+        let rules = Conf { redirect: Some(Redirect::Rules(vec![rule])), ..Default::default() };
+        assert_eq!(rewrite_redirect(&rules, &p, "http://x/z", &none), "/y/z");
+        // Variables on either side, and regexes with captures.
+        let var = |n: &str, o: &mut Vec<u8>| o.extend_from_slice(if n == "v" { b"vv" } else { b"" });
+        let rules = Conf {
+            redirect: Some(Redirect::Rules(vec![
+                RedirectRule::Prefix(Template::parse("http://x/$v/"), Template::parse("/r/")),
+                RedirectRule::Regex(regex::Regex::new("^(.+)/regex_w_([^/]+)").unwrap(), Template::parse("$1/$2/$v")),
+            ])),
+            ..Default::default()
+        };
+        assert_eq!(rewrite_redirect(&rules, &p, "http://x/vv/z", &var), "/r/z");
+        assert_eq!(rewrite_redirect(&rules, &p, "http://h/regex_w_abc/t", &var), "http://h/abc/vv");
     }
 
     #[test]
