@@ -286,58 +286,81 @@ fn dynamic_pass(req: &Request<'_>, conf: &Conf, tpl: &Pass) -> Result<Rc<Pass>, 
     }))
 }
 
-/// The proxy's variables, rendered by the state machine whenever they
-/// change (a new attempt, the start): readable while the state itself is
-/// busy, e.g. from a header filter that runs inside the proxy's own
-/// `send_header` (add_header X-Up $upstream_addr).
+/// What the proxy's variables are made of, copied by the state machine
+/// at each attempt's end (before any response head goes out) into buffers kept
+/// from one request to the next: readable while the state itself is busy,
+/// e.g. from a header filter that runs inside the proxy's own
+/// `send_header` (add_header X-Up $upstream_addr). Formatted only when a
+/// variable is read.
 #[derive(Default)]
 struct Snap {
-    upstream_addr: String,
-    upstream_status: String,
-    upstream_response_time: String,
-    upstream_connect_time: String,
-    upstream_header_time: String,
+    addrs: Vec<usize>,
+    statuses: Vec<u16>,
+    times: Vec<u64>,
+    conn_times: Vec<Option<u64>>,
+    head_times: Vec<Option<u64>>,
+    group: Option<Rc<Upstream>>,
     proxy_host: String,
-    proxy_port: String,
+    https: bool,
+}
+
+fn secs(ms: u64, out: &mut String) {
+    // Milliseconds, shown as seconds: "0.012" (nginx truncates too).
+    let _ = std::fmt::Write::write_fmt(out, format_args!("{}.{:03}", ms / 1000, ms % 1000));
+}
+
+/// "-" for an attempt that never got that far, as nginx.
+fn secs_or_dash(t: &Option<u64>, out: &mut String) {
+    match t {
+        Some(ms) => secs(*ms, out),
+        None => out.push('-'),
+    }
 }
 
 fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
     match name {
-        "upstream_addr" => |r| with_snap(r, |s| &s.upstream_addr),
-        "upstream_status" => |r| with_snap(r, |s| &s.upstream_status),
-        "upstream_response_time" => |r| with_snap(r, |s| &s.upstream_response_time),
-        "upstream_connect_time" => |r| with_snap(r, |s| &s.upstream_connect_time),
-        "upstream_header_time" => |r| with_snap(r, |s| &s.upstream_header_time),
-        "proxy_host" => |r| with_snap(r, |s| &s.proxy_host),
-        "proxy_port" => |r| with_snap(r, |s| &s.proxy_port),
+        "upstream_addr" => |r| {
+            with_snap(r, |s| {
+                join(&s.addrs, |&a, out| match (a, &s.group) {
+                    (NO_PEER, Some(g)) => out.push_str(&g.name),
+                    (i, Some(g)) => out.push_str(&g.peers[i].text),
+                    _ => {}
+                })
+            })
+        },
+        "upstream_status" => |r| with_snap(r, |s| join(&s.statuses, |c, out| out.push_str(&c.to_string()))),
+        "upstream_response_time" => |r| with_snap(r, |s| join(&s.times, |ms, out| secs(*ms, out))),
+        "upstream_connect_time" => |r| with_snap(r, |s| join(&s.conn_times, secs_or_dash)),
+        "upstream_header_time" => |r| with_snap(r, |s| join(&s.head_times, secs_or_dash)),
+        "proxy_host" => |r| with_snap(r, |s| s.proxy_host.clone()),
+        // The port of proxy_pass's host (80 or 443 when it names none).
+        "proxy_port" => |r| {
+            with_snap(r, |s| {
+                let h = s.proxy_host.as_str();
+                let port = h.rsplit_once(':').filter(|(a, p)| !a.ends_with(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).map(|(_, p)| p.to_string());
+                if h.is_empty() {
+                    String::new()
+                } else {
+                    port.unwrap_or_else(|| if s.https { "443" } else { "80" }.to_string())
+                }
+            })
+        },
         _ => |r| Some(forwarded_for(r)),
     }
 }
 
 impl State {
-    /// Renders the variables into the snapshot.
+    /// Copies what the variables are made of into the snapshot.
     fn snap(&self) {
-        let Ok(mut v) = self.snap.try_borrow_mut() else { return };
-        v.upstream_addr = join(&self.addrs, |&a, out| match (a, &self.group) {
-            (NO_PEER, Some(g)) => out.push_str(&g.name),
-            (i, Some(g)) => out.push_str(&g.peers[i].text),
-            _ => {}
-        });
-        v.upstream_status = join(&self.statuses, |c, out| out.push_str(&c.to_string()));
-        // Milliseconds, shown as seconds: "0.012" (nginx truncates too).
-        v.upstream_response_time = join(&self.times, |ms, out| out.push_str(&format!("{}.{:03}", ms / 1000, ms % 1000)));
-        // "-" for an attempt that never got that far, as nginx.
-        let secs = |t: &Option<u64>, out: &mut String| match t {
-            Some(ms) => out.push_str(&format!("{}.{:03}", ms / 1000, ms % 1000)),
-            None => out.push('-'),
-        };
-        v.upstream_connect_time = join(&self.conn_times, secs);
-        v.upstream_header_time = join(&self.head_times, secs);
+        let Some(Ok(mut v)) = self.snap.as_ref().map(|s| s.try_borrow_mut()) else { return };
+        v.addrs.clone_from(&self.addrs);
+        v.statuses.clone_from(&self.statuses);
+        v.times.clone_from(&self.times);
+        v.conn_times.clone_from(&self.conn_times);
+        v.head_times.clone_from(&self.head_times);
+        v.group.clone_from(&self.group);
         v.proxy_host.clone_from(&self.proxy_host);
-        // The port of proxy_pass's host (80 or 443 when it names none).
-        let h = self.proxy_host.as_str();
-        let port = h.rsplit_once(':').filter(|(a, p)| !a.ends_with(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())).map(|(_, p)| p.to_string());
-        v.proxy_port = if self.proxy_host.is_empty() { String::new() } else { port.unwrap_or_else(|| if self.https { "443" } else { "80" }.to_string()) };
+        v.https = self.https;
     }
 }
 
@@ -354,10 +377,10 @@ fn join<T>(items: &[T], each: impl Fn(&T, &mut String)) -> String {
 }
 
 /// A variable from the request's proxy state (unset when empty).
-fn with_snap(r: &mut Request<'_>, f: fn(&Snap) -> &String) -> Option<String> {
+fn with_snap(r: &mut Request<'_>, f: fn(&Snap) -> String) -> Option<String> {
     let snap = r.ctx::<Holder>().1.clone();
     let s = snap.try_borrow().ok()?;
-    Some(f(&s).clone()).filter(|v| !v.is_empty())
+    Some(f(&s)).filter(|v| !v.is_empty())
 }
 
 /// Whether `hay` contains `needle` (lowercase ASCII), ignoring case.
@@ -606,7 +629,7 @@ thread_local! {
 impl Default for Holder {
     fn default() -> Self {
         let st: Rc<RefCell<State>> = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        let snap = st.borrow().snap.clone();
+        let snap = st.borrow_mut().snap.get_or_insert_with(Default::default).clone();
         Holder(st, snap)
     }
 }
@@ -678,8 +701,9 @@ struct State {
     sent: usize,
     /// This request's Pass when the URL holds variables.
     dyn_pass: Option<Rc<Pass>>,
-    /// Its variables, readable while the state is busy.
-    snap: Rc<RefCell<Snap>>,
+    /// Its variables, readable while the state is busy (made once per
+    /// pooled state: None only before its first use).
+    snap: Option<Rc<RefCell<Snap>>>,
     /// This attempt's connect and response-head times (ms), once known;
     /// and every attempt's ($upstream_connect_time, _header_time).
     conn_ms: Option<u64>,
@@ -756,15 +780,19 @@ impl State {
         let mut host = std::mem::take(&mut self.proxy_host);
         let mut ranges = std::mem::take(&mut self.ranges);
         let (mut a, mut st, mut t) = (std::mem::take(&mut self.addrs), std::mem::take(&mut self.statuses), std::mem::take(&mut self.times));
-        let snap = std::mem::take(&mut self.snap);
+        let snap = self.snap.take();
         let (mut ct, mut ht) = (std::mem::take(&mut self.conn_times), std::mem::take(&mut self.head_times));
         ct.clear();
         ht.clear();
-        if let Ok(mut v) = snap.try_borrow_mut() {
+        if let Some(Ok(mut v)) = snap.as_ref().map(|s| s.try_borrow_mut()) {
             let v = &mut *v;
-            for s in [&mut v.upstream_addr, &mut v.upstream_status, &mut v.upstream_response_time, &mut v.upstream_connect_time, &mut v.upstream_header_time, &mut v.proxy_host, &mut v.proxy_port] {
-                s.clear();
-            }
+            v.addrs.clear();
+            v.statuses.clear();
+            v.times.clear();
+            v.conn_times.clear();
+            v.head_times.clear();
+            v.group = None;
+            v.proxy_host.clear();
         }
         *self = State::default();
         (self.snap, self.conn_times, self.head_times) = (snap, ct, ht);
@@ -885,7 +913,6 @@ impl State {
         };
         self.proxy_host.push_str(&pass.host);
         self.https = pass.tls;
-        self.snap();
         self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
         // The method is asked for once (each ask is a host call).
