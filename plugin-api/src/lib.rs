@@ -16,6 +16,7 @@
 pub mod hash;
 pub mod http;
 pub mod io;
+pub mod net;
 pub mod sys;
 pub mod template;
 #[cfg(feature = "mock")]

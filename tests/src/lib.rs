@@ -107,6 +107,17 @@ impl Prefix {
             .unwrap()
     }
 
+    /// Writes `conf` and asserts that `ngxr -t` refuses it with exit code 1
+    /// and a message holding `want` at `conf/ngxr.conf:line`.
+    pub fn assert_refused(&self, conf: &str, want: &str, line: u32) {
+        self.write_conf(conf);
+        let o = self.ngxr(&["-t"]);
+        let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+        let at = format!("{}:{line}", self.path().join("conf/ngxr.conf").display());
+        assert_eq!(o.status.code(), Some(1), "{conf}: {out}");
+        assert!(out.contains(want) && out.contains(&at), "{conf}: wanted {want:?} at {at}: {out}");
+    }
+
     /// The error log's text so far.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.path().join("logs/error.log")).unwrap_or_default()

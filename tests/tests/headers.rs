@@ -116,7 +116,6 @@ fn add_header_and_expires_as_nginx() {
 #[test]
 fn bad_directives_are_refused_with_file_and_line() {
     let p = Prefix::new();
-    let conf = p.path().join("conf/ngxr.conf").display().to_string();
     let cases = [
         ("add_header X-A 1 sometimes;", "invalid parameter \"sometimes\""),
         ("add_header \"X A\" 1;", "invalid header name \"X A\""),
@@ -127,11 +126,7 @@ fn bad_directives_are_refused_with_file_and_line() {
         ("add_header_inherit maybe;", "invalid value \"maybe\" in \"add_header_inherit\" directive"),
     ];
     for (line, want) in cases {
-        p.write_conf(&format!("{}events {{}}\nhttp {{\n{line}\n}}\n", load_plugins(&["headers"])));
-        let o = p.ngxr(&["-t"]);
-        let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
-        assert_eq!(o.status.code(), Some(1), "{line}: {out}");
-        assert!(out.contains(want) && out.contains(&format!("{conf}:4")), "{line}: {out}");
+        p.assert_refused(&format!("{}events {{}}\nhttp {{\n{line}\n}}\n", load_plugins(&["headers"])), want, 4);
     }
 }
 

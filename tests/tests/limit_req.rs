@@ -72,17 +72,12 @@ fn rates_bursts_delays_and_statuses() {
 #[test]
 fn bad_directives_are_refused() {
     let p = Prefix::new();
-    let conf = p.path().join("conf/ngxr.conf").display().to_string();
     for (line, want) in [
         ("limit_req zone=nope;", "unknown limit_req_zone \"nope\""),
         ("limit_req_zone $a zone=z:1m rate=fast;", "invalid rate \"fast\""),
         ("limit_req_zone $a zone=z:1k;", "zone \"z\" is too small"),
         ("limit_req_zone $a zone=z:1m; limit_req zone=z burst=x;", "invalid burst value \"burst=x\""),
     ] {
-        p.write_conf(&format!("{}events {{}}\nhttp {{\n{line}\n}}\n", load_plugins(&["limit_req"])));
-        let o = p.ngxr(&["-t"]);
-        let out = String::from_utf8_lossy(&o.stderr).to_string();
-        assert_eq!(o.status.code(), Some(1), "{line}: {out}");
-        assert!(out.contains(want) && out.contains(&format!("{conf}:4")), "{line}: {out}");
+        p.assert_refused(&format!("{}events {{}}\nhttp {{\n{line}\n}}\n", load_plugins(&["limit_req"])), want, 4);
     }
 }

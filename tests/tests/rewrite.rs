@@ -178,7 +178,6 @@ fn set_if_and_server_level_directives() {
 #[test]
 fn bad_directives_are_refused_with_file_and_line() {
     let p = Prefix::new();
-    let conf = p.path().join("conf/ngxr.conf").display().to_string();
     let cases = [
         ("return /x;", "invalid return code \"/x\""),
         ("rewrite ^ /x sometimes;", "invalid parameter \"sometimes\""),
@@ -190,11 +189,7 @@ fn bad_directives_are_refused_with_file_and_line() {
         ("return 200 a b;", "invalid number of arguments in \"return\" directive"),
     ];
     for (line, want) in cases {
-        p.write_conf(&format!("{}events {{}}\nhttp {{\nserver {{\n{line}\n}}\n}}\n", load_plugins(&["rewrite"])));
-        let o = p.ngxr(&["-t"]);
-        let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
-        assert_eq!(o.status.code(), Some(1), "{line}: {out}");
-        assert!(out.contains(want) && out.contains(&format!("{conf}:5")), "{line}: {out}");
+        p.assert_refused(&format!("{}events {{}}\nhttp {{\nserver {{\n{line}\n}}\n}}\n", load_plugins(&["rewrite"])), want, 5);
     }
 }
 

@@ -6,95 +6,28 @@
 //! matches decides, and a deny answers 403 ("access forbidden by rule").
 //! A block without rules inherits the enclosing block's whole list.
 
+use plugin_api::net::Net;
 use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::net::IpAddr;
 
-/// One rule: allow or deny the network `addr/bits`.
+/// One rule: allow or deny a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
     allow: bool,
     net: Net,
 }
 
-/// The network a rule names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Net {
-    /// `all`.
-    All,
-    /// `unix:`: clients on a unix-domain socket.
-    Unix,
-    /// An IPv4 network and its mask.
-    V4(u32, u32),
-    /// An IPv6 network and its mask.
-    V6(u128, u128),
-}
-
-impl Net {
-    fn contains(self, ip: IpAddr) -> bool {
-        match (self, ip) {
-            (Net::All, _) => true,
-            (Net::V4(net, mask), IpAddr::V4(a)) => u32::from(a) & mask == net,
-            (Net::V6(net, mask), IpAddr::V6(a)) => u128::from(a) & mask == net,
-            _ => false,
-        }
-    }
-
-    fn contains_unix(self) -> bool {
-        match self {
-            Net::All | Net::Unix => true,
-            Net::V4(..) | Net::V6(..) => false,
-        }
-    }
-}
-
-/// Parses `all`, an address or a CIDR block as nginx's `allow`/`deny`.
+/// Parses a rule's network; warns about meaningless low bits, as nginx.
 pub fn parse_net(s: &str) -> Result<Net, String> {
-    match s {
-        "all" => return Ok(Net::All),
-        "unix:" => return Ok(Net::Unix),
-        _ => {}
+    let (net, low_bits) = Net::parse(s)?;
+    if low_bits {
+        log(sys::LOG_WARN, &format!("low address bits of {s} are meaningless"));
     }
-    let (addr, bits) = match s.split_once('/') {
-        Some((a, b)) => (a, Some(b.parse::<u32>().map_err(|_| format!("invalid parameter \"{s}\""))?)),
-        None => (s, None),
-    };
-    let ip: IpAddr = addr.parse().map_err(|_| format!("invalid parameter \"{s}\""))?;
-    let net = match ip {
-        IpAddr::V4(a) => {
-            let b = bits.unwrap_or(32);
-            if b > 32 {
-                return Err(format!("invalid parameter \"{s}\""));
-            }
-            let mask = if b == 0 { 0 } else { u32::MAX << (32 - b) };
-            let a = u32::from(a);
-            if a & !mask != 0 {
-                log(sys::LOG_WARN, &format!("low address bits of {s} are meaningless"));
-            }
-            Net::V4(a & mask, mask)
-        }
-        IpAddr::V6(a) => {
-            let b = bits.unwrap_or(128);
-            if b > 128 {
-                return Err(format!("invalid parameter \"{s}\""));
-            }
-            let mask = if b == 0 { 0 } else { u128::MAX << (128 - b) };
-            let a = u128::from(a);
-            if a & !mask != 0 {
-                log(sys::LOG_WARN, &format!("low address bits of {s} are meaningless"));
-            }
-            Net::V6(a & mask, mask)
-        }
-    };
     Ok(net)
 }
 
 /// The first rule matching `ip` allows it (no rule matching: allowed).
 pub fn allowed(rules: &[Rule], ip: IpAddr) -> bool {
-    // An IPv4-mapped IPv6 client is an IPv4 client here, as in nginx.
-    let ip = match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
     rules.iter().find(|r| r.net.contains(ip)).is_none_or(|r| r.allow)
 }
 

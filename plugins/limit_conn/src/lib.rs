@@ -15,14 +15,13 @@
 //! request ended). A zone too full for a new key refuses the request, as
 //! nginx does.
 
+use limit_zone::{rd, wr, HEADER};
 use plugin_api::{export_plugin, log, sys, template::Template, ConfCx, DirectiveSpec, Phase, Plugin, Request, Shm, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 
 const LAYOUT: u32 = 1;
-const HEADER: usize = 32;
 const SLOT: usize = 16;
 const PROBES: usize = 16;
 
@@ -68,14 +67,6 @@ impl Drop for Ctx {
             let _ = zone.shm.with(|m| release(m, hash));
         }
     }
-}
-
-fn rd(b: &[u8], at: usize) -> u64 {
-    u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
-}
-
-fn wr(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
 /// Where `hash` lives, or a free slot for it (None: the neighbourhood is
@@ -143,37 +134,10 @@ pub fn release(mem: &mut [u8], hash: u64) {
     }
 }
 
-fn key_hash(shm: &Shm, key: &[u8]) -> u64 {
-    let (k0, k1) = shm.with(|m| (rd(m, 8), rd(m, 16))).unwrap_or((0, 0));
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
-    h.write(key);
-    h.finish()
-}
-
 fn zone_directive(_c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
-    let z = a[1].strip_prefix("zone=").ok_or_else(|| format!("invalid parameter \"{}\"", a[1]))?;
-    let (name, size) = z.split_once(':').ok_or_else(|| format!("invalid zone size \"{z}\""))?;
-    if name.is_empty() {
-        return Err(format!("invalid zone name \"{z}\""));
-    }
-    let size = cx.size(size).map_err(|_| format!("invalid zone size \"{z}\""))?;
-    if size < 8 * 4096 {
-        return Err(format!("zone \"{name}\" is too small"));
-    }
-    let shm = cx.shm_zone(&format!("limit_conn:{name}"), size, LAYOUT)?;
-    if shm.is_new() {
-        let seed = std::collections::hash_map::RandomState::new();
-        let (k0, k1) = (seed.hash_one(1u8), seed.hash_one(2u8));
-        shm.with(|m| {
-            m.fill(0);
-            wr(m, 8, k0);
-            wr(m, 16, k1);
-        })
-        .map_err(|rc| format!("zone \"{name}\" is not usable (rc {rc})"))?;
-    }
-    let zone = Zone { name: name.to_string(), key: Template::parse(a[0]), shm };
-    if ZONES.with(|zs| zs.borrow_mut().insert(name.to_string(), Rc::new(zone)).is_some()) {
+    let (name, shm) = limit_zone::declare(cx, "limit_conn", a[1], LAYOUT)?;
+    let zone = Zone { name: name.clone(), key: Template::parse(a[0]), shm };
+    if ZONES.with(|zs| zs.borrow_mut().insert(name.clone(), Rc::new(zone)).is_some()) {
         return Err(format!("duplicate zone \"{name}\""));
     }
     Ok(())
@@ -202,17 +166,11 @@ impl Plugin for LimitConn {
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("limit_conn_status", H, 1, 1, |c, a, _| {
-                c.status = Some(a[0].parse::<u16>().ok().filter(|s| (400..600).contains(s)).ok_or("value must be between 400 and 599")?);
+                c.status = Some(limit_zone::status(a[0])?);
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("limit_conn_log_level", H, 1, 1, |c, a, _| {
-                c.log_level = Some(match a[0] {
-                    "info" => sys::LOG_INFO,
-                    "notice" => sys::LOG_NOTICE,
-                    "warn" => sys::LOG_WARN,
-                    "error" => sys::LOG_ERR,
-                    v => return Err(format!("invalid value \"{v}\" in \"limit_conn_log_level\" directive, it must be \"info\", \"notice\", \"warn\" or \"error\"")),
-                });
+                c.log_level = Some(limit_zone::log_level(a[0], "limit_conn_log_level")?);
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("limit_conn_dry_run", H, 1, 1, |c, a, cx| {
@@ -254,17 +212,11 @@ impl Plugin for LimitConn {
         let dry = conf.dry_run == Some(true);
         for l in limits {
             let Some(zone) = ZONES.with(|z| z.borrow().get(&l.zone).cloned()) else { continue };
-            // $binary_remote_addr (nginx's address in binary) reads as the
-            // client address: the same identity.
-            let mut key = Vec::new();
-            zone.key.render(&mut key, |v, out| {
-                let v = if v == "binary_remote_addr" { "remote_addr" } else { v };
-                out.extend_from_slice(req.var_bytes(v).unwrap_or(b""));
-            });
+            let key = limit_zone::key(req, &zone.key);
             if key.is_empty() {
                 continue;
             }
-            let hash = key_hash(&zone.shm, &key);
+            let hash = limit_zone::hash(&zone.shm, &key);
             if dry {
                 // Counted as nginx does in a dry run: not at all; only
                 // whether it would be refused.

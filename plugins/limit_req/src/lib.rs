@@ -19,16 +19,15 @@
 //! (32 bytes each); a full neighbourhood forgets its least recently seen
 //! key.
 
+use limit_zone::{rd, wr, HEADER};
 use plugin_api::{export_plugin, log, sys, template::Template, ConfCx, DirectiveSpec, Phase, Plugin, Request, Shm, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Zone layout version (a change gives a fresh zone on reload).
 const LAYOUT: u32 = 1;
-const HEADER: usize = 32;
 const SLOT: usize = 32;
 /// Slots looked at for a key (then the least recently seen is replaced).
 const PROBES: usize = 16;
@@ -86,14 +85,6 @@ fn now_ms() -> u64 {
     // Wall clock milliseconds: the same in every worker (a jump back is
     // treated as no time passing, as nginx does).
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn rd(b: &[u8], at: usize) -> u64 {
-    u64::from_ne_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
-}
-
-fn wr(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
 }
 
 /// The outcome of one limit for one request.
@@ -161,49 +152,19 @@ pub fn judge(mem: &mut [u8], hash: u64, now: u64, rate: u64, burst: u64, delay: 
     }
 }
 
-fn key_hash(shm: &Shm, key: &[u8]) -> u64 {
-    // SipHash keyed by the zone's own random key (in its header), so a
-    // client cannot aim its keys at one neighbourhood of slots.
-    let (k0, k1) = shm.with(|m| (rd(m, 8), rd(m, 16))).unwrap_or((0, 0));
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
-    h.write(key);
-    h.finish()
-}
-
 fn zone_directive(_c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
-    let (mut name, mut size, mut rate) = (None, 0u64, None);
+    let (mut zone, mut rate) = (None, None);
     for p in &a[1..] {
-        if let Some(z) = p.strip_prefix("zone=") {
-            let (n, s) = z.split_once(':').ok_or_else(|| format!("invalid zone size \"{z}\""))?;
-            if n.is_empty() {
-                return Err(format!("invalid zone name \"{z}\""));
-            }
-            size = cx.size(s).map_err(|_| format!("invalid zone size \"{z}\""))?;
-            if size < 8 * 4096 {
-                return Err(format!("zone \"{n}\" is too small"));
-            }
-            name = Some(n.to_string());
+        if p.starts_with("zone=") {
+            zone = Some(limit_zone::declare(cx, "limit_req", p, LAYOUT)?);
         } else if let Some(r) = p.strip_prefix("rate=") {
             rate = Some(parse_rate(r).ok_or_else(|| format!("invalid rate \"{r}\""))?);
         } else if *p != "sync" {
             return Err(format!("invalid parameter \"{p}\""));
         }
     }
-    let name = name.ok_or_else(|| format!("\"{}\" must have \"zone\" parameter", "limit_req_zone"))?;
-    let rate = rate.unwrap_or(1000);
-    let shm = cx.shm_zone(&format!("limit_req:{name}"), size, LAYOUT)?;
-    if shm.is_new() {
-        let seed = std::collections::hash_map::RandomState::new();
-        let (k0, k1) = (seed.hash_one(1u8), seed.hash_one(2u8));
-        shm.with(|m| {
-            m.fill(0);
-            wr(m, 8, k0);
-            wr(m, 16, k1);
-        })
-        .map_err(|rc| format!("zone \"{name}\" is not usable (rc {rc})"))?;
-    }
-    let zone = Zone { name: name.clone(), key: Template::parse(a[0]), rate, shm };
+    let (name, shm) = zone.ok_or("\"limit_req_zone\" must have \"zone\" parameter")?;
+    let zone = Zone { name: name.clone(), key: Template::parse(a[0]), rate: rate.unwrap_or(1000), shm };
     let dup = ZONES.with(|z| z.borrow_mut().insert(name.clone(), Rc::new(zone)).is_some());
     if dup {
         return Err(format!("duplicate zone \"{name}\""));
@@ -251,17 +212,11 @@ impl Plugin for LimitReq {
             DirectiveSpec::<Conf>::new("limit_req_zone", sys::CTX_HTTP, 2, 4, zone_directive),
             DirectiveSpec::<Conf>::new("limit_req", H, 1, 3, limit_directive),
             DirectiveSpec::<Conf>::new("limit_req_status", H, 1, 1, |c, a, _| {
-                c.status = Some(a[0].parse::<u16>().ok().filter(|s| (400..600).contains(s)).ok_or("value must be between 400 and 599")?);
+                c.status = Some(limit_zone::status(a[0])?);
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("limit_req_log_level", H, 1, 1, |c, a, _| {
-                c.log_level = Some(match a[0] {
-                    "info" => sys::LOG_INFO,
-                    "notice" => sys::LOG_NOTICE,
-                    "warn" => sys::LOG_WARN,
-                    "error" => sys::LOG_ERR,
-                    v => return Err(format!("invalid value \"{v}\" in \"limit_req_log_level\" directive, it must be \"info\", \"notice\", \"warn\" or \"error\"")),
-                });
+                c.log_level = Some(limit_zone::log_level(a[0], "limit_req_log_level")?);
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("limit_req_dry_run", H, 1, 1, |c, a, cx| {
@@ -309,17 +264,11 @@ impl Plugin for LimitReq {
         let (mut wait, mut why) = (0u64, (0u64, String::new()));
         for l in limits {
             let Some(zone) = ZONES.with(|z| z.borrow().get(&l.zone).cloned()) else { continue };
-            // $binary_remote_addr (nginx's address in binary) reads as the
-            // client address: the same identity.
-            let mut key = Vec::new();
-            zone.key.render(&mut key, |v, out| {
-                let v = if v == "binary_remote_addr" { "remote_addr" } else { v };
-                out.extend_from_slice(req.var_bytes(v).unwrap_or(b""));
-            });
+            let key = limit_zone::key(req, &zone.key);
             if key.is_empty() {
                 continue;
             }
-            let hash = key_hash(&zone.shm, &key);
+            let hash = limit_zone::hash(&zone.shm, &key);
             // A dry run accounts as usual (nginx): only the verdict is not
             // carried out.
             let v = zone.shm.with(|m| judge(m, hash, now, zone.rate, l.burst, l.delay, true)).unwrap_or(Verdict::Pass);

@@ -187,11 +187,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
             }),
             "proxy_pass",
         )?;
-        cx.set_content_handler::<Proxy>()?;
-        for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for"] {
-            cx.define_variable(v, var_get(v))?;
-        }
-        return Ok(());
+        return serve_here(cx);
     }
     if uri.is_some() && (modifier == "~" || modifier == "~*" || modifier == "@") {
         return Err("\"proxy_pass\" cannot have URI part in location given by regular expression, or inside named location".into());
@@ -212,6 +208,12 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
         }),
         "proxy_pass",
     )?;
+    serve_here(cx)
+}
+
+/// The location proxies: the proxy is its content handler, and the
+/// proxy's variables exist.
+fn serve_here(cx: &ConfCx<'_>) -> Result<(), String> {
     cx.set_content_handler::<Proxy>()?;
     for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for"] {
         cx.define_variable(v, var_get(v))?;

@@ -14,57 +14,15 @@
 //! logs, proxy) for the request; `$realip_remote_addr` keeps the
 //! connection's.
 
+use plugin_api::net::Net;
 use plugin_api::{export_plugin, sys, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::net::IpAddr;
 use std::rc::Rc;
 
-/// A trusted network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Net {
-    V4(u32, u32),
-    V6(u128, u128),
-    Unix,
-}
-
-impl Net {
-    fn contains(self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v => v,
-        };
-        match (self, ip) {
-            (Net::V4(n, m), IpAddr::V4(a)) => u32::from(a) & m == n,
-            (Net::V6(n, m), IpAddr::V6(a)) => u128::from(a) & m == n,
-            _ => false,
-        }
-    }
-}
-
 fn parse_net(s: &str) -> Result<Net, String> {
-    if s == "unix:" {
-        return Ok(Net::Unix);
-    }
-    let (a, bits) = match s.split_once('/') {
-        Some((a, b)) => (a, Some(b.parse::<u32>().map_err(|_| format!("invalid parameter \"{s}\""))?)),
-        None => (s, None),
-    };
-    match a.parse::<IpAddr>().map_err(|_| format!("invalid parameter \"{s}\""))? {
-        IpAddr::V4(v) => {
-            let b = bits.unwrap_or(32);
-            if b > 32 {
-                return Err(format!("invalid parameter \"{s}\""));
-            }
-            let m = if b == 0 { 0 } else { u32::MAX << (32 - b) };
-            Ok(Net::V4(u32::from(v) & m, m))
-        }
-        IpAddr::V6(v) => {
-            let b = bits.unwrap_or(128);
-            if b > 128 {
-                return Err(format!("invalid parameter \"{s}\""));
-            }
-            let m = if b == 0 { 0 } else { u128::MAX << (128 - b) };
-            Ok(Net::V6(u128::from(v) & m, m))
-        }
+    match Net::parse(s)? {
+        (Net::All, _) => Err(format!("invalid parameter \"{s}\"")),
+        (net, _) => Ok(net),
     }
 }
 
