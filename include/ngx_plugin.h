@@ -699,6 +699,13 @@ typedef struct ngx_plugin_host_s {
      *  copied. [worker] */
     ngx_plugin_rc_t (*http_set_uri)(ngx_plugin_request_t *r, ngx_plugin_str_t uri,
                                     ngx_plugin_str_t args, uint32_t flags);
+    /** (1.5) The absolute form of a path relative to the directory of the
+     *  main configuration file (nginx's conf prefix, as for include,
+     *  ssl_certificate, auth_basic_user_file); conf_full_path resolves
+     *  against the prefix instead. Borrowed until the set callback
+     *  returns. [conf] */
+    ngx_plugin_rc_t (*conf_conf_path)(ngx_plugin_conf_t *cf, ngx_plugin_str_t path,
+                                      ngx_plugin_str_t *out);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

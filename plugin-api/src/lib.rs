@@ -421,6 +421,20 @@ impl ConfCx<'_> {
         }
     }
 
+    /// A config path resolved against the directory of the main
+    /// configuration file (nginx's conf prefix: `include`,
+    /// `ssl_certificate`, `auth_basic_user_file`); an older host resolves
+    /// it against the prefix.
+    pub fn conf_path(&self, p: &str) -> String {
+        let Some(f) = rt::slot!(conf_conf_path) else { return self.full_path(p) };
+        let mut out = sys::Str::empty();
+        // SAFETY: live conf handle; the result is borrowed for the set call.
+        match unsafe { f(self.raw, sys::Str::from_bytes(p.as_bytes()), &mut out) } {
+            sys::OK => unsafe { rt::str_of(out) }.to_string(),
+            _ => self.full_path(p),
+        }
+    }
+
     /// Makes `P`'s [`Plugin::handle`] (with [`Phase::Content`]) the
     /// content handler of the location being configured, as nginx's
     /// `proxy_pass` does.

@@ -301,6 +301,7 @@ pub struct Host {
     pub http_headers_out_set: Option<unsafe extern "C" fn(*mut Request, *const Header, usize) -> Rc>,
     // appended in 1.5
     pub http_set_uri: Option<unsafe extern "C" fn(*mut Request, Str, Str, u32) -> Rc>,
+    pub conf_conf_path: Option<unsafe extern "C" fn(*mut Conf, Str, *mut Str) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -313,6 +313,12 @@ unsafe extern "C" fn conf_full_path(c: *mut sys::Conf, p: Str, out: *mut Str) ->
     put(out, &c.scratch)
 }
 
+unsafe extern "C" fn conf_conf_path(c: *mut sys::Conf, p: Str, out: *mut Str) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    c.scratch = crate::tls::conf_path(&c.conf_dir, s(p)).to_string_lossy().into_owned();
+    put(out, &c.scratch)
+}
+
 unsafe extern "C" fn conf_set_block_data(c: *mut sys::Conf, data: *mut c_void) -> Rc {
     let Some(c) = cf(c) else { return sys::INVALID };
     if c.d.block.is_none() {
@@ -1082,8 +1088,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 65] = offsets!(
-    http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 66] = offsets!(
+    conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1174,6 +1180,7 @@ static TABLE: Table = Table(sys::Host {
     http_headers_in: Some(http_headers_in),
     http_headers_out_set: Some(http_headers_out_set),
     http_set_uri: Some(http_set_uri),
+    conf_conf_path: Some(conf_conf_path),
 });
 
 /// The host table handed to every plugin.

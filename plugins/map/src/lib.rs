@@ -13,7 +13,7 @@
 //! the first time the variable is read in a request and kept for the rest
 //! of it, internal redirects included, unless the map is `volatile`.
 //! `include file;` inside `map` reads more `key value;` lines from a file
-//! (relative to the prefix).
+//! (relative to the configuration's directory, as nginx).
 
 use plugin_api::{export_plugin, sys, template::Template, ConfCx, DirectiveSpec, Plugin, Request, VarDef};
 use regex::{Regex, RegexBuilder};
@@ -227,7 +227,7 @@ pub fn file_lines(text: &str) -> Result<Vec<Vec<String>>, String> {
 fn set_map(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     let name = a[1].strip_prefix('$').filter(|n| !n.is_empty()).ok_or_else(|| format!("invalid variable name \"{}\"", a[1]))?;
     let read = |f: &str| {
-        let path = cx.full_path(f);
+        let path = cx.conf_path(f);
         let text = std::fs::read_to_string(&path).map_err(|e| format!("open() \"{path}\" failed ({e})"))?;
         file_lines(&text).map_err(|e| format!("{e} in {path}"))
     };
