@@ -233,6 +233,10 @@ typedef struct ngx_plugin_directive_s {
  *         call host->http_resume later), NGX_PLUGIN_DONE (finalized by the
  *         handler), NGX_PLUGIN_ERROR (500) or a status 100..599 (finalize
  *         with that status, using error_page if configured).
+ *         In the ACCESS phase OK means "access granted", as in nginx: with
+ *         `satisfy all` the other access handlers still run; with
+ *         `satisfy any` it ends the phase, and a 401/403 only stands if no
+ *         handler grants.
  *         In the LOG phase the return value is ignored.
  */
 typedef ngx_plugin_rc_t (*ngx_plugin_http_handler_pt)(ngx_plugin_request_t *r, void *conf);

@@ -101,6 +101,8 @@ pub struct Core {
     pub types: Option<Arc<Types>>,
     /// `default_type`.
     pub default_type: String,
+    /// `satisfy any` (else all).
+    pub satisfy_any: bool,
 }
 
 /// Extension → MIME type.
@@ -175,6 +177,7 @@ impl Core {
             body_in_file_only: 0,
             types: None,
             default_type: "text/plain".to_string(),
+            satisfy_any: false,
         }
     }
 }
@@ -422,6 +425,7 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("ssl_dhparam", HS, 1, 1),
         ("ssl_ecdh_curve", HS, 1, 1),
         ("default_type", H, 1, 1),
+        ("satisfy", H, 1, 1),
         ("output_buffers", H, 2, 2),
         ("postpone_output", H, 1, 1),
         ("send_lowat", H, 1, 1),
@@ -551,6 +555,13 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
             c.types = Some(Arc::new(m));
         }
         "default_type" => c.default_type = d.args[0].clone(),
+        "satisfy" => {
+            c.satisfy_any = match d.args[0].as_str() {
+                "all" => false,
+                "any" => true,
+                v => return Err(d.err(format!("invalid value \"{v}\" in \"satisfy\" directive, it must be \"all\" or \"any\""))),
+            }
+        }
         "keepalive_timeout" => c.keepalive_timeout = dur(d, 0)?,
         "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
         "keepalive_time" => c.keepalive_time = dur(d, 0)?,

@@ -180,6 +180,9 @@ pub struct Req<'a> {
     pub uri_changed: bool,
     /// Location searches after URI changes so far (nginx allows 10).
     pub uri_changes: u8,
+    /// `satisfy any`: the refusal an access handler gave, kept in case a
+    /// later one grants.
+    pub access_code: Option<u16>,
     /// try_files found the URI under a regex location's alias: the path
     /// is the alias and the URI.
     pub add_uri_to_alias: bool,
@@ -301,6 +304,7 @@ impl<'a> Req<'a> {
             redirects: 0,
             uri_changed: false,
             uri_changes: 0,
+            access_code: None,
             add_uri_to_alias: false,
             uri_rewritten: false,
             internal: false,
@@ -456,6 +460,7 @@ impl<'a> Req<'a> {
         self.redirects = 0;
         self.uri_changed = false;
         self.uri_changes = 0;
+        self.access_code = None;
         self.add_uri_to_alias = false;
         self.uri_rewritten = false;
         self.internal = false;
@@ -1363,6 +1368,21 @@ fn step(cell: &RefCell<Req>) {
                 r.resume = false;
             }
         }
+        // ACCESS, as nginx's: OK grants access. With `satisfy all` every
+        // handler still has its say; with `satisfy any` the first grant
+        // ends the phase, and a refusal (401 before 403) waits in case a
+        // later handler grants.
+        sys::OK if phase == sys::PHASE_ACCESS && !r.location().core.satisfy_any => {}
+        sys::OK if phase == sys::PHASE_ACCESS => {
+            r.access_code = None;
+            drop(r);
+            next_phase(cell);
+        }
+        401 | 403 if phase == sys::PHASE_ACCESS && r.location().core.satisfy_any => {
+            if r.access_code != Some(401) {
+                r.access_code = Some(rc as u16);
+            }
+        }
         sys::OK if phase != sys::PHASE_CONTENT => {
             drop(r);
             next_phase(cell);
@@ -1390,6 +1410,14 @@ fn next_phase(cell: &RefCell<Req>) {
     r.hidx = 0;
     let mut from = r.phase;
     r.phase += 1;
+    if from == sys::PHASE_ACCESS {
+        // `satisfy any` and no handler granted: the refusal stands.
+        if let Some(code) = r.access_code.take() {
+            drop(r);
+            finalize_status(cell, code);
+            return;
+        }
+    }
     if from == sys::PHASE_REWRITE && r.uri_changed {
         // nginx's post-rewrite phase: the URI changed, find its location
         // and run that location's REWRITE phase.

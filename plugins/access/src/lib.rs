@@ -75,14 +75,17 @@ impl Plugin for Access {
         let Some(ip) = req.var("remote_addr").and_then(|a| a.parse::<IpAddr>().ok()) else {
             // A unix-socket client: "all" and "unix:" rules apply.
             return match rules.iter().find(|r| r.net.contains_unix()) {
-                Some(r) if !r.allow => forbidden(),
-                _ => Status::Declined,
+                Some(r) if r.allow => Status::Ok,
+                Some(_) => forbidden(),
+                None => Status::Declined,
             };
         };
-        if allowed(rules, ip) {
-            Status::Declined
-        } else {
-            forbidden()
+        // An allow rule grants access (nginx's NGX_OK: `satisfy any` takes
+        // it); no rule matching says nothing.
+        match rules.iter().find(|r| r.net.contains(ip)) {
+            Some(r) if r.allow => Status::Ok,
+            Some(_) => forbidden(),
+            None => Status::Declined,
         }
     }
 }

@@ -230,7 +230,8 @@ impl Plugin for AuthBasic {
             let (Some(name), Some(stored)) = (f.next(), f.next()) else { continue };
             if name == user {
                 if password_ok(&pw, stored) {
-                    return Status::Declined;
+                    // Granted (`satisfy any` takes it).
+                    return Status::Ok;
                 }
                 log(sys::LOG_ERR, &format!("user \"{user}\": password mismatch"));
                 return challenge(req, &realm);
