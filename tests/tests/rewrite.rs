@@ -209,6 +209,7 @@ fn core_captures_joined_headers_and_redirects() {
             location /auto/ {{ proxy_pass http://127.0.0.1:9/; }}
             location = / {{ return 200 \"u=$uri a=$args\"; }}
             location /u/ {{ return 200 \"u=$uri a=$args\"; }}
+            location = /rid {{ return 200 \"$request_id $request_id $remote_user\"; }}
         }} }}\n",
         conf_head(),
         load_plugins(&["rewrite", "index", "static", "log", "headers", "proxy"]),
@@ -235,6 +236,14 @@ fn core_captures_joined_headers_and_redirects() {
     // path has "/".
     assert_eq!(body(&req(s.port, "GET /u/a/..#frag HTTP/1.1")), "u=/u/ a=");
     assert_eq!(body(&req(s.port, "GET http://localhost?x=1#frag HTTP/1.1")), "u=/ a=x=1");
+    // $request_id: 32 hex digits, one per request; $remote_user: the
+    // name of Basic credentials.
+    let a = body(&req(s.port, "GET /rid HTTP/1.1\r\nAuthorization: Basic YWxpY2U6eA==")).to_string();
+    let b = body(&get(s.port, "/rid")).to_string();
+    let (x, y, user) = (&a[..32], &a[33..65], &a[66..]);
+    assert!(x == y && x.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert_eq!(user, "alice");
+    assert_ne!(&b[..32], x, "a new id per request");
     // auto_redirect: the name of a proxied location without its '/'.
     let r = get(s.port, "/auto?a=b");
     assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/auto/?a=b").as_str())));

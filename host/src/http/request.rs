@@ -183,6 +183,8 @@ pub struct Req<'a> {
     /// `satisfy any`: the refusal an access handler gave, kept in case a
     /// later one grants.
     pub access_code: Option<u16>,
+    /// `$request_id`, made when first read.
+    pub request_id: std::cell::Cell<Option<u128>>,
     /// try_files found the URI under a regex location's alias: the path
     /// is the alias and the URI.
     pub add_uri_to_alias: bool,
@@ -305,6 +307,7 @@ impl<'a> Req<'a> {
             uri_changed: false,
             uri_changes: 0,
             access_code: None,
+            request_id: std::cell::Cell::new(None),
             add_uri_to_alias: false,
             uri_rewritten: false,
             internal: false,
@@ -461,6 +464,7 @@ impl<'a> Req<'a> {
         self.uri_changed = false;
         self.uri_changes = 0;
         self.access_code = None;
+        self.request_id.set(None);
         self.add_uri_to_alias = false;
         self.uri_rewritten = false;
         self.internal = false;

@@ -11,7 +11,7 @@ const CORE: &[&str] = &[
     "uri", "document_uri", "args", "query_string", "is_args", "request_uri", "request_method", "request",
     "server_protocol", "host", "hostname", "remote_addr", "realip_remote_addr", "remote_port", "server_addr", "server_port",
     "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
-    "request_time", "time_local", "time_iso8601", "msec", "content_length", "content_type", "document_root",
+    "request_time", "time_local", "time_iso8601", "remote_user", "request_id", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
     "request_body", "request_body_file", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
 ];
@@ -135,6 +135,28 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         }
         "time_local" => format_local(SystemTime::now(), false, out),
         "time_iso8601" => format_local(SystemTime::now(), true, out),
+        // The user name of Basic credentials, whether or not they are
+        // valid (nginx's).
+        "remote_user" => {
+            use base64::Engine;
+            let Some(v) = r.header_in("authorization") else { return false };
+            let Some((scheme, cred)) = v.trim().split_once(' ') else { return false };
+            if !scheme.eq_ignore_ascii_case("basic") {
+                return false;
+            }
+            let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(cred.trim()) else { return false };
+            let user = raw.split(|&b| b == b':').next().unwrap_or(&[]);
+            out.push_str(&String::from_utf8_lossy(user));
+        }
+        // 32 hex digits, random, the same for the whole request.
+        "request_id" => {
+            let id = r.request_id.get().unwrap_or_else(|| {
+                let id = crate::sys::random_u128();
+                r.request_id.set(Some(id));
+                id
+            });
+            let _ = write!(out, "{id:032x}");
+        }
         "content_length" => match r.header_in("content-length") {
             Some(v) => out.push_str(v),
             None => return false,

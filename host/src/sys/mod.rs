@@ -445,3 +445,15 @@ pub fn set_cork(fd: RawFd, on: bool) {
         libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CORK, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
     };
 }
+
+/// 128 random bits from the kernel (getrandom); a time-based value if it
+/// fails (never for a Linux of this century).
+pub fn random_u128() -> u128 {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most 16 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 16 {
+        return u128::from_ne_bytes(b);
+    }
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()) ^ u128::from(std::process::id()) << 64
+}
