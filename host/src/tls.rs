@@ -221,13 +221,16 @@ pub fn load_key_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Strin
         .load_private_key(der)
         .map_err(|e| format!("cannot load certificate key \"{}\": {e}", key.display()))?;
     let ck = CertifiedKey::new(chain, signer);
+    // Only a proven mismatch is refused: a certificate the check cannot
+    // read (an X.509 v1 certificate, as `openssl req -x509` makes without
+    // extensions) is served, as nginx serves it.
     match ck.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(Arc::new(ck)),
-        Err(_) => Err(format!(
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(format!(
             "certificate key \"{}\" does not match certificate \"{}\" (key values mismatch)",
             key.display(),
             cert.display()
         )),
+        _ => Ok(Arc::new(ck)),
     }
 }
 

@@ -613,6 +613,14 @@ pub mod certs {
         run(dir, &a);
     }
 
+    /// A self-signed X.509 version 1 certificate (no extensions), as
+    /// older tooling and nginx's own tests make them.
+    pub fn v1(dir: &Path, stem: &str, subject: &str) {
+        let (crt, key, csr) = (format!("{stem}.crt"), format!("{stem}.key"), format!("{stem}.csr"));
+        run(dir, &["req", "-new", "-nodes", "-newkey", "rsa:2048", "-subj", subject, "-keyout", &key, "-out", &csr]);
+        run(dir, &["x509", "-req", "-in", &csr, "-signkey", &key, "-days", "2", "-out", &crt]);
+    }
+
     /// A certificate authority STEM.crt/STEM.key.
     pub fn ca(dir: &Path, stem: &str) {
         let (crt, key, subj) = (format!("{stem}.crt"), format!("{stem}.key"), format!("/CN=ngxr test CA {stem}"));

@@ -332,3 +332,15 @@ fn proxy_to_tls_upstreams() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no proxy_ssl_trusted_certificate for proxy_ssl_verify in "), "{err}");
 }
+
+#[test]
+fn a_version_1_certificate_is_served() {
+    // rustls' key check cannot read X.509 v1: only a proven mismatch is
+    // refused, so such a certificate is served, as nginx serves it.
+    let p = prefix();
+    certs::v1(&conf_dir(&p), "old", "/CN=old.test");
+    let port = free_port();
+    let s = start(p, port, "server { listen 127.0.0.1:PORT ssl; ssl_certificate old.crt; ssl_certificate_key old.key; root html/a; }", 1);
+    let (ok, body, err) = curl(&["-k", &format!("https://127.0.0.1:{}/", s.port)]);
+    assert!(ok && body == "site A\n", "{body} {err}");
+}
