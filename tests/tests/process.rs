@@ -114,10 +114,16 @@ fn quit_is_graceful_and_removes_pid_file() {
     std::thread::sleep(Duration::from_millis(100)); // let a worker read the partial head
     let o = s.prefix.ngxr(&["-s", "quit"]);
     assert!(o.status.success());
+    // Once the workers are draining, the answer tells the client to go
+    // (Connection: close), as nginx's does.
+    // (The master says it too, with "worker processes" after it on a
+    // reload only: three lines here, the master's and two workers'.)
+    poll_until("the workers to drain", SECS, || (s.prefix.error_log().matches("gracefully shutting down\n").count() >= 3).then_some(()));
     c.write_all(b"\r\n").unwrap();
     let mut buf = Vec::new();
     c.read_to_end(&mut buf).unwrap();
-    assert!(buf.starts_with(b"HTTP/1.1 404"), "{:?}", String::from_utf8_lossy(&buf));
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.starts_with(b"HTTP/1.1 404") && text.contains("Connection: close"), "{text}");
     assert_eq!(s.wait_exit(SECS), Some(0));
     assert!(!s.prefix.path().join("logs/ngxr.pid").exists());
 }

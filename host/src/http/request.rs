@@ -602,6 +602,12 @@ impl Req<'_> {
     }
 }
 
+thread_local! {
+    /// The worker is shutting down gracefully: responses say
+    /// `Connection: close` (nginx's), so clients go elsewhere.
+    pub static QUITTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A request body in a temporary file. Removed when dropped (the
 /// request is over), unless `client_body_in_file_only on` keeps it.
 #[derive(Debug)]
@@ -907,6 +913,7 @@ fn render_head(r: &mut Req) {
     }
     let core = &r.location().core;
     let keep = !r.must_close
+        && !QUITTING.with(std::cell::Cell::get)
         && r.keepalive
         && r.conn_requests < core.keepalive_requests
         && !core.keepalive_timeout.is_zero()

@@ -11,7 +11,7 @@ const CORE: &[&str] = &[
     "uri", "document_uri", "args", "query_string", "is_args", "request_uri", "request_method", "request",
     "server_protocol", "host", "hostname", "remote_addr", "realip_remote_addr", "remote_port", "server_addr", "server_port",
     "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
-    "request_time", "time_local", "time_iso8601", "remote_user", "request_id", "msec", "content_length", "content_type", "document_root",
+    "request_time", "time_local", "time_iso8601", "remote_user", "request_id", "realip_remote_port", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
     "request_body", "request_body_file", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
 ];
@@ -92,7 +92,9 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         "hostname" => out.push_str(&crate::sys::hostname()),
         "remote_addr" => out.push_str(&r.remote_addr),
         "realip_remote_addr" => out.push_str(r.real_addr.as_deref().unwrap_or(&r.remote_addr)),
-        "remote_port" => {
+        // (realip changes the address only: the port stays the
+        // connection's.)
+        "remote_port" | "realip_remote_port" => {
             let _ = write!(out, "{}", r.peer.port());
         }
         "server_addr" => {

@@ -288,6 +288,7 @@ impl<'a> Worker<'a> {
         }
         crate::log!(Notice, "gracefully shutting down");
         self.quitting = true;
+        crate::http::request::QUITTING.with(|q| q.set(true));
         // Close our copies of the listeners: the kernel keeps the sockets
         // (the master and new workers hold them) and their queues.
         for mut l in self.listeners.drain(..) {
