@@ -919,3 +919,31 @@ fn large_request_bodies_wait_in_temporary_files() {
     let kept = r.header("x-body-file").unwrap().to_string();
     assert_eq!(std::fs::read(&kept).unwrap(), b"tiny");
 }
+
+#[test]
+fn nginx_tuning_directives_and_keepalive_disable() {
+    // Directives from stock nginx.conf files (Debian's has
+    // types_hash_max_size) are accepted; keepalive_disable works.
+    let s = serve(
+        &site_conf(
+            "types_hash_max_size 2048; types_hash_bucket_size 64; connection_pool_size 512; request_pool_size 4k;
+             sendfile_max_chunk 2m; aio threads; directio off; log_subrequest off;
+             open_log_file_cache max=1000 inactive=20s valid=1m min_uses=2;
+             location /safari/ { keepalive_disable safari; alias html/; }",
+        ),
+        SITE,
+    );
+    let conn = |path: &str, method: &str, ua: &str| {
+        let body = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
+        let mut c = Client::new(s.port);
+        c.send(format!("{method} {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: {ua}\r\n{body}\r\n").as_bytes());
+        c.response().unwrap().header("connection").map(str::to_string)
+    };
+    let msie6 = "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)";
+    let safari = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15";
+    // The default (msie6): an old MSIE's POST closes; its GET keeps.
+    assert_eq!(conn("/a.txt", "POST", msie6).as_deref(), Some("close"));
+    assert_eq!(conn("/a.txt", "GET", msie6).as_deref(), Some("keep-alive"));
+    assert_eq!(conn("/a.txt", "GET", safari).as_deref(), Some("keep-alive"));
+    assert_eq!(conn("/safari/a.txt", "GET", safari).as_deref(), Some("close"));
+}

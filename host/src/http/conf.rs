@@ -103,6 +103,9 @@ pub struct Core {
     pub default_type: String,
     /// `satisfy any` (else all).
     pub satisfy_any: bool,
+    /// `keepalive_disable`: 1 msie6, 2 safari (bits); nginx's default
+    /// is msie6.
+    pub keepalive_disable: u8,
 }
 
 /// Extension → MIME type.
@@ -178,6 +181,7 @@ impl Core {
             types: None,
             default_type: "text/plain".to_string(),
             satisfy_any: false,
+            keepalive_disable: 1,
         }
     }
 }
@@ -426,6 +430,16 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("ssl_ecdh_curve", HS, 1, 1),
         ("default_type", H, 1, 1),
         ("satisfy", H, 1, 1),
+        ("types_hash_max_size", H, 1, 1),
+        ("types_hash_bucket_size", H, 1, 1),
+        ("connection_pool_size", HS, 1, 1),
+        ("request_pool_size", HS, 1, 1),
+        ("sendfile_max_chunk", H, 1, 1),
+        ("directio", H | IF, 1, 1),
+        ("aio", H, 1, 1),
+        ("log_subrequest", H, 1, 1),
+        ("open_log_file_cache", H, 1, 4),
+        ("keepalive_disable", H, 1, 2),
         ("output_buffers", H, 2, 2),
         ("postpone_output", H, 1, 1),
         ("send_lowat", H, 1, 1),
@@ -590,8 +604,43 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "port_in_redirect" => c.port_in_redirect = d.flag()?,
         "server_name_in_redirect" => c.server_name_in_redirect = d.flag()?,
         "tcp_nopush" => c.tcp_nopush = d.flag()?,
-        "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" => {
+        "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" | "log_subrequest" => {
             d.flag()?;
+        }
+        // nginx's memory-pool and hash-table sizes, and sendfile chunking:
+        // ngxr sizes these itself; the values are checked and otherwise
+        // change nothing (see docs/nginx-compat.md).
+        "types_hash_max_size" | "types_hash_bucket_size" | "connection_pool_size" | "request_pool_size" | "sendfile_max_chunk" => {
+            size(d, 0)?;
+        }
+        "directio" if d.args[0] != "off" => {
+            size(d, 0)?;
+        }
+        "aio" => {
+            if !matches!(d.args[0].as_str(), "on" | "off" | "threads") && !d.args[0].starts_with("threads=") {
+                return Err(d.invalid(0));
+            }
+        }
+        "open_log_file_cache" => {
+            // The log plugin opens each file once: it is always cached.
+            for a in &d.args {
+                let ok = a == "off" || ["max=", "inactive=", "min_uses=", "valid="].iter().any(|p| a.starts_with(p));
+                if !ok {
+                    return Err(d.err(format!("invalid \"open_log_file_cache\" parameter \"{a}\"")));
+                }
+            }
+        }
+        "keepalive_disable" => {
+            let mut m = 0u8;
+            for a in &d.args {
+                m |= match a.as_str() {
+                    "none" => 0,
+                    "msie6" => 1,
+                    "safari" => 2,
+                    _ => return Err(d.err(format!("invalid value \"{a}\" in \"keepalive_disable\" directive"))),
+                };
+            }
+            c.keepalive_disable = m;
         }
         _ => {}
     }

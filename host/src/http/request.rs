@@ -602,6 +602,25 @@ impl Req<'_> {
     }
 }
 
+/// `keepalive_disable`: old MSIE after a POST (msie6), Safari and
+/// Safari-like user agents on Apple systems (safari), as nginx.
+fn keepalive_disabled_for(r: &Req, which: u8) -> bool {
+    // The default (msie6) looks at POSTs only: most requests pay nothing.
+    if which == 1 && r.method != "POST" {
+        return false;
+    }
+    let Some(ua) = r.header_in("user-agent") else { return false };
+    if which & 1 != 0 && r.method == "POST" {
+        if let Some(i) = ua.find("MSIE ") {
+            let v = ua.as_bytes().get(i + 5).copied().unwrap_or(b'9');
+            if (b'1'..=b'6').contains(&v) && ua.as_bytes().get(i + 6) == Some(&b'.') {
+                return true;
+            }
+        }
+    }
+    which & 2 != 0 && ua.contains("Safari/") && ua.contains("Mac OS X") && !ua.contains("Chrome")
+}
+
 thread_local! {
     /// The worker is shutting down gracefully: responses say
     /// `Connection: close` (nginx's), so clients go elsewhere.
@@ -914,6 +933,7 @@ fn render_head(r: &mut Req) {
     let core = &r.location().core;
     let keep = !r.must_close
         && !QUITTING.with(std::cell::Cell::get)
+        && !(core.keepalive_disable != 0 && keepalive_disabled_for(r, core.keepalive_disable))
         && r.keepalive
         && r.conn_requests < core.keepalive_requests
         && !core.keepalive_timeout.is_zero()
