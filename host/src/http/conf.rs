@@ -616,10 +616,8 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "directio" if d.args[0] != "off" => {
             size(d, 0)?;
         }
-        "aio" => {
-            if !matches!(d.args[0].as_str(), "on" | "off" | "threads") && !d.args[0].starts_with("threads=") {
-                return Err(d.invalid(0));
-            }
+        "aio" if !matches!(d.args[0].as_str(), "on" | "off" | "threads") && !d.args[0].starts_with("threads=") => {
+            return Err(d.invalid(0));
         }
         "open_log_file_cache" => {
             // The log plugin opens each file once: it is always cached.

@@ -933,7 +933,7 @@ fn render_head(r: &mut Req) {
     let core = &r.location().core;
     let keep = !r.must_close
         && !QUITTING.with(std::cell::Cell::get)
-        && !(core.keepalive_disable != 0 && keepalive_disabled_for(r, core.keepalive_disable))
+        && (core.keepalive_disable == 0 || !keepalive_disabled_for(r, core.keepalive_disable))
         && r.keepalive
         && r.conn_requests < core.keepalive_requests
         && !core.keepalive_timeout.is_zero()
