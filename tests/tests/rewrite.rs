@@ -210,6 +210,7 @@ fn core_captures_joined_headers_and_redirects() {
             location = / {{ return 200 \"u=$uri a=$args\"; }}
             location /u/ {{ return 200 \"u=$uri a=$args\"; }}
             location = /rid {{ return 200 \"$request_id $request_id $remote_user\"; }}
+            location = /pipe {{ return 200 $pipe; }}
         }} }}\n",
         conf_head(),
         load_plugins(&["rewrite", "index", "static", "log", "headers", "proxy"]),
@@ -244,6 +245,11 @@ fn core_captures_joined_headers_and_redirects() {
     assert!(x == y && x.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
     assert_eq!(user, "alice");
     assert_ne!(&b[..32], x, "a new id per request");
+    // $pipe: "p" for a request that came with the one before it.
+    let mut c = Client::new(s.port);
+    c.send(b"GET /pipe HTTP/1.1\r\nHost: x\r\n\r\nGET /pipe HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (first, second) = (c.response().unwrap(), c.response().unwrap());
+    assert_eq!((body(&first), body(&second)), (".", "p"));
     // auto_redirect: the name of a proxied location without its '/'.
     let r = get(s.port, "/auto?a=b");
     assert_eq!((r.status, r.header("location")), (301, Some(format!("http://localhost:{port}/auto/?a=b").as_str())));

@@ -150,6 +150,8 @@ pub struct Conn<'a> {
     requests: u32,
     /// When the connection was accepted (keepalive_time).
     born: std::time::Instant,
+    /// The next request was read with the previous one's bytes ($pipe).
+    pipelined: bool,
     local: SocketAddr,
     cycle: &'a Cycle,
     default: &'a Server,
@@ -238,6 +240,7 @@ impl<'a> Conn<'a> {
             active: false,
             requests: 0,
             born: crate::clock::now(),
+            pipelined: false,
             local,
             cycle,
             default,
@@ -616,6 +619,8 @@ impl<'a> Conn<'a> {
         self.keepalive_timeout = core_ka;
         if keep {
             self.nodelay();
+            // The next request is already here ($pipe).
+            self.pipelined = self.rstart < self.rbuf.len();
             if self.rstart >= self.rbuf.len() {
                 // Idle until the next request: the buffer goes back (and
                 // on_ready() drops the request object).
@@ -813,6 +818,7 @@ impl<'a> Conn<'a> {
         r.srv = srv;
         r.conn_requests = self.requests;
         r.conn_born = self.born;
+        r.pipelined = std::mem::take(&mut self.pipelined);
         r.conn_serial = self.serial;
         r.tls = self.sock.info();
         if r.ssl_server_name != self.sni {

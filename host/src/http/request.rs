@@ -122,6 +122,8 @@ pub struct Req<'a> {
     pub conn_requests: u32,
     /// When the connection was accepted.
     pub conn_born: std::time::Instant,
+    /// Read from bytes that came with the previous request (`$pipe`).
+    pub pipelined: bool,
     /// Connection serial number (`$connection`).
     pub conn_serial: u64,
     /// Request body state.
@@ -278,6 +280,7 @@ impl<'a> Req<'a> {
             head_len: 0,
             conn_requests: 0,
             conn_born: crate::clock::now(),
+            pipelined: false,
             conn_serial: 0,
             body_state: BodyIn::Done,
             body_in: Vec::new(),
