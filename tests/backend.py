@@ -163,6 +163,9 @@ class Handler(BaseHTTPRequestHandler):
         if p == "/nohead":
             self.close_connection = True
             return
+        if p == "/xaccel":
+            # Sends the answer elsewhere (nginx's X-Accel-Redirect).
+            return self.reply(200, b"from the backend", extra=[("X-Accel-Redirect", q.get("to", "")), ("Content-Disposition", "attachment")])
         if p.startswith("/framing/"):
             # Response heads with ambiguous or bad framing (nginx answers 502).
             lines = {

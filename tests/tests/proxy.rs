@@ -642,3 +642,32 @@ fn proxy_pass_with_variables() {
     assert_eq!(get_h(s.port, "/byaddr/z", "X-Addr: backend.example\r\n").status, 502);
     assert!(s.prefix.error_log().contains("no resolver defined to resolve backend.example"));
 }
+
+#[test]
+fn x_accel_redirect_sends_the_request_elsewhere() {
+    let b = Backend::start("X");
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT; root html;
+           location /xa/ {{ proxy_pass http://127.0.0.1:{0}/; }}
+           location /plain/ {{ proxy_pass http://127.0.0.1:{0}/; proxy_ignore_headers X-Accel-Redirect; }}
+           location /internal/ {{ internal; alias html/; }}
+         }}",
+        b.port
+    ));
+    // The upstream names an internal location: its answer is served, with
+    // what the upstream said about the content.
+    let r = get_h(s.port, "/xa/xaccel?to=/internal/local.txt", "");
+    assert_eq!((r.status, body(&r).as_str()), (200, "served locally"));
+    assert_eq!(r.header("content-disposition"), Some("attachment"));
+    assert!(r.header("x-accel-redirect").is_none());
+    // The target is decoded as a request's URI; one above the root is
+    // refused.
+    assert_eq!(body(&get_h(s.port, "/xa/xaccel?to=/internal/loc%61l.txt", "")), "served locally");
+    assert_eq!(get_h(s.port, "/xa/xaccel?to=/internal/../../etc/passwd", "").status, 404);
+    // A client cannot reach the internal location itself.
+    assert_eq!(get_h(s.port, "/internal/local.txt", "").status, 404);
+    // proxy_ignore_headers X-Accel-Redirect: the upstream's own answer.
+    let r = get_h(s.port, "/plain/xaccel?to=/internal/local.txt", "");
+    assert_eq!(body(&r), "from the backend");
+}

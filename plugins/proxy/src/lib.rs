@@ -111,6 +111,8 @@ pub struct Conf {
     temp_path: Option<String>,
     redirect: Option<Redirect>,
     intercept: Option<bool>,
+    /// `proxy_ignore_headers X-Accel-Redirect`.
+    ignore_xa_redirect: Option<bool>,
     connect_timeout: Option<u64>,
     send_timeout: Option<u64>,
     read_timeout: Option<u64>,
@@ -490,6 +492,17 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             }
             Ok(())
         }),
+        DirectiveSpec::new("proxy_ignore_headers", ANY, 1, sys::ARGS_ANY, |c, a, _| {
+            let mut xa = false;
+            for h in a {
+                let known = ["X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Limit-Rate", "X-Accel-Buffering", "X-Accel-Charset", "Expires", "Cache-Control", "Set-Cookie", "Vary"];
+                if !known.iter().any(|k| k.eq_ignore_ascii_case(h)) {
+                    return Err(format!("invalid value \"{h}\" in \"proxy_ignore_headers\" directive"));
+                }
+                xa |= h.eq_ignore_ascii_case("X-Accel-Redirect");
+            }
+            set_opt(&mut c.ignore_xa_redirect, xa, "proxy_ignore_headers")
+        }),
         DirectiveSpec::new("proxy_intercept_errors", ANY, 1, 1, |c, a, cx| set_opt(&mut c.intercept, cx.flag(a[0])?, "proxy_intercept_errors")),
         DirectiveSpec::new("proxy_connect_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.connect_timeout, cx.time_ms(a[0])?, "proxy_connect_timeout")),
         DirectiveSpec::new("proxy_send_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.send_timeout, cx.time_ms(a[0])?, "proxy_send_timeout")),
@@ -571,7 +584,7 @@ impl Plugin for Proxy {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
-        inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
@@ -1257,6 +1270,34 @@ impl State {
             && (minor == 1 || contains_ci(conn_tokens, b"keep-alive"))
             && self.group.as_ref().is_some_and(|g| g.keepalive > 0);
         self.record(code);
+        if let (Some(to), false) = (value("x-accel-redirect"), conf.ignore_xa_redirect.unwrap_or(false)) {
+            // nginx's X-Accel-Redirect: the upstream names where the answer
+            // is (often an internal location); what it said about the
+            // content goes along.
+            let to = String::from_utf8_lossy(to).trim().to_string();
+            for h in head {
+                if ["content-type", "set-cookie", "content-disposition", "cache-control", "expires", "accept-ranges"].iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
+                    req.add_header(h.name, &String::from_utf8_lossy(h.value));
+                }
+            }
+            self.finish_upstream(false);
+            self.phase = Phase::Finished;
+            if to.is_empty() {
+                return Flow::Return(Status::Http(404));
+            }
+            if to.starts_with('@') {
+                return Flow::Return(req.internal_redirect(&to, ""));
+            }
+            // Decoded and normalized as a request's URI ("/a%20b" is
+            // "/a b"); one that climbs above the root is refused (404).
+            let (path, args) = to.split_once('?').unwrap_or((to.as_str(), ""));
+            let mut uri = Vec::new();
+            if !path.starts_with('/') || plugin_api::http::normalize(path, false, &mut uri).is_err() {
+                plugin_api::log(sys::LOG_ERR, &format!("unsafe URI \"{to}\" was detected in X-Accel-Redirect"));
+                return Flow::Return(Status::Http(404));
+            }
+            return Flow::Return(req.internal_redirect(&String::from_utf8_lossy(&uri), args));
+        }
         if code >= 300 && conf.intercept.unwrap_or(false) && code != 304 && req.has_error_page(code) {
             // The client learns how to authenticate, as nginx passes it on.
             if code == 401 {
