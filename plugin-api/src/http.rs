@@ -11,6 +11,18 @@ pub fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
+/// nginx's `msie6` User-Agent test (keepalive_disable, gzip_disable): MSIE
+/// 4 or 5, or MSIE 6 without SV1.
+pub fn is_msie6(ua: &str) -> bool {
+    let Some(i) = ua.find("MSIE ") else { return false };
+    let b = ua.as_bytes();
+    match (b.get(i + 5), b.get(i + 6)) {
+        (Some(b'4' | b'5'), Some(b'.')) => true,
+        (Some(b'6'), Some(b'.')) => !ua[i..].contains("SV1"),
+        _ => false,
+    }
+}
+
 /// Escapes a decoded path for a request line or a Location header, as
 /// nginx's NGX_ESCAPE_URI: controls, space, non-ASCII, `"`, `#`, `%` and
 /// `?` become `%XX`.
@@ -218,6 +230,15 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn msie6() {
+        assert!(is_msie6("Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)"));
+        assert!(is_msie6("Mozilla/4.0 (compatible; MSIE 5.5; Windows 98)"));
+        assert!(!is_msie6("Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1)"));
+        assert!(!is_msie6("Mozilla/5.0 (compatible; MSIE 9.0)"));
+        assert!(!is_msie6("curl/8"));
+    }
 
     fn norm(p: &str) -> Result<String, &'static str> {
         let mut v = Vec::new();

@@ -354,8 +354,6 @@ impl<'a> Conn<'a> {
                 }
             }
             request::log_phase(&self.req);
-            // A body's temporary file lives no longer than its request.
-            self.req.borrow_mut().body_file = None;
             self.end_request();
         }
         if let Some(r) = &self.req.0 {
@@ -375,6 +373,9 @@ impl<'a> Conn<'a> {
     fn end_request(&mut self) {
         let mut r = self.req.borrow_mut();
         r.free_plugin_state();
+        // A body's temporary file lives no longer than its request (after
+        // the plugins that read it have let go).
+        r.body_file = None;
         host_api::unregister_request(r.handle);
         r.handle = 0;
         r.out.clear();
@@ -605,7 +606,6 @@ impl<'a> Conn<'a> {
             return None;
         }
         request::log_phase(&self.req);
-        self.req.borrow_mut().body_file = None;
         let (keep, core_ka, linger_mode) = {
             let r = self.req.borrow();
             let core = &r.location().core;

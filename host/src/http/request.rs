@@ -393,8 +393,6 @@ impl<'a> Req<'a> {
 
     /// Lets go of unusually large buffers before the object is kept.
     pub fn trim(&mut self) {
-        // A body's temporary file lives no longer than its request.
-        self.body_file = None;
         if self.body_in.capacity() > 64 * 1024 {
             self.body_in = Vec::new();
         }
@@ -613,13 +611,8 @@ fn keepalive_disabled_for(r: &Req, which: u8) -> bool {
         return false;
     }
     let Some(ua) = r.header_in("user-agent") else { return false };
-    if which & 1 != 0 && r.method == "POST" {
-        if let Some(i) = ua.find("MSIE ") {
-            let v = ua.as_bytes().get(i + 5).copied().unwrap_or(b'9');
-            if (b'1'..=b'6').contains(&v) && ua.as_bytes().get(i + 6) == Some(&b'.') {
-                return true;
-            }
-        }
+    if which & 1 != 0 && r.method == "POST" && plugin_api::http::is_msie6(ua) {
+        return true;
     }
     which & 2 != 0 && ua.contains("Safari/") && ua.contains("Mac OS X") && !ua.contains("Chrome")
 }

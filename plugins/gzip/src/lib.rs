@@ -79,14 +79,6 @@ pub fn accepts_gzip(v: &str) -> bool {
     })
 }
 
-/// nginx's `msie6`: MSIE 4-6 without SV1.
-fn is_msie6(ua: &str) -> bool {
-    ua.find("MSIE ").is_some_and(|i| {
-        let rest = &ua[i + 5..];
-        rest.len() > 1 && matches!(rest.as_bytes()[0], b'4'..=b'6') && rest.as_bytes()[1] == b'.' && !ua.contains("SV1")
-    })
-}
-
 /// `gzip_proxied` against the response's headers: may a response to a
 /// proxied request (one with Via) be compressed?
 fn proxied_ok(flags: u32, req: &Request<'_>) -> bool {
@@ -235,7 +227,7 @@ impl Plugin for Gzip {
             return Ok(());
         }
         if let Some(ua) = req.header("User-Agent") {
-            if (conf.msie6 == Some(true) && is_msie6(ua)) || conf.disable.as_ref().is_some_and(|l| l.iter().any(|re| re.is_match(ua))) {
+            if (conf.msie6 == Some(true) && plugin_api::http::is_msie6(ua)) || conf.disable.as_ref().is_some_and(|l| l.iter().any(|re| re.is_match(ua))) {
                 return Ok(());
             }
         }
@@ -315,10 +307,4 @@ mod tests {
         assert!(!accepts_gzip(""));
     }
 
-    #[test]
-    fn msie6() {
-        assert!(is_msie6("Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)"));
-        assert!(!is_msie6("Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1)"));
-        assert!(!is_msie6("Mozilla/5.0 (compatible; MSIE 9.0)"));
-    }
 }
