@@ -57,6 +57,37 @@ impl Conn {
         }
     }
 
+    /// Starts a nonblocking connect to `addr` owned by nobody (a protocol
+    /// plugin's session keeps it): `cb(conn, EV_WRITE, data)` when it is
+    /// up, `EV_ERROR` when it failed or `timeout_ms` (0: none) passed.
+    ///
+    /// # Safety
+    /// `data` must stay valid until the connection is closed.
+    pub unsafe fn connect_raw(addr: &str, timeout_ms: u64, cb: sys::ConnFn, data: *mut c_void) -> Result<Conn, sys::Rc> {
+        let f = rt::host().conn_connect.ok_or(sys::UNSUPPORTED)?;
+        let mut out = std::ptr::null_mut();
+        // SAFETY: per this function's contract; addr borrowed for the call.
+        match unsafe { f(std::ptr::null_mut(), sys::Str::from_bytes(addr.as_bytes()), timeout_ms, Some(cb), data, &mut out) } {
+            sys::OK => Ok(Conn(out)),
+            rc => Err(rc),
+        }
+    }
+
+    /// Hands `self` and `other` to the host, which copies bytes both ways
+    /// until either side closes, then closes both and calls
+    /// `done(NULL, rc, data)`. Neither handle may be used after `Ok`.
+    ///
+    /// # Safety
+    /// `data` must stay valid until `done` has run.
+    pub unsafe fn relay_raw(self, other: Conn, done: Option<sys::DoneFn>, data: *mut c_void) -> Result<(), sys::Rc> {
+        let f = rt::host().relay.ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: per this function's contract.
+        match unsafe { f(std::ptr::null_mut(), self.0, other.0, done, data) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
     /// Resumes `req`'s handler on `interest` readiness (one call follows
     /// at once, so no edge is missed).
     pub fn watch_resuming(self, req: &Request<'_>, interest: Events) -> Result<(), sys::Rc> {

@@ -119,6 +119,17 @@ impl<C> DirectiveSpec<C> {
         self
     }
 
+    /// Makes it a block whose children are directives of context
+    /// `inner` (`mail {}` with `sys::CTX_MAIL`, its `server {}` with
+    /// `sys::CTX_MAIL_SERVER`): a configuration level, so the plugin gets
+    /// an object for it from [`Plugin::create`], merged from the
+    /// enclosing level's.
+    pub const fn block(mut self, inner: u32) -> Self {
+        self.flags |= sys::DIR_BLOCK;
+        self.block_context = inner;
+        self
+    }
+
     /// Refuses a second occurrence in the same block.
     pub const fn unique(mut self) -> Self {
         self.flags |= sys::DIR_UNIQUE;
@@ -385,6 +396,26 @@ impl ConfCx<'_> {
     /// Parses an nginx time into milliseconds ("10s", "500ms").
     pub fn time_ms(&self, s: &str) -> Result<u64, String> {
         rt::host_parse(rt::host().parse_time_ms, s).ok_or_else(|| format!("invalid time \"{s}\""))
+    }
+
+    /// Declares a protocol listener on `addr` ("143", "127.0.0.1:110"):
+    /// the master binds it, and each worker calls `on_accept(conn, data)`
+    /// for every connection it accepts (the connection is then the
+    /// plugin's to close).
+    ///
+    /// # Safety
+    /// `data` must stay valid for as long as this configuration
+    /// generation runs (a pointer to the directive's own configuration
+    /// object qualifies: the host frees it only when the generation dies).
+    pub unsafe fn listen(&self, addr: &str, on_accept: sys::AcceptFn, data: *mut std::ffi::c_void) -> Result<(), String> {
+        let f = rt::host().conf_listen.ok_or("protocol listeners are not supported by this host")?;
+        // SAFETY: live conf handle; addr borrowed for the call; data per
+        // this function's contract.
+        match unsafe { f(self.raw, sys::Str::from_bytes(addr.as_bytes()), false, Some(on_accept), data) } {
+            sys::OK => Ok(()),
+            // The host has recorded its reason.
+            _ => Err(String::new()),
+        }
     }
 
     /// The raw handle, for calls the safe layer does not wrap yet.

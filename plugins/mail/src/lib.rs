@@ -1,0 +1,500 @@
+//! `mail`: nginx's mail proxy. A client talks IMAP, POP3 or SMTP to
+//! ngxr; ngxr reads its credentials, asks an HTTP authentication server
+//! (`auth_http`) which backend to use, logs in there with them, and then
+//! relays bytes both ways (the host's relay, in the worker's loop).
+//!
+//! ```nginx
+//! mail {
+//!     server_name mail.example.com;
+//!     auth_http   127.0.0.1:9000/auth;
+//!     server { listen 143; protocol imap; }
+//!     server { listen 110; protocol pop3; }
+//!     server { listen 25;  protocol smtp; smtp_auth login plain; }
+//! }
+//! ```
+//!
+//! Directives (contexts `mail` and `mail { server }` unless said):
+//! `server` (mail), `listen` (server), `protocol` (server: imap, pop3,
+//! smtp; else taken from the port as nginx does), `server_name`,
+//! `timeout`, `max_errors`, `resolver off`, `auth_http`,
+//! `auth_http_header`, `auth_http_timeout`, `proxy`,
+//! `proxy_pass_error_message`, `proxy_timeout`, `proxy_buffer`,
+//! `xclient`, `proxy_smtp_auth`, `imap_capabilities`, `imap_auth`,
+//! `imap_client_buffer`, `pop3_capabilities`, `pop3_auth`,
+//! `smtp_capabilities`, `smtp_auth`, `smtp_client_buffer`,
+//! `smtp_greeting_delay`. Not yet: TLS (`ssl`, `starttls`, `listen …
+//! ssl`), `proxy_protocol`, a resolver (so no `Client-Host`), and an idle
+//! limit once the session is relayed (`proxy_timeout` is accepted; the
+//! host's relay runs until either side closes).
+//!
+//! What the protocols accept, answer and send to the authentication
+//! server and to the backend follows nginx's mail modules; see
+//! docs/mail.md.
+
+mod auth;
+mod imap;
+mod pop3;
+mod session;
+mod smtp;
+
+use plugin_api::{export_plugin, sys, ConfCx, DirectiveSpec, Plugin};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+
+/// A mail protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// IMAP4rev1.
+    Imap,
+    /// POP3.
+    Pop3,
+    /// SMTP.
+    Smtp,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Imap => "imap",
+            Proto::Pop3 => "pop3",
+            Proto::Smtp => "smtp",
+        }
+    }
+}
+
+/// Authentication methods (bits for `*_auth`).
+pub mod method {
+    /// LOGIN / USER+PASS / AUTH PLAIN.
+    pub const PLAIN: u32 = 1;
+    /// AUTH LOGIN.
+    pub const LOGIN: u32 = 2;
+    /// APOP (POP3).
+    pub const APOP: u32 = 4;
+    /// AUTH CRAM-MD5.
+    pub const CRAM_MD5: u32 = 8;
+    /// AUTH EXTERNAL.
+    pub const EXTERNAL: u32 = 16;
+    /// SMTP without authentication.
+    pub const NONE: u32 = 32;
+}
+
+/// Where and how to ask the authentication server.
+#[derive(Clone, Debug)]
+pub struct AuthHttp {
+    /// Its address, resolved when the configuration is read.
+    pub addr: SocketAddr,
+    /// The Host header (the URL's host).
+    pub host: String,
+    /// The request URI.
+    pub uri: String,
+}
+
+/// Parses `auth_http`'s URL: `[http://]host[:port][/uri]`.
+pub fn parse_auth_http(url: &str) -> Result<AuthHttp, String> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    if rest.starts_with("unix:") || url.starts_with("https://") {
+        return Err(format!("\"auth_http\" URL \"{url}\": only http:// to a host and port is supported"));
+    }
+    let (hostport, uri) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if hostport.is_empty() {
+        return Err(format!("no host in \"auth_http\" URL \"{url}\""));
+    }
+    let has_port = if hostport.starts_with('[') { hostport.contains("]:") } else { hostport.contains(':') };
+    let with_port = if has_port { hostport.to_string() } else { format!("{hostport}:80") };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("host not found in \"auth_http\" URL \"{url}\": {e}"))?
+        .next()
+        .ok_or_else(|| format!("host not found in \"auth_http\" URL \"{url}\""))?;
+    let host = if hostport.starts_with('[') {
+        hostport[..hostport.find(']').map_or(hostport.len(), |i| i + 1)].to_string()
+    } else {
+        hostport.split(':').next().unwrap_or(hostport).to_string()
+    };
+    Ok(AuthHttp { addr, host, uri: uri.to_string() })
+}
+
+/// One configuration level (main, `mail {}`, `mail { server {} }`):
+/// everything optional, merged downwards; a server's is resolved into
+/// [`Server`] when its block ends.
+#[derive(Clone, Default)]
+pub struct Conf {
+    protocol: Option<Proto>,
+    /// Ports this server listens on (for the protocol default).
+    ports: Vec<u16>,
+    server_name: Option<String>,
+    timeout: Option<u64>,
+    max_errors: Option<u32>,
+    auth_http: Option<AuthHttp>,
+    auth_http_headers: Option<Vec<(String, String)>>,
+    auth_http_timeout: Option<u64>,
+    pass_error_message: Option<bool>,
+    proxy_timeout: Option<u64>,
+    proxy_buffer: Option<usize>,
+    xclient: Option<bool>,
+    smtp_proxy_auth: Option<bool>,
+    imap_caps: Option<Vec<String>>,
+    imap_auth: Option<u32>,
+    imap_buffer: Option<usize>,
+    pop3_caps: Option<Vec<String>>,
+    pop3_auth: Option<u32>,
+    smtp_caps: Option<Vec<String>>,
+    smtp_auth: Option<u32>,
+    smtp_buffer: Option<usize>,
+    smtp_greeting_delay: Option<u64>,
+    /// A server's settings, complete (set when its block is merged).
+    pub server: Option<Rc<Server>>,
+}
+
+/// A `mail { server {} }`, resolved.
+#[derive(Debug)]
+pub struct Server {
+    /// Its protocol.
+    pub proto: Proto,
+    /// `server_name` (default: the machine's host name).
+    pub name: String,
+    /// `timeout`: the client's, and the backend's while logging in.
+    pub timeout: u64,
+    /// `max_errors`.
+    pub max_errors: u32,
+    /// `auth_http`.
+    pub auth: AuthHttp,
+    /// `auth_http_header`s.
+    pub auth_headers: Vec<(String, String)>,
+    /// `auth_http_timeout`.
+    pub auth_timeout: u64,
+    /// `proxy_pass_error_message`.
+    pub pass_error_message: bool,
+    /// `proxy_buffer`: the longest backend reply line while logging in.
+    pub proxy_buffer: usize,
+    /// `xclient`.
+    pub xclient: bool,
+    /// `proxy_smtp_auth`.
+    pub smtp_proxy_auth: bool,
+    /// Enabled methods (`method::*`).
+    pub methods: u32,
+    /// The client's command buffer.
+    pub client_buffer: usize,
+    /// `smtp_greeting_delay`.
+    pub greeting_delay: u64,
+    /// The protocol's capability answer, rendered once.
+    pub capability: Vec<u8>,
+    /// The POP3 `AUTH` answer.
+    pub auth_capability: Vec<u8>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
+}
+
+fn set<T>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), String> {
+    if slot.is_some() {
+        return Err(format!("\"{name}\" directive is duplicate"));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+fn methods(proto: Proto, args: &[&str], name: &str) -> Result<u32, String> {
+    let mut m = 0;
+    for a in args {
+        m |= match (proto, a.to_ascii_lowercase().as_str()) {
+            (_, "plain") => method::PLAIN,
+            (Proto::Imap | Proto::Smtp, "login") => method::LOGIN,
+            (Proto::Pop3, "apop") => method::APOP,
+            (_, "cram-md5") => method::CRAM_MD5,
+            (_, "external") => method::EXTERNAL,
+            (Proto::Smtp, "none") => method::NONE,
+            _ => return Err(format!("invalid value \"{a}\" in \"{name}\" directive")),
+        };
+    }
+    Ok(m)
+}
+
+fn proto_for_port(port: u16) -> Option<Proto> {
+    match port {
+        143 | 993 => Some(Proto::Imap),
+        110 | 995 => Some(Proto::Pop3),
+        25 | 587 | 465 => Some(Proto::Smtp),
+        _ => None,
+    }
+}
+
+/// The capability answers, as nginx renders them.
+fn capabilities(proto: Proto, caps: Option<&Vec<String>>, m: u32) -> (Vec<u8>, Vec<u8>) {
+    let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match proto {
+        Proto::Imap => {
+            let caps = caps.cloned().unwrap_or_else(|| owned(&["IMAP4", "IMAP4rev1", "UIDPLUS"]));
+            let mut s = String::from("* CAPABILITY");
+            for c in &caps {
+                s.push(' ');
+                s.push_str(c);
+            }
+            for (bit, name) in [(method::PLAIN, "AUTH=PLAIN"), (method::LOGIN, "AUTH=LOGIN"), (method::CRAM_MD5, "AUTH=CRAM-MD5"), (method::EXTERNAL, "AUTH=EXTERNAL")] {
+                if m & bit != 0 {
+                    s.push(' ');
+                    s.push_str(name);
+                }
+            }
+            s.push_str("\r\n");
+            (s.into_bytes(), Vec::new())
+        }
+        Proto::Pop3 => {
+            let caps = caps.cloned().unwrap_or_else(|| owned(&["TOP", "USER", "UIDL"]));
+            let mut s = String::from("+OK Capability list follows\r\n");
+            for c in &caps {
+                s.push_str(c);
+                s.push_str("\r\n");
+            }
+            // nginx lists PLAIN, LOGIN (which "plain" brings with it),
+            // CRAM-MD5, EXTERNAL, in that order, in both answers.
+            let m = if m & method::PLAIN != 0 { m | method::LOGIN } else { m };
+            let mut sasl = String::from("SASL");
+            let mut auth = String::from("+OK methods supported:\r\n");
+            for (bit, name) in [(method::PLAIN, "PLAIN"), (method::LOGIN, "LOGIN"), (method::CRAM_MD5, "CRAM-MD5"), (method::EXTERNAL, "EXTERNAL")] {
+                if m & bit != 0 {
+                    sasl.push(' ');
+                    sasl.push_str(name);
+                    auth.push_str(name);
+                    auth.push_str("\r\n");
+                }
+            }
+            s.push_str(&sasl);
+            s.push_str("\r\n.\r\n");
+            auth.push_str(".\r\n");
+            (s.into_bytes(), auth.into_bytes())
+        }
+        Proto::Smtp => {
+            // The EHLO answer after "250-<name>": rendered per session
+            // (it starts with the server name); here, the lines after it.
+            let caps = caps.cloned().unwrap_or_default();
+            let mut lines: Vec<String> = caps;
+            let mut auth = String::new();
+            for (bit, name) in [(method::PLAIN, "PLAIN"), (method::LOGIN, "LOGIN"), (method::CRAM_MD5, "CRAM-MD5"), (method::EXTERNAL, "EXTERNAL")] {
+                if m & bit != 0 {
+                    auth.push(' ');
+                    auth.push_str(name);
+                }
+            }
+            if !auth.is_empty() {
+                lines.push(format!("AUTH{auth}"));
+            }
+            (lines.join("\n").into_bytes(), Vec::new())
+        }
+    }
+}
+
+impl Conf {
+    fn resolve(&self) -> Result<Server, String> {
+        let proto = match self.protocol {
+            Some(p) => p,
+            None => self.ports.iter().find_map(|&p| proto_for_port(p)).ok_or("unknown mail protocol for server")?,
+        };
+        let auth = self.auth_http.clone().ok_or("no \"auth_http\" is defined for server")?;
+        let (methods, buffer, caps) = match proto {
+            Proto::Imap => (self.imap_auth.unwrap_or(method::PLAIN), self.imap_buffer.unwrap_or(4096), self.imap_caps.as_ref()),
+            // nginx keeps 128 bytes for a POP3 command; RFC 2449 allows
+            // 255 and AUTH PLAIN answers need more.
+            Proto::Pop3 => (self.pop3_auth.unwrap_or(method::PLAIN), 1024, self.pop3_caps.as_ref()),
+            Proto::Smtp => (self.smtp_auth.unwrap_or(method::PLAIN | method::LOGIN), self.smtp_buffer.unwrap_or(4096), self.smtp_caps.as_ref()),
+        };
+        let (capability, auth_capability) = capabilities(proto, caps, methods);
+        Ok(Server {
+            proto,
+            name: self.server_name.clone().unwrap_or_else(host_name),
+            timeout: self.timeout.unwrap_or(60_000),
+            max_errors: self.max_errors.unwrap_or(5),
+            auth,
+            auth_headers: self.auth_http_headers.clone().unwrap_or_default(),
+            auth_timeout: self.auth_http_timeout.unwrap_or(60_000),
+            pass_error_message: self.pass_error_message.unwrap_or(false),
+            proxy_buffer: self.proxy_buffer.unwrap_or(4096),
+            xclient: self.xclient.unwrap_or(true),
+            smtp_proxy_auth: self.smtp_proxy_auth.unwrap_or(false),
+            methods,
+            client_buffer: buffer,
+            greeting_delay: self.smtp_greeting_delay.unwrap_or(0),
+            capability,
+            auth_capability,
+        })
+    }
+}
+
+fn merge_opt<T: Clone>(child: &mut Option<T>, parent: &Option<T>) {
+    if child.is_none() {
+        child.clone_from(parent);
+    }
+}
+
+/// The plugin.
+pub struct Mail;
+
+const M: u32 = sys::CTX_MAIL | sys::CTX_MAIL_SERVER;
+
+fn directives() -> Vec<DirectiveSpec<Conf>> {
+    vec![
+        DirectiveSpec::<Conf>::new("mail", sys::CTX_MAIN, 0, 0, |_, _, _| Ok(())).block(sys::CTX_MAIL).unique(),
+        DirectiveSpec::<Conf>::new("server", sys::CTX_MAIL, 0, 0, |_, _, _| Ok(())).block(sys::CTX_MAIL_SERVER),
+        DirectiveSpec::<Conf>::new("listen", sys::CTX_MAIL_SERVER, 1, sys::ARGS_ANY, listen),
+        DirectiveSpec::<Conf>::new("protocol", sys::CTX_MAIL_SERVER, 1, 1, |c, a, _| {
+            let p = match a[0] {
+                "imap" => Proto::Imap,
+                "pop3" => Proto::Pop3,
+                "smtp" => Proto::Smtp,
+                p => return Err(format!("unknown protocol \"{p}\"")),
+            };
+            set(&mut c.protocol, p, "protocol")
+        })
+        .unique(),
+        DirectiveSpec::<Conf>::new("server_name", M, 1, 1, |c, a, _| set(&mut c.server_name, a[0].to_string(), "server_name")),
+        DirectiveSpec::<Conf>::new("timeout", M, 1, 1, |c, a, cx| set(&mut c.timeout, cx.time_ms(a[0])?, "timeout")),
+        DirectiveSpec::<Conf>::new("max_errors", M, 1, 1, |c, a, _| {
+            let n = a[0].parse().map_err(|_| format!("invalid number \"{}\"", a[0]))?;
+            set(&mut c.max_errors, n, "max_errors")
+        }),
+        DirectiveSpec::<Conf>::new("resolver", M, 1, sys::ARGS_ANY, |_, a, _| match a {
+            ["off"] => Ok(()),
+            _ => Err("\"resolver\" in mail is not supported yet: only \"resolver off\" (so no Client-Host is sent)".into()),
+        }),
+        DirectiveSpec::<Conf>::new("resolver_timeout", M, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
+        DirectiveSpec::<Conf>::new("auth_http", M, 1, 1, |c, a, _| set(&mut c.auth_http, parse_auth_http(a[0])?, "auth_http")),
+        DirectiveSpec::<Conf>::new("auth_http_header", M, 2, 2, |c, a, _| {
+            if a.iter().any(|s| s.contains(['\r', '\n'])) {
+                return Err("a line break in \"auth_http_header\"".into());
+            }
+            c.auth_http_headers.get_or_insert_with(Vec::new).push((a[0].to_string(), a[1].to_string()));
+            Ok(())
+        }),
+        DirectiveSpec::<Conf>::new("auth_http_timeout", M, 1, 1, |c, a, cx| set(&mut c.auth_http_timeout, cx.time_ms(a[0])?, "auth_http_timeout")),
+        DirectiveSpec::<Conf>::new("auth_http_pass_client_cert", M, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
+        DirectiveSpec::<Conf>::new("proxy", M, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
+        DirectiveSpec::<Conf>::new("proxy_pass_error_message", M, 1, 1, |c, a, cx| set(&mut c.pass_error_message, cx.flag(a[0])?, "proxy_pass_error_message")),
+        DirectiveSpec::<Conf>::new("proxy_timeout", M, 1, 1, |c, a, cx| set(&mut c.proxy_timeout, cx.time_ms(a[0])?, "proxy_timeout")),
+        DirectiveSpec::<Conf>::new("proxy_buffer", M, 1, 1, |c, a, cx| set(&mut c.proxy_buffer, cx.size(a[0])?.max(64) as usize, "proxy_buffer")),
+        DirectiveSpec::<Conf>::new("proxy_protocol", M, 1, 1, |_, a, cx| match cx.flag(a[0])? {
+            false => Ok(()),
+            true => Err("\"proxy_protocol\" in mail is not supported yet".into()),
+        }),
+        DirectiveSpec::<Conf>::new("xclient", M, 1, 1, |c, a, cx| set(&mut c.xclient, cx.flag(a[0])?, "xclient")),
+        DirectiveSpec::<Conf>::new("proxy_smtp_auth", M, 1, 1, |c, a, cx| set(&mut c.smtp_proxy_auth, cx.flag(a[0])?, "proxy_smtp_auth")),
+        DirectiveSpec::<Conf>::new("imap_capabilities", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.imap_caps, a.iter().map(|s| s.to_string()).collect(), "imap_capabilities")),
+        DirectiveSpec::<Conf>::new("imap_auth", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.imap_auth, methods(Proto::Imap, a, "imap_auth")?, "imap_auth")),
+        DirectiveSpec::<Conf>::new("imap_client_buffer", M, 1, 1, |c, a, cx| set(&mut c.imap_buffer, cx.size(a[0])?.max(64) as usize, "imap_client_buffer")),
+        DirectiveSpec::<Conf>::new("pop3_capabilities", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.pop3_caps, a.iter().map(|s| s.to_string()).collect(), "pop3_capabilities")),
+        DirectiveSpec::<Conf>::new("pop3_auth", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.pop3_auth, methods(Proto::Pop3, a, "pop3_auth")?, "pop3_auth")),
+        DirectiveSpec::<Conf>::new("smtp_capabilities", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.smtp_caps, a.iter().map(|s| s.to_string()).collect(), "smtp_capabilities")),
+        DirectiveSpec::<Conf>::new("smtp_auth", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.smtp_auth, methods(Proto::Smtp, a, "smtp_auth")?, "smtp_auth")),
+        DirectiveSpec::<Conf>::new("smtp_client_buffer", M, 1, 1, |c, a, cx| set(&mut c.smtp_buffer, cx.size(a[0])?.max(64) as usize, "smtp_client_buffer")),
+        DirectiveSpec::<Conf>::new("smtp_greeting_delay", M, 1, 1, |c, a, cx| set(&mut c.smtp_greeting_delay, cx.time_ms(a[0])?, "smtp_greeting_delay")),
+        DirectiveSpec::<Conf>::new("starttls", M, 1, 1, |_, a, _| match a[0] {
+            "off" => Ok(()),
+            _ => Err("\"starttls\" in mail is not supported yet".into()),
+        }),
+        DirectiveSpec::<Conf>::new("ssl", M, 1, 1, |_, a, _| match a[0] {
+            "off" => Ok(()),
+            _ => Err("TLS in mail is not supported yet".into()),
+        }),
+    ]
+}
+
+/// `listen address[:port] [bind] [backlog=…] …` in a mail server.
+fn listen(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
+    for opt in &a[1..] {
+        let known = ["bind", "ipv6only=on", "ipv6only=off", "so_keepalive=on", "so_keepalive=off"].contains(opt)
+            || ["backlog=", "rcvbuf=", "sndbuf=", "so_keepalive="].iter().any(|p| opt.starts_with(p));
+        match *opt {
+            "ssl" => return Err("\"listen ... ssl\" in mail is not supported yet".into()),
+            "proxy_protocol" => return Err("\"listen ... proxy_protocol\" in mail is not supported yet".into()),
+            _ if known => {}
+            _ => return Err(format!("invalid parameter \"{opt}\"")),
+        }
+    }
+    let port = a[0].rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    if let Some(p) = port {
+        c.ports.push(p);
+    }
+    // SAFETY: c is this server block's configuration object, which the
+    // host keeps (and merges in place) for the generation's life.
+    unsafe { cx.listen(a[0], session::on_accept, (c as *mut Conf).cast()) }
+}
+
+impl Plugin for Mail {
+    const NAME: &'static str = "mail";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Conf = Conf;
+
+    fn directives() -> Vec<DirectiveSpec<Conf>> {
+        directives()
+    }
+
+    fn merge_in(_cx: &ConfCx<'_>, level: u32, parent: &Conf, child: &mut Conf) -> Result<(), String> {
+        merge_opt(&mut child.server_name, &parent.server_name);
+        merge_opt(&mut child.timeout, &parent.timeout);
+        merge_opt(&mut child.max_errors, &parent.max_errors);
+        merge_opt(&mut child.auth_http, &parent.auth_http);
+        merge_opt(&mut child.auth_http_headers, &parent.auth_http_headers);
+        merge_opt(&mut child.auth_http_timeout, &parent.auth_http_timeout);
+        merge_opt(&mut child.pass_error_message, &parent.pass_error_message);
+        merge_opt(&mut child.proxy_timeout, &parent.proxy_timeout);
+        merge_opt(&mut child.proxy_buffer, &parent.proxy_buffer);
+        merge_opt(&mut child.xclient, &parent.xclient);
+        merge_opt(&mut child.smtp_proxy_auth, &parent.smtp_proxy_auth);
+        merge_opt(&mut child.imap_caps, &parent.imap_caps);
+        merge_opt(&mut child.imap_auth, &parent.imap_auth);
+        merge_opt(&mut child.imap_buffer, &parent.imap_buffer);
+        merge_opt(&mut child.pop3_caps, &parent.pop3_caps);
+        merge_opt(&mut child.pop3_auth, &parent.pop3_auth);
+        merge_opt(&mut child.smtp_caps, &parent.smtp_caps);
+        merge_opt(&mut child.smtp_auth, &parent.smtp_auth);
+        merge_opt(&mut child.smtp_buffer, &parent.smtp_buffer);
+        merge_opt(&mut child.smtp_greeting_delay, &parent.smtp_greeting_delay);
+        if level == sys::CTX_MAIL_SERVER && !child.ports.is_empty() {
+            child.server = Some(Rc::new(child.resolve()?));
+        }
+        Ok(())
+    }
+}
+
+export_plugin!(Mail);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_http_urls() {
+        let a = parse_auth_http("http://127.0.0.1:9000/mail/auth").unwrap();
+        assert_eq!((a.addr.to_string().as_str(), a.host.as_str(), a.uri.as_str()), ("127.0.0.1:9000", "127.0.0.1", "/mail/auth"));
+        let a = parse_auth_http("127.0.0.1:8080").unwrap();
+        assert_eq!((a.addr.port(), a.uri.as_str()), (8080, "/"));
+        let a = parse_auth_http("localhost/auth").unwrap();
+        assert_eq!((a.addr.port(), a.host.as_str()), (80, "localhost"));
+        assert!(parse_auth_http("unix:/tmp/x.sock").is_err());
+        assert!(parse_auth_http("https://127.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn capability_answers() {
+        let (imap, _) = capabilities(Proto::Imap, None, method::PLAIN | method::CRAM_MD5);
+        assert_eq!(imap, b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS AUTH=PLAIN AUTH=CRAM-MD5\r\n");
+        let (pop3, auth) = capabilities(Proto::Pop3, None, method::PLAIN);
+        assert_eq!(pop3, b"+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\nSASL PLAIN LOGIN\r\n.\r\n");
+        assert_eq!(auth, b"+OK methods supported:\r\nPLAIN\r\nLOGIN\r\n.\r\n");
+        let (smtp, _) = capabilities(Proto::Smtp, Some(&vec!["SIZE 10485760".into(), "8BITMIME".into()]), method::PLAIN | method::LOGIN);
+        assert_eq!(smtp, b"SIZE 10485760\n8BITMIME\nAUTH PLAIN LOGIN");
+    }
+
+    #[test]
+    fn protocol_from_port() {
+        let c = Conf { ports: vec![110], auth_http: Some(parse_auth_http("127.0.0.1:1").unwrap()), ..Conf::default() };
+        assert_eq!(c.resolve().unwrap().proto, Proto::Pop3);
+        let c = Conf { ports: vec![8143], auth_http: c.auth_http.clone(), ..Conf::default() };
+        assert_eq!(c.resolve().unwrap_err(), "unknown mail protocol for server");
+        let c = Conf { ports: vec![143], ..Conf::default() };
+        assert_eq!(c.resolve().unwrap_err(), "no \"auth_http\" is defined for server");
+    }
+}
