@@ -537,6 +537,23 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Starts `cmd`, which prints "PORT <n>" once it listens on 127.0.0.1,
+/// and returns it with that port (10 s at most).
+pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::null()).spawn().expect("the server process starts");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).expect("the server to print its port");
+    let port = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("the server said {line:?}"));
+    (child, port)
+}
+
 /// An independent HTTP backend (tests/backend.py, Python's standard
 /// library) on an ephemeral 127.0.0.1 port; killed on drop.
 pub struct Backend {
@@ -550,23 +567,7 @@ pub struct Backend {
 impl Backend {
     /// Starts one named `name` and waits (10 s at most) until it listens.
     pub fn start(name: &str) -> Backend {
-        use std::io::BufRead;
-        let mut child = Command::new("python3")
-            .arg(repo_root().join("tests/backend.py"))
-            .arg(name)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the backend to print its port");
-        let port = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("backend said {line:?}"));
+        let (child, port) = spawn_listening(Command::new("python3").arg(repo_root().join("tests/backend.py")).arg(name));
         Backend { child, port, name: name.to_string() }
     }
 
