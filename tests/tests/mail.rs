@@ -501,8 +501,8 @@ fn bad_mail_configs_are_refused_with_file_and_line() {
     p.assert_refused(&format!("{head}mail {{\n  server {{ listen 127.0.0.1:1143; protocol imap; }}\n}}\n"), "no \"auth_http\" is defined for server", lines + 2);
     p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  server {{ listen 127.0.0.1:1143; }}\n}}\n"), "unknown mail protocol for server", lines + 3);
     p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  server {{ listen 127.0.0.1:1143; protocol nntp; }}\n}}\n"), "unknown protocol \"nntp\"", lines + 3);
-    p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  starttls on;\n}}\n"), "\"starttls\" in mail is not supported yet", lines + 3);
-    p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  server {{ listen 127.0.0.1:1993 ssl; protocol imap; }}\n}}\n"), "\"listen ... ssl\" in mail is not supported yet", lines + 3);
+    p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  starttls maybe;\n}}\n"), "invalid value \"maybe\" in \"starttls\" directive", lines + 3);
+    p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  server {{ listen 127.0.0.1:1993 proxy_protocol; protocol imap; }}\n}}\n"), "\"listen ... proxy_protocol\" in mail is not supported yet", lines + 3);
     p.assert_refused(&format!("{head}mail {{\n  imap_auth plain gssapi;\n}}\n"), "invalid value \"gssapi\" in \"imap_auth\" directive", lines + 2);
     // Without the plugin, nginx's words for an unknown block.
     let bare = format!("{}events {{}}\nmail {{\n}}\n", conf_head());
@@ -532,4 +532,59 @@ fn relayed_sessions_survive_a_reload() {
     c.send("a3 LOGOUT");
     assert!(c.line().starts_with("* BYE"));
     poll_until("the old worker to exit once its session ended", SECS, || (!alive(old[0])).then_some(()));
+}
+
+#[test]
+fn tls_from_the_first_byte_and_by_starttls() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    certs::self_signed(certs_dir.path(), "mail", "/CN=mail.test", "DNS:mail.test", true);
+    let crt = certs_dir.path().join("mail.crt");
+    let key = certs_dir.path().join("mail.key");
+    let (imaps, imap_only, pop3_tls, smtp_tls) = (free_port(), free_port(), free_port(), free_port());
+    let r = Rig::start(&format!(
+        "ssl_certificate {crt}; ssl_certificate_key {key};
+         server {{ listen 127.0.0.1:{imaps} ssl; protocol imap; }}
+         server {{ listen 127.0.0.1:{imap_only}; protocol imap; starttls only; }}
+         server {{ listen 127.0.0.1:{pop3_tls}; protocol pop3; starttls on; }}
+         server {{ listen 127.0.0.1:{smtp_tls}; protocol smtp; starttls on; }}",
+        crt = crt.display(),
+        key = key.display()
+    ));
+    let out = py(
+        "import imaplib,poplib,smtplib,ssl,sys
+ctx=ssl.create_default_context(cafile=sys.argv[5]); ctx.check_hostname=False
+imaps,only,pop3,smtp=map(int,sys.argv[1:5])
+m=imaplib.IMAP4_SSL('127.0.0.1',imaps,ssl_context=ctx)
+print(m.welcome.decode(), m.sock.version())
+print(m.login('alice','wonderland')[0], m.select()[0]); m.logout()
+m=imaplib.IMAP4('127.0.0.1',only)
+print(m.capabilities)
+try:
+    m.login('alice','wonderland')
+except imaplib.IMAP4.error as e:
+    print('refused before TLS')
+print(m.starttls(ssl_context=ctx)[0], m.capabilities)
+print(m.login('alice','wonderland')[0], m.select()[0]); m.logout()
+p=poplib.POP3('127.0.0.1',pop3)
+print('STLS' in p.capa(), p.stls(context=ctx).decode(), 'STLS' in p.capa())
+print(p.user('bob').decode(), p.pass_('builder').decode()); p.quit()
+s=smtplib.SMTP('127.0.0.1',smtp)
+s.ehlo('c.test'); print(s.has_extn('starttls'), s.starttls(context=ctx)[0])
+s.ehlo('c.test'); print(s.has_extn('starttls'), s.login('alice','wonderland')[0])
+print(s.sendmail('alice@example.org',['x@example.net'],'Subject: t\\r\\n\\r\\nover tls\\r\\n')); s.quit()",
+        &[imaps.to_string(), imap_only.to_string(), pop3_tls.to_string(), smtp_tls.to_string(), crt.display().to_string()],
+    );
+    assert_eq!(
+        out,
+        "* OK IMAP4 ready TLSv1.3\nOK OK\n('IMAP4', 'IMAP4REV1', 'UIDPLUS', 'STARTTLS', 'LOGINDISABLED')\nrefused before TLS\nOK ('IMAP4', 'IMAP4REV1', 'UIDPLUS', 'AUTH=PLAIN')\nOK OK\nTrue +OK False\n+OK +OK Logged in.\nTrue 220\nFalse 235\n{}\n"
+    );
+    assert!(r.smtp_backend.entries().join("\n").contains("over tls"));
+    // Plain text on the TLS port: the handshake fails, the session ends.
+    let mut c = Line::connect(imaps);
+    c.send("a1 CAPABILITY");
+    assert!(!c.rest().contains("CAPABILITY"));
+    // A certificate is required once TLS is asked for.
+    let p = Prefix::new();
+    let head = format!("{}{}events {{}}\n", conf_head(), load_plugins(&["mail"]));
+    p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  server {{ listen 127.0.0.1:1993 ssl; protocol imap; }}\n}}\n"), "no \"ssl_certificate\" is defined for server", head.lines().count() as u32 + 3);
 }

@@ -192,7 +192,7 @@ fn bad(s: &mut Session) -> Cmd {
 fn run(s: &mut Session, name: &str, mut args: Vec<Vec<u8>>) -> Cmd {
     match name {
         "CAPABILITY" => {
-            let caps = s.srv.capability.clone();
+            let caps = s.capability();
             s.send(&caps);
             ok(s);
         }
@@ -206,6 +206,11 @@ fn run(s: &mut Session, name: &str, mut args: Vec<Vec<u8>>) -> Cmd {
             s.send(b"* ID NIL\r\n");
             ok(s);
         }
+        "STARTTLS" if s.can_starttls() => {
+            ok(s);
+            return Cmd::StartTls;
+        }
+        "LOGIN" | "AUTHENTICATE" if s.tls_required() => return bad(s),
         "LOGIN" => {
             if args.len() != 2 || args[0].is_empty() {
                 return bad(s);

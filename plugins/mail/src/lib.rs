@@ -145,8 +145,56 @@ pub struct Conf {
     smtp_auth: Option<u32>,
     smtp_buffer: Option<usize>,
     smtp_greeting_delay: Option<u64>,
+    ssl_certificates: Option<Vec<String>>,
+    ssl_keys: Option<Vec<String>>,
+    ssl_protocols: Option<String>,
+    ssl_ciphers: Option<String>,
+    ssl_tickets: Option<bool>,
+    starttls: Option<Starttls>,
+    /// This server's listeners (boxed: each one's address is its accept
+    /// callback's data, and must not move as the Vec grows).
+    #[allow(clippy::vec_box)]
+    listens: Vec<Box<Listen>>,
     /// A server's settings, complete (set when its block is merged).
     pub server: Option<Rc<Server>>,
+}
+
+/// One `listen` of a server: the accept callback's data.
+pub struct Listen {
+    /// The server's configuration object.
+    pub conf: *const Conf,
+    /// `listen … ssl`: TLS from the first byte.
+    pub ssl: bool,
+}
+
+impl Clone for Listen {
+    fn clone(&self) -> Listen {
+        Listen { conf: self.conf, ssl: self.ssl }
+    }
+}
+
+/// `starttls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Starttls {
+    /// Not offered.
+    Off,
+    /// Offered.
+    On,
+    /// Required before any login.
+    Only,
+}
+
+/// The capability answers of a server, for each TLS situation.
+#[derive(Debug, Default)]
+pub struct Caps {
+    /// Over TLS, or with `starttls off`.
+    pub plain: Vec<u8>,
+    /// Before STARTTLS with `starttls on`.
+    pub starttls: Vec<u8>,
+    /// Before STARTTLS with `starttls only`.
+    pub only: Vec<u8>,
+    /// POP3's AUTH answer.
+    pub auth: Vec<u8>,
 }
 
 /// A `mail { server {} }`, resolved.
@@ -180,11 +228,15 @@ pub struct Server {
     pub client_buffer: usize,
     /// `smtp_greeting_delay`.
     pub greeting_delay: u64,
-    /// The protocol's capability answer, rendered once.
-    pub capability: Vec<u8>,
-    /// The POP3 `AUTH` answer.
-    pub auth_capability: Vec<u8>,
+    /// The protocol's capability answers, rendered once.
+    pub caps: Caps,
+    /// The server-side TLS context (`listen … ssl` or `starttls`).
+    pub tls: Option<plugin_api::TlsCtx>,
+    /// `starttls`.
+    pub starttls: Starttls,
 }
+
+
 
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "localhost".into())
@@ -224,66 +276,53 @@ fn proto_for_port(port: u16) -> Option<Proto> {
 }
 
 /// The capability answers, as nginx renders them.
-fn capabilities(proto: Proto, caps: Option<&Vec<String>>, m: u32) -> (Vec<u8>, Vec<u8>) {
+fn capabilities(proto: Proto, caps: Option<&Vec<String>>, m: u32) -> Caps {
     let owned = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let names = [(method::PLAIN, "PLAIN"), (method::LOGIN, "LOGIN"), (method::CRAM_MD5, "CRAM-MD5"), (method::EXTERNAL, "EXTERNAL")];
     match proto {
         Proto::Imap => {
             let caps = caps.cloned().unwrap_or_else(|| owned(&["IMAP4", "IMAP4rev1", "UIDPLUS"]));
-            let mut s = String::from("* CAPABILITY");
-            for c in &caps {
-                s.push(' ');
-                s.push_str(c);
+            let base = format!("* CAPABILITY{}", caps.iter().map(|c| format!(" {c}")).collect::<String>());
+            let auth: String = names.iter().filter(|(b, _)| m & b != 0).map(|(_, n)| format!(" AUTH={n}")).collect();
+            Caps {
+                plain: format!("{base}{auth}\r\n").into_bytes(),
+                starttls: format!("{base}{auth} STARTTLS\r\n").into_bytes(),
+                only: format!("{base} STARTTLS LOGINDISABLED\r\n").into_bytes(),
+                auth: Vec::new(),
             }
-            for (bit, name) in [(method::PLAIN, "AUTH=PLAIN"), (method::LOGIN, "AUTH=LOGIN"), (method::CRAM_MD5, "AUTH=CRAM-MD5"), (method::EXTERNAL, "AUTH=EXTERNAL")] {
-                if m & bit != 0 {
-                    s.push(' ');
-                    s.push_str(name);
-                }
-            }
-            s.push_str("\r\n");
-            (s.into_bytes(), Vec::new())
         }
         Proto::Pop3 => {
             let caps = caps.cloned().unwrap_or_else(|| owned(&["TOP", "USER", "UIDL"]));
-            let mut s = String::from("+OK Capability list follows\r\n");
-            for c in &caps {
-                s.push_str(c);
-                s.push_str("\r\n");
-            }
+            let list: String = caps.iter().map(|c| format!("{c}\r\n")).collect();
+            let no_user: String = caps.iter().filter(|c| !c.eq_ignore_ascii_case("USER")).map(|c| format!("{c}\r\n")).collect();
             // nginx lists PLAIN, LOGIN (which "plain" brings with it),
             // CRAM-MD5, EXTERNAL, in that order, in both answers.
             let m = if m & method::PLAIN != 0 { m | method::LOGIN } else { m };
-            let mut sasl = String::from("SASL");
-            let mut auth = String::from("+OK methods supported:\r\n");
-            for (bit, name) in [(method::PLAIN, "PLAIN"), (method::LOGIN, "LOGIN"), (method::CRAM_MD5, "CRAM-MD5"), (method::EXTERNAL, "EXTERNAL")] {
-                if m & bit != 0 {
-                    sasl.push(' ');
-                    sasl.push_str(name);
-                    auth.push_str(name);
-                    auth.push_str("\r\n");
-                }
+            let on: Vec<&str> = names.iter().filter(|(b, _)| m & b != 0).map(|(_, n)| *n).collect();
+            let sasl = format!("SASL{}\r\n", on.iter().map(|n| format!(" {n}")).collect::<String>());
+            let head = "+OK Capability list follows\r\n";
+            Caps {
+                plain: format!("{head}{list}{sasl}.\r\n").into_bytes(),
+                starttls: format!("{head}{list}{sasl}STLS\r\n.\r\n").into_bytes(),
+                only: format!("{head}{no_user}STLS\r\n.\r\n").into_bytes(),
+                auth: format!("+OK methods supported:\r\n{}.\r\n", on.iter().map(|n| format!("{n}\r\n")).collect::<String>()).into_bytes(),
             }
-            s.push_str(&sasl);
-            s.push_str("\r\n.\r\n");
-            auth.push_str(".\r\n");
-            (s.into_bytes(), auth.into_bytes())
         }
         Proto::Smtp => {
-            // The EHLO answer after "250-<name>": rendered per session
-            // (it starts with the server name); here, the lines after it.
+            // The EHLO answer's lines after "250-<name>" (rendered per
+            // session, which adds the name and the 250 prefixes).
             let caps = caps.cloned().unwrap_or_default();
-            let mut lines: Vec<String> = caps;
-            let mut auth = String::new();
-            for (bit, name) in [(method::PLAIN, "PLAIN"), (method::LOGIN, "LOGIN"), (method::CRAM_MD5, "CRAM-MD5"), (method::EXTERNAL, "EXTERNAL")] {
-                if m & bit != 0 {
-                    auth.push(' ');
-                    auth.push_str(name);
+            let on: String = names.iter().filter(|(b, _)| m & b != 0).map(|(_, n)| format!(" {n}")).collect();
+            let auth = if on.is_empty() { Vec::new() } else { vec![format!("AUTH{on}")] };
+            let join = |extra: &[&str], with_auth: bool| {
+                let mut l = caps.clone();
+                if with_auth {
+                    l.extend(auth.iter().cloned());
                 }
-            }
-            if !auth.is_empty() {
-                lines.push(format!("AUTH{auth}"));
-            }
-            (lines.join("\n").into_bytes(), Vec::new())
+                l.extend(extra.iter().map(|s| s.to_string()));
+                l.join("\n").into_bytes()
+            };
+            Caps { plain: join(&[], true), starttls: join(&["STARTTLS"], true), only: join(&["STARTTLS"], false), auth: Vec::new() }
         }
     }
 }
@@ -302,7 +341,8 @@ impl Conf {
             Proto::Pop3 => (self.pop3_auth.unwrap_or(method::PLAIN), 1024, self.pop3_caps.as_ref()),
             Proto::Smtp => (self.smtp_auth.unwrap_or(method::PLAIN | method::LOGIN), self.smtp_buffer.unwrap_or(4096), self.smtp_caps.as_ref()),
         };
-        let (capability, auth_capability) = capabilities(proto, caps, methods);
+        let caps = capabilities(proto, caps, methods);
+        let starttls = self.starttls.unwrap_or(Starttls::Off);
         Ok(Server {
             proto,
             name: self.server_name.clone().unwrap_or_else(host_name),
@@ -318,9 +358,34 @@ impl Conf {
             methods,
             client_buffer: buffer,
             greeting_delay: self.smtp_greeting_delay.unwrap_or(0),
-            capability,
-            auth_capability,
+            caps,
+            tls: None,
+            starttls,
         })
+    }
+
+    /// The server's TLS context, if `listen … ssl` or `starttls` wants one.
+    fn tls(&self, cx: &ConfCx<'_>) -> Result<Option<plugin_api::TlsCtx>, String> {
+        if self.starttls.unwrap_or(Starttls::Off) == Starttls::Off && !self.listens.iter().any(|l| l.ssl) {
+            return Ok(None);
+        }
+        let certs = self.ssl_certificates.clone().unwrap_or_default();
+        let keys = self.ssl_keys.clone().unwrap_or_default();
+        if certs.is_empty() {
+            return Err("no \"ssl_certificate\" is defined for server".into());
+        }
+        if keys.len() < certs.len() {
+            return Err(format!("no \"ssl_certificate_key\" is defined for certificate \"{}\"", certs[keys.len()]));
+        }
+        let o = plugin_api::TlsOptions {
+            server: true,
+            tickets: self.ssl_tickets.unwrap_or(true),
+            certificates: certs.iter().zip(&keys).map(|(c, k)| (cx.conf_path(c), cx.conf_path(k))).collect(),
+            protocols: self.ssl_protocols.clone().unwrap_or_default(),
+            ciphers: self.ssl_ciphers.clone().unwrap_or_default(),
+            ..plugin_api::TlsOptions::default()
+        };
+        cx.tls(&o).map(Some)
     }
 }
 
@@ -390,24 +455,44 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         DirectiveSpec::<Conf>::new("smtp_auth", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.smtp_auth, methods(Proto::Smtp, a, "smtp_auth")?, "smtp_auth")),
         DirectiveSpec::<Conf>::new("smtp_client_buffer", M, 1, 1, |c, a, cx| set(&mut c.smtp_buffer, cx.size(a[0])?.max(64) as usize, "smtp_client_buffer")),
         DirectiveSpec::<Conf>::new("smtp_greeting_delay", M, 1, 1, |c, a, cx| set(&mut c.smtp_greeting_delay, cx.time_ms(a[0])?, "smtp_greeting_delay")),
-        DirectiveSpec::<Conf>::new("starttls", M, 1, 1, |_, a, _| match a[0] {
-            "off" => Ok(()),
-            _ => Err("\"starttls\" in mail is not supported yet".into()),
+        DirectiveSpec::<Conf>::new("starttls", M, 1, 1, |c, a, _| {
+            let v = match a[0] {
+                "off" => Starttls::Off,
+                "on" => Starttls::On,
+                "only" => Starttls::Only,
+                v => return Err(format!("invalid value \"{v}\" in \"starttls\" directive, it must be \"on\", \"off\" or \"only\"")),
+            };
+            set(&mut c.starttls, v, "starttls")
         }),
         DirectiveSpec::<Conf>::new("ssl", M, 1, 1, |_, a, _| match a[0] {
             "off" => Ok(()),
-            _ => Err("TLS in mail is not supported yet".into()),
+            _ => Err("the \"ssl\" directive is obsolete (as in nginx 1.25.1): use the \"listen ... ssl\" parameter".into()),
         }),
+        DirectiveSpec::<Conf>::new("ssl_certificate", M, 1, 1, |c, a, _| {
+            c.ssl_certificates.get_or_insert_with(Vec::new).push(a[0].to_string());
+            Ok(())
+        }),
+        DirectiveSpec::<Conf>::new("ssl_certificate_key", M, 1, 1, |c, a, _| {
+            c.ssl_keys.get_or_insert_with(Vec::new).push(a[0].to_string());
+            Ok(())
+        }),
+        DirectiveSpec::<Conf>::new("ssl_protocols", M, 1, sys::ARGS_ANY, |c, a, _| set(&mut c.ssl_protocols, a.join(" "), "ssl_protocols")),
+        DirectiveSpec::<Conf>::new("ssl_ciphers", M, 1, 1, |c, a, _| set(&mut c.ssl_ciphers, a[0].to_string(), "ssl_ciphers")),
+        DirectiveSpec::<Conf>::new("ssl_session_tickets", M, 1, 1, |c, a, cx| set(&mut c.ssl_tickets, cx.flag(a[0])?, "ssl_session_tickets")),
+        DirectiveSpec::<Conf>::new("ssl_prefer_server_ciphers", M, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
+        DirectiveSpec::<Conf>::new("ssl_session_cache", M, 1, 2, |_, _, _| Ok(())),
+        DirectiveSpec::<Conf>::new("ssl_session_timeout", M, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
     ]
 }
 
-/// `listen address[:port] [bind] [backlog=…] …` in a mail server.
+/// `listen address[:port] [ssl] [bind] [backlog=…] …` in a mail server.
 fn listen(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
+    let mut ssl = false;
     for opt in &a[1..] {
         let known = ["bind", "ipv6only=on", "ipv6only=off", "so_keepalive=on", "so_keepalive=off"].contains(opt)
             || ["backlog=", "rcvbuf=", "sndbuf=", "so_keepalive="].iter().any(|p| opt.starts_with(p));
         match *opt {
-            "ssl" => return Err("\"listen ... ssl\" in mail is not supported yet".into()),
+            "ssl" => ssl = true,
             "proxy_protocol" => return Err("\"listen ... proxy_protocol\" in mail is not supported yet".into()),
             _ if known => {}
             _ => return Err(format!("invalid parameter \"{opt}\"")),
@@ -417,9 +502,13 @@ fn listen(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     if let Some(p) = port {
         c.ports.push(p);
     }
-    // SAFETY: c is this server block's configuration object, which the
-    // host keeps (and merges in place) for the generation's life.
-    unsafe { cx.listen(a[0], session::on_accept, (c as *mut Conf).cast()) }
+    let l = Box::new(Listen { conf: c as *const Conf, ssl });
+    let data = &*l as *const Listen as *mut std::ffi::c_void;
+    c.listens.push(l);
+    // SAFETY: data is a boxed Listen owned by this server block's
+    // configuration object, which the host keeps (and merges in place)
+    // for the generation's life; the box does not move when the Vec grows.
+    unsafe { cx.listen(a[0], session::on_accept, data) }
 }
 
 impl Plugin for Mail {
@@ -431,7 +520,7 @@ impl Plugin for Mail {
         directives()
     }
 
-    fn merge_in(_cx: &ConfCx<'_>, level: u32, parent: &Conf, child: &mut Conf) -> Result<(), String> {
+    fn merge_in(cx: &ConfCx<'_>, level: u32, parent: &Conf, child: &mut Conf) -> Result<(), String> {
         merge_opt(&mut child.server_name, &parent.server_name);
         merge_opt(&mut child.timeout, &parent.timeout);
         merge_opt(&mut child.max_errors, &parent.max_errors);
@@ -452,8 +541,16 @@ impl Plugin for Mail {
         merge_opt(&mut child.smtp_auth, &parent.smtp_auth);
         merge_opt(&mut child.smtp_buffer, &parent.smtp_buffer);
         merge_opt(&mut child.smtp_greeting_delay, &parent.smtp_greeting_delay);
+        merge_opt(&mut child.ssl_certificates, &parent.ssl_certificates);
+        merge_opt(&mut child.ssl_keys, &parent.ssl_keys);
+        merge_opt(&mut child.ssl_protocols, &parent.ssl_protocols);
+        merge_opt(&mut child.ssl_ciphers, &parent.ssl_ciphers);
+        merge_opt(&mut child.ssl_tickets, &parent.ssl_tickets);
+        merge_opt(&mut child.starttls, &parent.starttls);
         if level == sys::CTX_MAIL_SERVER && !child.ports.is_empty() {
-            child.server = Some(Rc::new(child.resolve()?));
+            let mut srv = child.resolve()?;
+            srv.tls = child.tls(cx)?;
+            child.server = Some(Rc::new(srv));
         }
         Ok(())
     }
@@ -479,13 +576,18 @@ mod tests {
 
     #[test]
     fn capability_answers() {
-        let (imap, _) = capabilities(Proto::Imap, None, method::PLAIN | method::CRAM_MD5);
-        assert_eq!(imap, b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS AUTH=PLAIN AUTH=CRAM-MD5\r\n");
-        let (pop3, auth) = capabilities(Proto::Pop3, None, method::PLAIN);
-        assert_eq!(pop3, b"+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\nSASL PLAIN LOGIN\r\n.\r\n");
-        assert_eq!(auth, b"+OK methods supported:\r\nPLAIN\r\nLOGIN\r\n.\r\n");
-        let (smtp, _) = capabilities(Proto::Smtp, Some(&vec!["SIZE 10485760".into(), "8BITMIME".into()]), method::PLAIN | method::LOGIN);
-        assert_eq!(smtp, b"SIZE 10485760\n8BITMIME\nAUTH PLAIN LOGIN");
+        let imap = capabilities(Proto::Imap, None, method::PLAIN | method::CRAM_MD5);
+        assert_eq!(imap.plain, b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS AUTH=PLAIN AUTH=CRAM-MD5\r\n");
+        assert_eq!(imap.starttls, b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS AUTH=PLAIN AUTH=CRAM-MD5 STARTTLS\r\n");
+        assert_eq!(imap.only, b"* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS STARTTLS LOGINDISABLED\r\n");
+        let pop3 = capabilities(Proto::Pop3, None, method::PLAIN);
+        assert_eq!(pop3.plain, b"+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\nSASL PLAIN LOGIN\r\n.\r\n");
+        assert_eq!(pop3.starttls, b"+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\nSASL PLAIN LOGIN\r\nSTLS\r\n.\r\n");
+        assert_eq!(pop3.only, b"+OK Capability list follows\r\nTOP\r\nUIDL\r\nSTLS\r\n.\r\n");
+        assert_eq!(pop3.auth, b"+OK methods supported:\r\nPLAIN\r\nLOGIN\r\n.\r\n");
+        let smtp = capabilities(Proto::Smtp, Some(&vec!["SIZE 10485760".into(), "8BITMIME".into()]), method::PLAIN | method::LOGIN);
+        assert_eq!(smtp.plain, b"SIZE 10485760\n8BITMIME\nAUTH PLAIN LOGIN");
+        assert_eq!(smtp.only, b"SIZE 10485760\n8BITMIME\nSTARTTLS");
     }
 
     #[test]

@@ -53,9 +53,14 @@ pub fn command(s: &mut Session) -> Cmd {
         }
         (_, "NOOP") => s.send(b"+OK\r\n"),
         (_, "CAPA") => {
-            let c = s.srv.capability.clone();
+            let c = s.capability();
             s.send(&c);
         }
+        (START, "STLS") if s.can_starttls() => {
+            s.send(b"+OK\r\n");
+            return Cmd::StartTls;
+        }
+        (START, "USER" | "APOP" | "AUTH") if s.tls_required() => return bad(s),
         (START, "USER") => {
             if args.len() != 1 {
                 return bad(s);
@@ -89,7 +94,7 @@ pub fn command(s: &mut Session) -> Cmd {
 
 fn auth(s: &mut Session, args: Vec<Vec<u8>>) -> Cmd {
     let Some(mech) = args.first() else {
-        let a = s.srv.auth_capability.clone();
+        let a = s.srv.caps.auth.clone();
         s.send(&a);
         return Cmd::Next;
     };

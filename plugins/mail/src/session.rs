@@ -9,7 +9,7 @@
 //! login, both connections go to the host's relay and the session ends.
 
 use crate::auth::{self, Answer};
-use crate::{imap, pop3, smtp, Conf, Proto, Server};
+use crate::{imap, pop3, smtp, Listen, Proto, Server};
 use plugin_api::{io, log, sys};
 use std::ffi::c_void;
 use std::rc::Rc;
@@ -32,6 +32,8 @@ pub enum Cmd {
     Again,
     /// Credentials are in: ask the authentication server.
     Auth,
+    /// STARTTLS was accepted: send the answer, then the handshake.
+    StartTls,
     /// Send what is queued, then close.
     Quit,
 }
@@ -51,6 +53,10 @@ pub enum Phase {
     Backend,
     /// Sending the backend's last answer to the client before the relay.
     Handover,
+    /// Sending the answer to STARTTLS before the handshake.
+    TlsPending,
+    /// The TLS handshake with the client.
+    Handshake,
 }
 
 /// The authentication method a client used (`Auth-Method`).
@@ -131,8 +137,12 @@ pub struct Session {
     pub bstate: u8,
     /// Where the backend is ("127.0.0.1:143"), for the log.
     pub upstream: String,
-    /// Bytes for the backend once logged in (pipelined client commands).
+    /// Both connections went to the host's relay.
     relayed: bool,
+    /// The client's connection is TLS.
+    pub tls: bool,
+    /// `listen … ssl`: greet once the handshake is done.
+    greet_after_tls: bool,
 }
 
 pub fn random() -> u64 {
@@ -184,7 +194,82 @@ impl Session {
             bstate: 0,
             upstream: String::new(),
             relayed: false,
+            tls: false,
+            greet_after_tls: false,
         }
+    }
+
+    /// The capability answer for where the session is (before or after
+    /// STARTTLS).
+    pub fn capability(&self) -> Vec<u8> {
+        let c = &self.srv.caps;
+        match (self.tls, self.srv.starttls) {
+            (false, crate::Starttls::On) => c.starttls.clone(),
+            (false, crate::Starttls::Only) => c.only.clone(),
+            _ => c.plain.clone(),
+        }
+    }
+
+    /// `starttls only` and no TLS yet: logins are refused.
+    pub fn tls_required(&self) -> bool {
+        !self.tls && self.srv.starttls == crate::Starttls::Only
+    }
+
+    /// STARTTLS may be used now.
+    pub fn can_starttls(&self) -> bool {
+        !self.tls && self.srv.tls.is_some() && self.srv.starttls != crate::Starttls::Off
+    }
+
+    /// The greeting.
+    fn greet(&mut self) -> Flow {
+        match self.srv.proto {
+            Proto::Imap => self.send(b"* OK IMAP4 ready\r\n"),
+            Proto::Pop3 => pop3::greet(self),
+            Proto::Smtp if self.srv.greeting_delay > 0 && !self.tls => {
+                self.phase = Phase::Delay;
+                self.arm(self.srv.greeting_delay);
+                return self.watch_client();
+            }
+            Proto::Smtp => smtp::greet(self),
+        }
+        self.after_output()
+    }
+
+    /// Starts the TLS handshake with the client.
+    fn begin_tls(&mut self) -> Flow {
+        let Some(ctx) = self.srv.tls else { return Flow::Close };
+        self.phase = Phase::Handshake;
+        let _ = self.client.unwatch();
+        let me = self.me();
+        // SAFETY: the session outlives the handshake: Drop closes the conn.
+        match unsafe { self.client.start_tls_raw(ctx, "", self.srv.timeout, Some(on_tls), me) } {
+            Ok(()) => Flow::Go,
+            Err(rc) => {
+                log(sys::LOG_ERR, &format!("cannot start TLS (rc {rc}), client: {}", self.client_ip));
+                Flow::Close
+            }
+        }
+    }
+
+    fn tls_event(&mut self, ev: u32) -> Flow {
+        if ev & sys::EV_ERROR != 0 {
+            let (_, why) = self.client.error();
+            log(sys::LOG_INFO, &format!("TLS handshake failed: {why}, client: {}", self.client_ip));
+            return Flow::Close;
+        }
+        self.tls = true;
+        self.phase = Phase::Commands;
+        self.arm(self.srv.timeout);
+        if self.greet_after_tls {
+            self.greet_after_tls = false;
+            return self.greet();
+        }
+        // After STARTTLS an SMTP client says EHLO again (RFC 3207).
+        self.smtp_helo.clear();
+        self.esmtp = false;
+        self.smtp_from.clear();
+        self.smtp_to.clear();
+        self.after_output()
     }
 
     /// Makes the APOP / CRAM-MD5 challenge (nginx's form).
@@ -305,6 +390,9 @@ impl Session {
         if self.phase == Phase::Handover {
             return if self.out.is_empty() { self.start_relay() } else { self.watch_client() };
         }
+        if self.phase == Phase::TlsPending {
+            return if self.out.is_empty() { self.begin_tls() } else { self.watch_client() };
+        }
         if self.phase != Phase::Commands || self.quit {
             return self.watch_client();
         }
@@ -350,6 +438,15 @@ impl Session {
                     break;
                 }
                 Cmd::Auth => return self.start_auth(),
+                Cmd::StartTls => {
+                    // Nothing pipelined before the handshake counts.
+                    self.inbuf.clear();
+                    self.phase = Phase::TlsPending;
+                    if self.flush() == Flow::Close {
+                        return Flow::Close;
+                    }
+                    return if self.out.is_empty() { self.begin_tls() } else { self.watch_client() };
+                }
             }
         }
         self.after_output()
@@ -662,7 +759,7 @@ impl Session {
                 smtp::greet(self);
                 self.after_output()
             }
-            Phase::Commands | Phase::Handover => {
+            Phase::Commands | Phase::Handover | Phase::TlsPending | Phase::Handshake => {
                 log(sys::LOG_INFO, &format!("client timed out, client: {}", self.client_ip));
                 Flow::Close
             }
@@ -737,36 +834,37 @@ unsafe extern "C" fn on_backend(_c: *mut sys::Conn, ev: u32, data: *mut c_void) 
     run(data, |s| s.backend_event(ev));
 }
 
+unsafe extern "C" fn on_tls(_c: *mut sys::Conn, ev: u32, data: *mut c_void) {
+    run(data, |s| s.tls_event(ev));
+}
+
 unsafe extern "C" fn on_timer(data: *mut c_void) {
     run(data, |s| s.timer_event());
 }
 
 unsafe extern "C" fn relay_done(_r: *mut sys::Request, _rc: sys::Rc, _data: *mut c_void) {}
 
-/// A listener's accept callback: `data` is the server block's [`Conf`].
+/// A listener's accept callback: `data` is its [`Listen`].
 pub unsafe extern "C" fn on_accept(c: *mut sys::Conn, data: *mut c_void) {
     let conn = io::Conn::from_raw(c);
-    // SAFETY: data is the server's configuration object, alive for the
-    // generation (see crate::listen).
-    let Some(srv) = (unsafe { (data as *const Conf).as_ref() }).and_then(|c| c.server.clone()) else {
+    // SAFETY: data is a Listen owned by the server's configuration object,
+    // alive for the generation (see crate::listen).
+    let l = unsafe { (data as *const Listen).as_ref() };
+    let srv = l.and_then(|l| unsafe { l.conf.as_ref() }).and_then(|c| c.server.clone());
+    let (Some(l), Some(srv)) = (l, srv) else {
         conn.close();
         return;
     };
+    let ssl = l.ssl;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let s = Box::into_raw(Box::new(Session::new(srv, conn)));
         run(s.cast(), |s| {
             s.arm(s.srv.timeout);
-            match s.srv.proto {
-                Proto::Imap => s.send(b"* OK IMAP4 ready\r\n"),
-                Proto::Pop3 => pop3::greet(s),
-                Proto::Smtp if s.srv.greeting_delay > 0 => {
-                    s.phase = Phase::Delay;
-                    s.arm(s.srv.greeting_delay);
-                    return s.watch_client();
-                }
-                Proto::Smtp => smtp::greet(s),
+            if ssl {
+                s.greet_after_tls = true;
+                return s.begin_tls();
             }
-            s.after_output()
+            s.greet()
         });
     }));
     if r.is_err() {

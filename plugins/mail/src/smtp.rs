@@ -40,7 +40,8 @@ fn bad(s: &mut Session) -> Cmd {
 /// The EHLO answer: the server name, then each capability.
 fn ehlo_reply(s: &Session) -> Vec<u8> {
     let mut lines: Vec<&[u8]> = vec![s.srv.name.as_bytes()];
-    lines.extend(s.srv.capability.split(|&b| b == b'\n').filter(|l| !l.is_empty()));
+    let caps = s.capability();
+    lines.extend(caps.split(|&b| b == b'\n').filter(|l| !l.is_empty()));
     let mut out = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         out.extend_from_slice(if i + 1 == lines.len() { b"250 " } else { b"250-" });
@@ -79,7 +80,13 @@ pub fn command(s: &mut Session) -> Cmd {
                 s.send(r.as_bytes());
             }
         }
+        "STARTTLS" if s.can_starttls() => {
+            s.send(b"220 2.0.0 Start TLS\r\n");
+            return Cmd::StartTls;
+        }
+        "AUTH" if s.tls_required() => return bad(s),
         "AUTH" => return auth(s, args),
+        "MAIL" if s.tls_required() => s.send(b"530 5.7.0 Must issue a STARTTLS command first\r\n"),
         "MAIL" => {
             if s.srv.methods & method::NONE == 0 {
                 s.send(b"530 5.7.0 Authentication required\r\n");
