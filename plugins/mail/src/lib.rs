@@ -13,23 +13,12 @@
 //! }
 //! ```
 //!
-//! Directives (contexts `mail` and `mail { server }` unless said):
-//! `server` (mail), `listen` (server), `protocol` (server: imap, pop3,
-//! smtp; else taken from the port as nginx does), `server_name`,
-//! `timeout`, `max_errors`, `resolver off`, `auth_http`,
-//! `auth_http_header`, `auth_http_timeout`, `proxy`,
-//! `proxy_pass_error_message`, `proxy_timeout`, `proxy_buffer`,
-//! `xclient`, `proxy_smtp_auth`, `imap_capabilities`, `imap_auth`,
-//! `imap_client_buffer`, `pop3_capabilities`, `pop3_auth`,
-//! `smtp_capabilities`, `smtp_auth`, `smtp_client_buffer`,
-//! `smtp_greeting_delay`. Not yet: TLS (`ssl`, `starttls`, `listen …
-//! ssl`), `proxy_protocol`, a resolver (so no `Client-Host`), and an idle
-//! limit once the session is relayed (`proxy_timeout` is accepted; the
-//! host's relay runs until either side closes).
+//! TLS: `listen … ssl` and `starttls on|only` with `ssl_certificate`
+//! and friends; the host does the handshake.
 //!
-//! What the protocols accept, answer and send to the authentication
-//! server and to the backend follows nginx's mail modules; see
-//! docs/mail.md.
+//! The directives, what each protocol accepts and answers, what goes to
+//! the authentication server and to the backend, and what is not there
+//! yet: docs/mail.md. All of it follows nginx's mail modules.
 
 mod auth;
 mod imap;
