@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 5
+#define NGX_PLUGIN_ABI_MINOR 6
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -710,6 +710,12 @@ typedef struct ngx_plugin_host_s {
      *  returns. [conf] */
     ngx_plugin_rc_t (*conf_conf_path)(ngx_plugin_conf_t *cf, ngx_plugin_str_t path,
                                       ngx_plugin_str_t *out);
+    /** (1.6) Asks the host for a directory the workers may write (a cache,
+     *  temporary files): `path` (relative: to the prefix) is created with
+     *  its parents and given to the worker user before workers drop their
+     *  privileges, as nginx's master does with its paths. Returns
+     *  NGX_PLUGIN_INVALID for an empty path. OWNERSHIP: copied. [conf] */
+    ngx_plugin_rc_t (*conf_add_path)(ngx_plugin_conf_t *cf, ngx_plugin_str_t path);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -466,6 +466,20 @@ impl ConfCx<'_> {
         }
     }
 
+    /// Asks the host (ABI 1.6) for a directory the workers may write: made
+    /// with its parents and given to the worker user before workers drop
+    /// their privileges, as nginx's master makes its cache and temp paths.
+    /// On an older host the workers make it themselves (which fails when
+    /// they run unprivileged under a directory they cannot write).
+    pub fn add_path(&self, p: &str) -> Result<(), String> {
+        let Some(f) = rt::slot!(conf_add_path) else { return Ok(()) };
+        // SAFETY: live conf handle; the path is copied by the host.
+        match unsafe { f(self.raw, sys::Str::from_bytes(p.as_bytes())) } {
+            sys::OK => Ok(()),
+            rc => Err(format!("cannot register the path \"{p}\" (rc {rc})")),
+        }
+    }
+
     /// Makes `P`'s [`Plugin::handle`] (with [`Phase::Content`]) the
     /// content handler of the location being configured, as nginx's
     /// `proxy_pass` does.

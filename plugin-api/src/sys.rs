@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 5;
+pub const ABI_MINOR: u32 = 6;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -302,6 +302,8 @@ pub struct Host {
     // appended in 1.5
     pub http_set_uri: Option<unsafe extern "C" fn(*mut Request, Str, Str, u32) -> Rc>,
     pub conf_conf_path: Option<unsafe extern "C" fn(*mut Conf, Str, *mut Str) -> Rc>,
+    // appended in 1.6
+    pub conf_add_path: Option<unsafe extern "C" fn(*mut Conf, Str) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -78,6 +78,9 @@ pub struct Plugins {
     /// Files plugins opened with conf_open_file (alive for the generation).
     #[allow(clippy::vec_box)]
     files: std::cell::RefCell<Vec<Box<super::files::OpenFile>>>,
+    /// Directories plugins asked for (conf_add_path): made and given to
+    /// the worker user before privileges go.
+    pub paths: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::MAIL_SERVER;
@@ -96,7 +99,7 @@ impl Plugins {
             .collect();
         let header_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.header_filter.map(|f| (i, f))).collect();
         let body_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.body_filter.map(|f| (i, f))).collect();
-        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default() }
+        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default(), paths: Default::default() }
     }
 
     fn cx<'d>(&self, d: &'d Directive, block_data: *mut c_void) -> ConfCtx<'d> {
@@ -107,6 +110,7 @@ impl Plugins {
     fn keep(&self, cx: &mut ConfCtx<'_>) {
         self.tls.borrow_mut().append(&mut cx.tls);
         self.files.borrow_mut().append(&mut cx.files);
+        self.paths.borrow_mut().append(&mut cx.paths);
     }
 
     fn create(&mut self, level: u32, at: &Directive) -> Result<Vec<*mut c_void>, ConfError> {

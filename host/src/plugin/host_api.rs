@@ -81,6 +81,8 @@ pub struct ConfCtx<'a> {
     pub tls: Vec<Box<super::io::TlsCtx>>,
     /// Files opened while applying (kept by the generation).
     pub files: Vec<Box<super::files::OpenFile>>,
+    /// Directories asked for with conf_add_path.
+    pub paths: Vec<PathBuf>,
     scratch: String,
 }
 
@@ -103,6 +105,7 @@ impl<'a> ConfCtx<'a> {
             conf_dir,
             tls: Vec::new(),
             files: Vec::new(),
+            paths: Vec::new(),
             scratch: String::new(),
         }
     }
@@ -317,6 +320,16 @@ unsafe extern "C" fn conf_conf_path(c: *mut sys::Conf, p: Str, out: *mut Str) ->
     let Some(c) = cf(c) else { return sys::INVALID };
     c.scratch = crate::tls::conf_path(&c.conf_dir, s(p)).to_string_lossy().into_owned();
     put(out, &c.scratch)
+}
+
+unsafe extern "C" fn conf_add_path(c: *mut sys::Conf, p: Str) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    if s(p).is_empty() {
+        return sys::INVALID;
+    }
+    let path = crate::config::core::Prefix(c.prefix.clone()).resolve(s(p));
+    c.paths.push(path);
+    sys::OK
 }
 
 unsafe extern "C" fn conf_set_block_data(c: *mut sys::Conf, data: *mut c_void) -> Rc {
@@ -1088,8 +1101,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 66] = offsets!(
-    conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 67] = offsets!(
+    conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1181,6 +1194,7 @@ static TABLE: Table = Table(sys::Host {
     http_headers_out_set: Some(http_headers_out_set),
     http_set_uri: Some(http_set_uri),
     conf_conf_path: Some(conf_conf_path),
+    conf_add_path: Some(conf_add_path),
 });
 
 /// The host table handed to every plugin.

@@ -98,7 +98,8 @@ fn init_process(cycle: &Cycle, slot: usize, single: bool) -> Result<(), String> 
     }
     // Directories for request bodies in temporary files: made (and given
     // to the worker user) before privileges go, as nginx's master does.
-    let temp = cycle.http.temp_paths();
+    let mut temp = cycle.http.temp_paths();
+    temp.extend(cycle.plugins.paths.borrow().iter().map(|p| p.to_string_lossy().into_owned()));
     for d in &temp {
         if let Err(e) = std::fs::create_dir_all(d) {
             crate::log!(Crit, "mkdir() \"{d}\" failed ({})", crate::config::parser::os_err(&e));
