@@ -21,6 +21,9 @@ Paths:
   /big?n=N          N bytes of 'x' with a Content-Length
   /bigchunked?n=N   N bytes of 'y', chunked in 16 KiB pieces
   /ws               WebSocket handshake, then echoes each frame's payload
+  /counted/NAME?set=K:V&set=...
+                    "NAME N": how many requests for /counted/NAME (any
+                    query) came so far, with each K: V as a response header
   /garbage          a response that is not HTTP
   /nohead           closes without answering
   anything else     an echo: JSON of method, target, headers and body
@@ -38,6 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 NAME = sys.argv[1] if len(sys.argv) > 1 else "backend"
 CONNS = 0
 LOCK = threading.Lock()
+COUNTS = {}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -97,6 +101,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if p == "/conns":
             return self.reply(200, str(CONNS).encode())
+        if p.startswith("/counted/"):
+            with LOCK:
+                COUNTS[p] = COUNTS.get(p, 0) + 1
+                n = COUNTS[p]
+            extra = [tuple(v.split(":", 1)) for k, v in urllib.parse.parse_qsl(url.query) if k == "set"]
+            status = int(q.get("status", "200"))
+            return self.reply(status, ("%s %d" % (p[len("/counted/"):], n)).encode(), extra=extra)
         if p == "/chunked":
             self.head(200, [("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")])
             for piece in (b"one,", b"two,", b"three"):

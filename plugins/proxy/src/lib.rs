@@ -32,6 +32,17 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use upstream::{Idle, Upstream};
 
+mod cache;
+
+/// A number unique within this worker (temporary file names).
+pub fn session_serial() -> u64 {
+    thread_local!(static N: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    N.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    })
+}
+
 const LOC: u32 = sys::CTX_LOCATION;
 const ANY: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
 
@@ -136,6 +147,19 @@ pub struct Conf {
     tls: Option<plugin_api::TlsCtx>,
     /// Upstream groups (shared by every block once merged).
     groups: Rc<RefCell<Vec<Rc<Upstream>>>>,
+    /// `proxy_cache zone|off` and the other `proxy_cache_*` directives.
+    cache: Option<Option<String>>,
+    cache_key: Option<Rc<Template>>,
+    cache_valid: Option<Rc<cache::Valid>>,
+    cache_methods: Option<u32>,
+    cache_bypass: Option<Rc<Vec<Template>>>,
+    no_cache: Option<Rc<Vec<Template>>>,
+    cache_use_stale: Option<u32>,
+    cache_convert_head: Option<bool>,
+    /// `proxy_ignore_headers` bits for the cache (`cache::ignore`).
+    ignore_cache: Option<u32>,
+    /// This location's cache, resolved when merged.
+    cache_conf: Option<Rc<cache::CacheConf>>,
 }
 
 /// The TLS name for a proxy_pass host: without its port (and brackets).
@@ -217,7 +241,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
 /// proxy's variables exist.
 fn serve_here(cx: &ConfCx<'_>) -> Result<(), String> {
     cx.set_content_handler::<Proxy>()?;
-    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for"] {
+    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for", "upstream_cache_status"] {
         cx.define_variable(v, var_get(v))?;
     }
     Ok(())
@@ -306,6 +330,8 @@ struct Snap {
     group: Option<Rc<Upstream>>,
     proxy_host: String,
     https: bool,
+    /// `$upstream_cache_status` (MISS, BYPASS, EXPIRED, STALE, HIT).
+    cache_status: &'static str,
 }
 
 fn secs(ms: u64, out: &mut String) {
@@ -337,6 +363,7 @@ fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
         "upstream_connect_time" => |r| with_snap(r, |s| join(&s.conn_times, secs_or_dash)),
         "upstream_header_time" => |r| with_snap(r, |s| join(&s.head_times, secs_or_dash)),
         "proxy_host" => |r| with_snap(r, |s| s.proxy_host.clone()),
+        "upstream_cache_status" => |r| with_snap(r, |s| s.cache_status.to_string()),
         // The port of proxy_pass's host (80 or 443 when it names none).
         "proxy_port" => |r| {
             with_snap(r, |s| {
@@ -365,6 +392,65 @@ impl State {
         v.group.clone_from(&self.group);
         v.proxy_host.clone_from(&self.proxy_host);
         v.https = self.https;
+    }
+
+    /// Sets `$upstream_cache_status` (readable at once, even from header
+    /// filters running inside this step).
+    fn set_cache_status(&mut self, st: &'static str) {
+        if let Some(Ok(mut v)) = self.snap.as_ref().map(|s| s.try_borrow_mut()) {
+            v.cache_status = st;
+        }
+    }
+
+    /// Looks the request up in its location's cache: Some(status) when a
+    /// fresh entry answered it.
+    fn cache_lookup(&mut self, req: &mut Request<'_>, cc: &Rc<cache::CacheConf>, bit: u32) -> Option<Status> {
+        if cc.methods & bit == 0 {
+            return None;
+        }
+        let truthy = |ts: &[Template], host: &str| {
+            ts.iter().any(|t| {
+                let mut v = Vec::new();
+                render_into(req, t, host, &mut v);
+                !v.is_empty() && v != b"0"
+            })
+        };
+        let bypass = truthy(&cc.bypass, &self.proxy_host);
+        self.cache_store_ok = !truthy(&cc.no_cache, &self.proxy_host);
+        let mut key = std::mem::take(&mut self.cache_key);
+        key.clear();
+        render_into(req, &cc.key, &self.proxy_host, &mut key);
+        let path = cache::file_path(&cc.zone, &key);
+        self.cache = Some(cc.clone());
+        if bypass {
+            self.set_cache_status("BYPASS");
+        } else if let Some(e) = cache::open(&path, &key) {
+            if e.fresh() {
+                self.set_cache_status("HIT");
+                self.phase = Phase::Finished;
+                return Some(serve_entry(req, &e));
+            }
+            self.set_cache_status("EXPIRED");
+            self.stale_entry = Some(e);
+        } else {
+            self.set_cache_status("MISS");
+        }
+        self.cache_key = key;
+        self.cache_path = Some(path);
+        None
+    }
+
+    /// Answers from the expired entry if proxy_cache_use_stale allows it
+    /// for `bit`.
+    fn serve_stale(&mut self, req: &mut Request<'_>, bit: u32) -> Option<Status> {
+        if self.cache.as_ref()?.use_stale & bit == 0 {
+            return None;
+        }
+        let e = self.stale_entry.take()?;
+        self.set_cache_status("STALE");
+        self.store = None;
+        self.phase = Phase::Finished;
+        Some(serve_entry(req, &e))
     }
 }
 
@@ -494,15 +580,92 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         }),
         DirectiveSpec::new("proxy_ignore_headers", ANY, 1, sys::ARGS_ANY, |c, a, _| {
             let mut xa = false;
+            let mut bits = 0;
             for h in a {
                 let known = ["X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Limit-Rate", "X-Accel-Buffering", "X-Accel-Charset", "Expires", "Cache-Control", "Set-Cookie", "Vary"];
                 if !known.iter().any(|k| k.eq_ignore_ascii_case(h)) {
                     return Err(format!("invalid value \"{h}\" in \"proxy_ignore_headers\" directive"));
                 }
                 xa |= h.eq_ignore_ascii_case("X-Accel-Redirect");
+                for (name, bit) in [("Cache-Control", cache::ignore::CACHE_CONTROL), ("Expires", cache::ignore::EXPIRES), ("Set-Cookie", cache::ignore::SET_COOKIE), ("X-Accel-Expires", cache::ignore::X_ACCEL_EXPIRES), ("Vary", cache::ignore::VARY)] {
+                    if h.eq_ignore_ascii_case(name) {
+                        bits |= bit;
+                    }
+                }
             }
+            c.ignore_cache = Some(bits);
             set_opt(&mut c.ignore_xa_redirect, xa, "proxy_ignore_headers")
         }),
+        DirectiveSpec::new("proxy_cache_path", sys::CTX_HTTP, 2, sys::ARGS_ANY, |_, a, cx| {
+            let z = cache::parse_path(a, |v| cx.size(v), |v| cx.time_ms(v), |v| cx.full_path(v))?;
+            cx.add_path(&z.dir.to_string_lossy())?;
+            cache::ZONES.with(|zs| {
+                let mut zs = zs.borrow_mut();
+                if zs.contains_key(&z.name) {
+                    return Err(format!("duplicate zone \"{}\"", z.name));
+                }
+                zs.insert(z.name.clone(), Rc::new(z));
+                Ok(())
+            })
+        }),
+        DirectiveSpec::new("proxy_cache", ANY, 1, 1, |c, a, _| {
+            let v = if a[0] == "off" { None } else { Some(a[0].to_string()) };
+            if a[0].contains('$') {
+                return Err("\"proxy_cache\" with variables is not supported yet".into());
+            }
+            set_opt(&mut c.cache, v, "proxy_cache")
+        }),
+        DirectiveSpec::new("proxy_cache_key", ANY, 1, 1, |c, a, _| set_opt(&mut c.cache_key, Rc::new(Template::parse(a[0])), "proxy_cache_key")),
+        DirectiveSpec::new("proxy_cache_valid", ANY, 1, sys::ARGS_ANY, |c, a, cx| {
+            let v = cache::parse_valid(a, |t| cx.time_ms(t))?;
+            let list = c.cache_valid.get_or_insert_with(|| Rc::new(Vec::new()));
+            Rc::get_mut(list).ok_or("proxy_cache_valid list is shared")?.push(v);
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_cache_methods", ANY, 1, sys::ARGS_ANY, |c, a, _| {
+            // GET and HEAD are always cached, as nginx.
+            let mut m = 1 | 2;
+            for w in a {
+                m |= match *w {
+                    "GET" => 1,
+                    "HEAD" => 2,
+                    "POST" => 4,
+                    _ => return Err(format!("invalid value \"{w}\" in \"proxy_cache_methods\" directive")),
+                };
+            }
+            set_opt(&mut c.cache_methods, m, "proxy_cache_methods")
+        }),
+        DirectiveSpec::new("proxy_cache_bypass", ANY, 1, sys::ARGS_ANY, |c, a, _| {
+            let list = c.cache_bypass.get_or_insert_with(|| Rc::new(Vec::new()));
+            Rc::get_mut(list).ok_or("proxy_cache_bypass list is shared")?.extend(a.iter().map(|t| Template::parse(t)));
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_no_cache", ANY, 1, sys::ARGS_ANY, |c, a, _| {
+            let list = c.no_cache.get_or_insert_with(|| Rc::new(Vec::new()));
+            Rc::get_mut(list).ok_or("proxy_no_cache list is shared")?.extend(a.iter().map(|t| Template::parse(t)));
+            Ok(())
+        }),
+        DirectiveSpec::new("proxy_cache_use_stale", ANY, 1, sys::ARGS_ANY, |c, a, _| set_opt(&mut c.cache_use_stale, cache::parse_stale(a)?, "proxy_cache_use_stale")),
+        DirectiveSpec::new("proxy_cache_convert_head", ANY, 1, 1, |c, a, cx| set_opt(&mut c.cache_convert_head, cx.flag(a[0])?, "proxy_cache_convert_head")),
+        DirectiveSpec::new("proxy_cache_min_uses", ANY, 1, 1, |_, a, _| match a[0] {
+            "1" => Ok(()),
+            _ => Err("\"proxy_cache_min_uses\" above 1 is not supported yet".into()),
+        }),
+        // Collapsing concurrent misses into one upstream request is an
+        // optimisation ngxr does not make yet: each miss goes upstream,
+        // and the last to finish is kept. The answers are the same.
+        DirectiveSpec::new("proxy_cache_lock", ANY, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_cache_lock_timeout", ANY, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_cache_lock_age", ANY, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_cache_revalidate", ANY, 1, 1, |_, a, cx| match cx.flag(a[0])? {
+            false => Ok(()),
+            true => Err("\"proxy_cache_revalidate on\" is not supported yet".into()),
+        }),
+        DirectiveSpec::new("proxy_cache_background_update", ANY, 1, 1, |_, a, cx| match cx.flag(a[0])? {
+            false => Ok(()),
+            true => Err("\"proxy_cache_background_update on\" is not supported yet".into()),
+        }),
+        DirectiveSpec::new("proxy_cache_max_range_offset", ANY, 1, 1, |_, _, _| Ok(())),
         DirectiveSpec::new("proxy_intercept_errors", ANY, 1, 1, |c, a, cx| set_opt(&mut c.intercept, cx.flag(a[0])?, "proxy_intercept_errors")),
         DirectiveSpec::new("proxy_connect_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.connect_timeout, cx.time_ms(a[0])?, "proxy_connect_timeout")),
         DirectiveSpec::new("proxy_send_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.send_timeout, cx.time_ms(a[0])?, "proxy_send_timeout")),
@@ -541,8 +704,37 @@ impl Plugin for Proxy {
         directives()
     }
 
+    fn create(_cx: &ConfCx<'_>, level: u32) -> Conf {
+        if level == sys::CTX_MAIN {
+            cache::ZONES.with(|z| z.borrow_mut().clear());
+        }
+        Conf::default()
+    }
+
+    fn init_worker(_main: &Conf) -> Result<(), String> {
+        cache::start_manager();
+        Ok(())
+    }
+
     fn merge_in(cx: &ConfCx<'_>, _level: u32, p: &Conf, c: &mut Conf) -> Result<(), String> {
         Self::merge(p, c);
+        c.cache_conf = match &c.cache {
+            Some(Some(name)) => {
+                let zone = cache::ZONES.with(|z| z.borrow().get(name).cloned()).ok_or_else(|| format!("\"proxy_cache\" zone \"{name}\" is unknown"))?;
+                Some(Rc::new(cache::CacheConf {
+                    zone,
+                    key: c.cache_key.as_deref().cloned().unwrap_or_else(|| Template::parse("$scheme$proxy_host$request_uri")),
+                    valid: c.cache_valid.clone().unwrap_or_default(),
+                    methods: c.cache_methods.unwrap_or(1 | 2),
+                    bypass: c.cache_bypass.clone().unwrap_or_default(),
+                    no_cache: c.no_cache.clone().unwrap_or_default(),
+                    use_stale: c.cache_use_stale.unwrap_or(0),
+                    convert_head: c.cache_convert_head.unwrap_or(true),
+                    ignore: c.ignore_cache.unwrap_or(0),
+                }))
+            }
+            _ => None,
+        };
         let Some(pass) = c.pass.clone().filter(|p| p.tls) else { return Ok(()) };
         let verify = c.ssl_verify.unwrap_or(false);
         if verify && c.ssl_trusted.is_none() {
@@ -586,6 +778,7 @@ impl Plugin for Proxy {
         }
         inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
+        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, ignore_cache);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
             let found = g.iter().find(|u| u.name == pass.host).cloned();
@@ -762,6 +955,17 @@ struct State {
     attempt: u32,
     /// Where the body pieces are in `buf` (kept between deliveries).
     ranges: Vec<std::ops::Range<usize>>,
+    /// The location's cache, when this request may use it.
+    cache: Option<Rc<cache::CacheConf>>,
+    cache_key: Vec<u8>,
+    cache_path: Option<std::path::PathBuf>,
+    /// proxy_no_cache did not forbid keeping the response.
+    cache_store_ok: bool,
+    /// An expired entry (served if the upstream fails and
+    /// proxy_cache_use_stale allows).
+    stale_entry: Option<cache::Entry>,
+    /// The response being written into the cache.
+    store: Option<cache::Store>,
 }
 
 /// `addrs` entry for "no live upstreams".
@@ -808,6 +1012,7 @@ impl State {
             v.head_times.clear();
             v.group = None;
             v.proxy_host.clear();
+            v.cache_status = "";
         }
         *self = State::default();
         (self.snap, self.conn_times, self.head_times) = (snap, ct, ht);
@@ -928,10 +1133,26 @@ impl State {
         };
         self.proxy_host.push_str(&pass.host);
         self.https = pass.tls;
+        if let Some(cc) = &conf.cache_conf {
+            let bit = match req.method() {
+                "GET" => 1,
+                "HEAD" => 2,
+                "POST" => 4,
+                _ => 0,
+            };
+            if let Some(st) = self.cache_lookup(req, cc, bit) {
+                return Flow::Return(st);
+            }
+        }
+        // The method is asked for once (each ask is a host call).
+        let mut method = req.method();
+        // A cached HEAD is fetched with GET, so that the whole response
+        // can be kept (the client still gets the head only).
+        if method == "HEAD" && self.cache.as_ref().is_some_and(|c| c.convert_head) {
+            method = "GET";
+        }
         self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
-        // The method is asked for once (each ask is a host call).
-        let method = req.method();
         self.head = method == "HEAD";
         self.idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
         self.body_file = build_request(req, method, conf, pass, &self.proxy_host, &mut self.out);
@@ -1310,6 +1531,21 @@ impl State {
             self.phase = Phase::Finished;
             return Flow::Return(Status::Http(code));
         }
+        if self.stale_entry.is_some() && cache::stale_bit(code) != 0 {
+            if let Some(st) = self.serve_stale(req, cache::stale_bit(code)) {
+                self.finish_upstream(false);
+                return Flow::Return(st);
+            }
+        }
+        // Whether, and until when, the response is kept in the cache.
+        let keep_for = match &self.cache {
+            Some(cc) if self.cache_store_ok && !self.head && !matches!(code, 101 | 206 | 304) => {
+                let values = |n: &str| head.iter().filter(|h| h.name.eq_ignore_ascii_case(n)).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect::<Vec<_>>();
+                cache::ttl(code, &values, cc.ignore, &cc.valid)
+            }
+            _ => None,
+        };
+        let mut kept: Option<Vec<(String, String)>> = keep_for.map(|_| Vec::new());
         let upgrade = code == 101;
         if upgrade && (!conf.http11.unwrap_or(false) || req.header("upgrade").is_none()) {
             plugin_api::log(sys::LOG_ERR, &format!("upstream sent unexpected 101 while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
@@ -1358,9 +1594,18 @@ impl State {
                     rewrite_redirect(conf, pass, &v, &vars)
                 };
                 req.add_header(k, &new);
+                if let Some(l) = kept.as_mut() {
+                    l.push((k.to_string(), new));
+                }
                 continue;
             }
             req.add_header(k, &v);
+            if let Some(l) = kept.as_mut() {
+                l.push((k.to_string(), v.into_owned()));
+            }
+        }
+        if let (Some(secs), Some(headers), Some(path)) = (keep_for, kept, self.cache_path.clone()) {
+            self.store = cache::Store::begin(path, &self.cache_key, cache::now_secs() + secs, code, &headers);
         }
         if upgrade {
             let Some(c) = self.conn.take() else { return Flow::Failed(Fail::Error) };
@@ -1454,6 +1699,14 @@ impl State {
                 _ => None,
             };
         }
+        let stale_bit = match f {
+            Fail::Error => cache::stale::ERROR,
+            Fail::Timeout => cache::stale::TIMEOUT,
+            Fail::InvalidHeader => cache::stale::INVALID_HEADER,
+        };
+        if let Some(st) = self.serve_stale(req, stale_bit) {
+            return Some(st);
+        }
         self.phase = Phase::Finished;
         Some(Status::Http(status))
     }
@@ -1502,6 +1755,9 @@ impl State {
                     if self.framing == Some(Framing::Close) {
                         self.phase = Phase::Finished;
                         self.finish_upstream(false);
+                        if let Some(st) = self.store.take() {
+                            st.commit();
+                        }
                         return Flow::Return(Status::Ok);
                     }
                     plugin_api::log(sys::LOG_ERR, &format!("upstream prematurely closed connection while reading upstream, upstream: \"{}\"", self.peer_text()));
@@ -1574,6 +1830,16 @@ impl State {
                 }
             }
         }
+        if let Some(st) = self.store.as_mut() {
+            for r in data.iter() {
+                st.write(&self.buf[r.clone()]);
+            }
+            if done {
+                if let Some(st) = self.store.take() {
+                    st.commit();
+                }
+            }
+        }
         let total: usize = data.iter().map(|r| r.len()).sum();
         let spill = conf.buffering.unwrap_or(true) && total > 0 && req.output_queued() + total > mem_limit && self.temp_room(conf) >= total as u64;
         if spill && self.spill(req, conf, data).is_ok() {
@@ -1629,6 +1895,34 @@ impl State {
         plugin_api::log(sys::LOG_CRIT, "writing the proxy temporary file failed, buffering in memory");
         self.no_temp = true;
         Err(())
+    }
+}
+
+/// Answers from a cache entry: its status and headers, and its body
+/// with sendfile.
+fn serve_entry(req: &mut Request<'_>, e: &cache::Entry) -> Status {
+    req.set_status(e.status);
+    for (k, v) in &e.headers {
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        req.add_header(k, v);
+    }
+    if e.status != 204 {
+        req.set_header("Content-Length", &e.body_len.to_string());
+    }
+    if req.send_header().is_err() {
+        return Status::Error;
+    }
+    let r = if e.body_len == 0 {
+        req.send_bufs(&[], true)
+    } else {
+        req.send_file(e.file.as_raw_fd(), e.body_off, e.body_len, true)
+    };
+    if r.is_ok() {
+        Status::Ok
+    } else {
+        Status::Error
     }
 }
 

@@ -1,0 +1,191 @@
+//! proxy_cache against a real backend (tests/backend.py): what is kept,
+//! for how long, what is served from it, and what the cache manager
+//! removes.
+
+use ngxr_tests::*;
+use std::time::Duration;
+
+const SECS: Duration = Duration::from_secs(10);
+
+/// ngxr (one worker, or two) proxying to `b` with a cache in the prefix;
+/// `loc` is the cached location's extra directives.
+fn front(b: &Backend, workers: u32, zone: &str, loc: &str) -> Server {
+    let port = free_port();
+    let p = Prefix::new();
+    let conf = format!(
+        "{}worker_processes {workers};\n{}events {{}}\nhttp {{
+           log_format cache '$request_uri $upstream_cache_status';
+           access_log logs/access.log cache;
+           proxy_cache_path cache/one levels=1:2 keys_zone=one:1m {zone};
+           server {{ listen 127.0.0.1:{port};
+             location / {{
+               proxy_pass http://127.0.0.1:{bp};
+               proxy_cache one;
+               add_header X-Cache $upstream_cache_status;
+               {loc}
+             }}
+             location /nocache/ {{ proxy_pass http://127.0.0.1:{bp}/; }}
+           }}
+         }}\n",
+        conf_head(),
+        load_plugins(&["proxy", "headers", "log"]),
+        bp = b.port
+    );
+    p.write_conf(&conf);
+    Server::start_in(p, port)
+}
+
+fn fetch(port: u16, path: &str) -> Response {
+    get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn fetch_with(port: u16, req: &str) -> Response {
+    let buf = raw(port, req.as_bytes()).unwrap();
+    parse_response_to(&buf, req.starts_with("HEAD ")).map(|(r, _)| r).expect("a response")
+}
+
+fn text(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[test]
+fn responses_are_kept_and_served_from_the_cache() {
+    let b = Backend::start("A");
+    let s = front(&b, 2, "", "proxy_cache_valid 200 1m; proxy_cache_valid 404 1s;");
+    // A miss goes upstream; the next request is answered from the cache
+    // (by either worker: the cache is on disk).
+    let r = fetch(s.port, "/counted/a?set=X-Up:1");
+    assert_eq!((r.status, text(&r), r.header("x-cache")), (200, "a 1".into(), Some("MISS")));
+    for _ in 0..4 {
+        let r = fetch(s.port, "/counted/a?set=X-Up:1");
+        assert_eq!((r.status, text(&r), r.header("x-cache"), r.header("x-up")), (200, "a 1".into(), Some("HIT"), Some("1")));
+        assert_eq!(r.header("content-length"), Some("3"));
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+    }
+    // A HEAD is answered from the same entry (and a HEAD miss is fetched
+    // with GET, so the entry is complete).
+    let r = fetch_with(s.port, "HEAD /counted/a?set=X-Up:1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("x-cache"), r.body.len()), (200, Some("HIT"), 0));
+    let r = fetch_with(s.port, "HEAD /counted/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("x-cache"), r.header("content-length")), (200, Some("MISS"), Some("3")));
+    assert_eq!(text(&fetch(s.port, "/counted/h")), "h 1");
+    // Another key (the query is part of $request_uri) is another entry.
+    assert_eq!(text(&fetch(s.port, "/counted/a?other")), "a 2");
+    // Statuses without a proxy_cache_valid are not kept; 404 for 1 s.
+    assert_eq!(text(&fetch(s.port, "/counted/e?status=500")), "e 1");
+    assert_eq!(text(&fetch(s.port, "/counted/e?status=500")), "e 2");
+    let r = fetch(s.port, "/counted/n?status=404");
+    assert_eq!((r.status, text(&r)), (404, "n 1".into()));
+    assert_eq!(text(&fetch(s.port, "/counted/n?status=404")), "n 1");
+    poll_until("the 404 to expire", SECS, || (text(&fetch(s.port, "/counted/n?status=404")) == "n 2").then_some(()));
+    // The upstream's own words: no-store, private and Set-Cookie keep
+    // nothing; max-age overrides proxy_cache_valid; X-Accel-Expires
+    // overrides both.
+    for (path, first) in [("/counted/ns?set=Cache-Control:no-store", "ns 1"), ("/counted/pr?set=Cache-Control:private", "pr 1"), ("/counted/ck?set=Set-Cookie:a%3Db", "ck 1")] {
+        assert_eq!(text(&fetch(s.port, path)), first);
+        assert_ne!(text(&fetch(s.port, path)), first, "{path} was cached");
+    }
+    assert_eq!(text(&fetch(s.port, "/counted/ma?set=Cache-Control:max-age%3D1")), "ma 1");
+    assert_eq!(fetch(s.port, "/counted/ma?set=Cache-Control:max-age%3D1").header("x-cache"), Some("HIT"));
+    poll_until("max-age=1 to expire", SECS, || {
+        let r = fetch(s.port, "/counted/ma?set=Cache-Control:max-age%3D1");
+        (r.header("x-cache") == Some("EXPIRED") && text(&r) == "ma 2").then_some(())
+    });
+    assert_eq!(text(&fetch(s.port, "/counted/xa?set=X-Accel-Expires:0&set=Cache-Control:max-age%3D60")), "xa 1");
+    assert_eq!(text(&fetch(s.port, "/counted/xa?set=X-Accel-Expires:0&set=Cache-Control:max-age%3D60")), "xa 2");
+    // The entry is a file under levels=1:2, named by the key's md5.
+    let files = walk(&s.prefix.path().join("cache/one"));
+    assert!(files.iter().any(|p| p.components().count() >= 3), "{files:?}");
+    assert!(files.iter().all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(".tmp-")), "{files:?}");
+    // The access log has $upstream_cache_status.
+    poll_until("the access log", SECS, || std::fs::read_to_string(s.prefix.path().join("logs/access.log")).ok().filter(|l| l.contains("/counted/a?set=X-Up:1 HIT") && l.contains("/counted/a?set=X-Up:1 MISS")));
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The VALID time (unix seconds) of the entry whose key ends with `tail`.
+fn valid_until(s: &Server, tail: &str) -> u64 {
+    walk(&s.prefix.path().join("cache/one"))
+        .into_iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .find(|t| t.lines().any(|l| l.starts_with("KEY: ") && l.trim_end().ends_with(tail)))
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VALID: ").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or_else(|| panic!("no entry for {tail}"))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn bypass_no_cache_and_stale() {
+    let b = Backend::start("A");
+    let s = front(
+        &b,
+        1,
+        "",
+        "proxy_cache_key $scheme$proxy_host$uri;
+         proxy_cache_valid 200 1s;
+         proxy_cache_bypass $arg_fresh;
+         proxy_no_cache $arg_nostore;
+         proxy_cache_use_stale error timeout http_500;",
+    );
+    // no_cache: fetched, not kept.
+    assert_eq!(text(&fetch(s.port, "/counted/b?nostore=1")), "b 1");
+    assert_eq!(fetch(s.port, "/counted/b").header("x-cache"), Some("MISS"));
+    assert_eq!(fetch(s.port, "/counted/b").header("x-cache"), Some("HIT"));
+    // bypass: fetched past the cache (and the answer is kept).
+    let r = fetch(s.port, "/counted/b?fresh=1");
+    assert_eq!((r.header("x-cache"), text(&r)), (Some("BYPASS"), "b 3".into()));
+    // An expired entry answers when the upstream says 500 (the key has no
+    // query here, so "?status=500" is the same entry) ...
+    assert_eq!(text(&fetch(s.port, "/counted/st")), "st 1");
+    let until = valid_until(&s, "/counted/st");
+    poll_until("the entry to expire", SECS, || (now_secs() >= until).then_some(()));
+    let r = fetch(s.port, "/counted/st?status=500");
+    assert_eq!((r.status, r.header("x-cache"), text(&r)), (200, Some("STALE"), "st 1".into()));
+    // ... and when the upstream is gone.
+    drop(b);
+    let r = fetch(s.port, "/counted/st");
+    assert_eq!((r.status, r.header("x-cache"), text(&r)), (200, Some("STALE"), "st 1".into()));
+    // Without an entry the error stands.
+    assert_eq!(fetch(s.port, "/counted/none").status, 502);
+    let log = s.prefix.error_log();
+    assert!(log.contains("connect() failed"), "{log}");
+}
+
+#[test]
+fn the_manager_removes_inactive_entries_and_bad_configs_are_refused() {
+    let b = Backend::start("A");
+    let s = front(&b, 1, "inactive=1s", "proxy_cache_valid 200 1h;");
+    assert_eq!(text(&fetch(s.port, "/counted/m")), "m 1");
+    assert_eq!(fetch(s.port, "/counted/m").header("x-cache"), Some("HIT"));
+    assert_eq!(walk(&s.prefix.path().join("cache/one")).len(), 1);
+    // Unused for longer than inactive=1s: removed by the manager (it
+    // runs every 5 s), though still "fresh" for an hour.
+    poll_until("the manager to remove the entry", Duration::from_secs(15), || walk(&s.prefix.path().join("cache/one")).is_empty().then_some(()));
+    assert_eq!(text(&fetch(s.port, "/counted/m")), "m 2");
+
+    let p = Prefix::new();
+    let head = format!("{}{}events {{}}\n", conf_head(), load_plugins(&["proxy"]));
+    let n = head.lines().count() as u32;
+    p.assert_refused(&format!("{head}http {{\n  server {{ location / {{ proxy_pass http://127.0.0.1:1; proxy_cache nope; }} }}\n}}\n"), "\"proxy_cache\" zone \"nope\" is unknown", n + 2);
+    p.assert_refused(&format!("{head}http {{\n  proxy_cache_path cache keys_zone=z:1m levels=3;\n}}\n"), "invalid \"levels\" \"3\"", n + 2);
+    p.assert_refused(&format!("{head}http {{\n  proxy_cache_path cache levels=1:2;\n}}\n"), "must have \"keys_zone\" parameter", n + 2);
+    p.assert_refused(&format!("{head}http {{\n  proxy_cache_valid 99 1m;\n}}\n"), "invalid status \"99\"", n + 2);
+    p.assert_refused(&format!("{head}http {{\n  proxy_cache_revalidate on;\n}}\n"), "\"proxy_cache_revalidate on\" is not supported yet", n + 2);
+}
