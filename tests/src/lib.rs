@@ -167,6 +167,12 @@ impl Server {
 
     /// Starts the master in a prepared prefix.
     pub fn start_in(prefix: Prefix, port: u16) -> Server {
+        Server::try_start_in(prefix, port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the master in a prepared prefix; Err (with its log) if it
+    /// exits before serving.
+    pub fn try_start_in(prefix: Prefix, port: u16) -> Result<Server, String> {
         let child = Command::new(ngxr_bin())
             .arg("-p")
             .arg(prefix.path())
@@ -174,13 +180,38 @@ impl Server {
             .spawn()
             .unwrap();
         let mut s = Server { prefix, child: Some(child), port };
+        let mut early = None;
         poll_until("the master to serve", Duration::from_secs(10), || {
             if let Some(Ok(Some(st))) = s.child.as_mut().map(|c| c.try_wait()) {
-                panic!("ngxr exited early ({st}); log:\n{}", s.prefix.error_log());
+                early = Some(format!("ngxr exited early ({st}); log:\n{}", s.prefix.error_log()));
+                return Some(());
             }
             (s.prefix.pid().is_some() && TcpStream::connect(("127.0.0.1", port)).is_ok()).then_some(())
         });
-        s
+        match early {
+            Some(e) => Err(e),
+            None => Ok(s),
+        }
+    }
+
+    /// Starts a master whose configuration (`conf_head()` and all) is
+    /// `render(&ports)` for `n` fresh ports, the first being the one
+    /// waited on. `free_port` only proposes a port; if another process
+    /// takes one before ngxr binds it, this tries again with new ports
+    /// (three times at most).
+    pub fn start_with_ports(n: usize, render: impl Fn(&[u16]) -> String) -> (Server, Vec<u16>) {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let prefix = Prefix::new();
+            prefix.write_conf(&render(&ports));
+            match Server::try_start_in(prefix, ports[0]) {
+                Ok(s) => return (s, ports),
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("three tries found no free ports: {last}");
     }
 
     /// The master's pid.

@@ -10,9 +10,11 @@ const SECS: Duration = Duration::from_secs(10);
 /// ngxr (one worker, or two) proxying to `b` with a cache in the prefix;
 /// `loc` is the cached location's extra directives.
 fn front(b: &Backend, workers: u32, zone: &str, loc: &str) -> Server {
-    let port = free_port();
-    let p = Prefix::new();
-    let conf = format!(
+    Server::start_with_ports(1, |p| conf(b, workers, zone, loc, p[0])).0
+}
+
+fn conf(b: &Backend, workers: u32, zone: &str, loc: &str, port: u16) -> String {
+    format!(
         "{}worker_processes {workers};\n{}events {{}}\nhttp {{
            log_format cache '$request_uri $upstream_cache_status';
            access_log logs/access.log cache;
@@ -30,9 +32,7 @@ fn front(b: &Backend, workers: u32, zone: &str, loc: &str) -> Server {
         conf_head(),
         load_plugins(&["proxy", "headers", "log"]),
         bp = b.port
-    );
-    p.write_conf(&conf);
-    Server::start_in(p, port)
+    )
 }
 
 fn fetch(port: u16, path: &str) -> Response {

@@ -22,7 +22,18 @@ struct Dovecot {
 }
 
 impl Dovecot {
+    /// Starts Dovecot on fresh ports (again with others if a port was
+    /// taken before Dovecot bound it).
     fn start() -> Dovecot {
+        for _ in 0..2 {
+            if let Some(d) = Dovecot::try_start() {
+                return d;
+            }
+        }
+        Dovecot::try_start().expect("dovecot to start")
+    }
+
+    fn try_start() -> Option<Dovecot> {
         let bin = ["/usr/sbin/dovecot", "/usr/bin/dovecot"].into_iter().find(|p| Path::new(p).exists());
         let bin = bin.expect("dovecot is not installed (Debian: dovecot-imapd dovecot-pop3d; .ci/run installs them)");
         let dir = tempfile::Builder::new().prefix("ngxr-dovecot-").tempdir().unwrap();
@@ -63,14 +74,18 @@ impl Dovecot {
         std::fs::write(d.join("dovecot.conf"), conf).unwrap();
         let child = Command::new(bin).arg("-F").arg("-c").arg(d.join("dovecot.conf")).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("dovecot starts");
         let mut dc = Dovecot { child, imap, pop3, _dir: dir };
+        let mut exited = false;
         poll_until("dovecot to greet", SECS, || {
             if let Ok(Some(st)) = dc.child.try_wait() {
-                panic!("dovecot exited ({st}): {}", std::fs::read_to_string(d_log(&dc)).unwrap_or_default());
+                let log = std::fs::read_to_string(d_log(&dc)).unwrap_or_default();
+                assert!(log.contains("Address already in use"), "dovecot exited ({st}): {log}");
+                exited = true;
+                return Some(());
             }
             let greets = |port| Line::try_connect(port).and_then(|mut l| l.try_read_line()).is_some_and(|g| g.starts_with("+OK") || g.starts_with("* OK"));
             (greets(dc.imap) && greets(dc.pop3)).then_some(())
         });
-        dc
+        (!exited).then_some(dc)
     }
 }
 
@@ -130,6 +145,8 @@ struct Rig {
     imap: u16,
     pop3: u16,
     smtp: u16,
+    /// Ports asked for with start_with.
+    more: Vec<u16>,
     auth: PyServer,
     smtp_backend: PyServer,
     _dovecot: Dovecot,
@@ -156,16 +173,20 @@ fn mail_conf(extra: &str) -> String {
 
 impl Rig {
     fn start(extra: &str) -> Rig {
+        Rig::start_with(0, |_| extra.to_string())
+    }
+
+    /// A rig whose `mail {}` also gets `extra(ports)`, for `n` more ports
+    /// (in `Rig::more`).
+    fn start_with(n: usize, extra: impl Fn(&[u16]) -> String) -> Rig {
         let dovecot = Dovecot::start();
         let dir = tempfile::tempdir().unwrap();
         let smtp_backend = PyServer::start("smtp", dir.path(), &format!("{{{USERS}}}"));
         let routes = format!(r#""routes": {{"imap": "127.0.0.1:{}", "pop3": "127.0.0.1:{}", "smtp": "127.0.0.1:{}"}}"#, dovecot.imap, dovecot.pop3, smtp_backend.port);
         let auth = PyServer::start("auth", dir.path(), &format!("{{{USERS}, {routes}, \"wait\": 1}}"));
-        let (imap, pop3, smtp) = (free_port(), free_port(), free_port());
-        let p = Prefix::new();
-        p.write_conf(&Rig::conf(extra, imap, pop3, smtp, auth.port));
-        let ngxr = Server::start_in(p, imap);
-        Rig { ngxr, imap, pop3, smtp, auth, smtp_backend, _dovecot: dovecot, _dir: dir }
+        let (ngxr, ports) = Server::start_with_ports(3 + n, |p| Rig::conf(&extra(&p[3..]), p[0], p[1], p[2], auth.port));
+        let (imap, pop3, smtp) = (ports[0], ports[1], ports[2]);
+        Rig { ngxr, imap, pop3, smtp, more: ports[3..].to_vec(), auth, smtp_backend, _dovecot: dovecot, _dir: dir }
     }
 
     fn conf(extra: &str, imap: u16, pop3: u16, smtp: u16, auth: u16) -> String {
@@ -540,16 +561,22 @@ fn tls_from_the_first_byte_and_by_starttls() {
     certs::self_signed(certs_dir.path(), "mail", "/CN=mail.test", "DNS:mail.test", true);
     let crt = certs_dir.path().join("mail.crt");
     let key = certs_dir.path().join("mail.key");
-    let (imaps, imap_only, pop3_tls, smtp_tls) = (free_port(), free_port(), free_port(), free_port());
-    let r = Rig::start(&format!(
-        "ssl_certificate {crt}; ssl_certificate_key {key};
-         server {{ listen 127.0.0.1:{imaps} ssl; protocol imap; }}
-         server {{ listen 127.0.0.1:{imap_only}; protocol imap; starttls only; }}
-         server {{ listen 127.0.0.1:{pop3_tls}; protocol pop3; starttls on; }}
-         server {{ listen 127.0.0.1:{smtp_tls}; protocol smtp; starttls on; }}",
-        crt = crt.display(),
-        key = key.display()
-    ));
+    let r = Rig::start_with(4, |p| {
+        format!(
+            "ssl_certificate {crt}; ssl_certificate_key {key};
+             server {{ listen 127.0.0.1:{} ssl; protocol imap; }}
+             server {{ listen 127.0.0.1:{}; protocol imap; starttls only; }}
+             server {{ listen 127.0.0.1:{}; protocol pop3; starttls on; }}
+             server {{ listen 127.0.0.1:{}; protocol smtp; starttls on; }}",
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            crt = crt.display(),
+            key = key.display()
+        )
+    });
+    let (imaps, imap_only, pop3_tls, smtp_tls) = (r.more[0], r.more[1], r.more[2], r.more[3]);
     let out = py(
         "import imaplib,poplib,smtplib,ssl,sys
 ctx=ssl.create_default_context(cafile=sys.argv[5]); ctx.check_hostname=False
