@@ -147,16 +147,27 @@ const MAGIC: &[u8] = b"NGXRCACHE1\r\n";
 pub fn open(path: &Path, key: &[u8]) -> Option<Entry> {
     let mut file = File::open(path).ok()?;
     let meta = file.metadata().ok()?;
-    let mut head = vec![0u8; (meta.len() as usize).min(64 * 1024)];
-    let mut got = 0;
-    while got < head.len() {
+    // The head (meta lines and headers) is read 4 KiB at a time until
+    // both of its blank lines are in (64 KiB at most), not the body.
+    let mut head = Vec::with_capacity(4096);
+    loop {
+        let got = head.len();
+        let want = (got + 4096).min(64 * 1024).min(meta.len() as usize);
+        if want <= got {
+            break;
+        }
+        head.resize(want, 0);
         match file.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(_) => return None,
+            Ok(0) | Err(_) => {
+                head.truncate(got);
+                break;
+            }
+            Ok(n) => head.truncate(got + n),
+        }
+        if head.windows(4).filter(|w| *w == b"\r\n\r\n").count() >= 2 || head.windows(6).any(|w| w == b"\r\n\r\n\r\n") {
+            break;
         }
     }
-    head.truncate(got);
     let rest = head.strip_prefix(MAGIC)?;
     // The meta lines end with an empty line; the headers after them too.
     let meta_end = rest.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
