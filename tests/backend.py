@@ -24,6 +24,9 @@ Paths:
   /counted/NAME?set=K:V&set=...
                     "NAME N": how many requests for /counted/NAME (any
                     query) came so far, with each K: V as a response header
+  /validated/NAME   "NAME N" with ETag "v1", a fixed Last-Modified and
+                    max-age=1; 304 (not counted in N) when If-None-Match
+                    is "v1"; X-Seen-Conditional: yes when any If-* came
   /garbage          a response that is not HTTP
   /nohead           closes without answering
   anything else     an echo: JSON of method, target, headers and body
@@ -101,6 +104,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         if p == "/conns":
             return self.reply(200, str(CONNS).encode())
+        if p.startswith("/validated/"):
+            lm = ("Last-Modified", "Mon, 02 Mar 2015 17:20:58 GMT")
+            tag = ("ETag", '"v1"')
+            cc = ("Cache-Control", "max-age=1")
+            seen = ("X-Seen-Conditional", "yes" if any(k.lower().startswith("if-") for k in self.headers.keys()) else "no")
+            if self.headers.get("If-None-Match") == '"v1"':
+                self.head(304, [lm, tag, cc, seen])
+                return
+            with LOCK:
+                COUNTS[p] = COUNTS.get(p, 0) + 1
+                n = COUNTS[p]
+            return self.reply(200, ("%s %d" % (p[len("/validated/"):], n)).encode(), extra=[lm, tag, cc, seen])
         if p.startswith("/counted/"):
             with LOCK:
                 COUNTS[p] = COUNTS.get(p, 0) + 1

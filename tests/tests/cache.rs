@@ -187,5 +187,46 @@ fn the_manager_removes_inactive_entries_and_bad_configs_are_refused() {
     p.assert_refused(&format!("{head}http {{\n  proxy_cache_path cache keys_zone=z:1m levels=3;\n}}\n"), "invalid \"levels\" \"3\"", n + 2);
     p.assert_refused(&format!("{head}http {{\n  proxy_cache_path cache levels=1:2;\n}}\n"), "must have \"keys_zone\" parameter", n + 2);
     p.assert_refused(&format!("{head}http {{\n  proxy_cache_valid 99 1m;\n}}\n"), "invalid status \"99\"", n + 2);
-    p.assert_refused(&format!("{head}http {{\n  proxy_cache_revalidate on;\n}}\n"), "\"proxy_cache_revalidate on\" is not supported yet", n + 2);
+    p.assert_refused(&format!("{head}http {{\n  proxy_cache_background_update on;\n}}\n"), "\"proxy_cache_background_update on\" is not supported yet", n + 2);
+}
+
+#[test]
+fn revalidation_zones_by_variable_and_whole_responses_upstream() {
+    let b = Backend::start("A");
+    let s = front(&b, 1, "", "proxy_cache_valid 200 1m; proxy_cache_revalidate on;");
+    // The client's conditional and Range headers do not go upstream: the
+    // cache needs the whole response.
+    let r = fetch_with(s.port, "GET /validated/v HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\nRange: bytes=0-1\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, text(&r), r.header("x-seen-conditional")), (200, "v 1".into(), Some("no")));
+    assert_eq!(fetch(s.port, "/validated/v").header("x-cache"), Some("HIT"));
+    // Expired (max-age=1): the upstream is asked with the entry's
+    // validators, answers 304, and the entry is fresh again.
+    let until = valid_until(&s, "/validated/v");
+    poll_until("the entry to expire", SECS, || (now_secs() >= until).then_some(()));
+    let r = fetch(s.port, "/validated/v");
+    assert_eq!((r.status, r.header("x-cache"), text(&r)), (200, Some("REVALIDATED"), "v 1".into()));
+    assert_eq!(fetch(s.port, "/validated/v").header("x-cache"), Some("HIT"));
+    drop(s);
+
+    // proxy_cache with variables picks the zone per request; an empty
+    // value caches nothing, an unknown zone is an error.
+    let (s, _) = Server::start_with_ports(1, |p| {
+        format!(
+            "{}worker_processes 1;\n{}events {{}}\nhttp {{
+               proxy_cache_path cache/one keys_zone=one:1m;
+               server {{ listen 127.0.0.1:{}; location / {{
+                 proxy_pass http://127.0.0.1:{}; proxy_cache $arg_c; proxy_cache_valid any 1m;
+                 add_header X-Cache $upstream_cache_status; }} }} }}\n",
+            conf_head(),
+            load_plugins(&["proxy", "headers"]),
+            p[0],
+            b.port
+        )
+    });
+    assert_eq!(fetch(s.port, "/counted/z?c=one").header("x-cache"), Some("MISS"));
+    assert_eq!(fetch(s.port, "/counted/z?c=one").header("x-cache"), Some("HIT"));
+    let r = fetch(s.port, "/counted/z");
+    assert_eq!((r.header("x-cache"), text(&r)), (None, "z 2".into()));
+    assert_eq!(fetch(s.port, "/counted/z?c=two").status, 500);
+    assert!(s.prefix.error_log().contains("cache \"two\" not found"));
 }

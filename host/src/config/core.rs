@@ -110,19 +110,45 @@ pub const DEFAULT_PID: &str = "logs/ngxr.pid";
 /// Default error log, relative to the prefix.
 pub const DEFAULT_ERROR_LOG: &str = "logs/error.log";
 
-/// Parses `10`, `10s`, `500ms`, `1m`, `2h`, `1d` (nginx time syntax).
+/// Parses nginx's time syntax: `10` (seconds), `500ms`, `10s`, `1m`,
+/// `2h`, `1d`, `1w`, `1M` (30 days), `1y` (365 days), and sums such as
+/// `1h30m` or `1h 30m` (each unit at most once, larger units first).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num.parse().ok()?;
-    let ms = match unit {
-        "" | "s" => n.checked_mul(1000)?,
-        "ms" => n,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
+    const UNITS: [(&str, u64); 8] = [("y", 31_536_000_000), ("M", 2_592_000_000), ("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("ms", 1), ("m", 60_000), ("s", 1000)];
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let (mut total, mut last) = (0u64, usize::MAX);
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (ms, at) = match UNITS.iter().position(|(u, _)| rest.starts_with(u)) {
+            Some(i) => {
+                rest = &rest[UNITS[i].0.len()..];
+                (UNITS[i].1, i)
+            }
+            // A bare number is seconds, and only at the end.
+            None if rest.trim().is_empty() => (1000, UNITS.len()),
+            None => return None,
+        };
+        // "ms" sorts before "m" above only so it matches first; order the
+        // units by size for the "larger first" rule.
+        let rank = match at {
+            5 => 7,
+            6 => 5,
+            7 => 6,
+            n => n,
+        };
+        if last != usize::MAX && rank <= last {
+            return None;
+        }
+        last = rank;
+        total = total.checked_add(n.checked_mul(ms)?)?;
+        rest = rest.trim_start();
+    }
+    Some(Duration::from_millis(total))
 }
 
 /// Parses `512`, `8k`, `1m`, `1g` (nginx size syntax).
@@ -494,6 +520,15 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("1y"), Some(Duration::from_secs(365 * 86_400)));
+        assert_eq!(parse_duration("1M"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("2w"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1h 30m 5"), Some(Duration::from_secs(5405)));
+        assert_eq!(parse_duration("1m500ms"), Some(Duration::from_millis(60_500)));
+        assert_eq!(parse_duration("30m1h"), None);
+        assert_eq!(parse_duration("5 5"), None);
+        assert_eq!(parse_duration(""), None);
         assert_eq!(parse_size("8k"), Some(8192));
         assert_eq!(parse_size("1m"), Some(1 << 20));
     }

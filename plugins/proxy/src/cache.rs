@@ -135,7 +135,6 @@ impl Entry {
         self.valid_until > now_secs()
     }
 
-    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -386,9 +385,15 @@ pub fn stale_bit(status: u16) -> u32 {
 /// `proxy_cache_valid` entries: (statuses, empty for any; milliseconds).
 pub type Valid = Vec<(Vec<u16>, u64)>;
 
+/// `proxy_cache`'s zone: named, or picked per request by variables.
+pub enum ZoneRef {
+    Fixed(Rc<Zone>),
+    Var(Template),
+}
+
 /// A request's cache settings, resolved from its location.
 pub struct CacheConf {
-    pub zone: Rc<Zone>,
+    pub zone: ZoneRef,
     pub key: Template,
     pub valid: Rc<Valid>,
     /// GET 1, HEAD 2, POST 4.
@@ -400,6 +405,38 @@ pub struct CacheConf {
     pub convert_head: bool,
     /// `proxy_ignore_headers` bits (`ignore::*`).
     pub ignore: u32,
+    /// `proxy_cache_revalidate`: an expired entry is checked with
+    /// If-Modified-Since / If-None-Match.
+    pub revalidate: bool,
+}
+
+/// Request headers a cached request does not pass upstream (nginx's
+/// proxy cache headers): the upstream must send the whole response.
+pub const DROPPED_UPSTREAM: [&str; 6] = ["if-modified-since", "if-unmodified-since", "if-none-match", "if-match", "range", "if-range"];
+
+/// Rewrites `e` with a new freshness (after a 304 revalidated it).
+pub fn refresh(path: &Path, key: &[u8], e: &Entry, valid_until: u64) {
+    let Some(mut st) = Store::begin(path.to_path_buf(), key, valid_until, e.status, &e.headers) else { return };
+    let mut f = match e.file.try_clone() {
+        Ok(f) => f,
+        Err(_) => return,
+    };
+    use std::io::Seek;
+    if f.seek(std::io::SeekFrom::Start(e.body_off)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = e.body_len;
+    while left > 0 {
+        match f.read(&mut buf[..(left as usize).min(64 * 1024)]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                st.write(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+    }
+    st.commit();
 }
 
 /// How often worker 0 runs the manager.

@@ -156,6 +156,7 @@ pub struct Conf {
     no_cache: Option<Rc<Vec<Template>>>,
     cache_use_stale: Option<u32>,
     cache_convert_head: Option<bool>,
+    cache_revalidate: Option<bool>,
     /// `proxy_ignore_headers` bits for the cache (`cache::ignore`).
     ignore_cache: Option<u32>,
     /// This location's cache, resolved when merged.
@@ -415,12 +416,30 @@ impl State {
                 !v.is_empty() && v != b"0"
             })
         };
+        let zone = match &cc.zone {
+            cache::ZoneRef::Fixed(z) => z.clone(),
+            cache::ZoneRef::Var(t) => {
+                let mut name = Vec::new();
+                render_into(req, t, &self.proxy_host, &mut name);
+                let name = String::from_utf8_lossy(&name);
+                match cache::ZONES.with(|z| z.borrow().get(name.as_ref()).cloned()) {
+                    Some(z) => z,
+                    // nginx: an empty value means no cache here.
+                    None if name.is_empty() => return None,
+                    None => {
+                        plugin_api::log(sys::LOG_ERR, &format!("cache \"{name}\" not found"));
+                        self.phase = Phase::Finished;
+                        return Some(Status::Error);
+                    }
+                }
+            }
+        };
         let bypass = truthy(&cc.bypass, &self.proxy_host);
         self.cache_store_ok = !truthy(&cc.no_cache, &self.proxy_host);
         let mut key = std::mem::take(&mut self.cache_key);
         key.clear();
         render_into(req, &cc.key, &self.proxy_host, &mut key);
-        let path = cache::file_path(&cc.zone, &key);
+        let path = cache::file_path(&zone, &key);
         self.cache = Some(cc.clone());
         if bypass {
             self.set_cache_status("BYPASS");
@@ -610,9 +629,6 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         }),
         DirectiveSpec::new("proxy_cache", ANY, 1, 1, |c, a, _| {
             let v = if a[0] == "off" { None } else { Some(a[0].to_string()) };
-            if a[0].contains('$') {
-                return Err("\"proxy_cache\" with variables is not supported yet".into());
-            }
             set_opt(&mut c.cache, v, "proxy_cache")
         }),
         DirectiveSpec::new("proxy_cache_key", ANY, 1, 1, |c, a, _| set_opt(&mut c.cache_key, Rc::new(Template::parse(a[0])), "proxy_cache_key")),
@@ -657,10 +673,7 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         DirectiveSpec::new("proxy_cache_lock", ANY, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
         DirectiveSpec::new("proxy_cache_lock_timeout", ANY, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
         DirectiveSpec::new("proxy_cache_lock_age", ANY, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
-        DirectiveSpec::new("proxy_cache_revalidate", ANY, 1, 1, |_, a, cx| match cx.flag(a[0])? {
-            false => Ok(()),
-            true => Err("\"proxy_cache_revalidate on\" is not supported yet".into()),
-        }),
+        DirectiveSpec::new("proxy_cache_revalidate", ANY, 1, 1, |c, a, cx| set_opt(&mut c.cache_revalidate, cx.flag(a[0])?, "proxy_cache_revalidate")),
         DirectiveSpec::new("proxy_cache_background_update", ANY, 1, 1, |_, a, cx| match cx.flag(a[0])? {
             false => Ok(()),
             true => Err("\"proxy_cache_background_update on\" is not supported yet".into()),
@@ -720,7 +733,11 @@ impl Plugin for Proxy {
         Self::merge(p, c);
         c.cache_conf = match &c.cache {
             Some(Some(name)) => {
-                let zone = cache::ZONES.with(|z| z.borrow().get(name).cloned()).ok_or_else(|| format!("\"proxy_cache\" zone \"{name}\" is unknown"))?;
+                let zone = if name.contains('$') {
+                    cache::ZoneRef::Var(Template::parse(name))
+                } else {
+                    cache::ZoneRef::Fixed(cache::ZONES.with(|z| z.borrow().get(name).cloned()).ok_or_else(|| format!("\"proxy_cache\" zone \"{name}\" is unknown"))?)
+                };
                 Some(Rc::new(cache::CacheConf {
                     zone,
                     key: c.cache_key.as_deref().cloned().unwrap_or_else(|| Template::parse("$scheme$proxy_host$request_uri")),
@@ -731,6 +748,7 @@ impl Plugin for Proxy {
                     use_stale: c.cache_use_stale.unwrap_or(0),
                     convert_head: c.cache_convert_head.unwrap_or(true),
                     ignore: c.ignore_cache.unwrap_or(0),
+                    revalidate: c.cache_revalidate.unwrap_or(false),
                 }))
             }
             _ => None,
@@ -778,7 +796,7 @@ impl Plugin for Proxy {
         }
         inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
-        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, ignore_cache);
+        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, ignore_cache);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
             let found = g.iter().find(|u| u.name == pass.host).cloned();
@@ -966,6 +984,8 @@ struct State {
     stale_entry: Option<cache::Entry>,
     /// The response being written into the cache.
     store: Option<cache::Store>,
+    /// The upstream request asks whether the expired entry is still good.
+    revalidating: bool,
 }
 
 /// `addrs` entry for "no live upstreams".
@@ -1155,7 +1175,18 @@ impl State {
         self.group = Some(group);
         self.head = method == "HEAD";
         self.idempotent = matches!(method, "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE");
-        self.body_file = build_request(req, method, conf, pass, &self.proxy_host, &mut self.out);
+        // A cached request asks for the whole response; an expired entry
+        // may be revalidated with its own validators.
+        let mut validators: [(&str, Option<&str>); 2] = [("If-Modified-Since", None), ("If-None-Match", None)];
+        if let (Some(cc), Some(e)) = (&self.cache, &self.stale_entry) {
+            // Only a 200 is revalidated, as nginx (1.7.9).
+            if cc.revalidate && e.status == 200 {
+                validators = [("If-Modified-Since", e.header("last-modified")), ("If-None-Match", e.header("etag"))];
+                self.revalidating = validators.iter().any(|(_, v)| v.is_some());
+            }
+        }
+        let caching = self.cache.is_some();
+        self.body_file = build_request(req, method, conf, pass, &self.proxy_host, &mut self.out, caching, &validators);
         self.first_try = Some(self.now());
         self.connect(req, conf)
     }
@@ -1531,6 +1562,20 @@ impl State {
             self.phase = Phase::Finished;
             return Flow::Return(Status::Http(code));
         }
+        if code == 304 && self.revalidating {
+            if let (Some(e), Some(cc), Some(path)) = (self.stale_entry.take(), self.cache.clone(), self.cache_path.clone()) {
+                // Still good: fresh again, from the 304's own cache headers
+                // or proxy_cache_valid for the entry's status.
+                let values = |n: &str| head.iter().filter(|h| h.name.eq_ignore_ascii_case(n)).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect::<Vec<_>>();
+                if let Some(secs) = cache::ttl(e.status, &values, cc.ignore, &cc.valid) {
+                    cache::refresh(&path, &self.cache_key, &e, cache::now_secs() + secs);
+                }
+                self.finish_upstream(self.keep);
+                self.set_cache_status("REVALIDATED");
+                self.phase = Phase::Finished;
+                return Flow::Return(serve_entry(req, &e));
+            }
+        }
         if self.stale_entry.is_some() && cache::stale_bit(code) != 0 {
             if let Some(st) = self.serve_stale(req, cache::stale_bit(code)) {
                 self.finish_upstream(false);
@@ -1539,7 +1584,7 @@ impl State {
         }
         // Whether, and until when, the response is kept in the cache.
         let keep_for = match &self.cache {
-            Some(cc) if self.cache_store_ok && !self.head && !matches!(code, 101 | 206 | 304) => {
+            Some(cc) if self.cache_store_ok && !matches!(code, 101 | 206 | 304) => {
                 let values = |n: &str| head.iter().filter(|h| h.name.eq_ignore_ascii_case(n)).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect::<Vec<_>>();
                 cache::ttl(code, &values, cc.ignore, &cc.valid)
             }
@@ -1723,7 +1768,8 @@ impl State {
         let mem_limit = if buffering { n * size } else { chunk };
         loop {
             // Pass on what is buffered.
-            if !self.buf.is_empty() || self.framing == Some(Framing::None) {
+            // (A zero length is complete at once: nothing more will come.)
+            if !self.buf.is_empty() || matches!(self.framing, Some(Framing::None | Framing::Length(0))) {
                 match self.deliver(req, conf, mem_limit) {
                     Ok(true) => {
                         self.phase = Phase::Finished;
@@ -2001,7 +2047,8 @@ const DEFAULT_SET: [(&str, &str); 7] =
 /// Writes the request head and body for the upstream into `out`.
 /// Returns the body's file region when the body is in a temporary file
 /// (sent after `out`, which then holds only the head).
-fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>) -> Option<(i32, u64, u64)> {
+#[allow(clippy::too_many_arguments)]
+fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, proxy_host: &str, out: &mut Vec<u8>, caching: bool, validators: &[(&str, Option<&str>)]) -> Option<(i32, u64, u64)> {
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -2045,7 +2092,15 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
         if k.eq_ignore_ascii_case("content-length") || set_by_user(k) || DEFAULT_SET.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
             continue;
         }
+        if caching && cache::DROPPED_UPSTREAM.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+            continue;
+        }
         header(out, k, &|out| out.extend_from_slice(v.as_bytes()));
+    }
+    for (k, v) in validators {
+        if let Some(v) = v {
+            header(out, k, &|out| out.extend_from_slice(v.as_bytes()));
+        }
     }
     if has_body {
         let _ = write!(out, "Content-Length: {body_len}\r\n");
