@@ -27,6 +27,7 @@ Paths:
   /validated/NAME   "NAME N" with ETag "v1", a fixed Last-Modified and
                     max-age=1; 304 (not counted in N) when If-None-Match
                     is "v1"; X-Seen-Conditional: yes when any If-* came
+  /empty            200 with Content-Length: 0
   /garbage          a response that is not HTTP
   /nohead           closes without answering
   anything else     an echo: JSON of method, target, headers and body
@@ -102,6 +103,8 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, b"bye")
             self.close_connection = True
             return
+        if p == "/empty":
+            return self.reply(200, b"")
         if p == "/conns":
             return self.reply(200, str(CONNS).encode())
         if p.startswith("/validated/"):

@@ -352,6 +352,29 @@ fn balancing_weights_hashes_backup_and_passive_health() {
 }
 
 #[test]
+fn an_empty_body_ends_at_once_and_keeps_the_upstream_connection() {
+    let b = Backend::start("E");
+    let bp = b.port;
+    let s = front(&format!(
+        "upstream pooled {{ server 127.0.0.1:{bp}; keepalive 4; }}
+         server {{ listen 127.0.0.1:PORT;
+           location / {{ proxy_pass http://pooled; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}
+         }}"
+    ));
+    let before = b.conns();
+    // Content-Length: 0 is a whole response: nothing more is waited for
+    // (the client's keepalive connection answers the next request at once).
+    let mut c = Client::new(s.port);
+    for _ in 0..3 {
+        c.send(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.response_to(false).expect("a response");
+        assert_eq!((r.status, r.body.len(), r.header("content-length")), (200, 0, Some("0")));
+    }
+    assert_eq!(b.conns() - before - 1, 1, "one pooled upstream connection");
+    assert!(!s.prefix.error_log().contains("[error]"), "{}", s.prefix.error_log());
+}
+
+#[test]
 fn keepalive_pool_reuses_upstream_connections() {
     let b = Backend::start("K");
     let n = Backend::start("N");
