@@ -23,6 +23,67 @@ pub fn is_msie6(ua: &str) -> bool {
     }
 }
 
+/// A Range header against a body of known size.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ranges {
+    /// Not a byte range request we serve: send the whole body.
+    Ignore,
+    /// 416.
+    Unsatisfiable,
+    /// Inclusive (start, end) pairs.
+    List(Vec<(u64, u64)>),
+}
+
+/// Parses `bytes=a-b,c-,-n` against `size`: inclusive (start, end) pairs.
+pub fn parse_ranges(spec: &str, size: u64) -> Ranges {
+    let Some(list) = spec.trim().strip_prefix("bytes=") else { return Ranges::Ignore };
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for part in list.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let Some((a, b)) = part.split_once('-') else { return Ranges::Ignore };
+        let (a, b) = (a.trim(), b.trim());
+        let num = |s: &str| s.parse::<u64>().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()));
+        let (start, end) = if a.is_empty() {
+            let Some(n) = num(b) else { return Ranges::Ignore };
+            if n == 0 {
+                continue;
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        } else {
+            let Some(s) = num(a) else { return Ranges::Ignore };
+            let e = if b.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                match num(b) {
+                    Some(e) if e >= s => e.min(size.saturating_sub(1)),
+                    _ => return Ranges::Ignore,
+                }
+            };
+            if s >= size {
+                continue;
+            }
+            (s, e)
+        };
+        if size == 0 {
+            continue;
+        }
+        total += end - start + 1;
+        out.push((start, end));
+    }
+    if out.is_empty() {
+        return Ranges::Unsatisfiable;
+    }
+    if total > size && out.len() > 1 {
+        // nginx: overlapping ranges larger than the file → the whole file.
+        return Ranges::Ignore;
+    }
+    Ranges::List(out)
+}
+
 /// Escapes a decoded path for a request line or a Location header, as
 /// nginx's NGX_ESCAPE_URI: controls, space, non-ASCII, `"`, `#`, `%` and
 /// `?` become `%XX`.
@@ -230,6 +291,19 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_ranges("bytes=0-4", 10), Ranges::List(vec![(0, 4)]));
+        assert_eq!(parse_ranges("bytes=5-", 10), Ranges::List(vec![(5, 9)]));
+        assert_eq!(parse_ranges("bytes=-3", 10), Ranges::List(vec![(7, 9)]));
+        assert_eq!(parse_ranges("bytes=0-100", 10), Ranges::List(vec![(0, 9)]));
+        assert_eq!(parse_ranges("bytes=0-1,4-5", 10), Ranges::List(vec![(0, 1), (4, 5)]));
+        assert_eq!(parse_ranges("bytes=20-30", 10), Ranges::Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=5-2", 10), Ranges::Ignore);
+        assert_eq!(parse_ranges("items=0-1", 10), Ranges::Ignore);
+        assert_eq!(parse_ranges("bytes=0-9,0-9", 10), Ranges::Ignore);
+    }
 
     #[test]
     fn msie6() {

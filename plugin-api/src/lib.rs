@@ -1158,3 +1158,26 @@ impl<'r> Iterator for Headers<'r> {
 pub fn log(level: u32, msg: &str) {
     rt::log(level, msg)
 }
+
+/// Sends the `list` ranges of a body of `size` bytes of type `ctype`,
+/// which starts at offset `base` of the file `fd`, as a 206
+/// multipart/byteranges response, head and all.
+pub fn send_multipart(req: &mut Request<'_>, fd: i32, base: u64, list: &[(u64, u64)], size: u64, ctype: &str) -> Result<(), sys::Rc> {
+    let boundary = format!("{:020}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64 % 10_000_000_000));
+    let heads: Vec<String> = list
+        .iter()
+        .map(|(a, b)| format!("\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n"))
+        .collect();
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let len: u64 = heads.iter().map(|h| h.len() as u64).sum::<u64>()
+        + list.iter().map(|(a, b)| b - a + 1).sum::<u64>()
+        + tail.len() as u64;
+    req.set_status(206);
+    req.set_header("Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
+    req.set_header("Content-Length", &len.to_string());
+    for (h, (a, b)) in heads.iter().zip(list) {
+        req.send(h.as_bytes(), false)?;
+        req.send_file(fd, base + *a, b - a + 1, false)?;
+    }
+    req.send(tail.as_bytes(), true)
+}

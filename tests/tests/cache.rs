@@ -69,6 +69,15 @@ fn responses_are_kept_and_served_from_the_cache() {
     let r = fetch_with(s.port, "HEAD /counted/h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!((r.status, r.header("x-cache"), r.header("content-length")), (200, Some("MISS"), Some("3")));
     assert_eq!(text(&fetch(s.port, "/counted/h")), "h 1");
+    // A Range on a hit: 206 from the entry (one range, or several as
+    // multipart), 416 past its end.
+    let r = fetch_with(s.port, "GET /counted/a?set=X-Up:1 HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, text(&r), r.header("content-range")), (206, " 1".into(), Some("bytes 1-2/3")));
+    let r = fetch_with(s.port, "GET /counted/a?set=X-Up:1 HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0,2-2\r\nConnection: close\r\n\r\n");
+    assert!(r.status == 206 && r.header("content-type").is_some_and(|t| t.starts_with("multipart/byteranges")), "{:?}", r.header("content-type"));
+    assert!(text(&r).contains("Content-Range: bytes 0-0/3\r\n\r\na") && text(&r).contains("Content-Range: bytes 2-2/3\r\n\r\n1"), "{}", text(&r));
+    let r = fetch_with(s.port, "GET /counted/a?set=X-Up:1 HTTP/1.1\r\nHost: x\r\nRange: bytes=9-\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */3")));
     // Another key (the query is part of $request_uri) is another entry.
     assert_eq!(text(&fetch(s.port, "/counted/a?other")), "a 2");
     // Statuses without a proxy_cache_valid are not kept; 404 for 1 s.

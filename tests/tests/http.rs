@@ -947,3 +947,38 @@ fn nginx_tuning_directives_and_keepalive_disable() {
     assert_eq!(conn("/a.txt", "GET", safari).as_deref(), Some("keep-alive"));
     assert_eq!(conn("/safari/a.txt", "GET", safari).as_deref(), Some("close"));
 }
+
+#[test]
+fn limit_rate_paces_responses() {
+    let body = "x".repeat(16 * 1024);
+    let files: Vec<(&str, &str)> = ["html/slow/f", "html/after/f", "html/set/f"].iter().map(|p| (*p, body.as_str())).collect();
+    let (s, _) = Server::start_with_ports(1, |p| {
+        format!(
+            "{}{}events {{}}\nhttp {{ server {{ listen 127.0.0.1:{}; root html;
+               location /slow/ {{ limit_rate 8k; }}
+               location /after/ {{ limit_rate 8k; limit_rate_after 16k; }}
+               location /set/ {{ set $limit_rate 8k; add_header X-Rate $limit_rate; }}
+               location = /rate {{ add_header X-Rate $limit_rate always; return 204; }} }} }}\n",
+            conf_head(),
+            load_plugins(&["static", "rewrite", "headers"]),
+            p[0]
+        )
+    });
+    for (path, text) in &files {
+        s.prefix.write(path, text);
+    }
+    // 16 KiB at 8 KiB/s: a second's worth at once (as nginx), the rest
+    // over the next second.
+    for path in ["/slow/f", "/set/f"] {
+        let t = std::time::Instant::now();
+        let r = get_h(s.port, path, "");
+        assert_eq!((r.status, r.body.len()), (200, 16 * 1024), "{path}");
+        assert!(t.elapsed() >= Duration::from_millis(800), "{path} took {:?}", t.elapsed());
+    }
+    assert_eq!(req(s.port, "HEAD /set/f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").header("x-rate"), Some("8192"));
+    assert_eq!(get_h(s.port, "/rate", "").header("x-rate"), Some("0"));
+    // Everything falls within limit_rate_after: no pause.
+    let t = std::time::Instant::now();
+    assert_eq!(get_h(s.port, "/after/f", "").body.len(), 16 * 1024);
+    assert!(t.elapsed() < Duration::from_millis(700), "took {:?}", t.elapsed());
+}

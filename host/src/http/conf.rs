@@ -64,6 +64,14 @@ pub struct Core {
     pub keepalive_time: Duration,
     /// `send_timeout`.
     pub send_timeout: Duration,
+    /// `limit_rate` (bytes a second; 0 = unlimited).
+    pub limit_rate: u64,
+    /// `limit_rate_after`: bytes sent before the limit starts.
+    pub limit_rate_after: u64,
+    /// `limit_rate` with variables (evaluated for each response).
+    pub limit_rate_var: Option<String>,
+    /// `limit_rate_after` with variables.
+    pub limit_rate_after_var: Option<String>,
     /// `server_tokens`.
     pub server_tokens: bool,
     /// `sendfile`.
@@ -163,6 +171,10 @@ impl Core {
             keepalive_requests: 1000,
             keepalive_time: Duration::from_secs(3600),
             send_timeout: Duration::from_secs(60),
+            limit_rate: 0,
+            limit_rate_after: 0,
+            limit_rate_var: None,
+            limit_rate_after_var: None,
             server_tokens: true,
             sendfile: false,
             tcp_nopush: false,
@@ -395,6 +407,8 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("keepalive_requests", H, 1, 1),
         ("keepalive_time", H, 1, 1),
         ("send_timeout", H, 1, 1),
+        ("limit_rate", H | IF, 1, 1),
+        ("limit_rate_after", H | IF, 1, 1),
         ("server_tokens", H, 1, 1),
         ("sendfile", H | IF, 1, 1),
         ("tcp_nopush", H, 1, 1),
@@ -580,6 +594,24 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
         "keepalive_time" => c.keepalive_time = dur(d, 0)?,
         "send_timeout" => c.send_timeout = dur(d, 0)?,
+        "limit_rate" => {
+            if d.args[0].contains('$') {
+                c.limit_rate_var = Some(d.args[0].clone());
+                c.limit_rate = 0;
+            } else {
+                c.limit_rate = size(d, 0)?;
+                c.limit_rate_var = None;
+            }
+        }
+        "limit_rate_after" => {
+            if d.args[0].contains('$') {
+                c.limit_rate_after_var = Some(d.args[0].clone());
+                c.limit_rate_after = 0;
+            } else {
+                c.limit_rate_after = size(d, 0)?;
+                c.limit_rate_after_var = None;
+            }
+        }
         "server_tokens" => {
             c.server_tokens = match d.args[0].as_str() {
                 "build" => true,

@@ -167,6 +167,8 @@ pub struct Conn<'a> {
     serial: u64,
     /// A relay (after a 101): client → upstream, upstream → client.
     relay: Option<Box<(Pipe, Pipe)>>,
+    /// limit_rate held the output back until then.
+    delayed: Option<Instant>,
     /// Buffer for file output that cannot go by sendfile.
     fbuf: Option<Box<[u8]>>,
     /// TCP_CORK is on (`tcp_nopush` while sending a file).
@@ -254,6 +256,7 @@ impl<'a> Conn<'a> {
             keepalive_timeout: Duration::from_secs(75),
             serial,
             relay: None,
+            delayed: None,
             fbuf: None,
             corked: false,
             nodelay: tls,
@@ -327,6 +330,10 @@ impl<'a> Conn<'a> {
             return Next::Close;
         }
         self.attach(pool);
+        // limit_rate's pause is over: write on.
+        if self.delayed.take().is_some() {
+            return self.on_ready(now, quitting, pool);
+        }
         let reading = self.req.borrow().body_state == BodyIn::Reading;
         if reading {
             self.timed_out = true;
@@ -498,7 +505,7 @@ impl<'a> Conn<'a> {
                 (r.complete(), core.send_timeout, core.client_body_timeout)
             };
             if !flushed {
-                return Next::Wait(now + send_timeout);
+                return Next::Wait(self.delayed.unwrap_or(now + send_timeout));
             }
             if complete {
                 match self.after_response(now, quitting) {
@@ -1069,6 +1076,31 @@ impl<'a> Conn<'a> {
             (core.sendfile && !tls, core.tcp_nopush, core.lingering_close)
         };
         let mut r = self.req.borrow_mut();
+        // limit_rate: what may go now (nginx's rate × elapsed time, after
+        // the first limit_rate_after bytes, with one second's worth at
+        // the start).
+        self.delayed = None;
+        // Limits with variables are evaluated once per response; a value
+        // that is not a size counts as 0 (nginx).
+        let size_of = |r: &Req<'_>, t: &str| crate::config::core::parse_size(vars::expand(r, t).trim()).unwrap_or(0) as u64;
+        if r.limit_rate_set.is_none() {
+            if let Some(t) = r.location().core.limit_rate_var.clone() {
+                r.limit_rate_set = Some(size_of(&r, &t));
+            }
+        }
+        if r.limit_rate_after_set.is_none() {
+            if let Some(t) = r.location().core.limit_rate_after_var.clone() {
+                r.limit_rate_after_set = Some(size_of(&r, &t));
+            }
+        }
+        let (rate, after) = r.limit_rate();
+        let mut budget = if rate == 0 {
+            u64::MAX
+        } else {
+            let ms = crate::clock::now().saturating_duration_since(r.start).as_millis() as u64;
+            after.saturating_add(rate.saturating_mul(ms + 1000) / 1000).saturating_sub(r.wrote)
+        };
+        let r = &mut *r;
         // The connection's last response: the close (or lingering
         // shutdown) that follows at once sends its tail with the FIN, one
         // segment fewer per connection, as nginx's corked close does. (A
@@ -1094,14 +1126,23 @@ impl<'a> Conn<'a> {
             match front {
                 Chunk::Mem(v) => {
                     while self.wpos < v.len() {
+                        if budget == 0 {
+                            self.delayed = Some(resume_at(rate, after, r.wrote, r.start));
+                            return Ok(false);
+                        }
+                        let end = v.len().min(self.wpos.saturating_add(budget.min(usize::MAX as u64) as usize));
                         let res = if hold {
-                            crate::sys::send_more(fd, &v[self.wpos..])
+                            crate::sys::send_more(fd, &v[self.wpos..end])
                         } else {
-                            self.sock.write(&v[self.wpos..])
+                            self.sock.write(&v[self.wpos..end])
                         };
                         match res {
                             Ok(0) => return Err(()),
-                            Ok(n) => self.wpos += n,
+                            Ok(n) => {
+                                self.wpos += n;
+                                r.wrote += n as u64;
+                                budget = budget.saturating_sub(n as u64);
+                            }
                             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
                             Err(e) if e.kind() == ErrorKind::Interrupted => {}
                             Err(_) => return Err(()),
@@ -1111,7 +1152,12 @@ impl<'a> Conn<'a> {
                 }
                 Chunk::File { fd: file, pos, end } => {
                     while *pos < *end {
-                        let want = ((*end - *pos) as usize).min(1 << 20);
+                        if budget == 0 {
+                            self.delayed = Some(resume_at(rate, after, r.wrote, r.start));
+                            return Ok(false);
+                        }
+                        let want = ((*end - *pos) as usize).min(1 << 20).min(budget.min(usize::MAX as u64) as usize);
+                        let before = *pos;
                         let res = if sendfile {
                             crate::sys::sendfile(fd, file.as_raw_fd(), pos, want)
                         } else {
@@ -1130,7 +1176,11 @@ impl<'a> Conn<'a> {
                                 crate::log!(Alert, "file was truncated while it was being sent");
                                 return Err(());
                             }
-                            Ok(_) => {}
+                            Ok(_) => {
+                                let n = *pos - before;
+                                budget = budget.saturating_sub(n);
+                                r.wrote += n;
+                            }
                             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
                             Err(e) if e.kind() == ErrorKind::Interrupted => {}
                             Err(_) => return Err(()),
@@ -1150,6 +1200,16 @@ impl<'a> Conn<'a> {
         // TLS records still in the session's buffer are part of the output.
         self.sock.flush_tls().map_err(|_| ())
     }
+}
+
+/// When limit_rate lets the next piece of output (4 KiB, or a second's
+/// worth when less) go, for a response started at `start` that has
+/// written `wrote` bytes.
+fn resume_at(rate: u64, after: u64, wrote: u64, start: Instant) -> Instant {
+    let now = crate::clock::now();
+    let ms = now.saturating_duration_since(start).as_millis() as u64;
+    let due = (wrote + rate.clamp(1, 4096)).saturating_sub(after).saturating_mul(1000) / rate.max(1);
+    now + std::time::Duration::from_millis(due.saturating_sub(ms + 1000).max(1))
 }
 
 /// A header line in a (partial) head longer than `max`.

@@ -161,6 +161,13 @@ pub struct Req<'a> {
     pub body_bytes: u64,
     /// Head bytes.
     pub head_bytes: u64,
+    /// Bytes of this response written to the socket (limit_rate's count).
+    pub wrote: u64,
+    /// `$limit_rate` set by a handler (`set $limit_rate`, an upstream's
+    /// X-Accel-Limit-Rate): overrides the location's `limit_rate`.
+    pub limit_rate_set: Option<u64>,
+    /// `limit_rate_after` with variables, evaluated for this response.
+    pub limit_rate_after_set: Option<u64>,
     /// Phase engine state.
     pub run: Run,
     /// Current phase.
@@ -299,6 +306,9 @@ impl<'a> Req<'a> {
             out: VecDeque::new(),
             body_bytes: 0,
             head_bytes: 0,
+            wrote: 0,
+            limit_rate_set: None,
+            limit_rate_after_set: None,
             run: Run::Finalized,
             phase: 0,
             hidx: 0,
@@ -391,6 +401,13 @@ impl<'a> Req<'a> {
         Ok(())
     }
 
+    /// The response's rate limit in bytes a second (0: none) and the
+    /// bytes sent before it applies.
+    pub fn limit_rate(&self) -> (u64, u64) {
+        let core = &self.location().core;
+        (self.limit_rate_set.unwrap_or(core.limit_rate), self.limit_rate_after_set.unwrap_or(core.limit_rate_after))
+    }
+
     /// Lets go of unusually large buffers before the object is kept.
     pub fn trim(&mut self) {
         if self.body_in.capacity() > 64 * 1024 {
@@ -454,6 +471,9 @@ impl<'a> Req<'a> {
         self.out.clear();
         self.body_bytes = 0;
         self.head_bytes = 0;
+        self.wrote = 0;
+        self.limit_rate_set = None;
+        self.limit_rate_after_set = None;
         self.run = Run::Running;
         self.phase = 0;
         self.hidx = 0;

@@ -11,7 +11,7 @@ const CORE: &[&str] = &[
     "uri", "document_uri", "args", "query_string", "is_args", "request_uri", "request_method", "request",
     "server_protocol", "host", "hostname", "remote_addr", "realip_remote_addr", "remote_port", "server_addr", "server_port",
     "server_name", "scheme", "https", "status", "body_bytes_sent", "bytes_sent", "request_length",
-    "request_time", "time_local", "time_iso8601", "remote_user", "request_id", "realip_remote_port", "pipe", "msec", "content_length", "content_type", "document_root",
+    "request_time", "time_local", "time_iso8601", "remote_user", "request_id", "realip_remote_port", "pipe", "limit_rate", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
     "request_body", "request_body_file", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
 ];
@@ -151,6 +151,9 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
             out.push_str(&String::from_utf8_lossy(user));
         }
         "pipe" => out.push(if r.pipelined { 'p' } else { '.' }),
+        "limit_rate" => {
+            let _ = write!(out, "{}", r.limit_rate().0);
+        }
         // 32 hex digits, random, the same for the whole request.
         "request_id" => {
             let id = r.request_id.get().unwrap_or_else(|| {

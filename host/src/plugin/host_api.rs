@@ -822,6 +822,12 @@ unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -
         },
         "uri" => r.uri = v,
         "args" | "query_string" => r.args = v,
+        // `set $limit_rate 100k`, an upstream's X-Accel-Limit-Rate. A
+        // value that is not a size is logged and changes nothing (nginx).
+        "limit_rate" => match crate::config::core::parse_size(v.trim()) {
+            Some(n) => r.limit_rate_set = Some(n as u64),
+            None => crate::log!(Error, "invalid $limit_rate \"{v}\""),
+        },
         _ if crate::http::vars::is_core(n) || r.cycle().plugins.vars.iter().any(|x| x.0 == n) => return sys::INVALID,
         _ => {
             if let Some(slot) = r.vars.iter_mut().find(|(k, _)| k == n) {

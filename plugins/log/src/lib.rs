@@ -250,10 +250,11 @@ impl Plugin for Log {
 }
 
 fn render(req: &Request<'_>, f: &Format, out: &mut Vec<u8>) {
-    // Unset variables log as "-" (nothing in JSON), as nginx's.
+    // Unset variables log as "-" (nothing with escape=json or none), as
+    // nginx's.
     f.t.render(out, |name, out| match req.var_bytes(name) {
         Some(v) => escape(v, f.escape, out),
-        None if f.escape == Escape::Json => {}
+        None if matches!(f.escape, Escape::Json | Escape::None) => {}
         None => out.push(b'-'),
     });
 }

@@ -35,6 +35,8 @@ pub mod ignore {
     pub const SET_COOKIE: u32 = 4;
     pub const X_ACCEL_EXPIRES: u32 = 8;
     pub const VARY: u32 = 16;
+    /// (Not a cache header: X-Accel-Limit-Rate.)
+    pub const LIMIT_RATE: u32 = 32;
 }
 
 /// `proxy_cache_use_stale` bits.

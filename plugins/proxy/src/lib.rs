@@ -606,7 +606,7 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
                     return Err(format!("invalid value \"{h}\" in \"proxy_ignore_headers\" directive"));
                 }
                 xa |= h.eq_ignore_ascii_case("X-Accel-Redirect");
-                for (name, bit) in [("Cache-Control", cache::ignore::CACHE_CONTROL), ("Expires", cache::ignore::EXPIRES), ("Set-Cookie", cache::ignore::SET_COOKIE), ("X-Accel-Expires", cache::ignore::X_ACCEL_EXPIRES), ("Vary", cache::ignore::VARY)] {
+                for (name, bit) in [("Cache-Control", cache::ignore::CACHE_CONTROL), ("Expires", cache::ignore::EXPIRES), ("Set-Cookie", cache::ignore::SET_COOKIE), ("X-Accel-Expires", cache::ignore::X_ACCEL_EXPIRES), ("Vary", cache::ignore::VARY), ("X-Accel-Limit-Rate", cache::ignore::LIMIT_RATE)] {
                     if h.eq_ignore_ascii_case(name) {
                         bits |= bit;
                     }
@@ -1443,6 +1443,16 @@ impl State {
         self.snap();
     }
 
+    /// The response's body has all arrived (or the attempt ended while
+    /// reading it): `$upstream_response_time` runs until now, as nginx's.
+    fn body_done(&mut self) {
+        let t = self.attempt_start.map_or(0, |s| Instant::now().saturating_duration_since(s).as_millis() as u64);
+        if let Some(last) = self.times.last_mut() {
+            *last = t;
+        }
+        self.snap();
+    }
+
     fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: &[httparse::Header<'_>]) -> Flow {
         self.status = code;
         self.head_ms = Some(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
@@ -1522,6 +1532,14 @@ impl State {
             && (minor == 1 || contains_ci(conn_tokens, b"keep-alive"))
             && self.group.as_ref().is_some_and(|g| g.keepalive > 0);
         self.record(code);
+        // The upstream may slow this response down (nginx's
+        // X-Accel-Limit-Rate, bytes a second; it holds across X-Accel-Redirect too).
+        if conf.ignore_cache.unwrap_or(0) & cache::ignore::LIMIT_RATE == 0 {
+            if let Some(v) = value("x-accel-limit-rate") {
+                let v = String::from_utf8_lossy(v);
+                let _ = req.set_var("limit_rate", v.trim());
+            }
+        }
         if let (Some(to), false) = (value("x-accel-redirect"), conf.ignore_xa_redirect.unwrap_or(false)) {
             // nginx's X-Accel-Redirect: the upstream names where the answer
             // is (often an internal location); what it said about the
@@ -1775,6 +1793,7 @@ impl State {
                         self.phase = Phase::Finished;
                         let keep = self.keep && self.buf.is_empty();
                         self.finish_upstream(keep);
+                        self.body_done();
                         return Flow::Return(Status::Ok);
                     }
                     Ok(false) => {}
@@ -1801,6 +1820,7 @@ impl State {
                     if self.framing == Some(Framing::Close) {
                         self.phase = Phase::Finished;
                         self.finish_upstream(false);
+                        self.body_done();
                         if let Some(st) = self.store.take() {
                             st.commit();
                         }
@@ -1947,6 +1967,22 @@ impl State {
 /// Answers from a cache entry: its status and headers, and its body
 /// with sendfile.
 fn serve_entry(req: &mut Request<'_>, e: &cache::Entry) -> Status {
+    use plugin_api::http::{parse_ranges, Ranges};
+    // A 200 answers a Range (If-Range: the entry's ETag or date), as
+    // nginx's range filter does for cached responses.
+    let ranges = if e.status == 200 {
+        let [range, if_range] = req.headers_named(["Range", "If-Range"]);
+        match range {
+            Some(spec) if if_range.is_none_or(|v| Some(v) == e.header("etag") || Some(v) == e.header("last-modified")) => parse_ranges(spec, e.body_len),
+            _ => Ranges::Ignore,
+        }
+    } else {
+        Ranges::Ignore
+    };
+    if ranges == Ranges::Unsatisfiable {
+        req.set_header("Content-Range", &format!("bytes */{}", e.body_len));
+        return Status::Http(416);
+    }
     req.set_status(e.status);
     for (k, v) in &e.headers {
         if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
@@ -1954,16 +1990,35 @@ fn serve_entry(req: &mut Request<'_>, e: &cache::Entry) -> Status {
         }
         req.add_header(k, v);
     }
-    if e.status != 204 {
-        req.set_header("Content-Length", &e.body_len.to_string());
-    }
-    if req.send_header().is_err() {
-        return Status::Error;
-    }
-    let r = if e.body_len == 0 {
-        req.send_bufs(&[], true)
-    } else {
-        req.send_file(e.file.as_raw_fd(), e.body_off, e.body_len, true)
+    let fd = e.file.as_raw_fd();
+    let r = match ranges {
+        Ranges::List(list) if list.len() == 1 => {
+            let (a, b) = list[0];
+            req.set_status(206);
+            req.set_header("Content-Range", &format!("bytes {a}-{b}/{}", e.body_len));
+            req.set_header("Content-Length", &(b - a + 1).to_string());
+            match req.send_header() {
+                Ok(()) => req.send_file(fd, e.body_off + a, b - a + 1, true),
+                Err(rc) => Err(rc),
+            }
+        }
+        Ranges::List(list) => {
+            let ctype = e.header("content-type").unwrap_or("application/octet-stream").to_string();
+            plugin_api::send_multipart(req, fd, e.body_off, &list, e.body_len, &ctype)
+        }
+        _ => {
+            if e.status != 204 {
+                req.set_header("Content-Length", &e.body_len.to_string());
+            }
+            if req.send_header().is_err() {
+                return Status::Error;
+            }
+            if e.body_len == 0 {
+                req.send_bufs(&[], true)
+            } else {
+                req.send_file(fd, e.body_off, e.body_len, true)
+            }
+        }
     };
     if r.is_ok() {
         Status::Ok

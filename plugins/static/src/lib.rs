@@ -21,7 +21,8 @@
 mod cache;
 mod watch;
 
-use plugin_api::{export_plugin, log, sys, DirectiveSpec, Phase, Plugin, Request, Status};
+use plugin_api::http::{parse_ranges, Ranges};
+use plugin_api::{export_plugin, log, send_multipart, sys, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -348,7 +349,7 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
         }
         Ranges::List(list) => {
             h.apply(req);
-            return multipart(req, fd, &list, size, ctype);
+            return sent(send_multipart(req, fd, 0, &list, size, ctype));
         }
     }
     h.set("Content-Length", &e.length).apply(req);
@@ -402,100 +403,4 @@ fn conditional(conf: &Conf, mtime: u64, etag: &str, ius: Option<&str>, im: Optio
     200
 }
 
-#[derive(Debug, PartialEq)]
-enum Ranges {
-    Ignore,
-    Unsatisfiable,
-    List(Vec<(u64, u64)>),
-}
-
-/// Parses `bytes=a-b,c-,-n` against `size`: inclusive (start, end) pairs.
-fn parse_ranges(spec: &str, size: u64) -> Ranges {
-    let Some(list) = spec.trim().strip_prefix("bytes=") else { return Ranges::Ignore };
-    let mut out = Vec::new();
-    let mut total = 0u64;
-    for part in list.split(',') {
-        let part = part.trim();
-        if part.is_empty() {
-            continue;
-        }
-        let Some((a, b)) = part.split_once('-') else { return Ranges::Ignore };
-        let (a, b) = (a.trim(), b.trim());
-        let num = |s: &str| s.parse::<u64>().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()));
-        let (start, end) = if a.is_empty() {
-            let Some(n) = num(b) else { return Ranges::Ignore };
-            if n == 0 {
-                continue;
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        } else {
-            let Some(s) = num(a) else { return Ranges::Ignore };
-            let e = if b.is_empty() {
-                size.saturating_sub(1)
-            } else {
-                match num(b) {
-                    Some(e) if e >= s => e.min(size.saturating_sub(1)),
-                    _ => return Ranges::Ignore,
-                }
-            };
-            if s >= size {
-                continue;
-            }
-            (s, e)
-        };
-        if size == 0 {
-            continue;
-        }
-        total += end - start + 1;
-        out.push((start, end));
-    }
-    if out.is_empty() {
-        return Ranges::Unsatisfiable;
-    }
-    if total > size && out.len() > 1 {
-        // nginx: overlapping ranges larger than the file → the whole file.
-        return Ranges::Ignore;
-    }
-    Ranges::List(out)
-}
-
-fn multipart(req: &mut Request<'_>, fd: i32, list: &[(u64, u64)], size: u64, ctype: &str) -> Status {
-    let boundary = format!("{:020}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64 % 10_000_000_000));
-    let heads: Vec<String> = list
-        .iter()
-        .map(|(a, b)| format!("\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n"))
-        .collect();
-    let tail = format!("\r\n--{boundary}--\r\n");
-    let len: u64 = heads.iter().map(|h| h.len() as u64).sum::<u64>()
-        + list.iter().map(|(a, b)| b - a + 1).sum::<u64>()
-        + tail.len() as u64;
-    req.set_status(206);
-    req.set_header("Content-Type", &format!("multipart/byteranges; boundary={boundary}"));
-    req.set_header("Content-Length", &len.to_string());
-    for (h, (a, b)) in heads.iter().zip(list) {
-        if req.send(h.as_bytes(), false).is_err() || req.send_file(fd, *a, b - a + 1, false).is_err() {
-            return Status::Error;
-        }
-    }
-    sent(req.send(tail.as_bytes(), true))
-}
-
 export_plugin!(Static);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_ranges("bytes=0-4", 10), Ranges::List(vec![(0, 4)]));
-        assert_eq!(parse_ranges("bytes=5-", 10), Ranges::List(vec![(5, 9)]));
-        assert_eq!(parse_ranges("bytes=-3", 10), Ranges::List(vec![(7, 9)]));
-        assert_eq!(parse_ranges("bytes=0-100", 10), Ranges::List(vec![(0, 9)]));
-        assert_eq!(parse_ranges("bytes=0-1,4-5", 10), Ranges::List(vec![(0, 1), (4, 5)]));
-        assert_eq!(parse_ranges("bytes=20-30", 10), Ranges::Unsatisfiable);
-        assert_eq!(parse_ranges("bytes=5-2", 10), Ranges::Ignore);
-        assert_eq!(parse_ranges("items=0-1", 10), Ranges::Ignore);
-        assert_eq!(parse_ranges("bytes=0-9,0-9", 10), Ranges::Ignore);
-    }
-}
