@@ -694,3 +694,18 @@ fn x_accel_redirect_sends_the_request_elsewhere() {
     let r = get_h(s.port, "/plain/xaccel?to=/internal/local.txt", "");
     assert_eq!(body(&r), "from the backend");
 }
+
+#[test]
+fn x_accel_limit_rate_sets_the_rate_unless_ignored() {
+    let b = Backend::start("R");
+    let bp = b.port;
+    let s = front(&format!(
+        "server {{ listen 127.0.0.1:PORT;
+           location / {{ proxy_pass http://127.0.0.1:{bp}; add_header X-Rate $limit_rate; }}
+           location /ignored/ {{ proxy_pass http://127.0.0.1:{bp}/; proxy_ignore_headers X-Accel-Limit-Rate; add_header X-Rate $limit_rate; }}
+         }}"
+    ));
+    let r = get_h(s.port, "/counted/r?set=X-Accel-Limit-Rate:1234", "");
+    assert_eq!((r.status, r.header("x-rate"), r.header("x-accel-limit-rate")), (200, Some("1234"), None));
+    assert_eq!(get_h(s.port, "/ignored/counted/r?set=X-Accel-Limit-Rate:1234", "").header("x-rate"), Some("0"));
+}
