@@ -3,15 +3,11 @@
 //! backend login (`tag LOGIN {n}` with literals, as nginx sends it).
 
 use crate::method;
-use crate::session::{self, cram_challenge, sasl_cram, sasl_plain, sasl_user, take_line, Backend, Cmd, Method, Session};
+use crate::sasl;
+use crate::session::{take_line, Backend, Cmd, Method, Session};
 
-// Sub-states (Session::state).
+/// Session::state between commands (SASL exchanges use sasl's).
 const START: u8 = 0;
-const AUTH_LOGIN_USER: u8 = 1;
-const AUTH_LOGIN_PASS: u8 = 2;
-const AUTH_PLAIN: u8 = 3;
-const AUTH_CRAM: u8 = 4;
-const AUTH_EXTERNAL: u8 = 5;
 
 /// A parsed command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -141,8 +137,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
 
 /// Handles the next command (or SASL answer) in the session's buffer.
 pub fn command(s: &mut Session) -> Cmd {
-    if s.state != START {
-        return sasl_answer(s);
+    if sasl::waiting(s) {
+        let Some((line, used)) = take_line(&s.inbuf) else { return Cmd::Again };
+        let line = line.to_vec();
+        s.inbuf.drain(..used);
+        return sasl::answer(s, b"+ ", &line).unwrap_or_else(|| bad(s));
     }
     match parse(&s.inbuf) {
         Parsed::Again { sync_literals } => {
@@ -227,90 +226,12 @@ fn run(s: &mut Session, name: &str, mut args: Vec<Vec<u8>>) -> Cmd {
 }
 
 fn authenticate(s: &mut Session, args: Vec<Vec<u8>>) -> Cmd {
-    let Some(mech) = args.first() else { return bad(s) };
-    let mech = String::from_utf8_lossy(mech).to_ascii_uppercase();
-    let initial = args.get(1);
-    if args.len() > 2 {
+    if args.is_empty() || args.len() > 2 {
         return bad(s);
     }
-    match (mech.as_str(), initial) {
-        ("PLAIN", None) => {
-            s.state = AUTH_PLAIN;
-            s.send(b"+ \r\n");
-        }
-        ("PLAIN", Some(i)) => {
-            let i = i.clone();
-            return if sasl_plain(s, &i) { Cmd::Auth } else { bad(s) };
-        }
-        ("LOGIN", None) => {
-            s.state = AUTH_LOGIN_USER;
-            s.send(b"+ VXNlcm5hbWU6\r\n");
-        }
-        ("LOGIN", Some(u)) => {
-            let Some(u) = sasl_user(u) else { return bad(s) };
-            s.login = u;
-            s.state = AUTH_LOGIN_PASS;
-            s.send(b"+ UGFzc3dvcmQ6\r\n");
-        }
-        ("CRAM-MD5", None) if s.srv.methods & method::CRAM_MD5 != 0 => {
-            let c = cram_challenge(s);
-            s.send(&c);
-            s.state = AUTH_CRAM;
-        }
-        ("EXTERNAL", None) if s.srv.methods & method::EXTERNAL != 0 => {
-            s.state = AUTH_EXTERNAL;
-            s.send(b"+ VXNlcm5hbWU6\r\n");
-        }
-        ("EXTERNAL", Some(u)) if s.srv.methods & method::EXTERNAL != 0 => {
-            let Some(u) = sasl_user(u) else { return bad(s) };
-            external(s, u);
-            return Cmd::Auth;
-        }
-        _ => return bad(s),
-    }
-    Cmd::Next
-}
-
-fn external(s: &mut Session, user: Vec<u8>) {
-    s.login = user;
-    s.passwd.clear();
-    s.method = Method::External;
-}
-
-/// A line answering an AUTHENTICATE challenge.
-fn sasl_answer(s: &mut Session) -> Cmd {
-    let Some((line, used)) = take_line(&s.inbuf) else { return Cmd::Again };
-    let line = line.to_vec();
-    s.inbuf.drain(..used);
-    let state = s.state;
-    s.state = START;
-    match state {
-        AUTH_LOGIN_USER => {
-            let Some(u) = sasl_user(&line) else { return bad(s) };
-            s.login = u;
-            s.state = AUTH_LOGIN_PASS;
-            s.send(b"+ UGFzc3dvcmQ6\r\n");
-            Cmd::Next
-        }
-        AUTH_LOGIN_PASS => match session::b64(&line) {
-            Some(p) => {
-                s.passwd = p;
-                s.method = Method::Plain;
-                Cmd::Auth
-            }
-            None => bad(s),
-        },
-        AUTH_PLAIN if sasl_plain(s, &line) => Cmd::Auth,
-        AUTH_CRAM if sasl_cram(s, &line) => Cmd::Auth,
-        AUTH_EXTERNAL => match sasl_user(&line) {
-            Some(u) => {
-                external(s, u);
-                Cmd::Auth
-            }
-            None => bad(s),
-        },
-        _ => bad(s),
-    }
+    // nginx checks CRAM-MD5 and EXTERNAL against imap_auth; LOGIN and
+    // PLAIN are always taken.
+    sasl::start(s, b"+ ", &args[0], args.get(1).map(Vec::as_slice), method::CRAM_MD5 | method::EXTERNAL).unwrap_or_else(|| bad(s))
 }
 
 // Backend login steps (Session::bstate).

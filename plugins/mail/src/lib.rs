@@ -23,6 +23,7 @@
 mod auth;
 mod imap;
 mod pop3;
+mod sasl;
 mod session;
 mod smtp;
 

@@ -5,15 +5,11 @@
 //! FROM and RCPT TO.
 
 use crate::method;
-use crate::session::{self, cram_challenge, sasl_cram, sasl_plain, sasl_user, take_line, Backend, Cmd, Method, Session};
+use crate::sasl;
+use crate::session::{self, take_line, Backend, Cmd, Method, Session};
 
-// Sub-states (Session::state).
+/// Session::state between commands (SASL exchanges use sasl's).
 const START: u8 = 0;
-const AUTH_LOGIN_USER: u8 = 1;
-const AUTH_LOGIN_PASS: u8 = 2;
-const AUTH_PLAIN: u8 = 3;
-const AUTH_CRAM: u8 = 4;
-const AUTH_EXTERNAL: u8 = 5;
 
 /// The greeting.
 pub fn greet(s: &mut Session) {
@@ -56,8 +52,8 @@ pub fn command(s: &mut Session) -> Cmd {
     let Some((line, used)) = take_line(&s.inbuf) else { return Cmd::Again };
     let line = line.to_vec();
     s.inbuf.drain(..used);
-    if s.state != START {
-        return sasl_answer(s, &line);
+    if sasl::waiting(s) {
+        return sasl::answer(s, b"334 ", &line).unwrap_or_else(|| bad(s));
     }
     let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
     let verb = String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
@@ -140,82 +136,9 @@ fn auth(s: &mut Session, args: Vec<Vec<u8>>) -> Cmd {
     if args.len() > 2 {
         return bad(s);
     }
-    let m = s.srv.methods;
-    let mech = String::from_utf8_lossy(mech).to_ascii_uppercase();
-    match (mech.as_str(), args.get(1)) {
-        ("PLAIN", None) if m & method::PLAIN != 0 => {
-            s.state = AUTH_PLAIN;
-            s.send(b"334 \r\n");
-        }
-        ("PLAIN", Some(i)) if m & method::PLAIN != 0 => {
-            let i = i.clone();
-            return if sasl_plain(s, &i) { Cmd::Auth } else { bad(s) };
-        }
-        ("LOGIN", None) if m & method::LOGIN != 0 => {
-            s.state = AUTH_LOGIN_USER;
-            s.send(b"334 VXNlcm5hbWU6\r\n");
-        }
-        ("LOGIN", Some(u)) if m & method::LOGIN != 0 => {
-            let Some(u) = sasl_user(u) else { return bad(s) };
-            s.login = u;
-            s.state = AUTH_LOGIN_PASS;
-            s.send(b"334 UGFzc3dvcmQ6\r\n");
-        }
-        ("CRAM-MD5", None) if m & method::CRAM_MD5 != 0 => {
-            let mut c = cram_challenge(s);
-            c[..1].copy_from_slice(b"3");
-            c.splice(1..1, *b"34");
-            s.send(&c);
-            s.state = AUTH_CRAM;
-        }
-        ("EXTERNAL", None) if m & method::EXTERNAL != 0 => {
-            s.state = AUTH_EXTERNAL;
-            s.send(b"334 VXNlcm5hbWU6\r\n");
-        }
-        ("EXTERNAL", Some(u)) if m & method::EXTERNAL != 0 => {
-            let Some(u) = sasl_user(u) else { return bad(s) };
-            s.login = u;
-            s.passwd.clear();
-            s.method = Method::External;
-            return Cmd::Auth;
-        }
-        _ => return bad(s),
-    }
-    Cmd::Next
-}
-
-fn sasl_answer(s: &mut Session, line: &[u8]) -> Cmd {
-    let state = s.state;
-    s.state = START;
-    match state {
-        AUTH_LOGIN_USER => {
-            let Some(u) = sasl_user(line) else { return bad(s) };
-            s.login = u;
-            s.state = AUTH_LOGIN_PASS;
-            s.send(b"334 UGFzc3dvcmQ6\r\n");
-            Cmd::Next
-        }
-        AUTH_LOGIN_PASS => match session::b64(line) {
-            Some(p) => {
-                s.passwd = p;
-                s.method = Method::Plain;
-                Cmd::Auth
-            }
-            None => bad(s),
-        },
-        AUTH_PLAIN if sasl_plain(s, line) => Cmd::Auth,
-        AUTH_CRAM if sasl_cram(s, line) => Cmd::Auth,
-        AUTH_EXTERNAL => match sasl_user(line) {
-            Some(u) => {
-                s.login = u;
-                s.passwd.clear();
-                s.method = Method::External;
-                Cmd::Auth
-            }
-            None => bad(s),
-        },
-        _ => bad(s),
-    }
+    // Every mechanism must be listed in smtp_auth.
+    let all = method::PLAIN | method::LOGIN | method::CRAM_MD5 | method::EXTERNAL;
+    sasl::start(s, b"334 ", mech, args.get(1).map(Vec::as_slice), all).unwrap_or_else(|| bad(s))
 }
 
 /// The reply code of a complete (possibly multi-line) answer, or None
