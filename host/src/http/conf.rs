@@ -464,6 +464,14 @@ fn dur(d: &Directive, i: usize) -> Result<Duration, ConfError> {
     parse_duration(&d.args[i]).ok_or_else(|| d.err(format!("\"{}\" directive invalid value", d.name)))
 }
 
+/// A size, or a value with variables to evaluate per request (then 0).
+fn size_or_var(d: &Directive) -> Result<(u64, Option<String>), ConfError> {
+    if d.args[0].contains('$') {
+        return Ok((0, Some(d.args[0].clone())));
+    }
+    Ok((size(d, 0)?, None))
+}
+
 fn size(d: &Directive, i: usize) -> Result<u64, ConfError> {
     parse_size(&d.args[i]).map(|n| n as u64).ok_or_else(|| d.err(format!("\"{}\" directive invalid value", d.name)))
 }
@@ -594,24 +602,8 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
         "keepalive_time" => c.keepalive_time = dur(d, 0)?,
         "send_timeout" => c.send_timeout = dur(d, 0)?,
-        "limit_rate" => {
-            if d.args[0].contains('$') {
-                c.limit_rate_var = Some(d.args[0].clone());
-                c.limit_rate = 0;
-            } else {
-                c.limit_rate = size(d, 0)?;
-                c.limit_rate_var = None;
-            }
-        }
-        "limit_rate_after" => {
-            if d.args[0].contains('$') {
-                c.limit_rate_after_var = Some(d.args[0].clone());
-                c.limit_rate_after = 0;
-            } else {
-                c.limit_rate_after = size(d, 0)?;
-                c.limit_rate_after_var = None;
-            }
-        }
+        "limit_rate" => (c.limit_rate, c.limit_rate_var) = size_or_var(d)?,
+        "limit_rate_after" => (c.limit_rate_after, c.limit_rate_after_var) = size_or_var(d)?,
         "server_tokens" => {
             c.server_tokens = match d.args[0].as_str() {
                 "build" => true,

@@ -138,9 +138,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
 /// Handles the next command (or SASL answer) in the session's buffer.
 pub fn command(s: &mut Session) -> Cmd {
     if sasl::waiting(s) {
-        let Some((line, used)) = take_line(&s.inbuf) else { return Cmd::Again };
-        let line = line.to_vec();
-        s.inbuf.drain(..used);
+        let Some(line) = s.next_line() else { return Cmd::Again };
         return sasl::answer(s, b"+ ", &line).unwrap_or_else(|| bad(s));
     }
     match parse(&s.inbuf) {

@@ -872,6 +872,23 @@ pub unsafe extern "C" fn on_accept(c: *mut sys::Conn, data: *mut c_void) {
     }
 }
 
+/// A command line's verb (upper case) and its space-separated words.
+pub fn words(line: &[u8]) -> (String, Vec<Vec<u8>>) {
+    let mut w = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let verb = String::from_utf8_lossy(w.next().unwrap_or_default()).to_ascii_uppercase();
+    (verb, w.map(<[u8]>::to_vec).collect())
+}
+
+impl Session {
+    /// Takes the next complete line from the client's input.
+    pub fn next_line(&mut self) -> Option<Vec<u8>> {
+        let (line, used) = take_line(&self.inbuf)?;
+        let line = line.to_vec();
+        self.inbuf.drain(..used);
+        Some(line)
+    }
+}
+
 /// Splits the first line (LF-terminated, CR dropped) off `buf`:
 /// `(line, bytes used)`.
 pub fn take_line(buf: &[u8]) -> Option<(&[u8], usize)> {

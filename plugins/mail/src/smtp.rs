@@ -6,7 +6,7 @@
 
 use crate::method;
 use crate::sasl;
-use crate::session::{self, take_line, Backend, Cmd, Method, Session};
+use crate::session::{self, Backend, Cmd, Method, Session};
 
 /// Session::state between commands (SASL exchanges use sasl's).
 const START: u8 = 0;
@@ -49,15 +49,11 @@ fn ehlo_reply(s: &Session) -> Vec<u8> {
 
 /// Handles the next command line in the session's buffer.
 pub fn command(s: &mut Session) -> Cmd {
-    let Some((line, used)) = take_line(&s.inbuf) else { return Cmd::Again };
-    let line = line.to_vec();
-    s.inbuf.drain(..used);
+    let Some(line) = s.next_line() else { return Cmd::Again };
     if sasl::waiting(s) {
         return sasl::answer(s, b"334 ", &line).unwrap_or_else(|| bad(s));
     }
-    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
-    let verb = String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
-    let args: Vec<Vec<u8>> = words.map(<[u8]>::to_vec).collect();
+    let (verb, args) = session::words(&line);
     match verb.as_str() {
         "HELO" | "EHLO" => {
             if args.len() != 1 {
