@@ -139,7 +139,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
 pub fn command(s: &mut Session) -> Cmd {
     if sasl::waiting(s) {
         let Some(line) = s.next_line() else { return Cmd::Again };
-        return sasl::answer(s, b"+ ", &line).unwrap_or_else(|| bad(s));
+        return sasl::answer(s, b"+ ", &line).unwrap_or_else(|| s.bad());
     }
     match parse(&s.inbuf) {
         Parsed::Again { sync_literals } => {
@@ -175,17 +175,6 @@ fn ok(s: &mut Session) {
     s.send(&line);
 }
 
-fn bad(s: &mut Session) -> Cmd {
-    s.state = START;
-    s.invalid();
-    s.tag.clear();
-    if s.quit {
-        Cmd::Quit
-    } else {
-        Cmd::Next
-    }
-}
-
 fn run(s: &mut Session, name: &str, mut args: Vec<Vec<u8>>) -> Cmd {
     match name {
         "CAPABILITY" => {
@@ -207,10 +196,10 @@ fn run(s: &mut Session, name: &str, mut args: Vec<Vec<u8>>) -> Cmd {
             ok(s);
             return Cmd::StartTls;
         }
-        "LOGIN" | "AUTHENTICATE" if s.tls_required() => return bad(s),
+        "LOGIN" | "AUTHENTICATE" if s.tls_required() => return s.bad(),
         "LOGIN" => {
             if args.len() != 2 || args[0].is_empty() {
-                return bad(s);
+                return s.bad();
             }
             s.passwd = args.pop().unwrap_or_default();
             s.login = args.pop().unwrap_or_default();
@@ -218,18 +207,18 @@ fn run(s: &mut Session, name: &str, mut args: Vec<Vec<u8>>) -> Cmd {
             return Cmd::Auth;
         }
         "AUTHENTICATE" => return authenticate(s, args),
-        _ => return bad(s),
+        _ => return s.bad(),
     }
     Cmd::Next
 }
 
 fn authenticate(s: &mut Session, args: Vec<Vec<u8>>) -> Cmd {
     if args.is_empty() || args.len() > 2 {
-        return bad(s);
+        return s.bad();
     }
     // nginx checks CRAM-MD5 and EXTERNAL against imap_auth; LOGIN and
     // PLAIN are always taken.
-    sasl::start(s, b"+ ", &args[0], args.get(1).map(Vec::as_slice), method::CRAM_MD5 | method::EXTERNAL).unwrap_or_else(|| bad(s))
+    sasl::start(s, b"+ ", &args[0], args.get(1).map(Vec::as_slice), method::CRAM_MD5 | method::EXTERNAL).unwrap_or_else(|| s.bad())
 }
 
 // Backend login steps (Session::bstate).

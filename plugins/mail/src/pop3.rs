@@ -20,21 +20,11 @@ pub fn greet(s: &mut Session) {
     }
 }
 
-fn bad(s: &mut Session) -> Cmd {
-    s.state = START;
-    s.invalid();
-    if s.quit {
-        Cmd::Quit
-    } else {
-        Cmd::Next
-    }
-}
-
 /// Handles the next command line in the session's buffer.
 pub fn command(s: &mut Session) -> Cmd {
     let Some(line) = s.next_line() else { return Cmd::Again };
     if sasl::waiting(s) {
-        return sasl::answer(s, b"+ ", &line).unwrap_or_else(|| bad(s));
+        return sasl::answer(s, b"+ ", &line).unwrap_or_else(|| s.bad());
     }
     let (name, args) = session::words(&line);
     match (s.state, name.as_str()) {
@@ -51,10 +41,10 @@ pub fn command(s: &mut Session) -> Cmd {
             s.send(b"+OK\r\n");
             return Cmd::StartTls;
         }
-        (START, "USER" | "APOP" | "AUTH") if s.tls_required() => return bad(s),
+        (START, "USER" | "APOP" | "AUTH") if s.tls_required() => return s.bad(),
         (START, "USER") => {
             if args.len() != 1 {
-                return bad(s);
+                return s.bad();
             }
             s.login = args[0].clone();
             s.state = USER;
@@ -62,7 +52,7 @@ pub fn command(s: &mut Session) -> Cmd {
         }
         (USER, "PASS") => {
             if args.len() != 1 {
-                return bad(s);
+                return s.bad();
             }
             s.passwd = args[0].clone();
             s.method = Method::Plain;
@@ -70,7 +60,7 @@ pub fn command(s: &mut Session) -> Cmd {
         }
         (START, "APOP") => {
             if args.len() != 2 || s.srv.methods & method::APOP == 0 {
-                return bad(s);
+                return s.bad();
             }
             s.login = args[0].clone();
             s.passwd = args[1].clone();
@@ -78,7 +68,7 @@ pub fn command(s: &mut Session) -> Cmd {
             return Cmd::Auth;
         }
         (START, "AUTH") => return auth(s, args),
-        _ => return bad(s),
+        _ => return s.bad(),
     }
     Cmd::Next
 }
@@ -90,9 +80,9 @@ fn auth(s: &mut Session, args: Vec<Vec<u8>>) -> Cmd {
         return Cmd::Next;
     };
     if args.len() > 2 {
-        return bad(s);
+        return s.bad();
     }
-    sasl::start(s, b"+ ", mech, args.get(1).map(Vec::as_slice), method::CRAM_MD5 | method::EXTERNAL).unwrap_or_else(|| bad(s))
+    sasl::start(s, b"+ ", mech, args.get(1).map(Vec::as_slice), method::CRAM_MD5 | method::EXTERNAL).unwrap_or_else(|| s.bad())
 }
 
 /// One step of the backend login: greeting, USER, PASS.

@@ -452,6 +452,19 @@ impl Session {
         self.after_output()
     }
 
+    /// An invalid command (or SASL answer): answered, counted, and the
+    /// session back between commands.
+    pub fn bad(&mut self) -> Cmd {
+        self.state = 0;
+        self.invalid();
+        self.tag.clear();
+        if self.quit {
+            Cmd::Quit
+        } else {
+            Cmd::Next
+        }
+    }
+
     /// Answers an invalid command in the protocol's words, counting it
     /// against `max_errors`.
     pub fn invalid(&mut self) {

@@ -8,8 +8,6 @@ use crate::method;
 use crate::sasl;
 use crate::session::{self, Backend, Cmd, Method, Session};
 
-/// Session::state between commands (SASL exchanges use sasl's).
-const START: u8 = 0;
 
 /// The greeting.
 pub fn greet(s: &mut Session) {
@@ -21,16 +19,6 @@ pub fn greet(s: &mut Session) {
 pub fn reset_after_refusal(s: &mut Session) {
     s.smtp_from.clear();
     s.smtp_to.clear();
-}
-
-fn bad(s: &mut Session) -> Cmd {
-    s.state = START;
-    s.invalid();
-    if s.quit {
-        Cmd::Quit
-    } else {
-        Cmd::Next
-    }
 }
 
 /// The EHLO answer: the server name, then each capability.
@@ -51,7 +39,7 @@ fn ehlo_reply(s: &Session) -> Vec<u8> {
 pub fn command(s: &mut Session) -> Cmd {
     let Some(line) = s.next_line() else { return Cmd::Again };
     if sasl::waiting(s) {
-        return sasl::answer(s, b"334 ", &line).unwrap_or_else(|| bad(s));
+        return sasl::answer(s, b"334 ", &line).unwrap_or_else(|| s.bad());
     }
     let (verb, args) = session::words(&line);
     match verb.as_str() {
@@ -76,7 +64,7 @@ pub fn command(s: &mut Session) -> Cmd {
             s.send(b"220 2.0.0 Start TLS\r\n");
             return Cmd::StartTls;
         }
-        "AUTH" if s.tls_required() => return bad(s),
+        "AUTH" if s.tls_required() => return s.bad(),
         "AUTH" => return auth(s, args),
         "MAIL" if s.tls_required() => s.send(b"530 5.7.0 Must issue a STARTTLS command first\r\n"),
         "MAIL" => {
@@ -116,25 +104,25 @@ pub fn command(s: &mut Session) -> Cmd {
             s.send(b"221 2.0.0 Bye\r\n");
             return Cmd::Quit;
         }
-        _ => return bad(s),
+        _ => return s.bad(),
     }
     Cmd::Next
 }
 
 fn auth(s: &mut Session, args: Vec<Vec<u8>>) -> Cmd {
     if s.srv.methods & !method::NONE == 0 {
-        return bad(s);
+        return s.bad();
     }
     let Some(mech) = args.first() else {
         s.send(b"501 5.5.4 Invalid argument\r\n");
         return Cmd::Next;
     };
     if args.len() > 2 {
-        return bad(s);
+        return s.bad();
     }
     // Every mechanism must be listed in smtp_auth.
     let all = method::PLAIN | method::LOGIN | method::CRAM_MD5 | method::EXTERNAL;
-    sasl::start(s, b"334 ", mech, args.get(1).map(Vec::as_slice), all).unwrap_or_else(|| bad(s))
+    sasl::start(s, b"334 ", mech, args.get(1).map(Vec::as_slice), all).unwrap_or_else(|| s.bad())
 }
 
 /// The reply code of a complete (possibly multi-line) answer, or None
