@@ -42,13 +42,18 @@ struct Limit {
 #[derive(Clone, Default)]
 pub struct Conf {
     limits: Option<Rc<Vec<Limit>>>,
-    status: Option<u16>,
-    log_level: Option<u32>,
-    dry_run: Option<bool>,
+    common: limit_zone::Common,
 }
 
 thread_local! {
     static ZONES: RefCell<HashMap<String, Rc<Zone>>> = RefCell::new(HashMap::new());
+}
+
+impl limit_zone::HasCommon for Conf {
+    const KIND: &'static str = "limit_conn";
+    fn common(&mut self) -> &mut limit_zone::Common {
+        &mut self.common
+    }
 }
 
 /// The plugin.
@@ -150,7 +155,7 @@ impl Plugin for LimitConn {
 
     fn directives() -> Vec<DirectiveSpec<Conf>> {
         const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
-        vec![
+        let mut d = vec![
             DirectiveSpec::<Conf>::new("limit_conn_zone", sys::CTX_HTTP, 2, 2, zone_directive),
             DirectiveSpec::<Conf>::new("limit_conn", H, 2, 2, |c, a, _| {
                 if !ZONES.with(|z| z.borrow().contains_key(a[0])) {
@@ -165,19 +170,9 @@ impl Plugin for LimitConn {
                 c.limits = Some(Rc::new(list));
                 Ok(())
             }),
-            DirectiveSpec::<Conf>::new("limit_conn_status", H, 1, 1, |c, a, _| {
-                c.status = Some(limit_zone::status(a[0])?);
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("limit_conn_log_level", H, 1, 1, |c, a, _| {
-                c.log_level = Some(limit_zone::log_level(a[0], "limit_conn_log_level")?);
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("limit_conn_dry_run", H, 1, 1, |c, a, cx| {
-                c.dry_run = Some(cx.flag(a[0])?);
-                Ok(())
-            }),
-        ]
+        ];
+        d.extend(limit_zone::directives::<Conf>(["limit_conn_status", "limit_conn_log_level", "limit_conn_dry_run"], H));
+        d
     }
 
     fn create(cx: &ConfCx<'_>, level: u32) -> Conf {
@@ -195,9 +190,7 @@ impl Plugin for LimitConn {
         if child.limits.is_none() {
             child.limits = parent.limits.clone();
         }
-        child.status = child.status.or(parent.status);
-        child.log_level = child.log_level.or(parent.log_level);
-        child.dry_run = child.dry_run.or(parent.dry_run);
+        child.common.merge(&parent.common);
     }
 
     fn phases() -> &'static [Phase] {
@@ -209,7 +202,7 @@ impl Plugin for LimitConn {
         if !req.ctx::<Ctx>().status.is_empty() {
             return Status::Declined;
         }
-        let dry = conf.dry_run == Some(true);
+        let dry = conf.common.dry_run();
         for l in limits {
             let Some(zone) = ZONES.with(|z| z.borrow().get(&l.zone).cloned()) else { continue };
             let key = limit_zone::key(req, &zone.key);
@@ -226,7 +219,7 @@ impl Plugin for LimitConn {
                     None => true,
                 });
                 if busy.unwrap_or(false) {
-                    log(conf.log_level.unwrap_or(sys::LOG_ERR), &format!("limiting connections, dry run, by zone \"{}\"", zone.name));
+                    log(conf.common.log_level(), &format!("limiting connections, dry run, by zone \"{}\"", zone.name));
                     req.ctx::<Ctx>().status = "REJECTED_DRY_RUN";
                     return Status::Declined;
                 }
@@ -235,11 +228,11 @@ impl Plugin for LimitConn {
             match zone.shm.with(|m| take(m, hash, l.max)).unwrap_or(Take::Full) {
                 Take::Taken => req.ctx::<Ctx>().held.push((zone.clone(), hash)),
                 Take::Busy | Take::Full => {
-                    log(conf.log_level.unwrap_or(sys::LOG_ERR), &format!("limiting connections by zone \"{}\"", zone.name));
+                    log(conf.common.log_level(), &format!("limiting connections by zone \"{}\"", zone.name));
                     // Counts taken for the other zones go back with the
                     // request's state.
                     req.ctx::<Ctx>().status = "REJECTED";
-                    return Status::Http(conf.status.unwrap_or(503));
+                    return Status::Http(conf.common.status());
                 }
             }
         }

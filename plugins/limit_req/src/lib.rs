@@ -54,14 +54,19 @@ struct Limit {
 #[derive(Clone, Default)]
 pub struct Conf {
     limits: Option<Rc<Vec<Limit>>>,
-    status: Option<u16>,
-    log_level: Option<u32>,
-    dry_run: Option<bool>,
+    common: limit_zone::Common,
 }
 
 thread_local! {
     /// The zones of the configuration being read (and, in workers, in use).
     static ZONES: RefCell<HashMap<String, Rc<Zone>>> = RefCell::new(HashMap::new());
+}
+
+impl limit_zone::HasCommon for Conf {
+    const KIND: &'static str = "limit_req";
+    fn common(&mut self) -> &mut limit_zone::Common {
+        &mut self.common
+    }
 }
 
 /// The plugin.
@@ -208,22 +213,12 @@ impl Plugin for LimitReq {
 
     fn directives() -> Vec<DirectiveSpec<Conf>> {
         const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
-        vec![
+        let mut d = vec![
             DirectiveSpec::<Conf>::new("limit_req_zone", sys::CTX_HTTP, 2, 4, zone_directive),
             DirectiveSpec::<Conf>::new("limit_req", H, 1, 3, limit_directive),
-            DirectiveSpec::<Conf>::new("limit_req_status", H, 1, 1, |c, a, _| {
-                c.status = Some(limit_zone::status(a[0])?);
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("limit_req_log_level", H, 1, 1, |c, a, _| {
-                c.log_level = Some(limit_zone::log_level(a[0], "limit_req_log_level")?);
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("limit_req_dry_run", H, 1, 1, |c, a, cx| {
-                c.dry_run = Some(cx.flag(a[0])?);
-                Ok(())
-            }),
-        ]
+        ];
+        d.extend(limit_zone::directives::<Conf>(["limit_req_status", "limit_req_log_level", "limit_req_dry_run"], H));
+        d
     }
 
     fn create(cx: &ConfCx<'_>, level: u32) -> Conf {
@@ -243,9 +238,7 @@ impl Plugin for LimitReq {
         if child.limits.is_none() {
             child.limits = parent.limits.clone();
         }
-        child.status = child.status.or(parent.status);
-        child.log_level = child.log_level.or(parent.log_level);
-        child.dry_run = child.dry_run.or(parent.dry_run);
+        child.common.merge(&parent.common);
     }
 
     fn phases() -> &'static [Phase] {
@@ -258,8 +251,8 @@ impl Plugin for LimitReq {
             // Back from the wait.
             return Status::Declined;
         }
-        let dry = conf.dry_run == Some(true);
-        let level = conf.log_level.unwrap_or(sys::LOG_ERR);
+        let dry = conf.common.dry_run();
+        let level = conf.common.log_level();
         let now = now_ms();
         let (mut wait, mut why) = (0u64, (0u64, String::new()));
         for l in limits {
@@ -282,7 +275,7 @@ impl Plugin for LimitReq {
                 Verdict::Reject(excess) => {
                     log(level, &format!("limiting requests{}, excess: {}.{:03} by zone \"{}\"", if dry { ", dry run" } else { "" }, excess / 1000, excess % 1000, zone.name));
                     req.ctx::<Ctx>().status = if dry { "REJECTED_DRY_RUN" } else { "REJECTED" };
-                    return if dry { Status::Declined } else { Status::Http(conf.status.unwrap_or(503)) };
+                    return if dry { Status::Declined } else { Status::Http(conf.common.status()) };
                 }
             }
         }

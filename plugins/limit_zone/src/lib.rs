@@ -3,7 +3,7 @@
 //! and their common directives' values.
 
 use plugin_api::template::Template;
-use plugin_api::{sys, ConfCx, Request, Shm};
+use plugin_api::{sys, ConfCx, DirectiveSpec, Request, Shm};
 use std::hash::{BuildHasher, Hasher};
 
 /// Bytes before the first slot: the zone's hash key lives at 8..24.
@@ -81,4 +81,64 @@ pub fn log_level(v: &str, directive: &str) -> Result<u32, String> {
         "error" => sys::LOG_ERR,
         v => return Err(format!("invalid value \"{v}\" in \"{directive}\" directive, it must be \"info\", \"notice\", \"warn\" or \"error\"")),
     })
+}
+
+/// What both limits configure per block: `*_status` (503), `*_log_level`
+/// (error) and `*_dry_run` (off), inherited from the enclosing block.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Common {
+    pub status: Option<u16>,
+    pub log_level: Option<u32>,
+    pub dry_run: Option<bool>,
+}
+
+impl Common {
+    /// Takes what this block does not set from `parent`.
+    pub fn merge(&mut self, parent: &Common) {
+        self.status = self.status.or(parent.status);
+        self.log_level = self.log_level.or(parent.log_level);
+        self.dry_run = self.dry_run.or(parent.dry_run);
+    }
+
+    /// The status a refused request gets.
+    pub fn status(&self) -> u16 {
+        self.status.unwrap_or(503)
+    }
+
+    /// The level refusals are logged at.
+    pub fn log_level(&self) -> u32 {
+        self.log_level.unwrap_or(sys::LOG_ERR)
+    }
+
+    /// `*_dry_run on`.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run == Some(true)
+    }
+}
+
+/// A limit plugin's configuration holds a [`Common`].
+pub trait HasCommon {
+    /// "limit_req" or "limit_conn" (for error messages).
+    const KIND: &'static str;
+    /// Its common settings.
+    fn common(&mut self) -> &mut Common;
+}
+
+/// The three common directives, named `names` (`*_status`,
+/// `*_log_level`, `*_dry_run`), in `contexts`.
+pub fn directives<C: HasCommon + 'static>(names: [&'static str; 3], contexts: u32) -> Vec<DirectiveSpec<C>> {
+    vec![
+        DirectiveSpec::<C>::new(names[0], contexts, 1, 1, |c, a, _| {
+            c.common().status = Some(status(a[0])?);
+            Ok(())
+        }),
+        DirectiveSpec::<C>::new(names[1], contexts, 1, 1, |c, a, _| {
+            c.common().log_level = Some(log_level(a[0], &format!("{}_log_level", C::KIND))?);
+            Ok(())
+        }),
+        DirectiveSpec::<C>::new(names[2], contexts, 1, 1, |c, a, cx| {
+            c.common().dry_run = Some(cx.flag(a[0])?);
+            Ok(())
+        }),
+    ]
 }
