@@ -344,3 +344,44 @@ fn a_version_1_certificate_is_served() {
     let (ok, body, err) = curl(&["-k", &format!("https://127.0.0.1:{}/", s.port)]);
     assert!(ok && body == "site A\n", "{body} {err}");
 }
+
+#[test]
+fn a_common_tls_config_with_http2_and_stapling_loads_and_serves_http_1_1() {
+    // Mozilla's recommended server block, as nginx users have it: HTTP/2,
+    // OCSP stapling and a resolver are accepted with a warning each, and
+    // clients get HTTP/1.1 (ALPN offers nothing else).
+    let p = prefix();
+    certs::self_signed(&conf_dir(&p), "a", "/CN=a.test", "DNS:a.test", true);
+    let port = free_port();
+    let s = start(
+        p,
+        port,
+        "server { listen 127.0.0.1:PORT ssl http2;
+           http2 on;
+           ssl_certificate a.crt; ssl_certificate_key a.key;
+           ssl_session_timeout 1d; ssl_session_cache shared:MozSSL:10m; ssl_session_tickets off;
+           ssl_protocols TLSv1.2 TLSv1.3; ssl_prefer_server_ciphers off;
+           ssl_stapling on; ssl_stapling_verify on; ssl_trusted_certificate a.crt;
+           resolver 127.0.0.1 valid=300s; resolver_timeout 5s;
+           http2_max_concurrent_streams 128;
+           root html/a; }",
+        1,
+    );
+    let (ok, out, err) = curl(&["-k", "--http2", "-s", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &format!("https://127.0.0.1:{}/", s.port)]);
+    assert!(ok && out == "1.1 200", "{out} {err}");
+    let log = s.prefix.error_log();
+    for want in ["\"http2\": HTTP/2 is not implemented", "\"ssl_stapling\": OCSP stapling is not implemented", "\"resolver\": no resolver is implemented"] {
+        assert!(log.contains(want), "{want} not in {log}");
+    }
+    // The listen line's warning is not repeated.
+    assert_eq!(log.matches("\"http2\": HTTP/2 is not implemented").count(), 2, "{log}");
+    // A trusted certificate file must exist, as nginx requires.
+    let q = prefix();
+    certs::self_signed(&conf_dir(&q), "a", "/CN=a.test", "DNS:a.test", true);
+    let head = format!("{}{}events {{}}\n", conf_head(), load_plugins(&["static"]));
+    q.assert_refused(
+        &format!("{head}http {{\n  server {{ listen 127.0.0.1:1 ssl; ssl_certificate a.crt; ssl_certificate_key a.key;\n    ssl_trusted_certificate missing.pem; }}\n}}\n"),
+        "cannot load certificate",
+        head.lines().count() as u32 + 3,
+    );
+}

@@ -346,7 +346,8 @@ pub fn parse_listen(d: &Directive) -> Result<(Listen, bool), ConfError> {
         match (k, v) {
             ("default_server" | "default", None) => l.default_server = true,
             ("ssl", None) => l.ssl = true,
-            ("http2" | "proxy_protocol", None) => {
+            ("http2", None) => crate::http::conf::not_yet(d, "http2"),
+            ("proxy_protocol", None) => {
                 return Err(d.err(format!("the \"{k}\" parameter is not supported by ngxr yet")))
             }
             ("reuseport", None) => {

@@ -349,6 +349,15 @@ impl Ssl {
             "ssl_buffer_size" => {
                 size(d, 0)?;
             }
+            // Read as nginx reads it (a missing file refuses the
+            // configuration); nothing uses it yet (no stapling, no client
+            // certificates).
+            "ssl_trusted_certificate" => {
+                let p = path(&d.args[0]);
+                if let Err(e) = std::fs::read(&p) {
+                    return Err(d.err(format!("cannot load certificate \"{p}\": {e}")));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -442,6 +451,26 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("ssl_buffer_size", HS, 1, 1),
         ("ssl_dhparam", HS, 1, 1),
         ("ssl_ecdh_curve", HS, 1, 1),
+        ("ssl_stapling", HS, 1, 1),
+        ("ssl_stapling_verify", HS, 1, 1),
+        ("ssl_stapling_responder", HS, 1, 1),
+        ("ssl_stapling_file", HS, 1, 1),
+        ("ssl_trusted_certificate", HS, 1, 1),
+        ("resolver", H, 1, ANY),
+        ("resolver_timeout", H, 1, 1),
+        ("http2", HS, 1, 1),
+        ("http2_max_concurrent_streams", HS, 1, 1),
+        ("http2_recv_buffer_size", HTTP, 1, 1),
+        ("http2_chunk_size", H, 1, 1),
+        ("http2_body_preread_size", HS, 1, 1),
+        ("http2_idle_timeout", HS, 1, 1),
+        ("http2_recv_timeout", HS, 1, 1),
+        ("http2_max_requests", HS, 1, 1),
+        ("http2_max_field_size", HS, 1, 1),
+        ("http2_max_header_size", HS, 1, 1),
+        ("http2_streams_index_size", HS, 1, 1),
+        ("http2_push", H, 1, 1),
+        ("http2_push_preload", H, 1, 1),
         ("default_type", H, 1, 1),
         ("satisfy", H, 1, 1),
         ("types_hash_max_size", H, 1, 1),
@@ -459,6 +488,22 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("send_lowat", H, 1, 1),
     ]
 };
+
+/// Logs that `feature` (a directive, or a listen parameter, as named in
+/// nginx) is accepted where `d` is but does nothing yet.
+pub fn not_yet(d: &Directive, feature: &str) {
+    let what = match feature {
+        "http2" => "HTTP/2 is not implemented: clients get HTTP/1.1 (TLS's ALPN offers http/1.1 only)",
+        "ssl_stapling" => "OCSP stapling is not implemented: no OCSP response is stapled (as nginx when the responder cannot be reached)",
+        "resolver" => "no resolver is implemented: host names in proxy_pass with variables are not resolved (502)",
+        _ => "accepted, but not implemented",
+    };
+    thread_local!(static SAID: std::cell::RefCell<std::collections::HashSet<(String, u32, String)>> = Default::default());
+    // (A listen line is read twice: for the sockets and for its server.)
+    if SAID.with(|s| s.borrow_mut().insert((d.file.to_string(), d.line, feature.to_string()))) {
+        crate::log!(Warn, "\"{feature}\": {what} in {}:{}", d.file, d.line);
+    }
+}
 
 fn dur(d: &Directive, i: usize) -> Result<Duration, ConfError> {
     parse_duration(&d.args[i]).ok_or_else(|| d.err(format!("\"{}\" directive invalid value", d.name)))
@@ -628,9 +673,28 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         "port_in_redirect" => c.port_in_redirect = d.flag()?,
         "server_name_in_redirect" => c.server_name_in_redirect = d.flag()?,
         "tcp_nopush" => c.tcp_nopush = d.flag()?,
-        "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" | "log_subrequest" => {
+        "tcp_nodelay" | "reset_timedout_connection" | "msie_padding" | "log_subrequest" | "ssl_stapling_verify" | "http2_push_preload" => {
             d.flag()?;
         }
+        // Accepted so that common configurations load; what they would
+        // do is not there yet, and the log says so (docs/nginx-compat.md).
+        "http2" | "ssl_stapling" => {
+            let on = d.flag()?;
+            if on {
+                not_yet(d, &d.name);
+            }
+        }
+        "resolver" => not_yet(d, "resolver"),
+        "resolver_timeout" | "http2_idle_timeout" | "http2_recv_timeout" => {
+            dur(d, 0)?;
+        }
+        "http2_max_concurrent_streams" | "http2_max_requests" | "http2_streams_index_size" => {
+            d.args[0].parse::<u64>().map_err(|_| d.invalid(0))?;
+        }
+        "http2_recv_buffer_size" | "http2_chunk_size" | "http2_body_preread_size" | "http2_max_field_size" | "http2_max_header_size" => {
+            size(d, 0)?;
+        }
+        "http2_push" | "ssl_stapling_responder" | "ssl_stapling_file" => {}
         // nginx's memory-pool and hash-table sizes, and sendfile chunking:
         // ngxr sizes these itself; the values are checked and otherwise
         // change nothing (see docs/nginx-compat.md).
