@@ -1181,3 +1181,46 @@ pub fn send_multipart(req: &mut Request<'_>, fd: i32, base: u64, list: &[(u64, u
     }
     req.send(tail.as_bytes(), true)
 }
+
+/// The `word word…;` lines of a file a block includes (`map`, `geo`):
+/// words split at blanks, quotes removed, `#` comments skipped.
+pub fn file_lines(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let (mut lines, mut words, mut word) = (Vec::new(), Vec::new(), None::<String>);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '#' if word.is_none() => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '"' | '\'' if word.is_none() => {
+                let mut w = String::new();
+                loop {
+                    match chars.next() {
+                        Some(q) if q == c => break,
+                        Some('\\') => w.extend(chars.next()),
+                        Some(x) => w.push(x),
+                        None => return Err("unexpected end of file in a quoted string".into()),
+                    }
+                }
+                words.push(w);
+            }
+            ';' => {
+                words.extend(word.take());
+                if !words.is_empty() {
+                    lines.push(std::mem::take(&mut words));
+                }
+            }
+            c if c.is_whitespace() => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word.take());
+    if !words.is_empty() {
+        return Err("unexpected end of file, expecting \";\"".into());
+    }
+    Ok(lines)
+}

@@ -181,55 +181,12 @@ pub struct Conf {
 /// The plugin.
 pub struct MapPlugin;
 
-/// The `key value;` lines of an included file: words split at blanks,
-/// quotes removed, `#` comments skipped.
-pub fn file_lines(text: &str) -> Result<Vec<Vec<String>>, String> {
-    let (mut lines, mut words, mut word) = (Vec::new(), Vec::new(), None::<String>);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '#' if word.is_none() => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-            }
-            '"' | '\'' if word.is_none() => {
-                let mut w = String::new();
-                loop {
-                    match chars.next() {
-                        Some(q) if q == c => break,
-                        Some('\\') => w.extend(chars.next()),
-                        Some(x) => w.push(x),
-                        None => return Err("unexpected end of file in a quoted string".into()),
-                    }
-                }
-                words.push(w);
-            }
-            ';' => {
-                words.extend(word.take());
-                if !words.is_empty() {
-                    lines.push(std::mem::take(&mut words));
-                }
-            }
-            c if c.is_whitespace() => words.extend(word.take()),
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word.take());
-    if !words.is_empty() {
-        return Err("unexpected end of file, expecting \";\"".into());
-    }
-    Ok(lines)
-}
-
 fn set_map(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     let name = a[1].strip_prefix('$').filter(|n| !n.is_empty()).ok_or_else(|| format!("invalid variable name \"{}\"", a[1]))?;
     let read = |f: &str| {
         let path = cx.conf_path(f);
         let text = std::fs::read_to_string(&path).map_err(|e| format!("open() \"{path}\" failed ({e})"))?;
-        file_lines(&text).map_err(|e| format!("{e} in {path}"))
+        plugin_api::file_lines(&text).map_err(|e| format!("{e} in {path}"))
     };
     let mut map = Map::parse(a[0], &cx.block_children(), &read)?;
     map.cache = format!("map:{name}");
@@ -266,13 +223,13 @@ mod tests {
     }
 
     fn parse(source: &str, l: &[Vec<String>]) -> Result<Map, String> {
-        Map::parse(source, l, &|f| if f == "x.conf" { file_lines("inc 1; 'a b' \"c\";  # note\n") } else { Err(format!("no {f}")) })
+        Map::parse(source, l, &|f| if f == "x.conf" { plugin_api::file_lines("inc 1; 'a b' \"c\";  # note\n") } else { Err(format!("no {f}")) })
     }
 
     #[test]
     fn included_files() {
-        assert_eq!(file_lines("a 1;\n# c\nb 'x y'; \"q;\" 2;").unwrap(), vec![vec!["a", "1"], vec!["b", "x y"], vec!["q;", "2"]]);
-        assert!(file_lines("a 1").is_err());
+        assert_eq!(plugin_api::file_lines("a 1;\n# c\nb 'x y'; \"q;\" 2;").unwrap(), vec![vec!["a", "1"], vec!["b", "x y"], vec!["q;", "2"]]);
+        assert!(plugin_api::file_lines("a 1").is_err());
         let m = parse("$a", &lines(&["include x.conf", "z 9"])).unwrap();
         assert!(m.exact.contains_key("inc") && m.exact.contains_key("a b") && m.exact.contains_key("z"));
         assert!(parse("$a", &lines(&["include y.conf"])).unwrap_err().contains("no y.conf"));
