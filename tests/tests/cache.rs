@@ -78,6 +78,23 @@ fn responses_are_kept_and_served_from_the_cache() {
     assert!(text(&r).contains("Content-Range: bytes 0-0/3\r\n\r\na") && text(&r).contains("Content-Range: bytes 2-2/3\r\n\r\n1"), "{}", text(&r));
     let r = fetch_with(s.port, "GET /counted/a?set=X-Up:1 HTTP/1.1\r\nHost: x\r\nRange: bytes=9-\r\nConnection: close\r\n\r\n");
     assert_eq!((r.status, r.header("content-range")), (416, Some("bytes */3")));
+    // A response that varies (Vary: Accept-Encoding, X-Lang) is kept per
+    // variant: a request with other values for those headers does not
+    // get it.
+    let vary = |hdrs: &str| fetch_with(s.port, &format!("GET /counted/v?set=Vary:Accept-Encoding,X-Lang HTTP/1.1\r\nHost: x\r\n{hdrs}Connection: close\r\n\r\n"));
+    let r = vary("Accept-Encoding: gzip\r\n");
+    assert_eq!((text(&r), r.header("x-cache")), ("v 1".into(), Some("MISS")));
+    assert_eq!(text(&vary("Accept-Encoding: gzip\r\n")), "v 1");
+    let r = vary("");
+    assert_eq!((text(&r), r.header("x-cache")), ("v 2".into(), Some("MISS")));
+    assert_eq!((text(&vary("")), vary("").header("x-cache")), ("v 2".into(), Some("HIT")));
+    assert_eq!(text(&vary("Accept-Encoding: gzip\r\n")), "v 1");
+    assert_eq!(text(&vary("Accept-Encoding: gzip\r\nX-Lang: fr\r\n")), "v 3");
+    assert_eq!(text(&vary("X-Lang: fr\r\nAccept-Encoding: gzip\r\n")), "v 3");
+    // Values differing only in blanks and empty elements are one variant.
+    assert_eq!(text(&vary("Accept-Encoding: gzip, br\r\n")), "v 4");
+    assert_eq!(text(&vary("Accept-Encoding: gzip,br\r\n")), "v 4");
+    assert_eq!(text(&vary("Accept-Encoding: gzip ,, br,\r\n")), "v 4");
     // Another key (the query is part of $request_uri) is another entry.
     assert_eq!(text(&fetch(s.port, "/counted/a?other")), "a 2");
     // Statuses without a proxy_cache_valid are not kept; 404 for 1 s.

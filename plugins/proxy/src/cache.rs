@@ -130,6 +130,10 @@ pub struct Entry {
     pub body_off: u64,
     pub body_len: u64,
     pub valid_until: u64,
+    /// The response's Vary: its header names (lowercase, sorted, comma
+    /// separated) and the hash of the values the request that fetched it
+    /// had for them.
+    pub vary: Option<(String, String)>,
 }
 
 impl Entry {
@@ -175,12 +179,14 @@ pub fn open(path: &Path, key: &[u8]) -> Option<Entry> {
     let hdrs = &rest[meta_end..];
     let hdr_end = if hdrs.starts_with(b"\r\n") { 2 } else { hdrs.windows(4).position(|w| w == b"\r\n\r\n")? + 4 };
     let meta_text = std::str::from_utf8(&rest[..meta_end]).ok()?;
-    let (mut k, mut valid, mut status) = (None, None, None);
+    let (mut k, mut valid, mut status, mut vary, mut variant) = (None, None, None, None, None);
     for l in meta_text.split("\r\n").filter(|l| !l.is_empty()) {
         match l.split_once(": ") {
             Some(("KEY", v)) => k = Some(v),
             Some(("VALID", v)) => valid = v.parse().ok(),
             Some(("STATUS", v)) => status = v.parse().ok(),
+            Some(("VARY", v)) => vary = Some(v.to_string()),
+            Some(("VARIANT", v)) => variant = Some(v.to_string()),
             _ => return None,
         }
     }
@@ -195,7 +201,8 @@ pub fn open(path: &Path, key: &[u8]) -> Option<Entry> {
     if meta.modified().is_ok_and(|m| m.elapsed().unwrap_or_default() > Duration::from_secs(60)) {
         let _ = file.set_modified(SystemTime::now());
     }
-    Some(Entry { file, status: status?, headers, body_off, body_len: meta.len().saturating_sub(body_off), valid_until: valid? })
+    let vary = vary.map(|n| (n, variant.unwrap_or_default()));
+    Some(Entry { file, status: status?, headers, body_off, body_len: meta.len().saturating_sub(body_off), valid_until: valid?, vary })
 }
 
 /// A response being written into the cache.
@@ -208,7 +215,7 @@ pub struct Store {
 impl Store {
     /// Starts the entry: its meta data and headers now, the body as it
     /// comes. None if the file cannot be made (logged).
-    pub fn begin(dest: PathBuf, key: &[u8], valid_until: u64, status: u16, headers: &[(String, String)]) -> Option<Store> {
+    pub fn begin(dest: PathBuf, key: &[u8], valid_until: u64, status: u16, headers: &[(String, String)], vary: Option<&(String, String)>) -> Option<Store> {
         if key.contains(&b'\r') || key.contains(&b'\n') {
             return None;
         }
@@ -229,7 +236,11 @@ impl Store {
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(b"KEY: ");
         h.extend_from_slice(key);
-        h.extend_from_slice(format!("\r\nVALID: {valid_until}\r\nSTATUS: {status}\r\n\r\n").as_bytes());
+        h.extend_from_slice(format!("\r\nVALID: {valid_until}\r\nSTATUS: {status}\r\n").as_bytes());
+        if let Some((names, variant)) = vary {
+            h.extend_from_slice(format!("VARY: {names}\r\nVARIANT: {variant}\r\n").as_bytes());
+        }
+        h.extend_from_slice(b"\r\n");
         for (k, v) in headers {
             if v.contains(['\r', '\n']) {
                 continue;
@@ -270,6 +281,42 @@ impl Drop for Store {
         // Not committed (or the rename failed): the partial file goes.
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// A Vary record: the header names and a request's values' hash.
+pub type Vary = (String, String);
+
+/// Where an entry lives: its key and its file.
+pub type At = (Vec<u8>, PathBuf);
+
+/// A response's Vary header names: lowercase, sorted, without repeats,
+/// comma separated (None without any).
+pub fn vary_names(values: &[String]) -> Option<String> {
+    let mut names: Vec<String> = values.iter().flat_map(|v| v.split(',')).map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty() && n != "*").collect();
+    names.sort();
+    names.dedup();
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+/// The hash of a request's values for the Vary header `names`.
+pub fn variant(header: &dyn Fn(&str) -> Option<String>, names: &str) -> String {
+    let mut text = Vec::new();
+    for n in names.split(',') {
+        text.extend_from_slice(n.as_bytes());
+        text.push(b':');
+        // Whitespace and empty elements do not make another variant
+        // ("a, b" is "a,b"), as nginx normalizes.
+        let v = header(n).unwrap_or_default();
+        let parts: Vec<&str> = v.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        text.extend_from_slice(parts.join(",").as_bytes());
+        text.push(b'\n');
+    }
+    hash(&text)
+}
+
+/// The key of one variant of `key`'s response.
+pub fn variant_key(key: &[u8], variant: &str) -> Vec<u8> {
+    [key, b" variant=", variant.as_bytes()].concat()
 }
 
 /// How long a response stays fresh (seconds from now), or None when it
@@ -418,7 +465,7 @@ pub const DROPPED_UPSTREAM: [&str; 6] = ["if-modified-since", "if-unmodified-sin
 
 /// Rewrites `e` with a new freshness (after a 304 revalidated it).
 pub fn refresh(path: &Path, key: &[u8], e: &Entry, valid_until: u64) {
-    let Some(mut st) = Store::begin(path.to_path_buf(), key, valid_until, e.status, &e.headers) else { return };
+    let Some(mut st) = Store::begin(path.to_path_buf(), key, valid_until, e.status, &e.headers, e.vary.as_ref()) else { return };
     let mut f = match e.file.try_clone() {
         Ok(f) => f,
         Err(_) => return,
@@ -573,7 +620,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ngxr-cache-test-{}", std::process::id()));
         let z = Zone { name: "z".into(), dir: d.clone(), levels: vec![1, 2], inactive_ms: 0, max_size: 0 };
         let p = file_path(&z, b"k1");
-        let mut s = Store::begin(p.clone(), b"k1", now_secs() + 60, 200, &[("Content-Type".into(), "text/plain".into())]).unwrap();
+        let mut s = Store::begin(p.clone(), b"k1", now_secs() + 60, 200, &[("Content-Type".into(), "text/plain".into())], None).unwrap();
         s.write(b"hello ");
         assert!(open(&p, b"k1").is_none(), "visible before the commit");
         s.write(b"cache");
@@ -583,7 +630,7 @@ mod tests {
         assert!(open(&p, b"other key").is_none());
         // An abandoned store leaves nothing.
         let p2 = file_path(&z, b"k2");
-        drop(Store::begin(p2.clone(), b"k2", now_secs() + 60, 200, &[]).unwrap());
+        drop(Store::begin(p2.clone(), b"k2", now_secs() + 60, 200, &[], None).unwrap());
         assert!(open(&p2, b"k2").is_none());
         // The manager: everything is older than inactive=0.
         manage(&z);

@@ -441,9 +441,19 @@ impl State {
         render_into(req, &cc.key, &self.proxy_host, &mut key);
         let path = cache::file_path(&zone, &key);
         self.cache = Some(cc.clone());
+        self.cache_zone = Some(zone.clone());
+        // The main entry: it holds the response, or (Vary) the variant
+        // of the request that fetched it last, and the header names the
+        // other variants are found by.
+        let main = cache::open(&path, &key);
+        self.cache_main_vary = Some(main.as_ref().map(|e| e.vary.clone()));
+        let found = match main {
+            Some(e) if !bypass => self.pick_variant(req, &zone, &key, e),
+            _ => None,
+        };
         if bypass {
             self.set_cache_status("BYPASS");
-        } else if let Some(e) = cache::open(&path, &key) {
+        } else if let Some((e, at)) = found {
             if e.fresh() {
                 self.set_cache_status("HIT");
                 self.phase = Phase::Finished;
@@ -451,12 +461,53 @@ impl State {
             }
             self.set_cache_status("EXPIRED");
             self.stale_entry = Some(e);
+            self.stale_at = Some(at);
         } else {
             self.set_cache_status("MISS");
         }
         self.cache_key = key;
         self.cache_path = Some(path);
         None
+    }
+
+    /// The entry that answers this request, given the main entry `e` for
+    /// `key`: itself, unless it varies (Vary) and this request has other
+    /// values for its headers; then the variant with this request's values
+    /// (keyed by the main entry's header names), if kept and still
+    /// varying the same way. With where it lives.
+    fn pick_variant(&self, req: &Request<'_>, zone: &cache::Zone, key: &[u8], e: cache::Entry) -> Option<(cache::Entry, cache::At)> {
+        let main_at = || (key.to_vec(), cache::file_path(zone, key));
+        let Some((names, stored)) = e.vary.clone() else { return Some((e, main_at())) };
+        let mine = cache::variant(&|n| req.header(n).map(str::to_string), &names);
+        if stored == mine {
+            return Some((e, main_at()));
+        }
+        let vk = cache::variant_key(key, &mine);
+        let vp = cache::file_path(zone, &vk);
+        let v = cache::open(&vp, &vk)?;
+        if let Some((n2, s2)) = &v.vary {
+            if cache::variant(&|n| req.header(n).map(str::to_string), n2) != *s2 {
+                return None;
+            }
+        }
+        Some((v, (vk, vp)))
+    }
+
+    /// Where a response is kept, and its Vary record: a response without
+    /// Vary replaces the main entry; one with Vary becomes the main entry
+    /// when there is none, when the header names changed, or when this is
+    /// the main entry's own variant, and a variant beside it otherwise.
+    fn store_at(&self, vary: Option<cache::Vary>) -> Option<(cache::At, Option<cache::Vary>)> {
+        let (key, path) = (self.cache_key.clone(), self.cache_path.clone()?);
+        let Some((names, mine)) = vary else { return Some(((key, path), None)) };
+        let beside = matches!(&self.cache_main_vary, Some(Some(Some((n, stored)))) if *n == names && *stored != mine);
+        if !beside {
+            return Some(((key, path), Some((names, mine))));
+        }
+        let zone = self.cache_zone.as_ref()?;
+        let vk = cache::variant_key(&key, &mine);
+        let vp = cache::file_path(zone, &vk);
+        Some(((vk, vp), Some((names, mine))))
     }
 
     /// Answers from the expired entry if proxy_cache_use_stale allows it
@@ -984,6 +1035,11 @@ struct State {
     stale_entry: Option<cache::Entry>,
     /// The response being written into the cache.
     store: Option<cache::Store>,
+    /// The zone, the main entry's Vary record at lookup (None: no main
+    /// entry), and where the expired entry lives.
+    cache_zone: Option<Rc<cache::Zone>>,
+    cache_main_vary: Option<Option<Option<cache::Vary>>>,
+    stale_at: Option<cache::At>,
     /// The upstream request asks whether the expired entry is still good.
     revalidating: bool,
 }
@@ -1581,12 +1637,12 @@ impl State {
             return Flow::Return(Status::Http(code));
         }
         if code == 304 && self.revalidating {
-            if let (Some(e), Some(cc), Some(path)) = (self.stale_entry.take(), self.cache.clone(), self.cache_path.clone()) {
+            if let (Some(e), Some(cc), Some((at_key, path))) = (self.stale_entry.take(), self.cache.clone(), self.stale_at.clone()) {
                 // Still good: fresh again, from the 304's own cache headers
                 // or proxy_cache_valid for the entry's status.
                 let values = |n: &str| head.iter().filter(|h| h.name.eq_ignore_ascii_case(n)).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect::<Vec<_>>();
                 if let Some(secs) = cache::ttl(e.status, &values, cc.ignore, &cc.valid) {
-                    cache::refresh(&path, &self.cache_key, &e, cache::now_secs() + secs);
+                    cache::refresh(&path, &at_key, &e, cache::now_secs() + secs);
                 }
                 self.finish_upstream(self.keep);
                 self.set_cache_status("REVALIDATED");
@@ -1667,8 +1723,18 @@ impl State {
                 l.push((k.to_string(), v.into_owned()));
             }
         }
-        if let (Some(secs), Some(headers), Some(path)) = (keep_for, kept, self.cache_path.clone()) {
-            self.store = cache::Store::begin(path, &self.cache_key, cache::now_secs() + secs, code, &headers);
+        if let (Some(secs), Some(headers)) = (keep_for, kept) {
+            // A varying response records its header names and this
+            // request's values for them (unless Vary is ignored).
+            let ignore_vary = self.cache.as_ref().is_some_and(|c| c.ignore & cache::ignore::VARY != 0);
+            let vary_values: Vec<String> = head.iter().filter(|h| h.name.eq_ignore_ascii_case("vary")).map(|h| String::from_utf8_lossy(h.value).into_owned()).collect();
+            let vary = cache::vary_names(&vary_values).filter(|_| !ignore_vary).map(|names| {
+                let v = cache::variant(&|n| req.header(n).map(str::to_string), &names);
+                (names, v)
+            });
+            if let Some(((key, path), vary)) = self.store_at(vary) {
+                self.store = cache::Store::begin(path, &key, cache::now_secs() + secs, code, &headers, vary.as_ref());
+            }
         }
         if upgrade {
             let Some(c) = self.conn.take() else { return Flow::Failed(Fail::Error) };
