@@ -91,6 +91,15 @@ fn responses_are_kept_and_served_from_the_cache() {
     assert_eq!(text(&vary("Accept-Encoding: gzip\r\n")), "v 1");
     assert_eq!(text(&vary("Accept-Encoding: gzip\r\nX-Lang: fr\r\n")), "v 3");
     assert_eq!(text(&vary("X-Lang: fr\r\nAccept-Encoding: gzip\r\n")), "v 3");
+    // A conditional request on a hit: 304 when it has the entry.
+    // (proxy_cache_valid 200 1m: the entry stays fresh through these.)
+    let v = |hdrs: &str| fetch_with(s.port, &format!("GET /counted/c?set=ETag:%22e1%22&set=Last-Modified:Mon,%2002%20Mar%202015%2017:20:58%20GMT HTTP/1.1\r\nHost: x\r\n{hdrs}Connection: close\r\n\r\n"));
+    assert_eq!(v("").status, 200);
+    let r = v("If-None-Match: \"e1\"\r\n");
+    assert_eq!((r.status, r.header("x-cache"), r.header("etag")), (304, Some("HIT"), Some("\"e1\"")));
+    assert_eq!(v("If-Modified-Since: Mon, 02 Mar 2015 17:20:58 GMT\r\n").status, 304);
+    assert_eq!(v("If-None-Match: \"other\"\r\n").status, 200);
+    assert_eq!(text(&v("If-None-Match: \"other\"\r\n")), "c 1");
     // Values differing only in blanks and empty elements are one variant.
     assert_eq!(text(&vary("Accept-Encoding: gzip, br\r\n")), "v 4");
     assert_eq!(text(&vary("Accept-Encoding: gzip,br\r\n")), "v 4");

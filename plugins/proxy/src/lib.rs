@@ -2045,6 +2045,30 @@ fn serve_entry(req: &mut Request<'_>, e: &cache::Entry) -> Status {
     } else {
         Ranges::Ignore
     };
+    // A client that has this entry hears so (nginx's not-modified filter
+    // on cached responses): If-None-Match naming its ETag, else
+    // If-Modified-Since equal to its Last-Modified.
+    if e.status == 200 {
+        let [inm, ims] = req.headers_named(["If-None-Match", "If-Modified-Since"]);
+        let etag = e.header("etag");
+        let fresh = match (inm, ims) {
+            (Some(list), _) => list.trim() == "*" || etag.is_some_and(|t| list.split(',').any(|c| c.trim().trim_start_matches("W/") == t.trim_start_matches("W/"))),
+            (None, Some(since)) => e.header("last-modified") == Some(since.trim()),
+            _ => false,
+        };
+        if fresh {
+            req.set_status(304);
+            for (k, v) in &e.headers {
+                if ["etag", "last-modified", "cache-control", "expires", "vary"].iter().any(|n| k.eq_ignore_ascii_case(n)) {
+                    req.add_header(k, v);
+                }
+            }
+            return match req.send_header() {
+                Ok(()) => Status::Ok,
+                Err(_) => Status::Error,
+            };
+        }
+    }
     if ranges == Ranges::Unsatisfiable {
         req.set_header("Content-Range", &format!("bytes */{}", e.body_len));
         return Status::Http(416);
