@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 6
+#define NGX_PLUGIN_ABI_MINOR 7
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -716,6 +716,23 @@ typedef struct ngx_plugin_host_s {
      *  privileges, as nginx's master does with its paths. Returns
      *  NGX_PLUGIN_INVALID for an empty path. OWNERSHIP: copied. [conf] */
     ngx_plugin_rc_t (*conf_add_path)(ngx_plugin_conf_t *cf, ngx_plugin_str_t path);
+    /** (1.7) For a directive whose block is a conditional configuration
+     *  (block_context NGX_PLUGIN_CTX_IF, like nginx's `if`): the id of the
+     *  block about to be read, for http_enter_block at run time; 0 for any
+     *  other directive. The block gets every plugin's object (create_conf
+     *  with level NGX_PLUGIN_CTX_IF, merged from the enclosing location's
+     *  or server's), so other plugins' directives declared for
+     *  NGX_PLUGIN_CTX_IF apply there. [conf] */
+    uint32_t (*conf_block_id)(ngx_plugin_conf_t *cf);
+    /** (1.7) Makes the request use conditional block `id`'s configuration
+     *  from now on (every plugin's object, the host's settings, and its
+     *  content handler if one was set there), as nginx's `if` does when
+     *  its condition holds. Only in the SERVER_REWRITE and REWRITE phases
+     *  and for a block of the request's server. Returns the calling
+     *  plugin's own object for the block (its directives there, e.g. the
+     *  ones to run next), or NULL when refused. OWNERSHIP: the host's,
+     *  alive for the configuration generation. [worker] */
+    void *(*http_enter_block)(ngx_plugin_request_t *r, uint32_t id);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -480,6 +480,16 @@ impl ConfCx<'_> {
         }
     }
 
+    /// For a directive declared with `.block(sys::CTX_IF)`: the id of the
+    /// conditional block it opens (ABI 1.7), to pass to
+    /// [`Request::enter_block`] when its condition holds. None on an older
+    /// host or for another directive.
+    pub fn block_id(&self) -> Option<u32> {
+        let f = rt::slot!(conf_block_id)?;
+        // SAFETY: live conf handle.
+        Some(unsafe { f(self.raw) }).filter(|&id| id != 0)
+    }
+
     /// Makes `P`'s [`Plugin::handle`] (with [`Phase::Content`]) the
     /// content handler of the location being configured, as nginx's
     /// `proxy_pass` does.
@@ -732,6 +742,25 @@ impl<'a> Request<'a> {
             sys::OK => Ok(()),
             rc => Err(rc),
         }
+    }
+
+    /// Switches the request to conditional block `id`'s configuration
+    /// ([`ConfCx::block_id`]; ABI 1.7), as nginx's `if` when its condition
+    /// holds: every plugin's settings there, the host's, and its content
+    /// handler. Returns this plugin's own configuration for the block
+    /// (`C` must be the exported plugin's `Conf`, else None). Only in the
+    /// SERVER_REWRITE and REWRITE phases.
+    pub fn enter_block<C: 'static>(&mut self, id: u32) -> Option<&'a C> {
+        if !rt::is_conf_type::<C>() {
+            return None;
+        }
+        let f = rt::slot!(http_enter_block)?;
+        // SAFETY: live handle.
+        let p = unsafe { f(self.raw, id) };
+        // SAFETY: the host returns the object this plugin's create_conf
+        // made (a `C`, checked above), alive for the generation, which
+        // outlives the request.
+        (!p.is_null()).then(|| unsafe { &*(p as *const C) })
     }
 
     /// The query string (`$args`).

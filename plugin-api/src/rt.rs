@@ -216,7 +216,17 @@ unsafe impl Sync for Built {}
 unsafe impl Send for Built {}
 
 /// Builds the definition for `P` (called once from the entry point).
+/// The exported plugin's configuration type, recorded by [`build`].
+static CONF_TYPE: std::sync::OnceLock<std::any::TypeId> = std::sync::OnceLock::new();
+
+/// True when `C` is the exported plugin's configuration type (the host
+/// hands back objects of that type only).
+pub(crate) fn is_conf_type<C: 'static>() -> bool {
+    CONF_TYPE.get() == Some(&std::any::TypeId::of::<C>())
+}
+
 pub fn build<P: Plugin>() -> Built {
+    let _ = CONF_TYPE.set(std::any::TypeId::of::<P::Conf>());
     let mut names = vec![CString::new(P::NAME).expect("plugin name has NUL"), CString::new(P::VERSION).unwrap_or_default()];
     let mut dirs = Vec::new();
     for d in P::directives() {

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 6;
+pub const ABI_MINOR: u32 = 7;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -304,6 +304,9 @@ pub struct Host {
     pub conf_conf_path: Option<unsafe extern "C" fn(*mut Conf, Str, *mut Str) -> Rc>,
     // appended in 1.6
     pub conf_add_path: Option<unsafe extern "C" fn(*mut Conf, Str) -> Rc>,
+    // appended in 1.7
+    pub conf_block_id: Option<unsafe extern "C" fn(*mut Conf) -> u32>,
+    pub http_enter_block: Option<unsafe extern "C" fn(*mut Request, u32) -> *mut c_void>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

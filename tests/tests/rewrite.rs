@@ -185,7 +185,10 @@ fn bad_directives_are_refused_with_file_and_line() {
         ("set x 1;", "invalid variable name \"x\""),
         ("if ($a < b) { }", "unexpected \"<\" in condition"),
         ("if (-q x) { }", "invalid condition \"(-q x)\""),
-        ("if ($a) { add_header X 1; }", "\"add_header\" inside \"if\" is not supported"),
+        // A server-level `if` takes only the rewrite module's directives;
+        // `if` does not nest.
+        ("if ($a) { root /x; }", "\"root\" directive is not allowed here"),
+        ("if ($a) { if ($b) { } }", "\"if\" directive is not allowed here"),
         ("return 200 a b;", "invalid number of arguments in \"return\" directive"),
     ];
     for (line, want) in cases {

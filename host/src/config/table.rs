@@ -127,6 +127,7 @@ impl Registry {
             Spec::new("server_name", SERVER, 1, MANY),
             Spec::new("location", SERVER | LOCATION, 1, 2).block(LOCATION),
             Spec::new("types", any_http, 0, 0).block(OPAQUE),
+            Spec::new("limit_except", LOCATION, 1, MANY).block(LIMIT_EXCEPT).unique(),
         ] {
             r.add(s);
         }
@@ -158,13 +159,19 @@ impl Registry {
 
     /// Checks a whole tree, starting in the main context.
     pub fn check(&self, root: &[Directive]) -> Result<(), ConfError> {
-        self.check_block(root, ctx::MAIN)
+        self.check_block(root, ctx::MAIN, None)
     }
 
-    fn check_block(&self, list: &[Directive], in_ctx: u32) -> Result<(), ConfError> {
+    /// `only`: inside a server-level `if`, only the directives of the
+    /// plugin owning `if` are allowed (nginx's NGX_HTTP_SIF_CONF: the
+    /// server's block is replaced by a location's right after).
+    fn check_block(&self, list: &[Directive], in_ctx: u32, only: Option<Option<usize>>) -> Result<(), ConfError> {
         let mut seen: Vec<&str> = Vec::new();
         for d in list {
             let spec = match self.find(&d.name, in_ctx) {
+                Ok(s) if only.is_some_and(|o| o != s.owner) => {
+                    return Err(d.err(format!("\"{}\" directive is not allowed here", d.name)))
+                }
                 Ok(s) => s,
                 Err(true) => {
                     return Err(d.err(format!("\"{}\" directive is not allowed here", d.name)))
@@ -197,7 +204,8 @@ impl Registry {
             }
             if let (Some(inner), Some(children)) = (spec.block, &d.block) {
                 if inner & ctx::OPAQUE == 0 {
-                    self.check_block(children, inner)?;
+                    let only = (inner == ctx::IF && in_ctx == ctx::SERVER).then_some(spec.owner);
+                    self.check_block(children, inner, only)?;
                 }
             }
         }

@@ -213,6 +213,9 @@ pub enum Kind {
     Regex,
     /// `location @name`: only reachable by internal redirects.
     Named,
+    /// An `if` or `limit_except` block: never searched; a request switches
+    /// to it (nginx's unnamed location).
+    Cond,
 }
 
 /// One location (or the server level, at index 0 of [`Server::locs`]).
@@ -235,6 +238,33 @@ pub struct Loc {
     pub prefix: Vec<usize>,
     /// See `exact`.
     pub regexes: Vec<usize>,
+    /// `limit_except`: the methods allowed (a [`method_bit`] mask) and the
+    /// block the others switch to.
+    pub limit_except: Option<(u32, usize)>,
+}
+
+/// Methods `limit_except` knows, as nginx; bit 0 is any other method.
+const METHODS: [&str; 14] = ["GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS", "PROPFIND", "PROPPATCH", "LOCK", "UNLOCK", "PATCH"];
+
+/// The request method's bit for a `limit_except` mask.
+pub fn method_bit(m: &str) -> u32 {
+    METHODS.iter().position(|&k| k == m).map_or(1, |i| 2 << i)
+}
+
+/// `limit_except`'s methods (GET allows HEAD too, as in nginx).
+fn limit_except_mask(d: &Directive) -> Result<u32, ConfError> {
+    let mut mask = 0;
+    for a in &d.args {
+        let up = a.to_ascii_uppercase();
+        if !METHODS.contains(&up.as_str()) {
+            return Err(d.err(format!("invalid method \"{a}\"")));
+        }
+        mask |= method_bit(&up);
+        if up == "GET" {
+            mask |= method_bit("HEAD");
+        }
+    }
+    Ok(mask)
 }
 
 /// A `server_name` entry.
@@ -286,6 +316,8 @@ pub struct Server {
     pub ignore_invalid_headers: bool,
     /// TLS settings, for a server reached on an `ssl` address.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Conditional blocks (`if`): (block id, location index).
+    pub conds: Vec<(u32, usize)>,
 }
 
 /// A generation's HTTP configuration.
@@ -889,6 +921,7 @@ impl HttpConf {
                             exact: Vec::new(),
                             prefix: Vec::new(),
                             regexes: Vec::new(),
+                            limit_except: None,
                         }],
                         named: Vec::new(),
                         auto_redirect: Vec::new(),
@@ -900,6 +933,7 @@ impl HttpConf {
                         underscores_in_headers: head.underscores,
                         ignore_invalid_headers: head.ignore_invalid,
                         tls: None,
+                        conds: Vec::new(),
                     };
                     let mut listen_at = None;
                     for c in n.d.children() {
@@ -991,7 +1025,7 @@ impl HttpConf {
                         Kind::Prefix | Kind::NoRegex => s.locs[parent].prefix.push(me),
                         Kind::Regex => s.locs[parent].regexes.push(me),
                         Kind::Named => s.named.push((path.clone(), me)),
-                        Kind::Server => {}
+                        Kind::Server | Kind::Cond => {}
                     }
                     s.locs.push(Loc {
                         kind,
@@ -1003,6 +1037,36 @@ impl HttpConf {
                         exact: Vec::new(),
                         prefix: Vec::new(),
                         regexes: Vec::new(),
+                        limit_except: None,
+                    });
+                    where_[ni] = Some((si, me));
+                }
+                (ctx::IF | ctx::LIMIT_EXCEPT, _) => {
+                    let Some((si, parent)) = n.parent.and_then(|p| where_[p]) else { continue };
+                    let s = &mut out.servers[si];
+                    let pl = &s.locs[parent];
+                    let core = block_core(&pl.core, &n.d, prefix, true)?;
+                    // The enclosing location's content handler stays unless
+                    // the block sets its own (nginx keeps r->content_handler).
+                    let content = n.content.or(pl.content);
+                    let path = pl.path.clone();
+                    let me = s.locs.len();
+                    if n.level == ctx::LIMIT_EXCEPT {
+                        s.locs[parent].limit_except = Some((limit_except_mask(&n.d)?, me));
+                    } else {
+                        s.conds.push((ni as u32 + 1, me));
+                    }
+                    s.locs.push(Loc {
+                        kind: Kind::Cond,
+                        path,
+                        regex: None,
+                        confs: n.confs.clone(),
+                        content,
+                        core,
+                        exact: Vec::new(),
+                        prefix: Vec::new(),
+                        regexes: Vec::new(),
+                        limit_except: None,
                     });
                     where_[ni] = Some((si, me));
                 }
@@ -1163,6 +1227,21 @@ impl Server {
             }
         }
         found
+    }
+
+    /// The location of conditional block `id` (`http_enter_block`).
+    pub fn cond_block(&self, id: u32) -> Option<usize> {
+        self.conds.iter().find(|c| c.0 == id).map(|c| c.1)
+    }
+
+    /// The location a request for `method` uses in location `at`: its
+    /// `limit_except` block when the method is not one it allows.
+    #[inline]
+    pub fn limit_except(&self, at: usize, method: &str) -> usize {
+        match self.locs[at].limit_except {
+            Some((allowed, block)) if allowed & method_bit(method) == 0 => block,
+            _ => at,
+        }
     }
 
     /// The `@name` location.

@@ -1233,7 +1233,7 @@ fn apply_redirect(r: &mut Req) -> Result<(), u16> {
     if uri.starts_with('@') {
         match r.server().named(&uri) {
             Some(i) => {
-                r.loc = i;
+                r.loc = r.server().limit_except(i, &r.method);
                 r.phase = sys::PHASE_REWRITE;
                 Ok(())
             }
@@ -1508,6 +1508,7 @@ fn next_phase(cell: &RefCell<Req>) {
             finalize_status(cell, st);
             return;
         }
+        r.loc = r.server().limit_except(r.loc, &r.method);
     }
     if r.phase == sys::PHASE_PRECONTENT {
         drop(r);

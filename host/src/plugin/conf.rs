@@ -83,7 +83,10 @@ pub struct Plugins {
     pub paths: std::cell::RefCell<Vec<PathBuf>>,
 }
 
-const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::MAIL_SERVER;
+/// Blocks that are configuration levels. `if` and `limit_except` blocks
+/// are too: conditional configurations a request switches to (nginx's
+/// unnamed locations).
+const LEVELS: u32 = ctx::HTTP | ctx::SERVER | ctx::LOCATION | ctx::MAIL | ctx::MAIL_SERVER | ctx::IF | ctx::LIMIT_EXCEPT;
 
 impl Plugins {
     /// Wraps loaded plugins; nothing is configured yet.
@@ -209,6 +212,10 @@ impl Plugins {
                 if let Some(set) = set {
                     let mut cx = self.cx(d, data[pi]);
                     cx.location = self.enclosing_location(node);
+                    if spec.block == Some(ctx::IF) {
+                        // The node this block is about to become.
+                        cx.block_id = self.nodes.len() as u32 + 1;
+                    }
                     let (args, n) = (cx.args.as_ptr(), cx.args.len());
                     // SAFETY: cx lives across the call; conf is this plugin's
                     // object for the block; args borrow d.args.

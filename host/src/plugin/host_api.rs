@@ -83,6 +83,8 @@ pub struct ConfCtx<'a> {
     pub files: Vec<Box<super::files::OpenFile>>,
     /// Directories asked for with conf_add_path.
     pub paths: Vec<PathBuf>,
+    /// The conditional block the directive opens (conf_block_id), or 0.
+    pub block_id: u32,
     scratch: String,
 }
 
@@ -106,6 +108,7 @@ impl<'a> ConfCtx<'a> {
             tls: Vec::new(),
             files: Vec::new(),
             paths: Vec::new(),
+            block_id: 0,
             scratch: String::new(),
         }
     }
@@ -330,6 +333,10 @@ unsafe extern "C" fn conf_add_path(c: *mut sys::Conf, p: Str) -> Rc {
     let path = crate::config::core::Prefix(c.prefix.clone()).resolve(s(p));
     c.paths.push(path);
     sys::OK
+}
+
+unsafe extern "C" fn conf_block_id(c: *mut sys::Conf) -> u32 {
+    cf(c).map_or(0, |c| c.block_id)
 }
 
 unsafe extern "C" fn conf_set_block_data(c: *mut sys::Conf, data: *mut c_void) -> Rc {
@@ -860,6 +867,17 @@ unsafe extern "C" fn http_set_uri(r: *mut sys::Request, uri: Str, args: Str, fla
     sys::OK
 }
 
+unsafe extern "C" fn http_enter_block(r: *mut sys::Request, id: u32) -> *mut c_void {
+    let Some(c) = cell(r) else { return std::ptr::null_mut() };
+    let Ok(mut r) = c.try_borrow_mut() else { return std::ptr::null_mut() };
+    if !matches!(r.phase, sys::PHASE_SERVER_REWRITE | sys::PHASE_REWRITE) {
+        return std::ptr::null_mut();
+    }
+    let Some(loc) = r.server().cond_block(id) else { return std::ptr::null_mut() };
+    r.loc = loc;
+    r.location().confs.get(current().0).copied().unwrap_or(std::ptr::null_mut())
+}
+
 unsafe extern "C" fn http_read_body(r: *mut sys::Request, done: Option<sys::DoneFn>, data: *mut c_void) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
@@ -1107,8 +1125,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 67] = offsets!(
-    conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 69] = offsets!(
+    conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1201,6 +1219,8 @@ static TABLE: Table = Table(sys::Host {
     http_set_uri: Some(http_set_uri),
     conf_conf_path: Some(conf_conf_path),
     conf_add_path: Some(conf_add_path),
+    conf_block_id: Some(conf_block_id),
+    http_enter_block: Some(http_enter_block),
 });
 
 /// The host table handed to every plugin.

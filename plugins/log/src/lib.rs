@@ -152,7 +152,7 @@ impl Plugin for Log {
                 fm.insert(name.to_string(), Rc::new(Format { t: Template::parse(&rest.concat()), escape }));
                 Ok(())
             }),
-            DirectiveSpec::<Conf>::new("access_log", H, 1, sys::ARGS_ANY, |c, a, cx| {
+            DirectiveSpec::<Conf>::new("access_log", H | sys::CTX_IF, 1, sys::ARGS_ANY, |c, a, cx| {
                 if a[0] == "off" {
                     if a.len() > 1 {
                         return Err("invalid parameter \"".to_string() + a[1] + "\"");

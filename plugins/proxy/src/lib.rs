@@ -580,7 +580,7 @@ fn next_mask(a: &[&str]) -> Result<u32, String> {
 
 fn directives() -> Vec<DirectiveSpec<Conf>> {
     vec![
-        DirectiveSpec::new("proxy_pass", LOC, 1, 1, parse_pass),
+        DirectiveSpec::new("proxy_pass", LOC | sys::CTX_IF | sys::CTX_LIMIT_EXCEPT, 1, 1, parse_pass),
         DirectiveSpec::<Conf>::new("upstream", sys::CTX_HTTP, 1, 1, |c, a, cx| {
             let children = cx.block_children();
             let time = |s: &str| cx.time_ms(s);
@@ -780,7 +780,18 @@ impl Plugin for Proxy {
         Ok(())
     }
 
-    fn merge_in(cx: &ConfCx<'_>, _level: u32, p: &Conf, c: &mut Conf) -> Result<(), String> {
+    fn merge_in(cx: &ConfCx<'_>, level: u32, p: &Conf, c: &mut Conf) -> Result<(), String> {
+        if level & (sys::CTX_IF | sys::CTX_LIMIT_EXCEPT) != 0 {
+            // An `if` or `limit_except` block proxies as its location does
+            // unless it has its own proxy_pass, which cannot replace a
+            // location's prefix (it has none of its own), as in nginx.
+            if c.pass.as_ref().is_some_and(|pass| pass.uri.is_some()) {
+                return Err("\"proxy_pass\" cannot have URI part inside \"if\" statement, or inside \"limit_except\" block".into());
+            }
+            if c.pass.is_none() {
+                c.pass.clone_from(&p.pass);
+            }
+        }
         Self::merge(p, c);
         c.cache_conf = match &c.cache {
             Some(Some(name)) => {

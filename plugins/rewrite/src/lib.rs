@@ -19,9 +19,12 @@
 //! - `set $name value`, values with variables and captures.
 //! - `if (condition) { … }` with `$var`, `$var = s`, `!=`, `~`, `~*`, `!~`,
 //!   `!~*` (captures set), `-f`, `-d`, `-e`, `-x` and their `!` forms.
-//!   Inside `if`, only this module's directives are supported (nginx also
-//!   lets other modules' directives apply to the request there); others
-//!   are refused by name at configuration.
+//!   The block is a conditional configuration (ABI 1.7): when the
+//!   condition holds the request switches to it, so other plugins'
+//!   directives declared for `if` apply (`add_header`, `proxy_pass`,
+//!   `access_log`, `root`, `limit_rate`, …), and its own rewrite
+//!   directives run inline before the rest of the enclosing list. In a
+//!   server-level `if` only this module's directives are allowed.
 
 use plugin_api::{export_plugin, log, sys, template::Template, ConfCx, DirectiveSpec, Phase, Plugin, Request, Status};
 use regex::{Regex, RegexBuilder};
@@ -68,7 +71,9 @@ enum Op {
     Return(u16, Option<Template>),
     Set(String, Template),
     Break,
-    If(Cond, Vec<Op>),
+    /// The condition and its block (ABI 1.7 conditional block id): the
+    /// block's own directives are in this plugin's object for it.
+    If(Cond, u32),
 }
 
 /// Per-block configuration.
@@ -83,7 +88,8 @@ pub struct Conf {
 /// The plugin.
 pub struct Rewriter;
 
-const SL: u32 = sys::CTX_SERVER | sys::CTX_LOCATION;
+/// Server, location, and inside `if` (nginx's SIF and LIF).
+const SL: u32 = sys::CTX_SERVER | sys::CTX_LOCATION | sys::CTX_IF;
 const HSL: u32 = sys::CTX_HTTP | SL;
 
 fn is_redirect_target(s: &str) -> bool {
@@ -189,27 +195,6 @@ fn parse_cond(words: &[&str]) -> Result<Cond, String> {
     }
 }
 
-/// One of this module's directives inside an `if` block.
-fn parse_inner(words: &[String]) -> Result<Op, String> {
-    let Some((name, args)) = words.split_first() else { return Err("empty directive".into()) };
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let count = |lo: usize, hi: usize| {
-        if a.len() < lo || a.len() > hi {
-            Err(format!("invalid number of arguments in \"{name}\" directive"))
-        } else {
-            Ok(())
-        }
-    };
-    match name.as_str() {
-        "rewrite" => count(2, 3).and_then(|_| parse_rewrite(&a)),
-        "return" => count(1, 2).and_then(|_| parse_return(&a)),
-        "set" => count(2, 2).and_then(|_| parse_set(&a)),
-        "break" => count(0, 0).map(|_| Op::Break),
-        "if" => Err("\"if\" directive is not allowed here".into()),
-        other => Err(format!("\"{other}\" inside \"if\" is not supported (only return, rewrite, set and break are)")),
-    }
-}
-
 fn directives() -> Vec<DirectiveSpec<Conf>> {
     vec![
         DirectiveSpec::<Conf>::new("rewrite", SL, 2, 3, |c, a, _| parse_rewrite(a).map(|op| c.ops.push(op))),
@@ -219,13 +204,14 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             c.ops.push(Op::Break);
             Ok(())
         }),
-        DirectiveSpec::<Conf>::new("if", SL, 1, sys::ARGS_ANY, |c, a, cx: &ConfCx<'_>| {
+        // `if` is nginx's: not nested, in a server or a location.
+        DirectiveSpec::<Conf>::new("if", SL ^ sys::CTX_IF, 1, sys::ARGS_ANY, |c, a, cx: &ConfCx<'_>| {
             let cond = parse_cond(a)?;
-            let ops = cx.block_children().iter().map(|w| parse_inner(w)).collect::<Result<Vec<_>, _>>()?;
-            c.ops.push(Op::If(cond, ops));
+            let id = cx.block_id().ok_or("\"if\" needs a host with conditional blocks (ABI 1.7)")?;
+            c.ops.push(Op::If(cond, id));
             Ok(())
         })
-        .opaque_block(),
+        .block(sys::CTX_IF),
         DirectiveSpec::<Conf>::new("rewrite_log", HSL, 1, 1, |c, a, cx| {
             c.log = Some(cx.flag(a[0])?);
             Ok(())
@@ -452,11 +438,17 @@ fn run_ops(req: &mut Request<'_>, ops: &[Op], run: &mut Run) -> Flow {
                 }
                 Flow::Stop
             }
-            Op::If(c, inner) => {
-                if cond_true(req, c, run) {
-                    run_ops(req, inner, run)
-                } else {
+            Op::If(c, id) => {
+                if !cond_true(req, c, run) {
                     Flow::Next
+                } else if let Some(block) = req.enter_block::<Conf>(*id) {
+                    // The request now runs with the block's settings (every
+                    // plugin's); its own directives run here, inline, and
+                    // then the rest of the enclosing list, as nginx's.
+                    run_ops(req, &block.ops, run)
+                } else {
+                    log(sys::LOG_ERR, "the host refused to enter an \"if\" block");
+                    Flow::Answer(Status::Error)
                 }
             }
         };
@@ -545,7 +537,6 @@ mod tests {
         assert_eq!(parse_rewrite(&["^", "/p", "later"]).err().unwrap(), "invalid parameter \"later\"");
         assert!(parse_rewrite(&["(", "/p"]).is_err());
         assert_eq!(parse_set(&["x", "1"]).err().unwrap(), "invalid variable name \"x\"");
-        assert!(parse_inner(&["add_header".into(), "X".into(), "1".into()]).unwrap_err().contains("not supported"));
     }
 
     #[test]
