@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 7
+#define NGX_PLUGIN_ABI_MINOR 8
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -733,6 +733,12 @@ typedef struct ngx_plugin_host_s {
      *  ones to run next), or NULL when refused. OWNERSHIP: the host's,
      *  alive for the configuration generation. [worker] */
     void *(*http_enter_block)(ngx_plugin_request_t *r, uint32_t id);
+    /** (1.8) An idle limit for a relayed connection (relay): the relay
+     *  ends, as with an error, once nothing has been read from c for ms
+     *  milliseconds (nginx's proxy_read_timeout on an upgraded connection,
+     *  the mail proxy's proxy_timeout). 0, the default, means none. Call
+     *  it before relay. [worker] */
+    ngx_plugin_rc_t (*conn_set_idle)(ngx_plugin_conn_t *c, uint64_t ms);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -41,6 +41,18 @@ impl Conn {
         self.0
     }
 
+    /// Ends a relay of this connection once nothing was read from it for
+    /// `ms` milliseconds (ABI 1.8; 0: no limit). Call before relaying.
+    /// On an older host: no limit, and `UNSUPPORTED`.
+    pub fn set_idle(self, ms: u64) -> Result<(), sys::Rc> {
+        let f = crate::rt::slot!(conn_set_idle).ok_or(sys::UNSUPPORTED)?;
+        // SAFETY: a handle the host gave us; a stale one answers GONE.
+        match unsafe { f(self.0, ms) } {
+            sys::OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+
     /// Starts a nonblocking connect to `addr` ("127.0.0.1:8080"), owned by
     /// `owner` (closed when that request ends) or by nobody; the handler of
     /// `req` is resumed when the connect finishes or fails (see

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 7;
+pub const ABI_MINOR: u32 = 8;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -307,6 +307,8 @@ pub struct Host {
     // appended in 1.7
     pub conf_block_id: Option<unsafe extern "C" fn(*mut Conf) -> u32>,
     pub http_enter_block: Option<unsafe extern "C" fn(*mut Request, u32) -> *mut c_void>,
+    // appended in 1.8
+    pub conn_set_idle: Option<unsafe extern "C" fn(*mut Conn, u64) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

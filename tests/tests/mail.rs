@@ -615,3 +615,28 @@ print(s.sendmail('alice@example.org',['x@example.net'],'Subject: t\\r\\n\\r\\nov
     let head = format!("{}{}events {{}}\n", conf_head(), load_plugins(&["mail"]));
     p.assert_refused(&format!("{head}mail {{\n  auth_http 127.0.0.1:9/a;\n  server {{ listen 127.0.0.1:1993 ssl; protocol imap; }}\n}}\n"), "no \"ssl_certificate\" is defined for server", head.lines().count() as u32 + 3);
 }
+
+#[test]
+fn a_relayed_session_ends_after_proxy_timeout_of_client_silence() {
+    let r = Rig::start("proxy_timeout 1s;");
+    let mut c = Line::connect(r.pop3);
+    assert!(c.line().starts_with("+OK"));
+    c.send("USER bob");
+    assert!(c.line().starts_with("+OK"));
+    c.send("PASS builder");
+    assert_eq!(c.line(), "+OK Logged in.");
+    // Relayed to Dovecot now: a command every 400 ms keeps it open past
+    // the limit…
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(400));
+        c.send("NOOP");
+        assert_eq!(c.line(), "+OK");
+    }
+    // …and a second of silence from the client ends it (EOF, not the
+    // 5 s read timeout).
+    let silent = Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(c.s.read(&mut buf).expect("ngxr closes the session"), 0);
+    assert!(silent.elapsed() >= Duration::from_millis(900), "{:?}", silent.elapsed());
+    poll_until("the timeout in the error log", SECS, || r.ngxr.prefix.error_log().contains("timed out (nothing read for 1000 ms) while relaying").then_some(()));
+}

@@ -486,6 +486,58 @@ fn websocket_upgrade_is_relayed_both_ways() {
     assert_eq!(rest, vec![0x88, 0x00]);
 }
 
+/// Sends one masked text frame and reads the echo.
+fn ws_echo(c: &mut TcpStream, msg: &str) {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    c.write_all(&frame).unwrap();
+    let mut h = [0u8; 2];
+    c.read_exact(&mut h).unwrap();
+    let mut payload = vec![0u8; (h[1] & 0x7f) as usize];
+    c.read_exact(&mut payload).unwrap();
+    assert_eq!(String::from_utf8_lossy(&payload), format!("echo:{msg}"));
+}
+
+#[test]
+fn an_upgraded_connection_ends_after_proxy_read_timeout_of_silence() {
+    let b = Backend::start("W");
+    let bp = b.port;
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT;
+           location /ws {{ proxy_pass http://127.0.0.1:{bp}; proxy_http_version 1.1; proxy_read_timeout 1s;
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }}
+         }}"
+    ));
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    // Traffic every 400 ms keeps it open well past the 1 s limit…
+    let start = std::time::Instant::now();
+    for i in 0..4 {
+        ws_echo(&mut c, &format!("m{i}"));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    ws_echo(&mut c, "still here");
+    assert!(start.elapsed() >= Duration::from_millis(1600));
+    // …and a second of silence from the upstream ends it.
+    let silent = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = c.read_to_end(&mut rest).expect("ngxr closes the connection (not the 10 s read timeout)");
+    assert_eq!(n, 0, "nothing more was sent");
+    assert!(silent.elapsed() >= Duration::from_millis(900), "{:?}", silent.elapsed());
+    poll_until("the timeout in the error log", Duration::from_secs(5), || s.prefix.error_log().contains("upstream timed out").then_some(()));
+}
+
 #[test]
 fn ngxr_to_ngxr_and_proxy_redirect() {
     let back = Server::start(&format!(

@@ -334,6 +334,13 @@ impl<'a> Conn<'a> {
         if self.delayed.take().is_some() {
             return self.on_ready(now, quitting, pool);
         }
+        // A relay whose upstream said nothing for its idle limit ends;
+        // otherwise the limit moved on since the timer was armed.
+        let relayed = self.req.borrow().relay.map(|r| r.0);
+        if let Some(token) = relayed {
+            self.timed_out = pio::idle_deadline(token).is_some_and(|d| d <= now);
+            return if self.timed_out { self.pump_relay(now, quitting) } else { self.on_ready(now, quitting, pool) };
+        }
         let reading = self.req.borrow().body_state == BodyIn::Reading;
         if reading {
             self.timed_out = true;
@@ -567,9 +574,17 @@ impl<'a> Conn<'a> {
             pipes.0.pump(client, up)?;
             pipes.1.pump(up, client)
         });
+        if std::mem::take(&mut pipes.1.got) {
+            pio::note_read(token);
+        }
         let ended = pipes.0.finished() || pipes.1.finished();
         let rc = match res {
-            Ok(Ok(())) if !ended => return Next::Park,
+            Ok(Ok(())) if !ended && std::mem::take(&mut self.timed_out) => {
+                crate::log!(Error, "upstream timed out (110: Connection timed out) while proxying upgraded connection");
+                sys::ERROR
+            }
+            // The upstream's idle limit (proxy_read_timeout), if any.
+            Ok(Ok(())) if !ended => return pio::idle_deadline(token).map_or(Next::Park, Next::Wait),
             Ok(Ok(())) => sys::OK,
             Ok(Err(why)) => {
                 crate::log!(Info, "{why} while proxying upgraded connection");

@@ -1125,8 +1125,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 69] = offsets!(
-    conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 70] = offsets!(
+    conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1221,6 +1221,7 @@ static TABLE: Table = Table(sys::Host {
     conf_add_path: Some(conf_add_path),
     conf_block_id: Some(conf_block_id),
     http_enter_block: Some(http_enter_block),
+    conn_set_idle: Some(super::io::conn_set_idle),
 });
 
 /// The host table handed to every plugin.

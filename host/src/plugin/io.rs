@@ -68,6 +68,14 @@ pub struct PConn {
     http: Option<usize>,
     /// Relayed with another plugin connection.
     relay: Option<Box<ConnRelay>>,
+    /// conn_set_idle: a relay ends after this long without a read from
+    /// this connection (None: no limit).
+    idle: Option<Duration>,
+    /// The last read while relayed.
+    last_read: Instant,
+    /// The idle timer armed for a relay between plugin connections (0:
+    /// none).
+    idle_timer: u64,
 }
 
 impl PConn {
@@ -92,12 +100,15 @@ pub struct Pipe {
     pos: usize,
     /// The source reached EOF.
     pub eof: bool,
+    /// Bytes were read from the source (the caller clears it): the
+    /// relay's idle limit counts from the last read.
+    pub got: bool,
 }
 
 impl Pipe {
     /// Starts with bytes already read (pipelined after an Upgrade request).
     pub fn with(bytes: &[u8]) -> Pipe {
-        Pipe { buf: bytes.to_vec(), pos: 0, eof: false }
+        Pipe { buf: bytes.to_vec(), pos: 0, eof: false, got: false }
     }
 
     /// True when the source ended and everything read was written.
@@ -128,7 +139,10 @@ impl Pipe {
                     self.buf.clear();
                     self.eof = true;
                 }
-                Ok(n) => self.buf.truncate(n),
+                Ok(n) => {
+                    self.buf.truncate(n);
+                    self.got = true;
+                }
                 Err(e) => {
                     self.buf.clear();
                     match e.kind() {
@@ -154,6 +168,8 @@ struct ConnRelay {
 enum TimerWhat {
     Plugin(sys::TimerFn, *mut c_void),
     ConnectTimeout(usize),
+    /// A relayed connection's idle limit (conn_set_idle) may have passed.
+    RelayIdle(usize),
 }
 
 struct TimerEntry {
@@ -370,6 +386,9 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
         timed_out: false,
         http: None,
         relay: None,
+        idle: None,
+        last_read: crate::clock::now(),
+        idle_timer: 0,
     })
 }
 
@@ -530,6 +549,7 @@ pub fn run_due() {
             // SAFETY: the plugin registered cb/data with timer_add.
             TimerWhat::Plugin(cb, data) => host_api::with_plugin(t.plugin, &t.name, || unsafe { cb(data) }),
             TimerWhat::ConnectTimeout(token) => connect_timed_out(token),
+            TimerWhat::RelayIdle(token) => relay_idle_due(token),
         }
         reap();
     }
@@ -620,6 +640,9 @@ fn close_token(token: usize) {
         }
         if let Some(id) = pc.connecting.take() {
             timer_cancel_id(id);
+        }
+        if pc.idle_timer != 0 {
+            timer_cancel_id(std::mem::take(&mut pc.idle_timer));
         }
         ST.with(|s| s.borrow_mut().closing.push(token));
     }
@@ -909,6 +932,7 @@ pub fn attach_http(c: *mut sys::Conn, http: usize) -> sys::Rc {
         return sys::INVALID;
     }
     pc.http = Some(http);
+    pc.last_read = crate::clock::now();
     pc.cb = None;
     ST.with(|s| s.borrow_mut().disown_conn(pc.owner));
     pc.owner = 0;
@@ -944,6 +968,10 @@ pub(super) unsafe extern "C" fn relay_conns(a: *mut sys::Conn, b: *mut sys::Conn
             pc.cb = None;
             ST.with(|s| s.borrow_mut().disown_conn(pc.owner));
             pc.owner = 0;
+            if let Some(idle) = pc.idle {
+                pc.last_read = crate::clock::now();
+                arm_idle(pc, idle);
+            }
         }
     }
     if let (Ok(pc), Some(done)) = (conn(handle(ta)), done) {
@@ -972,18 +1000,82 @@ fn relay_step(token: usize) {
     if let (Some(ra), Some(rb), Some(sa), Some(sb)) = (a.relay.as_mut(), b.relay.as_mut(), a.sock.as_mut(), b.sock.as_mut()) {
         res = ra.out.pump(sa, sb).and_then(|()| rb.out.pump(sb, sa));
         finished = ra.out.finished() || rb.out.finished();
-    }
-    if res.is_err() || finished {
-        let done = a.relay.as_mut().and_then(|r| r.done.take()).or_else(|| b.relay.as_mut().and_then(|r| r.done.take()));
-        let rc = if res.is_err() { sys::ERROR } else { sys::OK };
-        let plugin = (a.plugin, a.name.clone());
-        close_token(token);
-        close_token(other);
-        if let Some((f, data)) = done {
-            // SAFETY: the plugin passed done/data to relay.
-            host_api::with_plugin(plugin.0, &plugin.1, || unsafe { f(std::ptr::null_mut(), rc, data) });
+        // ra.out reads from a, rb.out from b.
+        for (got, pc) in [(&mut ra.out.got, &mut a.last_read), (&mut rb.out.got, &mut b.last_read)] {
+            if std::mem::take(got) {
+                *pc = crate::clock::now();
+            }
         }
     }
+    if res.is_err() || finished {
+        end_relay(token, other, if res.is_err() { sys::ERROR } else { sys::OK });
+    }
+}
+
+/// Ends a relay between plugin connections: closes both, then calls the
+/// plugin's `done` with `rc`.
+fn end_relay(token: usize, other: usize, rc: sys::Rc) {
+    let (Ok(a), Ok(b)) = (conn(handle(token)), conn(handle(other))) else {
+        close_token(token);
+        close_token(other);
+        return;
+    };
+    let done = a.relay.as_mut().and_then(|r| r.done.take());
+    let done = done.or_else(|| b.relay.as_mut().and_then(|r| r.done.take()));
+    let plugin = (a.plugin, a.name.clone());
+    close_token(token);
+    close_token(other);
+    if let Some((f, data)) = done {
+        // SAFETY: the plugin passed done/data to relay.
+        host_api::with_plugin(plugin.0, &plugin.1, || unsafe { f(std::ptr::null_mut(), rc, data) });
+    }
+}
+
+/// Arms the idle timer of relayed connection `pc` to fire `after`.
+fn arm_idle(pc: &mut PConn, after: Duration) {
+    let ms = after.as_millis().max(1) as u64;
+    pc.idle_timer = ST.with(|s| s.borrow_mut().add_timer(ms, pc.plugin, &pc.name, TimerWhat::RelayIdle(pc.token), 0));
+}
+
+/// A relayed connection's idle timer fired: ends the relay if nothing was
+/// read from it for its limit, else waits for the rest (reads do not
+/// re-arm the timer: it is checked when it fires).
+fn relay_idle_due(token: usize) {
+    let Ok(pc) = conn(handle(token)) else { return };
+    pc.idle_timer = 0;
+    let (Some(idle), Some(other)) = (pc.idle, pc.relay.as_ref().map(|r| r.other)) else { return };
+    let due = pc.last_read + idle;
+    let now = crate::clock::now();
+    if now < due {
+        arm_idle(pc, due - now);
+        return;
+    }
+    crate::log!(Info, "{} timed out (nothing read for {} ms) while relaying", pc.peer, idle.as_millis());
+    end_relay(token, other, sys::ERROR);
+}
+
+/// conn_set_idle.
+pub(super) unsafe extern "C" fn conn_set_idle(c: *mut sys::Conn, ms: u64) -> sys::Rc {
+    match conn(c) {
+        Ok(pc) => {
+            pc.idle = (ms > 0).then(|| Duration::from_millis(ms));
+            sys::OK
+        }
+        Err(rc) => rc,
+    }
+}
+
+/// For a connection relayed to an HTTP client: notes a read from it.
+pub fn note_read(token: usize) {
+    if let Ok(pc) = conn(handle(token)) {
+        pc.last_read = crate::clock::now();
+    }
+}
+
+/// For a connection relayed to an HTTP client: when its idle limit runs
+/// out (None: no limit).
+pub fn idle_deadline(token: usize) -> Option<Instant> {
+    conn(handle(token)).ok().and_then(|pc| pc.idle.map(|i| pc.last_read + i))
 }
 
 /// A TLS context a plugin built with conf_tls (behind `ngx_plugin_tls_t`).

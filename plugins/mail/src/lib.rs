@@ -206,6 +206,9 @@ pub struct Server {
     pub auth_timeout: u64,
     /// `proxy_pass_error_message`.
     pub pass_error_message: bool,
+    /// `proxy_timeout`: a relayed session ends after this long without
+    /// a byte from the client (default 24h).
+    pub proxy_timeout: u64,
     /// `proxy_buffer`: the longest backend reply line while logging in.
     pub proxy_buffer: usize,
     /// `xclient`.
@@ -342,6 +345,7 @@ impl Conf {
             auth_headers: self.auth_http_headers.clone().unwrap_or_default(),
             auth_timeout: self.auth_http_timeout.unwrap_or(60_000),
             pass_error_message: self.pass_error_message.unwrap_or(false),
+            proxy_timeout: self.proxy_timeout.unwrap_or(24 * 3600 * 1000),
             proxy_buffer: self.proxy_buffer.unwrap_or(4096),
             xclient: self.xclient.unwrap_or(true),
             smtp_proxy_auth: self.smtp_proxy_auth.unwrap_or(false),

@@ -754,6 +754,8 @@ impl Session {
                 return Flow::Close;
             }
         }
+        // nginx's proxy_timeout: the client silent that long ends it.
+        let _ = self.client.set_idle(self.srv.proxy_timeout);
         // SAFETY: two live connections this session owns; from here the
         // host owns them, and relay_done needs no session.
         if unsafe { self.client.relay_raw(b, Some(relay_done), std::ptr::null_mut()) }.is_err() {

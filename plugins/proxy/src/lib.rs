@@ -1749,6 +1749,8 @@ impl State {
         }
         if upgrade {
             let Some(c) = self.conn.take() else { return Flow::Failed(Fail::Error) };
+            // nginx's proxy_read_timeout holds for the upgraded connection.
+            let _ = c.set_idle(timeout(conf.read_timeout));
             if req.send_header().is_err() || req.relay(c).is_err() {
                 c.close();
                 return Flow::Return(Status::Error);
