@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 8
+#define NGX_PLUGIN_ABI_MINOR 9
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -390,6 +390,13 @@ typedef void (*ngx_plugin_helper_pt)(ngx_plugin_cycle_t *cy, void *data);
  */
 typedef ngx_plugin_rc_t (*ngx_plugin_var_pt)(ngx_plugin_request_t *r, void *data,
                                              ngx_plugin_str_t *out);
+/**
+ * (1.9) The value of a variable in a prefix family (conf_define_variable_prefix):
+ * `rest` is the name after the prefix ("x_cache" for $upstream_http_x_cache).
+ * As ngx_plugin_var_pt otherwise. OWNERSHIP: rest is borrowed for the call.
+ */
+typedef ngx_plugin_rc_t (*ngx_plugin_prefix_var_pt)(ngx_plugin_request_t *r, void *data,
+                                                    ngx_plugin_str_t rest, ngx_plugin_str_t *out);
 
 /* ------------------------------------------------------------------ */
 /* The host table: functions the plugin calls                          */
@@ -739,6 +746,13 @@ typedef struct ngx_plugin_host_s {
      *  the mail proxy's proxy_timeout). 0, the default, means none. Call
      *  it before relay. [worker] */
     ngx_plugin_rc_t (*conn_set_idle)(ngx_plugin_conn_t *c, uint64_t ms);
+    /** (1.9) Defines a family of variables: every $prefix<rest> (rest not
+     *  empty) is computed by get with rest, as nginx's $http_* or
+     *  $upstream_http_*. The prefix must not overlap the host's families
+     *  ($http_, $sent_http_, $arg_, $cookie_) or another plugin's; a
+     *  variable defined by its whole name wins over a family. [conf] */
+    ngx_plugin_rc_t (*conf_define_variable_prefix)(ngx_plugin_conf_t *cf, ngx_plugin_str_t prefix,
+                                                   ngx_plugin_prefix_var_pt get, void *data);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

@@ -591,6 +591,20 @@ impl ConfCx<'_> {
         }
     }
 
+    /// Defines the family `$prefix…` (ABI 1.9), as nginx's
+    /// `$upstream_http_*`: `get(req, rest)` computes `$prefix<rest>`
+    /// (`None`: not found). A second definition from this plugin is a
+    /// no-op.
+    pub fn define_variable_prefix(&self, prefix: &str, get: fn(&mut Request<'_>, &str) -> Option<String>) -> Result<(), String> {
+        let f = rt::slot!(conf_define_variable_prefix).ok_or("variable families need ABI 1.9")?;
+        // SAFETY: live conf handle; get is a plain function pointer passed
+        // through `data` and called back by rt::prefix_var_tramp.
+        match unsafe { f(self.raw, sys::Str::from_bytes(prefix.as_bytes()), Some(rt::prefix_var_tramp), get as *mut c_void) } {
+            sys::OK => Ok(()),
+            rc => Err(format!("cannot define variables \"${prefix}…\" (rc {rc})")),
+        }
+    }
+
     /// Defines `$name`, computed by `def.get` from `def.data` for each
     /// request: for variables a directive makes (nginx's `map`, `set`-like
     /// tables), where one function serves many variables.

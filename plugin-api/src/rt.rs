@@ -160,6 +160,27 @@ pub unsafe extern "C" fn var_with_tramp<T: 'static>(r: *mut sys::Request, data: 
     })
 }
 
+/// Calls a family's getter defined with `ConfCx::define_variable_prefix`.
+pub unsafe extern "C" fn prefix_var_tramp(r: *mut sys::Request, data: *mut c_void, rest: sys::Str, out: *mut sys::Str) -> Rc {
+    guard("variable", "a variable getter", sys::ERROR, || {
+        if r.is_null() || data.is_null() || out.is_null() {
+            return sys::ERROR;
+        }
+        // SAFETY: data is the fn pointer define_variable_prefix passed.
+        let get: fn(&mut crate::Request<'_>, &str) -> Option<String> = unsafe { std::mem::transmute(data) };
+        // SAFETY: live request handle; rest borrowed for the call.
+        let (mut req, rest) = unsafe { (crate::Request::from_raw(r), str_of(rest)) };
+        let Some(v) = get(&mut req, rest) else { return sys::NOT_FOUND };
+        VAR_OUT.with(|b| {
+            let mut b = b.borrow_mut();
+            *b = v;
+            // SAFETY: as in var_tramp.
+            unsafe { *out = sys::Str::from_bytes(b.as_bytes()) };
+        });
+        sys::OK
+    })
+}
+
 /// Calls a variable getter defined with `ConfCx::define_variable`.
 pub unsafe extern "C" fn var_tramp(r: *mut sys::Request, data: *mut c_void, out: *mut sys::Str) -> Rc {
     guard("variable", "a variable getter", sys::ERROR, || {

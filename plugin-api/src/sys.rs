@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 8;
+pub const ABI_MINOR: u32 = 9;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -176,6 +176,8 @@ pub type DoneFn = unsafe extern "C" fn(*mut Request, Rc, *mut c_void);
 pub type AcceptFn = unsafe extern "C" fn(*mut Conn, *mut c_void);
 pub type HelperFn = unsafe extern "C" fn(*mut Cycle, *mut c_void);
 pub type VarFn = unsafe extern "C" fn(*mut Request, *mut c_void, *mut Str) -> Rc;
+/// `ngx_plugin_prefix_var_pt` (1.9).
+pub type PrefixVarFn = unsafe extern "C" fn(*mut Request, *mut c_void, Str, *mut Str) -> Rc;
 pub type FreeFn = unsafe extern "C" fn(*mut c_void);
 
 /// `ngx_plugin_directive_t`.
@@ -309,6 +311,8 @@ pub struct Host {
     pub http_enter_block: Option<unsafe extern "C" fn(*mut Request, u32) -> *mut c_void>,
     // appended in 1.8
     pub conn_set_idle: Option<unsafe extern "C" fn(*mut Conn, u64) -> Rc>,
+    // appended in 1.9
+    pub conf_define_variable_prefix: Option<unsafe extern "C" fn(*mut Conf, Str, Option<PrefixVarFn>, *mut c_void) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

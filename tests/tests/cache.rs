@@ -24,6 +24,7 @@ fn conf(b: &Backend, workers: u32, zone: &str, loc: &str, port: u16) -> String {
                proxy_pass http://127.0.0.1:{bp};
                proxy_cache one;
                add_header X-Cache $upstream_cache_status;
+               add_header X-Up-Var $upstream_http_x_up;
                {loc}
              }}
              location /nocache/ {{ proxy_pass http://127.0.0.1:{bp}/; }}
@@ -59,6 +60,8 @@ fn responses_are_kept_and_served_from_the_cache() {
     for _ in 0..4 {
         let r = fetch(s.port, "/counted/a?set=X-Up:1");
         assert_eq!((r.status, text(&r), r.header("x-cache"), r.header("x-up")), (200, "a 1".into(), Some("HIT"), Some("1")));
+        // $upstream_http_* on a hit: the entry's headers, as nginx.
+        assert_eq!(r.header("x-up-var"), Some("1"));
         assert_eq!(r.header("content-length"), Some("3"));
         assert_eq!(r.header("content-type"), Some("text/plain"));
     }

@@ -486,6 +486,24 @@ fn websocket_upgrade_is_relayed_both_ways() {
     assert_eq!(rest, vec![0x88, 0x00]);
 }
 
+#[test]
+fn upstream_header_and_cookie_variables() {
+    let b = Backend::start("V");
+    let bp = b.port;
+    let s = front(&format!(
+        "log_format up '$uri [$upstream_http_x_one] [$upstream_http_x_multi] [$upstream_cookie_sid] [$upstream_http_x_none]';
+         access_log logs/up.log up;
+         server {{ listen 127.0.0.1:PORT;
+           location / {{ proxy_pass http://127.0.0.1:{bp}; add_header X-Seen \"$upstream_http_x_backend/$upstream_cookie_Lang\"; }}
+         }}"
+    ));
+    let r = req(s.port, "GET /counted/v?set=X-One:1&set=X-Multi:a&set=X-Multi:b&set=Set-Cookie:sid=abc;%20Path=/&set=Set-Cookie:lang=en HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("x-seen")), (200, Some("V/en")));
+    let log = s.prefix.path().join("logs/up.log");
+    let line = poll_until("the access log", Duration::from_secs(5), || std::fs::read_to_string(&log).ok().filter(|t| t.ends_with('\n')));
+    assert_eq!(line, "/counted/v [1] [a, b] [abc] [-]\n");
+}
+
 /// Sends one masked text frame and reads the echo.
 fn ws_echo(c: &mut TcpStream, msg: &str) {
     let mask = [1u8, 2, 3, 4];

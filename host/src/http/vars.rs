@@ -16,6 +16,12 @@ const CORE: &[&str] = &[
     "request_body", "request_body_file", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
 ];
 
+/// True if a family of variables named `prefix…` would share names with
+/// one of the host's families (`http_`, `arg_`, …).
+pub fn overlaps_core_family(prefix: &str) -> bool {
+    CORE.iter().any(|c| c.ends_with('_') && (c.starts_with(prefix) || prefix.starts_with(c)))
+}
+
 /// True if `name` is (or is in a family of) the host's variables.
 pub fn is_core(name: &str) -> bool {
     CORE.iter().any(|c| if c.ends_with('_') { name.starts_with(c) } else { name == *c })

@@ -54,6 +54,8 @@ pub struct Plugins {
     pub body_filters: Vec<(usize, sys::BodyFilterFn)>,
     /// Variables plugins defined: (name, plugin, getter, data).
     pub vars: Vec<(String, usize, sys::VarFn, *mut c_void)>,
+    /// Variable families plugins defined: (prefix, plugin, getter, data).
+    pub prefix_vars: Vec<(String, usize, sys::PrefixVarFn, *mut c_void)>,
     /// Each plugin's MAIN-level object.
     pub main: Vec<*mut c_void>,
     /// Every level block, parents before children.
@@ -102,7 +104,7 @@ impl Plugins {
             .collect();
         let header_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.header_filter.map(|f| (i, f))).collect();
         let body_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.body_filter.map(|f| (i, f))).collect();
-        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default(), paths: Default::default() }
+        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), prefix_vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default(), paths: Default::default() }
     }
 
     fn cx<'d>(&self, d: &'d Directive, block_data: *mut c_void) -> ConfCtx<'d> {
@@ -152,6 +154,17 @@ impl Plugins {
                 return Err(at.err(format!("variable \"{name}\" is already defined")));
             }
             self.vars.push((name, pi, get, vdata));
+        }
+        for (prefix, get, vdata) in cx.prefix_vars.drain(..) {
+            if self.prefix_vars.iter().any(|v| v.0 == prefix && v.1 == pi) {
+                continue;
+            }
+            // Families may not overlap each other or the host's.
+            let overlaps = |a: &str| a.starts_with(prefix.as_str()) || prefix.starts_with(a);
+            if self.prefix_vars.iter().any(|v| overlaps(&v.0)) || crate::http::vars::overlaps_core_family(&prefix) {
+                return Err(at.err(format!("variables \"${prefix}…\" are already defined")));
+            }
+            self.prefix_vars.push((prefix, pi, get, vdata));
         }
         Ok(())
     }

@@ -71,6 +71,8 @@ pub struct ConfCtx<'a> {
     pub zones: Vec<std::rc::Rc<crate::shm::Zone>>,
     /// Variables defined while applying: (name, getter, data).
     pub vars: Vec<(String, sys::VarFn, *mut c_void)>,
+    /// Variable families defined while applying: (prefix, getter, data).
+    pub prefix_vars: Vec<(String, sys::PrefixVarFn, *mut c_void)>,
     /// Protocol listeners declared while applying: (address, callback, data).
     pub listens: Vec<(std::net::SocketAddr, sys::AcceptFn, *mut c_void)>,
     /// The enclosing location's (modifier, name), if any.
@@ -102,6 +104,7 @@ impl<'a> ConfCtx<'a> {
             content_handler: None,
             zones: Vec::new(),
             vars: Vec::new(),
+            prefix_vars: Vec::new(),
             listens: Vec::new(),
             location: None,
             conf_dir,
@@ -767,6 +770,14 @@ unsafe extern "C" fn http_ctx(r: *mut sys::Request) -> *mut c_void {
         .unwrap_or(std::ptr::null_mut())
 }
 
+/// A plugin variable's getter: for its whole name, or for a family (with
+/// the prefix's length).
+#[derive(Clone, Copy)]
+enum Getter {
+    Whole(sys::VarFn),
+    Family(sys::PrefixVarFn, usize),
+}
+
 unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let n = s(name);
@@ -776,13 +787,23 @@ unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) ->
             return None;
         }
         let cy = req.cycle();
-        cy.plugins.vars.iter().find(|v| v.0 == n).map(|v| (v.1, v.2, v.3, cy))
+        let exact = cy.plugins.vars.iter().find(|v| v.0 == n).map(|v| (v.1, Getter::Whole(v.2), v.3, cy));
+        exact.or_else(|| {
+            let v = cy.plugins.prefix_vars.iter().find(|v| n.len() > v.0.len() && n.starts_with(v.0.as_str()))?;
+            Some((v.1, Getter::Family(v.2, v.0.len()), v.3, cy))
+        })
     });
     if let Some((pi, get, data, cy)) = def {
         let mut tmp = Str::empty();
         let pname = &cy.plugins.list[pi].name;
-        // SAFETY: get/data come from the plugin's conf_define_variable.
-        let rc = with_plugin(pi, pname, || unsafe { get(r, data, &mut tmp) });
+        // SAFETY: get/data come from the plugin's conf_define_variable(_prefix);
+        // the rest of the name is borrowed for the call.
+        let rc = with_plugin(pi, pname, || unsafe {
+            match get {
+                Getter::Whole(get) => get(r, data, &mut tmp),
+                Getter::Family(get, at) => get(r, data, Str::from_bytes(&n.as_bytes()[at..]), &mut tmp),
+            }
+        });
         if rc != sys::OK {
             return sys::NOT_FOUND;
         }
@@ -835,7 +856,7 @@ unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -
             Some(n) => r.limit_rate_set = Some(n as u64),
             None => crate::log!(Error, "invalid $limit_rate \"{v}\""),
         },
-        _ if crate::http::vars::is_core(n) || r.cycle().plugins.vars.iter().any(|x| x.0 == n) => return sys::INVALID,
+        _ if crate::http::vars::is_core(n) || r.cycle().plugins.vars.iter().any(|x| x.0 == n) || r.cycle().plugins.prefix_vars.iter().any(|x| n.starts_with(x.0.as_str())) => return sys::INVALID,
         _ => {
             if let Some(slot) = r.vars.iter_mut().find(|(k, _)| k == n) {
                 slot.1 = v;
@@ -992,6 +1013,16 @@ unsafe extern "C" fn conf_define_variable(c: *mut sys::Conf, name: Str, get: Opt
     c.vars.push((n.to_string(), get, data));
     sys::OK
 }
+unsafe extern "C" fn conf_define_variable_prefix(c: *mut sys::Conf, prefix: Str, get: Option<sys::PrefixVarFn>, data: *mut c_void) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    let (Some(get), n) = (get, s(prefix)) else { return sys::INVALID };
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return sys::INVALID;
+    }
+    c.prefix_vars.push((n.to_string(), get, data));
+    sys::OK
+}
+
 unsafe extern "C" fn conf_shm_zone(c: *mut sys::Conf, name: Str, size: u64, version: u32, out: *mut *mut sys::Shm) -> Rc {
     let Some(c) = cf(c) else { return sys::INVALID };
     if out.is_null() || s(name).is_empty() {
@@ -1125,8 +1156,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 70] = offsets!(
-    conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 71] = offsets!(
+    conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1222,6 +1253,7 @@ static TABLE: Table = Table(sys::Host {
     conf_block_id: Some(conf_block_id),
     http_enter_block: Some(http_enter_block),
     conn_set_idle: Some(super::io::conn_set_idle),
+    conf_define_variable_prefix: Some(conf_define_variable_prefix),
 });
 
 /// The host table handed to every plugin.

@@ -242,10 +242,11 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
 /// proxy's variables exist.
 fn serve_here(cx: &ConfCx<'_>) -> Result<(), String> {
     cx.set_content_handler::<Proxy>()?;
-    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for", "upstream_cache_status"] {
+    for v in ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "upstream_response_length", "upstream_bytes_received", "upstream_bytes_sent", "proxy_host", "proxy_port", "proxy_add_x_forwarded_for", "upstream_cache_status"] {
         cx.define_variable(v, var_get(v))?;
     }
-    Ok(())
+    cx.define_variable_prefix("upstream_http_", upstream_http)?;
+    cx.define_variable_prefix("upstream_cookie_", upstream_cookie)
 }
 
 thread_local! {
@@ -328,11 +329,56 @@ struct Snap {
     times: Vec<u64>,
     conn_times: Vec<Option<u64>>,
     head_times: Vec<Option<u64>>,
+    bytes: Vec<(u64, u64, u64)>,
     group: Option<Rc<Upstream>>,
     proxy_host: String,
     https: bool,
     /// `$upstream_cache_status` (MISS, BYPASS, EXPIRED, STALE, HIT).
     cache_status: &'static str,
+    /// The last upstream head's header lines, `name:value\n` each.
+    head: Vec<u8>,
+}
+
+/// The header lines kept in a snapshot: (name, value).
+fn head_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    head.split(|&b| b == b'\n').filter_map(|l| {
+        let at = l.iter().position(|&b| b == b':')?;
+        Some((&l[..at], &l[at + 1..]))
+    })
+}
+
+/// `$upstream_http_NAME`: the upstream's NAME headers ('_' for '-', any
+/// case), several joined with ", " as nginx.
+fn upstream_http(r: &mut Request<'_>, name: &str) -> Option<String> {
+    let snap = r.ctx::<Holder>().1.clone();
+    let s = snap.try_borrow().ok()?;
+    let mut out: Option<String> = None;
+    for (k, v) in head_lines(&s.head) {
+        let same = k.len() == name.len() && k.iter().zip(name.bytes()).all(|(&a, b)| (if a == b'-' { b'_' } else { a.to_ascii_lowercase() }) == b.to_ascii_lowercase());
+        if same {
+            let o = out.get_or_insert_with(String::new);
+            if !o.is_empty() {
+                o.push_str(", ");
+            }
+            o.push_str(&String::from_utf8_lossy(v));
+        }
+    }
+    out
+}
+
+/// `$upstream_cookie_NAME`: the value of cookie NAME the upstream set.
+fn upstream_cookie(r: &mut Request<'_>, name: &str) -> Option<String> {
+    let snap = r.ctx::<Holder>().1.clone();
+    let s = snap.try_borrow().ok()?;
+    let found = head_lines(&s.head).filter(|(k, _)| k.eq_ignore_ascii_case(b"set-cookie")).find_map(|(_, v)| {
+        let v = String::from_utf8_lossy(v);
+        let first = v.split(';').next()?;
+        let (n, val) = first.split_once('=')?;
+        // Spaces around the name and value go, tabs do not (nginx).
+        let val = val.trim_matches(' ');
+        (n.trim_matches(' ').eq_ignore_ascii_case(name) && !val.is_empty()).then(|| val.to_string())
+    });
+    found
 }
 
 fn secs(ms: u64, out: &mut String) {
@@ -363,6 +409,9 @@ fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
         "upstream_response_time" => |r| with_snap(r, |s| join(&s.times, |ms, out| secs(*ms, out))),
         "upstream_connect_time" => |r| with_snap(r, |s| join(&s.conn_times, secs_or_dash)),
         "upstream_header_time" => |r| with_snap(r, |s| join(&s.head_times, secs_or_dash)),
+        "upstream_response_length" => |r| with_snap(r, |s| join(&s.bytes, |b, out| out.push_str(&b.0.to_string()))),
+        "upstream_bytes_received" => |r| with_snap(r, |s| join(&s.bytes, |b, out| out.push_str(&b.1.to_string()))),
+        "upstream_bytes_sent" => |r| with_snap(r, |s| join(&s.bytes, |b, out| out.push_str(&b.2.to_string()))),
         "proxy_host" => |r| with_snap(r, |s| s.proxy_host.clone()),
         "upstream_cache_status" => |r| with_snap(r, |s| s.cache_status.to_string()),
         // The port of proxy_pass's host (80 or 443 when it names none).
@@ -390,9 +439,31 @@ impl State {
         v.times.clone_from(&self.times);
         v.conn_times.clone_from(&self.conn_times);
         v.head_times.clone_from(&self.head_times);
+        v.bytes.clone_from(&self.bytes);
         v.group.clone_from(&self.group);
         v.proxy_host.clone_from(&self.proxy_host);
         v.https = self.https;
+    }
+
+    /// Keeps the upstream's header lines for `$upstream_http_*` and
+    /// `$upstream_cookie_*` (in the snapshot's buffer, reused: no
+    /// allocation in steady state).
+    fn keep_head<'h>(&self, lines: impl Iterator<Item = (&'h [u8], &'h [u8])>) {
+        let Some(Ok(mut v)) = self.snap.as_ref().map(|s| s.try_borrow_mut()) else { return };
+        v.head.clear();
+        for (k, val) in lines {
+            v.head.extend_from_slice(k);
+            v.head.push(b':');
+            v.head.extend_from_slice(val);
+            v.head.push(b'\n');
+        }
+    }
+
+    /// Answers from a cache entry, whose headers are then the upstream's
+    /// (as nginx's variables see them on a hit).
+    fn serve_cached(&self, req: &mut Request<'_>, e: &cache::Entry) -> Status {
+        self.keep_head(e.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        serve_entry(req, e)
     }
 
     /// Sets `$upstream_cache_status` (readable at once, even from header
@@ -457,7 +528,7 @@ impl State {
             if e.fresh() {
                 self.set_cache_status("HIT");
                 self.phase = Phase::Finished;
-                return Some(serve_entry(req, &e));
+                return Some(self.serve_cached(req, &e));
             }
             self.set_cache_status("EXPIRED");
             self.stale_entry = Some(e);
@@ -520,7 +591,7 @@ impl State {
         self.set_cache_status("STALE");
         self.store = None;
         self.phase = Phase::Finished;
-        Some(serve_entry(req, &e))
+        Some(self.serve_cached(req, &e))
     }
 }
 
@@ -998,6 +1069,13 @@ struct State {
     head_ms: Option<u64>,
     conn_times: Vec<Option<u64>>,
     head_times: Vec<Option<u64>>,
+    /// This attempt's bytes read from and written to the upstream, and
+    /// the response heads' share of those read; every attempt's
+    /// (response length, received, sent).
+    rx: u64,
+    tx: u64,
+    head_len: u64,
+    bytes: Vec<(u64, u64, u64)>,
     /// The upstream is reached over TLS (`$proxy_port`'s default).
     https: bool,
     /// A request body in a temporary file (fd, pos, len): sent after
@@ -1088,8 +1166,10 @@ impl State {
         let (mut a, mut st, mut t) = (std::mem::take(&mut self.addrs), std::mem::take(&mut self.statuses), std::mem::take(&mut self.times));
         let snap = self.snap.take();
         let (mut ct, mut ht) = (std::mem::take(&mut self.conn_times), std::mem::take(&mut self.head_times));
+        let mut bytes = std::mem::take(&mut self.bytes);
         ct.clear();
         ht.clear();
+        bytes.clear();
         if let Some(Ok(mut v)) = snap.as_ref().map(|s| s.try_borrow_mut()) {
             let v = &mut *v;
             v.addrs.clear();
@@ -1097,12 +1177,17 @@ impl State {
             v.times.clear();
             v.conn_times.clear();
             v.head_times.clear();
+            v.bytes.clear();
             v.group = None;
             v.proxy_host.clear();
             v.cache_status = "";
+            v.head.clear();
+            if v.head.capacity() > KEEP_BUF {
+                v.head = Vec::new();
+            }
         }
         *self = State::default();
-        (self.snap, self.conn_times, self.head_times) = (snap, ct, ht);
+        (self.snap, self.conn_times, self.head_times, self.bytes) = (snap, ct, ht, bytes);
         for v in [&mut out, &mut buf] {
             v.clear();
             if v.capacity() > KEEP_BUF {
@@ -1291,6 +1376,7 @@ impl State {
         self.framing = None;
         self.chunked = Chunked::default();
         self.attempt_start = Some(now);
+        (self.rx, self.tx, self.head_len) = (0, 0, 0);
         self.addrs.push(i);
         group.acquire(i);
         self.acquired = true;
@@ -1397,6 +1483,7 @@ impl State {
             };
             match c.write(pending) {
                 Ok(Some(n)) if n > 0 => {
+                    self.tx += n as u64;
                     if self.sent < self.out.len() {
                         self.sent += n;
                     } else {
@@ -1428,7 +1515,10 @@ impl State {
         let want = max.saturating_sub(self.buf.len()).max(1);
         match c.read_append(&mut self.buf, want) {
             Ok(Some(0)) => Ok(Some(false)),
-            Ok(Some(_)) => Ok(Some(true)),
+            Ok(Some(n)) => {
+                self.rx += n as u64;
+                Ok(Some(true))
+            }
             Ok(None) => Ok(None),
             Err(_) => Err(Fail::Error),
         }
@@ -1454,6 +1544,7 @@ impl State {
                 }
             };
             if let Some(n) = parsed {
+                self.head_len += n as u64;
                 let code = resp.code.unwrap_or(0);
                 let attempt = self.attempt;
                 // An interim response (100 Continue) is skipped.
@@ -1507,6 +1598,7 @@ impl State {
         self.conn_times.push(self.conn_ms.take());
         self.head_times.push(self.head_ms.take());
         self.times.push(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
+        self.bytes.push((self.rx.saturating_sub(self.head_len), self.rx, self.tx));
         self.snap();
     }
 
@@ -1517,11 +1609,15 @@ impl State {
         if let Some(last) = self.times.last_mut() {
             *last = t;
         }
+        if let Some(last) = self.bytes.last_mut() {
+            *last = (self.rx.saturating_sub(self.head_len), self.rx, self.tx);
+        }
         self.snap();
     }
 
     fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: &[httparse::Header<'_>]) -> Flow {
         self.status = code;
+        self.keep_head(head.iter().map(|h| (h.name.as_bytes(), h.value)));
         self.head_ms = Some(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
         let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
         let retry_on = match code {
@@ -1658,7 +1754,7 @@ impl State {
                 self.finish_upstream(self.keep);
                 self.set_cache_status("REVALIDATED");
                 self.phase = Phase::Finished;
-                return Flow::Return(serve_entry(req, &e));
+                return Flow::Return(self.serve_cached(req, &e));
             }
         }
         if self.stale_entry.is_some() && cache::stale_bit(code) != 0 {
