@@ -564,7 +564,8 @@ typedef struct ngx_plugin_host_s {
     /** Cancels a timer; unknown or fired ids are ignored. */
     void (*timer_cancel)(ngx_plugin_timer_t id);
     /** Starts a nonblocking connect to "host:port" (numeric or resolved at
-     *  config time). cb runs with NGX_PLUGIN_EV_WRITE on success or
+     *  config time) or, from 1.9 on, "unix:/path" (a Unix-domain stream
+     *  socket; an older host answers NGX_PLUGIN_INVALID). cb runs with NGX_PLUGIN_EV_WRITE on success or
      *  NGX_PLUGIN_EV_ERROR on failure/timeout. Owned by `owner` (may be NULL). */
     ngx_plugin_rc_t (*conn_connect)(ngx_plugin_request_t *owner, ngx_plugin_str_t addr,
                                     uint64_t timeout_ms, ngx_plugin_conn_pt cb, void *data,

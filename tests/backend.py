@@ -5,6 +5,9 @@ misbehaves on request.
 
     python3 tests/backend.py NAME   -> prints "PORT <n>" once listening on
                                        127.0.0.1 (ephemeral port)
+    python3 tests/backend.py NAME unix:PATH
+                                    -> listens on the Unix-domain socket PATH
+                                       instead; prints "PORT 0"
 
 Every response carries "X-Backend: NAME" and "X-Conn: <connection serial>".
 
@@ -36,6 +39,7 @@ import base64
 import hashlib
 import json
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -255,9 +259,17 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 def main():
-    srv = Server(("127.0.0.1", 0), Handler)
-    print("PORT %d" % srv.server_address[1], flush=True)
+    if len(sys.argv) > 2 and sys.argv[2].startswith("unix:"):
+        srv = UnixServer(sys.argv[2][5:], Handler)
+        print("PORT 0", flush=True)
+    else:
+        srv = Server(("127.0.0.1", 0), Handler)
+        print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()
 
 

@@ -602,6 +602,12 @@ impl Backend {
         Backend { child, port, name: name.to_string() }
     }
 
+    /// Starts one on the Unix-domain socket `path` instead (`port` is 0).
+    pub fn start_unix(name: &str, path: &Path) -> Backend {
+        let (child, port) = spawn_listening(Command::new("python3").arg(repo_root().join("tests/backend.py")).arg(name).arg(format!("unix:{}", path.display())));
+        Backend { child, port, name: name.to_string() }
+    }
+
     /// How many TCP connections it has accepted (this query's included).
     pub fn conns(&self) -> u64 {
         let r = get(self.port, "/conns").unwrap();

@@ -504,6 +504,46 @@ fn upstream_header_and_cookie_variables() {
     assert_eq!(line, "/counted/v [1] [a, b] [abc] [-]\n");
 }
 
+#[test]
+fn unix_domain_socket_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let (_ba, _bb) = (Backend::start_unix("UA", &a), Backend::start_unix("UB", &b));
+    // Workers may run as another user (nobody, when the tests run as root).
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [(dir.path(), 0o755), (a.as_path(), 0o777), (b.as_path(), 0o777)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let s = front(&format!(
+        "log_format up '$uri $upstream_addr $upstream_status';
+         access_log logs/up.log up;
+         upstream socks {{ server unix:{b}; }}
+         server {{ listen 127.0.0.1:PORT;
+           location /direct/ {{ proxy_pass http://unix:{a}:/two/; }}
+           location /group/ {{ proxy_pass http://socks; }}
+           location /gone/ {{ proxy_pass http://unix:{a}.missing; }}
+         }}",
+        a = a.display(),
+        b = b.display()
+    ));
+    let r = req(s.port, "GET /direct/x?q=1 HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("UA")), "{body}\n{}", s.prefix.error_log());
+    // The URI part replaced the location's prefix; Host is "localhost", as
+    // nginx's $proxy_host for a Unix-domain socket.
+    assert!(body.contains("\"target\": \"/two/x?q=1\"") && body.contains("[\"Host\", \"localhost\"]"), "{body}");
+    let r = req(s.port, "GET /group/y HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("UB")));
+    assert_eq!(req(s.port, "GET /gone/ HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n").status, 502);
+    let log = s.prefix.path().join("logs/up.log");
+    let text = poll_until("the access log", Duration::from_secs(5), || std::fs::read_to_string(&log).ok().filter(|t| t.lines().count() == 3));
+    assert_eq!(
+        text,
+        format!("/direct/x unix:{a} 200\n/group/y unix:{b} 200\n/gone/ unix:{a}.missing 502\n", a = a.display(), b = b.display())
+    );
+    assert!(s.prefix.error_log().contains("No such file or directory"), "{}", s.prefix.error_log());
+}
+
 /// Sends one masked text frame and reads the echo.
 fn ws_echo(c: &mut TcpStream, msg: &str) {
     let mask = [1u8, 2, 3, 4];

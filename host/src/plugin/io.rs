@@ -64,6 +64,8 @@ pub struct PConn {
     error: String,
     /// The last failure was a timeout.
     timed_out: bool,
+    /// A Unix-domain socket (`unix:/path`).
+    unix: bool,
     /// Relayed for this HTTP connection (wake it on events).
     http: Option<usize>,
     /// Relayed with another plugin connection.
@@ -384,6 +386,7 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
         connecting: None,
         error: String::new(),
         timed_out: false,
+        unix: false,
         http: None,
         relay: None,
         idle: None,
@@ -479,14 +482,51 @@ fn dispatch(token: usize, ev: u32) {
     }
 }
 
+/// Connects a nonblocking stream socket to the Unix-domain socket at
+/// `path` (`proxy_pass http://unix:/path`). A local connect completes at
+/// once or fails (EAGAIN when the listener's backlog is full, as nginx
+/// reports it). The socket is then driven through mio's TcpStream: recv,
+/// send, shutdown and SO_ERROR are the same calls on an AF_UNIX stream
+/// socket, and nothing here asks it for an IP address.
+fn connect_unix(path: &str) -> std::io::Result<TcpStream> {
+    use std::os::unix::io::FromRawFd;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_bytes();
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(std::io::Error::from(ErrorKind::InvalidInput));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: plain socket calls on a descriptor owned here until it is
+    // handed to TcpStream (or closed on failure); addr is initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+        if libc::connect(fd, &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpStream::from_raw_fd(fd))
+    }
+}
+
 /// Where a connect in progress stands: None while still connecting.
 fn connect_result(pc: &mut PConn) -> Option<std::io::Result<()>> {
+    let unix = pc.unix;
     let sock = match pc.sock() {
         Ok(s) => &mut s.tcp,
         Err(e) => return Some(Err(e)),
     };
     match sock.take_error() {
         Ok(Some(e)) | Err(e) => return Some(Err(e)),
+        // A Unix-domain connect is complete once it succeeded.
+        Ok(None) if unix => return Some(Ok(())),
         Ok(None) => {}
     }
     match sock.peer_addr() {
@@ -846,24 +886,33 @@ pub(super) unsafe extern "C" fn conn_connect(
     // SAFETY: the plugin passes a valid string for the call.
     let text = unsafe { addr.as_bytes() };
     let Ok(text) = std::str::from_utf8(text) else { return sys::INVALID };
-    let sa = match text.parse::<std::net::SocketAddr>() {
-        Ok(sa) => sa,
+    let unix = text.strip_prefix("unix:");
+    let sa = match (unix, text.parse::<std::net::SocketAddr>()) {
+        (Some(_), _) => None,
+        (None, Ok(sa)) => Some(sa),
         // Names should be resolved at configuration time; this blocks.
-        Err(_) => match std::net::ToSocketAddrs::to_socket_addrs(text).ok().and_then(|mut a| a.next()) {
-            Some(sa) => sa,
+        (None, Err(_)) => match std::net::ToSocketAddrs::to_socket_addrs(text).ok().and_then(|mut a| a.next()) {
+            Some(sa) => Some(sa),
             None => return sys::INVALID,
         },
     };
     let (plugin, name) = host_api::current_plugin();
-    let (sock, error) = match TcpStream::connect(sa) {
+    let connected = match (unix, sa) {
+        (Some(path), _) => connect_unix(path),
+        (None, Some(sa)) => TcpStream::connect(sa),
+        (None, None) => return sys::INVALID,
+    };
+    let (sock, error) = match connected {
         Ok(s) => (Some(Stream::plain(s)), None),
         Err(e) => (None, Some(e)),
     };
+    let peer = sa.map_or_else(|| text.to_string(), |sa| sa.to_string());
     let token = ST.with(|s| {
         let mut s = s.borrow_mut();
         let token = TOKEN_BASE + s.next_token;
         s.next_token += 1;
-        let mut pc = new_conn(sock, token, plugin, name, sa.to_string());
+        let mut pc = new_conn(sock, token, plugin, name, peer);
+        pc.unix = unix.is_some();
         pc.owner = owner as usize;
         s.own_conn(pc.owner);
         pc.outbound = true;

@@ -74,7 +74,7 @@ pub struct Pass {
     /// The location's name (prefix) the URI part replaces.
     pub loc_prefix: String,
     /// Addresses when `host` resolved at configuration time.
-    pub addrs: Vec<std::net::SocketAddr>,
+    pub addrs: Vec<String>,
     /// The group, bound when configuration is complete.
     pub group: RefCell<Option<Rc<Upstream>>>,
     /// `https://`: TLS to the upstream.
@@ -163,6 +163,22 @@ pub struct Conf {
     cache_conf: Option<Rc<cache::CacheConf>>,
 }
 
+/// Splits what follows `http://` into the host and the URI part, if any.
+/// A Unix-domain socket is written `unix:/path` and ends at the next ':'
+/// (`http://unix:/run/app.sock:/uri`), as nginx's.
+fn split_host(rest: &str) -> (&str, Option<String>) {
+    if let Some(path) = rest.strip_prefix("unix:") {
+        return match path.find(':') {
+            Some(i) => (&rest[..5 + i], Some(path[i + 1..].to_string()).filter(|u| !u.is_empty())),
+            None => (rest, None),
+        };
+    }
+    match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
+    }
+}
+
 /// The TLS name for a proxy_pass host: without its port (and brackets).
 fn tls_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
@@ -188,10 +204,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     } else {
         return Err(format!("invalid URL prefix in \"{url}\""));
     };
-    let (host, uri) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
-        None => (rest, None),
-    };
+    let (host, uri) = split_host(rest);
     if host.is_empty() {
         return Err(format!("no host in \"{url}\""));
     }
@@ -271,10 +284,7 @@ fn dynamic_pass(req: &Request<'_>, conf: &Conf, tpl: &Pass) -> Result<Rc<Pass>, 
             return Err(Status::Http(500));
         }
     };
-    let (host, uri) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
-        None => (rest, None),
-    };
+    let (host, uri) = split_host(rest);
     if host.is_empty() {
         plugin_api::log(sys::LOG_ERR, &format!("no host in \"{url}\""));
         return Err(Status::Http(500));
@@ -285,11 +295,16 @@ fn dynamic_pass(req: &Request<'_>, conf: &Conf, tpl: &Pass) -> Result<Rc<Pass>, 
                 return Some(u.clone());
             }
             let port = if scheme == "https" { 443 } else { 80 };
-            let addr = host
+            let addr = if host.starts_with("unix:") {
+                upstream::resolve(host).ok()?.swap_remove(0)
+            } else {
+                host
                 .parse::<std::net::SocketAddr>()
                 .ok()
                 .or_else(|| host.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, port)))
-                .or_else(|| host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).and_then(|h| h.parse::<std::net::IpAddr>().ok()).map(|ip| std::net::SocketAddr::new(ip, port)))?;
+                .or_else(|| host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).and_then(|h| h.parse::<std::net::IpAddr>().ok()).map(|ip| std::net::SocketAddr::new(ip, port)))?
+                .to_string()
+            };
             let u = Rc::new(Upstream::implicit(host, &[addr]));
             g.borrow_mut().insert(host.to_string(), u.clone());
             Some(u)
@@ -1303,7 +1318,8 @@ impl State {
             plugin_api::log(sys::LOG_ERR, &format!("host not found in upstream \"{}\"", pass.host));
             return Flow::Return(Status::Http(502));
         };
-        self.proxy_host.push_str(&pass.host);
+        // A Unix-domain socket's $proxy_host is "localhost", as nginx's.
+        self.proxy_host.push_str(if pass.host.starts_with("unix:") { "localhost" } else { &pass.host });
         self.https = pass.tls;
         if let Some(cc) = &conf.cache_conf {
             let bit = match req.method() {

@@ -12,15 +12,14 @@ use plugin_api::sys;
 use plugin_api::template::Template;
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant};
 
 /// One server of a group.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// The address as text (for `$upstream_addr` and connecting).
+    /// The address as text ("127.0.0.1:8080", "unix:/path"), for
+    /// `$upstream_addr` and connecting.
     pub text: String,
     /// `weight=`.
     pub weight: u32,
@@ -106,8 +105,15 @@ fn parse_time(cx_time: &dyn Fn(&str) -> Result<u64, String>, v: &str) -> Result<
     cx_time(v).map(Duration::from_millis)
 }
 
-/// Resolves `host[:port]` (default port 80) at configuration time.
-pub fn resolve(hostport: &str) -> Result<Vec<SocketAddr>, String> {
+/// Resolves `host[:port]` (default port 80) at configuration time, as
+/// addresses in text; `unix:/path` (a Unix-domain socket) stays as it is.
+pub fn resolve(hostport: &str) -> Result<Vec<String>, String> {
+    if let Some(path) = hostport.strip_prefix("unix:") {
+        if !path.starts_with('/') && !path.starts_with('.') || path.len() > 107 {
+            return Err(format!("invalid host in upstream \"{hostport}\""));
+        }
+        return Ok(vec![hostport.to_string()]);
+    }
     let with_port = if hostport.rsplit_once(':').is_some_and(|(h, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':'))
         || hostport.starts_with('[') && hostport.contains("]:")
     {
@@ -115,7 +121,7 @@ pub fn resolve(hostport: &str) -> Result<Vec<SocketAddr>, String> {
     } else {
         format!("{hostport}:80")
     };
-    let addrs: Vec<SocketAddr> = with_port.to_socket_addrs().map_err(|_| format!("host not found in upstream \"{hostport}\""))?.collect();
+    let addrs: Vec<String> = with_port.to_socket_addrs().map_err(|_| format!("host not found in upstream \"{hostport}\""))?.map(|a| a.to_string()).collect();
     if addrs.is_empty() {
         return Err(format!("host not found in upstream \"{hostport}\""));
     }
@@ -148,10 +154,10 @@ impl Upstream {
 
     /// The implicit group for `proxy_pass http://host:port`: every
     /// address the name resolves to, weight 1.
-    pub fn implicit(name: &str, addrs: &[SocketAddr]) -> Upstream {
+    pub fn implicit(name: &str, addrs: &[String]) -> Upstream {
         let peers = addrs
             .iter()
-            .map(|a| Peer { addr: *a, text: a.to_string(), weight: 1, max_fails: 1, fail_timeout: Duration::from_secs(10), down: false })
+            .map(|a| Peer { text: a.clone(), weight: 1, max_fails: 1, fail_timeout: Duration::from_secs(10), down: false })
             .collect::<Vec<_>>();
         let n = peers.len();
         Upstream::new(name, peers, n, Balance::RoundRobin)
@@ -170,7 +176,6 @@ impl Upstream {
                 "server" => {
                     let (addr, params) = args.split_first().ok_or("invalid number of arguments in \"server\" directive")?;
                     let mut p = Peer {
-                        addr: "0.0.0.0:0".parse().expect("literal"),
                         text: String::new(),
                         weight: 1,
                         max_fails: 1,
@@ -195,8 +200,7 @@ impl Upstream {
                     }
                     for sa in resolve(addr)? {
                         let mut q = p.clone();
-                        q.addr = sa;
-                        q.text = sa.to_string();
+                        q.text = sa;
                         if is_backup {
                             backup.push(q);
                         } else {
