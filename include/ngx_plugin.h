@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 9
+#define NGX_PLUGIN_ABI_MINOR 10
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -754,6 +754,17 @@ typedef struct ngx_plugin_host_s {
      *  variable defined by its whole name wins over a family. [conf] */
     ngx_plugin_rc_t (*conf_define_variable_prefix)(ngx_plugin_conf_t *cf, ngx_plugin_str_t prefix,
                                                    ngx_plugin_prefix_var_pt get, void *data);
+    /** (1.10) Starts a subrequest of r for `uri` (a path of r's server,
+     *  `internal` locations included) with `args`, as nginx's auth_request
+     *  makes one: GET, r's headers, no body, its response kept to the head
+     *  and not sent or logged. Return NGX_PLUGIN_AGAIN from the handler:
+     *  it is called again once the subrequest has finished. *out is the
+     *  subrequest's handle: read its status (http_status), headers
+     *  (http_header_out) and variables (http_var) until r finishes. One
+     *  at a time (a finished one is replaced); not from a subrequest
+     *  (NGX_PLUGIN_INVALID). OWNERSHIP: uri and args copied. [worker] */
+    ngx_plugin_rc_t (*http_subrequest)(ngx_plugin_request_t *r, ngx_plugin_str_t uri, ngx_plugin_str_t args,
+                                       ngx_plugin_request_t **out);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

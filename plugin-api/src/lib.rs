@@ -638,6 +638,11 @@ impl ConfCx<'_> {
     }
 }
 
+/// A subrequest's handle ([`Request::subrequest`]); kept in a plugin's
+/// request state between calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subrequest(*mut sys::Request);
+
 /// A shared memory zone: the same bytes in every worker, behind a
 /// cross-process lock. Store offsets, never pointers, inside it.
 #[derive(Clone, Copy, Debug)]
@@ -775,6 +780,27 @@ impl<'a> Request<'a> {
         // made (a `C`, checked above), alive for the generation, which
         // outlives the request.
         (!p.is_null()).then(|| unsafe { &*(p as *const C) })
+    }
+
+    /// Starts a subrequest for `uri` (ABI 1.10; see `http_subrequest` in
+    /// ngx_plugin.h): return [`Status::Again`]; the handler runs again
+    /// once it has finished, and [`Request::subrequest_of`] reads it.
+    pub fn subrequest(&mut self, uri: &str, args: &str) -> Result<Subrequest, sys::Rc> {
+        let f = rt::slot!(http_subrequest).ok_or(sys::UNSUPPORTED)?;
+        let mut out = std::ptr::null_mut();
+        // SAFETY: live handle; strings copied; out is a valid out-pointer.
+        match unsafe { f(self.raw, sys::Str::from_bytes(uri.as_bytes()), sys::Str::from_bytes(args.as_bytes()), &mut out) } {
+            sys::OK if !out.is_null() => Ok(Subrequest(out)),
+            rc => Err(rc),
+        }
+    }
+
+    /// A subrequest this request made, to read its status, headers and
+    /// variables (a finished request's handle answers nothing).
+    pub fn subrequest_of(&self, s: Subrequest) -> Request<'_> {
+        // SAFETY: the host checks every handle: one whose subrequest is
+        // gone answers GONE, never reaching freed memory.
+        unsafe { Request::from_raw(s.0) }
     }
 
     /// The query string (`$args`).

@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 9;
+pub const ABI_MINOR: u32 = 10;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -313,6 +313,8 @@ pub struct Host {
     pub conn_set_idle: Option<unsafe extern "C" fn(*mut Conn, u64) -> Rc>,
     // appended in 1.9
     pub conf_define_variable_prefix: Option<unsafe extern "C" fn(*mut Conf, Str, Option<PrefixVarFn>, *mut c_void) -> Rc>,
+    // appended in 1.10
+    pub http_subrequest: Option<unsafe extern "C" fn(*mut Request, Str, Str, *mut *mut Request) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

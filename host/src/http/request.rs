@@ -233,6 +233,13 @@ pub struct Req<'a> {
     pub tls: Option<crate::tls::Info>,
     /// The name the client sent in SNI (empty: none).
     pub ssl_server_name: String,
+    /// A subrequest this request made (`http_subrequest`): boxed (its
+    /// handle points at it), freed with this request's plugin state.
+    pub sub: Option<Box<RefCell<Req<'a>>>>,
+    /// This request waits for `sub` to finish.
+    pub waiting_sub: bool,
+    /// This is a subrequest: its response goes nowhere.
+    pub is_sub: bool,
 }
 
 /// A request's growable memory, kept by the worker between requests
@@ -340,7 +347,39 @@ impl<'a> Req<'a> {
             relay: None,
             tls: None,
             ssl_server_name: String::new(),
+            sub: None,
+            waiting_sub: false,
+            is_sub: false,
         }
+    }
+
+    /// A subrequest of this request for `uri` (nginx's, as auth_request
+    /// makes it): GET, the same headers and connection, no body, internal
+    /// locations allowed, its response kept to the head (status, headers,
+    /// variables) and not logged. It starts at SERVER_REWRITE.
+    pub fn subrequest(&self, uri: &str, args: &str) -> Req<'a> {
+        let mut s = Req::new(self.conn, self.cycle, self.srv, self.peer, self.local);
+        s.reset();
+        s.method.push_str("GET");
+        s.request_uri.push_str(&self.request_uri);
+        s.uri.push_str(uri);
+        s.args.push_str(args);
+        s.minor = self.minor;
+        s.host.push_str(&self.host);
+        s.remote_addr.clone_from(&self.remote_addr);
+        s.real_addr.clone_from(&self.real_addr);
+        s.headers_in.clone_from(&self.headers_in);
+        s.conn_requests = self.conn_requests;
+        s.conn_born = self.conn_born;
+        s.conn_serial = self.conn_serial;
+        s.tls.clone_from(&self.tls);
+        s.ssl_server_name.clone_from(&self.ssl_server_name);
+        s.header_only = true;
+        s.internal = true;
+        s.logged = true;
+        s.is_sub = true;
+        s.phase = sys::PHASE_SERVER_REWRITE;
+        s
     }
 
     /// The connection went idle (keepalive): its request memory (strings,
@@ -513,8 +552,16 @@ impl<'a> Req<'a> {
             .sum()
     }
 
-    /// Runs plugin destructors and drops request-lifetime memory.
+    /// Runs plugin destructors and drops request-lifetime memory (the
+    /// subrequest's too).
     pub fn free_plugin_state(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            let mut s = sub.borrow_mut();
+            s.free_plugin_state();
+            host_api::unregister_request(s.handle);
+            s.out.clear();
+        }
+        self.waiting_sub = false;
         if self.handle != 0 {
             crate::plugin::io::drop_owner(self.handle);
         }
@@ -1306,6 +1353,7 @@ fn handler_at(r: &Req, phase: u32, idx: usize) -> Option<(usize, sys::HttpHandle
 /// Runs the phase engine until the request suspends or is finalized.
 pub fn run(cell: &RefCell<Req>) {
     loop {
+        run_sub(cell);
         {
             let mut r = cell.borrow_mut();
             if r.redirect.is_some() {
@@ -1335,6 +1383,34 @@ pub fn run(cell: &RefCell<Req>) {
             }
         }
         step(cell);
+    }
+}
+
+/// Runs the request's subrequest while it waits for it; the subrequest's
+/// end resumes the request (nginx's post-subrequest handler).
+fn run_sub(cell: &RefCell<Req>) {
+    // Taken out while it runs (its handle points into the box, which
+    // does not move), then put back: read until the request finishes.
+    let sub = {
+        let mut r = cell.borrow_mut();
+        if !r.waiting_sub {
+            return;
+        }
+        r.sub.take()
+    };
+    let Some(sub) = sub else { return };
+    run(&sub);
+    let done = {
+        let mut s = sub.borrow_mut();
+        // Its response goes nowhere.
+        s.out.clear();
+        s.run == Run::Finalized
+    };
+    let mut r = cell.borrow_mut();
+    r.sub = Some(sub);
+    if done {
+        r.waiting_sub = false;
+        r.resume = true;
     }
 }
 
@@ -1372,6 +1448,13 @@ fn step(cell: &RefCell<Req>) {
         if r.phase > sys::PHASE_CONTENT {
             drop(r);
             no_content(cell);
+            return;
+        }
+        // Subrequests skip the ACCESS phase, as nginx's (the request that
+        // made one was checked already).
+        if r.phase == sys::PHASE_ACCESS && r.is_sub && r.again.is_none() {
+            drop(r);
+            next_phase(cell);
             return;
         }
         let phase = r.phase;

@@ -899,6 +899,29 @@ unsafe extern "C" fn http_enter_block(r: *mut sys::Request, id: u32) -> *mut c_v
     r.location().confs.get(current().0).copied().unwrap_or(std::ptr::null_mut())
 }
 
+unsafe extern "C" fn http_subrequest(r: *mut sys::Request, uri: Str, args: Str, out: *mut *mut sys::Request) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    let u = s(uri);
+    if out.is_null() || !u.starts_with('/') || r.is_sub || r.waiting_sub || r.run == hreq::Run::Finalized {
+        return sys::INVALID;
+    }
+    let a = if args.data.is_null() { "" } else { s(args) };
+    let sub = Box::new(RefCell::new(r.subrequest(u, a)));
+    if let Some(old) = r.sub.take() {
+        let mut o = old.borrow_mut();
+        o.free_plugin_state();
+        unregister_request(o.handle);
+    }
+    let h = register_request(&sub);
+    sub.borrow_mut().handle = h;
+    r.sub = Some(sub);
+    r.waiting_sub = true;
+    // SAFETY: non-null out-pointer.
+    unsafe { *out = h as *mut sys::Request };
+    sys::OK
+}
+
 unsafe extern "C" fn http_read_body(r: *mut sys::Request, done: Option<sys::DoneFn>, data: *mut c_void) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
@@ -1156,8 +1179,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 71] = offsets!(
-    conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 72] = offsets!(
+    http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1254,6 +1277,7 @@ static TABLE: Table = Table(sys::Host {
     http_enter_block: Some(http_enter_block),
     conn_set_idle: Some(super::io::conn_set_idle),
     conf_define_variable_prefix: Some(conf_define_variable_prefix),
+    http_subrequest: Some(http_subrequest),
 });
 
 /// The host table handed to every plugin.
