@@ -454,30 +454,11 @@ fn websocket_upgrade_is_relayed_both_ways() {
              proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }}
          }}"
     ));
-    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut byte).unwrap(), 1, "head: {:?}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let (mut c, head) = ws_open(s.port);
     assert!(head.contains("Upgrade: websocket") && head.contains("Connection: upgrade"), "{head}");
     assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
     for msg in ["hello", "second frame"] {
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | msg.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        c.write_all(&frame).unwrap();
-        let mut h = [0u8; 2];
-        c.read_exact(&mut h).unwrap();
-        let mut payload = vec![0u8; (h[1] & 0x7f) as usize];
-        c.read_exact(&mut payload).unwrap();
-        assert_eq!(String::from_utf8_lossy(&payload), format!("echo:{msg}"));
+        ws_echo(&mut c, msg);
     }
     // Close: the backend answers and closes; ngxr closes the client side.
     c.write_all(&[0x88, 0x80, 0, 0, 0, 0]).unwrap();
@@ -544,6 +525,22 @@ fn unix_domain_socket_upstreams() {
     assert!(s.prefix.error_log().contains("No such file or directory"), "{}", s.prefix.error_log());
 }
 
+/// Connects to `/ws` and upgrades (10 s read timeout); the 101's head.
+fn ws_open(port: u16) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "head: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    (c, head)
+}
+
 /// Sends one masked text frame and reads the echo.
 fn ws_echo(c: &mut TcpStream, msg: &str) {
     let mask = [1u8, 2, 3, 4];
@@ -569,16 +566,7 @@ fn an_upgraded_connection_ends_after_proxy_read_timeout_of_silence() {
              proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; }}
          }}"
     ));
-    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(c.read(&mut byte).unwrap(), 1);
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101 "));
+    let (mut c, _) = ws_open(s.port);
     // Traffic every 400 ms keeps it open well past the 1 s limit…
     let start = std::time::Instant::now();
     for i in 0..4 {
