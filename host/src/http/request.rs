@@ -1353,7 +1353,6 @@ fn handler_at(r: &Req, phase: u32, idx: usize) -> Option<(usize, sys::HttpHandle
 /// Runs the phase engine until the request suspends or is finalized.
 pub fn run(cell: &RefCell<Req>) {
     loop {
-        run_sub(cell);
         {
             let mut r = cell.borrow_mut();
             if r.redirect.is_some() {
@@ -1374,6 +1373,15 @@ pub fn run(cell: &RefCell<Req>) {
             match r.run {
                 Run::Finalized => return,
                 Run::Waiting => return,
+                // Waiting for its subrequest: that runs first, and only
+                // its end resumes the request.
+                Run::Suspended if r.waiting_sub => {
+                    drop(r);
+                    if !run_sub(cell) {
+                        return;
+                    }
+                    continue;
+                }
                 Run::Suspended if !r.resume => return,
                 Run::Suspended => {
                     r.resume = false;
@@ -1387,18 +1395,12 @@ pub fn run(cell: &RefCell<Req>) {
 }
 
 /// Runs the request's subrequest while it waits for it; the subrequest's
-/// end resumes the request (nginx's post-subrequest handler).
-fn run_sub(cell: &RefCell<Req>) {
+/// end resumes the request (nginx's post-subrequest handler): true then.
+fn run_sub(cell: &RefCell<Req>) -> bool {
     // Taken out while it runs (its handle points into the box, which
     // does not move), then put back: read until the request finishes.
-    let sub = {
-        let mut r = cell.borrow_mut();
-        if !r.waiting_sub {
-            return;
-        }
-        r.sub.take()
-    };
-    let Some(sub) = sub else { return };
+    let sub = cell.borrow_mut().sub.take();
+    let Some(sub) = sub else { return false };
     run(&sub);
     let done = {
         let mut s = sub.borrow_mut();
@@ -1412,6 +1414,7 @@ fn run_sub(cell: &RefCell<Req>) {
         r.waiting_sub = false;
         r.resume = true;
     }
+    done
 }
 
 /// Handles a handler's (or http_finalize's) return code.
@@ -1591,7 +1594,9 @@ fn next_phase(cell: &RefCell<Req>) {
             finalize_status(cell, st);
             return;
         }
-        r.loc = r.server().limit_except(r.loc, &r.method);
+        if r.location().limit_except.is_some() {
+            r.loc = r.server().limit_except(r.loc, &r.method);
+        }
     }
     if r.phase == sys::PHASE_PRECONTENT {
         drop(r);

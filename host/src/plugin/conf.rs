@@ -56,6 +56,9 @@ pub struct Plugins {
     pub vars: Vec<(String, usize, sys::VarFn, *mut c_void)>,
     /// Variable families plugins defined: (prefix, plugin, getter, data).
     pub prefix_vars: Vec<(String, usize, sys::PrefixVarFn, *mut c_void)>,
+    /// Bit b set when some family's prefix starts with byte b (ASCII):
+    /// most names are ruled out without a scan.
+    pub prefix_first: u128,
     /// Each plugin's MAIN-level object.
     pub main: Vec<*mut c_void>,
     /// Every level block, parents before children.
@@ -104,7 +107,7 @@ impl Plugins {
             .collect();
         let header_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.header_filter.map(|f| (i, f))).collect();
         let body_filters = hooks.iter().enumerate().rev().filter_map(|(i, h): (usize, &Hooks)| h.body_filter.map(|f| (i, f))).collect();
-        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), prefix_vars: Vec::new(), main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default(), paths: Default::default() }
+        Plugins { list, hooks, phase_handlers, header_filters, body_filters, vars: Vec::new(), prefix_vars: Vec::new(), prefix_first: 0, main: Vec::new(), nodes: Vec::new(), made: Vec::new(), initialised: false, proto: Vec::new(), helpers: Vec::new(), zones: Vec::new(), conf_dir: prefix.join("conf"), prefix, tls: Default::default(), files: Default::default(), paths: Default::default() }
     }
 
     fn cx<'d>(&self, d: &'d Directive, block_data: *mut c_void) -> ConfCtx<'d> {
@@ -164,6 +167,7 @@ impl Plugins {
             if self.prefix_vars.iter().any(|v| overlaps(&v.0)) || crate::http::vars::overlaps_core_family(&prefix) {
                 return Err(at.err(format!("variables \"${prefix}…\" are already defined")));
             }
+            self.prefix_first |= 1 << (prefix.as_bytes()[0] & 0x7f);
             self.prefix_vars.push((prefix, pi, get, vdata));
         }
         Ok(())

@@ -789,6 +789,9 @@ unsafe extern "C" fn http_var(r: *mut sys::Request, name: Str, out: *mut Str) ->
         let cy = req.cycle();
         let exact = cy.plugins.vars.iter().find(|v| v.0 == n).map(|v| (v.1, Getter::Whole(v.2), v.3, cy));
         exact.or_else(|| {
+            if cy.plugins.prefix_first & (1 << (n.as_bytes().first()? & 0x7f)) == 0 {
+                return None;
+            }
             let v = cy.plugins.prefix_vars.iter().find(|v| n.len() > v.0.len() && n.starts_with(v.0.as_str()))?;
             Some((v.1, Getter::Family(v.2, v.0.len()), v.3, cy))
         })

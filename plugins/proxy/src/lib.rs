@@ -350,15 +350,19 @@ struct Snap {
     https: bool,
     /// `$upstream_cache_status` (MISS, BYPASS, EXPIRED, STALE, HIT).
     cache_status: &'static str,
-    /// The last upstream head's header lines, `name:value\n` each.
+    /// The last upstream response head, as received (status line first).
     head: Vec<u8>,
 }
 
-/// The header lines kept in a snapshot: (name, value).
+/// The header lines of a kept head: (name, value without the spaces
+/// around it).
 fn head_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    head.split(|&b| b == b'\n').filter_map(|l| {
+    head.split(|&b| b == b'\n').skip(1).filter_map(|l| {
         let at = l.iter().position(|&b| b == b':')?;
-        Some((&l[..at], &l[at + 1..]))
+        let v = &l[at + 1..];
+        let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+        let end = v.iter().rposition(|&b| b != b' ' && b != b'\t' && b != b'\r').map_or(start, |e| e + 1);
+        Some((&l[..at], &v[start..end.max(start)]))
     })
 }
 
@@ -460,24 +464,27 @@ impl State {
         v.https = self.https;
     }
 
-    /// Keeps the upstream's header lines for `$upstream_http_*` and
-    /// `$upstream_cookie_*` (in the snapshot's buffer, reused: no
-    /// allocation in steady state).
-    fn keep_head<'h>(&self, lines: impl Iterator<Item = (&'h [u8], &'h [u8])>) {
+    /// Keeps the upstream's response head as it came, for
+    /// `$upstream_http_*` and `$upstream_cookie_*` (in the snapshot's
+    /// buffer, reused: no allocation in steady state).
+    fn keep_raw_head(&self, head: &[u8]) {
         let Some(Ok(mut v)) = self.snap.as_ref().map(|s| s.try_borrow_mut()) else { return };
         v.head.clear();
-        for (k, val) in lines {
-            v.head.extend_from_slice(k);
-            v.head.push(b':');
-            v.head.extend_from_slice(val);
-            v.head.push(b'\n');
-        }
+        v.head.extend_from_slice(head);
     }
 
     /// Answers from a cache entry, whose headers are then the upstream's
     /// (as nginx's variables see them on a hit).
     fn serve_cached(&self, req: &mut Request<'_>, e: &cache::Entry) -> Status {
-        self.keep_head(e.headers.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        if let Some(Ok(mut v)) = self.snap.as_ref().map(|s| s.try_borrow_mut()) {
+            v.head.clear();
+            v.head.extend_from_slice(b"HTTP/1.1 200\r\n");
+            for (k, val) in &e.headers {
+                for part in [k.as_bytes(), b": ", val.as_bytes(), b"\r\n"] {
+                    v.head.extend_from_slice(part);
+                }
+            }
+        }
         serve_entry(req, e)
     }
 
@@ -1561,6 +1568,8 @@ impl State {
             };
             if let Some(n) = parsed {
                 self.head_len += n as u64;
+                // Kept raw (one copy; parsed only when a variable asks).
+                self.keep_raw_head(&buf[..n]);
                 let code = resp.code.unwrap_or(0);
                 let attempt = self.attempt;
                 // An interim response (100 Continue) is skipped.
@@ -1633,7 +1642,6 @@ impl State {
 
     fn got_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass, code: u16, minor: u8, head: &[httparse::Header<'_>]) -> Flow {
         self.status = code;
-        self.keep_head(head.iter().map(|h| (h.name.as_bytes(), h.value)));
         self.head_ms = Some(self.attempt_start.map_or(0, |s| self.now().saturating_duration_since(s).as_millis() as u64));
         let mask = conf.next_up.unwrap_or(next::ERROR | next::TIMEOUT);
         let retry_on = match code {
