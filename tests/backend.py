@@ -24,9 +24,10 @@ Paths:
   /big?n=N          N bytes of 'x' with a Content-Length
   /bigchunked?n=N   N bytes of 'y', chunked in 16 KiB pieces
   /ws               WebSocket handshake, then echoes each frame's payload
-  /counted/NAME?set=K:V&set=...
+  /counted/NAME?set=K:V&set=...&status=S&delay=MS
                     "NAME N": how many requests for /counted/NAME (any
                     query) came so far, with each K: V as a response header
+                    (answered with status S, after MS milliseconds)
   /validated/NAME   "NAME N" with ETag "v1", a fixed Last-Modified and
                     max-age=1; 304 (not counted in N) when If-None-Match
                     is "v1"; X-Seen-Conditional: yes when any If-* came
@@ -129,6 +130,7 @@ class Handler(BaseHTTPRequestHandler):
                 n = COUNTS[p]
             extra = [tuple(v.split(":", 1)) for k, v in urllib.parse.parse_qsl(url.query) if k == "set"]
             status = int(q.get("status", "200"))
+            time.sleep(int(q.get("delay", "0")) / 1000)
             return self.reply(status, ("%s %d" % (p[len("/counted/"):], n)).encode(), extra=extra)
         if p == "/chunked":
             self.head(200, [("Content-Type", "text/plain"), ("Transfer-Encoding", "chunked")])

@@ -268,3 +268,53 @@ fn revalidation_zones_by_variable_and_whole_responses_upstream() {
     assert_eq!(fetch(s.port, "/counted/z?c=two").status, 500);
     assert!(s.prefix.error_log().contains("cache \"two\" not found"));
 }
+
+#[test]
+fn the_lock_lets_one_request_fill_an_entry() {
+    let b = Backend::start("L");
+    // Two workers: the lock holds across processes (a file beside the
+    // entry).
+    let s = front(&b, 2, "", "proxy_cache_valid 200 1m; proxy_cache_lock on; proxy_cache_lock_timeout 3s;");
+    let port = s.port;
+    let concurrent = |path: &'static str, n: usize| {
+        let hs: Vec<_> = (0..n).map(|_| std::thread::spawn(move || fetch(port, path))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    };
+    // Five at once for a missing entry that takes 600 ms upstream: one
+    // goes upstream, the others wait for its entry.
+    let rs = concurrent("/counted/slow?delay=600", 5);
+    assert!(rs.iter().all(|r| r.status == 200 && text(r) == "slow 1"), "{:?}", rs.iter().map(text).collect::<Vec<_>>());
+    let mut st: Vec<_> = rs.iter().map(|r| r.header("x-cache").unwrap_or("-").to_string()).collect();
+    st.sort();
+    assert_eq!(st, ["HIT", "HIT", "HIT", "HIT", "MISS"]);
+    assert_eq!(text(&fetch(port, "/nocache/counted/slow")), "slow 2", "the backend saw one request for it before this one");
+    // An uncacheable answer lets the waiters go at once (each upstream).
+    let rs = concurrent("/counted/nostore?delay=300&set=Cache-Control:no-store", 3);
+    let mut bodies: Vec<_> = rs.iter().map(text).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["nostore 1", "nostore 2", "nostore 3"]);
+    // No lock file is left behind.
+    assert!(!walk(&s.prefix.path().join("cache")).iter().any(|p| p.to_string_lossy().ends_with(".lock")));
+}
+
+#[test]
+fn a_waiter_gives_up_after_the_lock_timeout() {
+    let b = Backend::start("T");
+    let s = front(&b, 1, "", "proxy_cache_valid 200 1m; proxy_cache_lock on; proxy_cache_lock_timeout 200ms;");
+    let port = s.port;
+    let first = std::thread::spawn(move || fetch(port, "/counted/t?delay=1000"));
+    // The second comes once the first holds the lock.
+    let cache = s.prefix.path().join("cache");
+    poll_until("the first request's lock", SECS, || walk(&cache).iter().any(|p| p.to_string_lossy().ends_with(".lock")).then_some(()));
+    let started = std::time::Instant::now();
+    let second = fetch(port, "/counted/t?delay=1000");
+    // It waited 200 ms, then went upstream itself (not waiting for the
+    // first), and keeps nothing.
+    assert_eq!((text(&second), second.header("x-cache")), ("t 2".to_string(), Some("MISS")));
+    assert!(started.elapsed() >= Duration::from_millis(1200), "{:?}", started.elapsed());
+    let first = first.join().unwrap();
+    assert_eq!(text(&first), "t 1");
+    // The first one's response is the one kept.
+    let r = fetch(port, "/counted/t?delay=1000");
+    assert_eq!((text(&r), r.header("x-cache")), ("t 1".to_string(), Some("HIT")));
+}

@@ -457,6 +457,51 @@ pub struct CacheConf {
     /// `proxy_cache_revalidate`: an expired entry is checked with
     /// If-Modified-Since / If-None-Match.
     pub revalidate: bool,
+    /// `proxy_cache_lock` (with `_timeout` and `_age`): one request at a
+    /// time fills a missing entry.
+    pub lock: Option<(Duration, Duration)>,
+}
+
+/// A missing entry's fill lock ([`try_lock`]).
+pub enum Lock {
+    /// This request fills the entry: the lock file, removed when done.
+    Held(PathBuf),
+    /// Another request is filling it.
+    Busy,
+}
+
+/// `proxy_cache_lock`: takes the right to fill the entry at `path`. The
+/// lock is a file beside the entry, made exclusively, so every worker
+/// sees it as it sees the cache. One older than `age` is taken over (its
+/// holder is slow or gone: nginx's proxy_cache_lock_age).
+pub fn try_lock(path: &Path, age: Duration) -> Lock {
+    let mut lp = path.as_os_str().to_owned();
+    lp.push(".lock");
+    let lp = PathBuf::from(lp);
+    if let Some(dir) = lp.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&lp) {
+        Ok(_) => Lock::Held(lp),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let old = std::fs::metadata(&lp).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_none_or(|a| a >= age);
+            // Taking over starts its age again.
+            if old && File::create(&lp).is_ok() {
+                Lock::Held(lp)
+            } else {
+                Lock::Busy
+            }
+        }
+        // No lock can be made (permissions): fill without one.
+        Err(_) => Lock::Held(PathBuf::new()),
+    }
+}
+
+/// Gives a [`Lock::Held`] back.
+pub fn unlock(lock: PathBuf) {
+    if !lock.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(lock);
+    }
 }
 
 /// Request headers a cached request does not pass upstream (nginx's
@@ -531,8 +576,8 @@ pub fn manage(z: &Zone) {
     let mut live = Vec::new();
     for (p, len, used, tmp) in files {
         let age = now.duration_since(used).unwrap_or_default();
-        // A temporary file is a store in progress (or left by a crash:
-        // gone once it is as old as "inactive").
+        // A temporary file is a store in progress, a lock a fill in
+        // progress (or left by a crash: gone once as old as "inactive").
         if age > inactive {
             let _ = std::fs::remove_file(&p);
         } else if !tmp {
@@ -560,7 +605,10 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime, bool)>, depth: usiz
         if m.is_dir() && depth < 3 {
             walk(&e.path(), out, depth + 1);
         } else if m.is_file() {
-            let tmp = e.file_name().to_string_lossy().starts_with(".tmp-");
+            // Stores in progress and fill locks are not entries.
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let tmp = name.starts_with(".tmp-") || name.ends_with(".lock");
             out.push((e.path(), m.len(), m.modified().unwrap_or(UNIX_EPOCH), tmp));
         }
     }

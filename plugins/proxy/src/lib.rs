@@ -157,6 +157,9 @@ pub struct Conf {
     cache_use_stale: Option<u32>,
     cache_convert_head: Option<bool>,
     cache_revalidate: Option<bool>,
+    cache_lock: Option<bool>,
+    cache_lock_timeout: Option<u64>,
+    cache_lock_age: Option<u64>,
     /// `proxy_ignore_headers` bits for the cache (`cache::ignore`).
     ignore_cache: Option<u32>,
     /// This location's cache, resolved when merged.
@@ -488,6 +491,14 @@ impl State {
         serve_entry(req, e)
     }
 
+    /// Gives the cache fill lock back (the entry is in place, or will not
+    /// be: waiting requests look again).
+    fn unlock(&mut self) {
+        if let Some(l) = self.cache_lock.take() {
+            cache::unlock(l);
+        }
+    }
+
     /// Sets `$upstream_cache_status` (readable at once, even from header
     /// filters running inside this step).
     fn set_cache_status(&mut self, st: &'static str) {
@@ -557,6 +568,26 @@ impl State {
             self.stale_at = Some(at);
         } else {
             self.set_cache_status("MISS");
+            // One request at a time fills a missing entry; the others
+            // look again every 50 ms until it is there, the lock is
+            // gone, or proxy_cache_lock_timeout passed.
+            if let Some((timeout, age)) = cc.lock.filter(|_| self.cache_lock.is_none() && self.cache_store_ok) {
+                match cache::try_lock(&path, age) {
+                    cache::Lock::Held(l) => self.cache_lock = Some(l),
+                    cache::Lock::Busy => {
+                        let now = Instant::now();
+                        let since = *self.lock_wait.get_or_insert(now);
+                        if now.saturating_duration_since(since) < timeout {
+                            self.cache_key = key;
+                            return match plugin_api::io::resume_timer(req, 50) {
+                                Ok(_) => Some(Status::Again),
+                                Err(_) => Some(Status::Error),
+                            };
+                        }
+                        self.cache_store_ok = false;
+                    }
+                }
+            }
         }
         self.cache_key = key;
         self.cache_path = Some(path);
@@ -814,9 +845,9 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         // Collapsing concurrent misses into one upstream request is an
         // optimisation ngxr does not make yet: each miss goes upstream,
         // and the last to finish is kept. The answers are the same.
-        DirectiveSpec::new("proxy_cache_lock", ANY, 1, 1, |_, a, cx| cx.flag(a[0]).map(|_| ())),
-        DirectiveSpec::new("proxy_cache_lock_timeout", ANY, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
-        DirectiveSpec::new("proxy_cache_lock_age", ANY, 1, 1, |_, a, cx| cx.time_ms(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_cache_lock", ANY, 1, 1, |c, a, cx| set_opt(&mut c.cache_lock, cx.flag(a[0])?, "proxy_cache_lock")),
+        DirectiveSpec::new("proxy_cache_lock_timeout", ANY, 1, 1, |c, a, cx| set_opt(&mut c.cache_lock_timeout, cx.time_ms(a[0])?, "proxy_cache_lock_timeout")),
+        DirectiveSpec::new("proxy_cache_lock_age", ANY, 1, 1, |c, a, cx| set_opt(&mut c.cache_lock_age, cx.time_ms(a[0])?, "proxy_cache_lock_age")),
         DirectiveSpec::new("proxy_cache_revalidate", ANY, 1, 1, |c, a, cx| set_opt(&mut c.cache_revalidate, cx.flag(a[0])?, "proxy_cache_revalidate")),
         DirectiveSpec::new("proxy_cache_background_update", ANY, 1, 1, |_, a, cx| match cx.flag(a[0])? {
             false => Ok(()),
@@ -904,6 +935,7 @@ impl Plugin for Proxy {
                     convert_head: c.cache_convert_head.unwrap_or(true),
                     ignore: c.ignore_cache.unwrap_or(0),
                     revalidate: c.cache_revalidate.unwrap_or(false),
+                    lock: c.cache_lock.unwrap_or(false).then(|| (Duration::from_millis(c.cache_lock_timeout.unwrap_or(5000)), Duration::from_millis(c.cache_lock_age.unwrap_or(5000)))),
                 }))
             }
             _ => None,
@@ -951,7 +983,7 @@ impl Plugin for Proxy {
         }
         inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
-        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, ignore_cache);
+        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age, ignore_cache);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
             let found = g.iter().find(|u| u.name == pass.host).cloned();
@@ -1153,6 +1185,11 @@ struct State {
     stale_at: Option<cache::At>,
     /// The upstream request asks whether the expired entry is still good.
     revalidating: bool,
+    /// proxy_cache_lock: the lock this request holds, and since when it
+    /// waits for another's (giving up after the timeout: then it goes
+    /// upstream without caching, as nginx).
+    cache_lock: Option<std::path::PathBuf>,
+    lock_wait: Option<Instant>,
 }
 
 /// `addrs` entry for "no live upstreams".
@@ -1180,6 +1217,9 @@ impl State {
     /// memory (unless a large response grew them).
     fn reset(&mut self) {
         self.abandon();
+        if let Some(l) = self.cache_lock.take() {
+            cache::unlock(l);
+        }
         let mut out = std::mem::take(&mut self.out);
         let mut buf = std::mem::take(&mut self.buf);
         let mut tried = std::mem::take(&mut self.tried);
@@ -1325,7 +1365,9 @@ impl State {
             plugin_api::log(sys::LOG_ERR, &format!("host not found in upstream \"{}\"", pass.host));
             return Flow::Return(Status::Http(502));
         };
-        // A Unix-domain socket's $proxy_host is "localhost", as nginx's.
+        // A Unix-domain socket's $proxy_host is "localhost", as nginx's
+        // (set again when a cache lock wait brings the request back here).
+        self.proxy_host.clear();
         self.proxy_host.push_str(if pass.host.starts_with("unix:") { "localhost" } else { &pass.host });
         self.https = pass.tls;
         if let Some(cc) = &conf.cache_conf {
@@ -1867,6 +1909,10 @@ impl State {
                 self.store = cache::Store::begin(path, &key, cache::now_secs() + secs, code, &headers, vary.as_ref());
             }
         }
+        // Nothing will be kept: requests waiting on the fill lock need not.
+        if self.store.is_none() {
+            self.unlock();
+        }
         if upgrade {
             let Some(c) = self.conn.take() else { return Flow::Failed(Fail::Error) };
             // nginx's proxy_read_timeout holds for the upgraded connection.
@@ -2023,6 +2069,7 @@ impl State {
                         if let Some(st) = self.store.take() {
                             st.commit();
                         }
+                        self.unlock();
                         return Flow::Return(Status::Ok);
                     }
                     plugin_api::log(sys::LOG_ERR, &format!("upstream prematurely closed connection while reading upstream, upstream: \"{}\"", self.peer_text()));
@@ -2103,6 +2150,7 @@ impl State {
                 if let Some(st) = self.store.take() {
                     st.commit();
                 }
+                self.unlock();
             }
         }
         let total: usize = data.iter().map(|r| r.len()).sum();
