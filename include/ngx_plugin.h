@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 10
+#define NGX_PLUGIN_ABI_MINOR 11
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -765,6 +765,16 @@ typedef struct ngx_plugin_host_s {
      *  (NGX_PLUGIN_INVALID). OWNERSHIP: uri and args copied. [worker] */
     ngx_plugin_rc_t (*http_subrequest)(ngx_plugin_request_t *r, ngx_plugin_str_t uri, ngx_plugin_str_t args,
                                        ngx_plugin_request_t **out);
+    /** (1.11) Like http_set_ctx, but the state survives internal redirects
+     *  (error_page, X-Accel-Redirect, try_files' last URI, a rewrite's new
+     *  location), which end http_set_ctx state, as nginx clears module
+     *  contexts: for what nginx keeps on the request itself (the proxy's
+     *  $upstream_* variables, as r->upstream_states). `free` runs when
+     *  the request finishes, before its http_alloc memory is released.
+     *  One slot per plugin. [worker] */
+    ngx_plugin_rc_t (*http_set_data)(ngx_plugin_request_t *r, void *data, void (*free_fn)(void *));
+    /** (1.11) This plugin's http_set_data state, or NULL. */
+    void *(*http_data)(ngx_plugin_request_t *r);
 } ngx_plugin_host_t;
 
 /** True when the host table `h` is large enough to contain slot `field`

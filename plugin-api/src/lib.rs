@@ -1067,14 +1067,35 @@ impl<'a> Request<'a> {
     /// bytes. One type per plugin: every call must name the same `T`.
     pub fn ctx<T: Default + 'static>(&mut self) -> &mut T {
         let h = rt::host();
+        self.state(h.http_ctx, h.http_set_ctx)
+    }
+
+    /// Like [`Request::ctx`], but kept across internal redirects (ABI
+    /// 1.11 `http_set_data`; None on an older host): for what nginx keeps
+    /// on the request itself. One type per plugin, its own (not the
+    /// `ctx` one).
+    pub fn data<T: Default + 'static>(&mut self) -> Option<&mut T> {
+        match (rt::slot!(http_data), rt::slot!(http_set_data)) {
+            (Some(get), Some(set)) => Some(self.state(Some(get), Some(set))),
+            _ => None,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn state<T: Default + 'static>(
+        &mut self,
+        get: Option<unsafe extern "C" fn(*mut sys::Request) -> *mut c_void>,
+        set: Option<unsafe extern "C" fn(*mut sys::Request, *mut c_void, Option<sys::FreeFn>) -> sys::Rc>,
+    ) -> &mut T {
+        let h = rt::host();
         // SAFETY: live handle.
-        let p = h.http_ctx.map_or(std::ptr::null_mut(), |f| unsafe { f(self.raw) });
+        let p = get.map_or(std::ptr::null_mut(), |f| unsafe { f(self.raw) });
         if !p.is_null() {
             // SAFETY: set below by this plugin with a Box<T>; one type per
             // plugin by contract of this method.
             return unsafe { &mut *(p as *mut T) };
         }
-        let Some(set) = h.http_set_ctx else {
+        let Some(set) = set else {
             // A host without per-request state: this call's own, leaked.
             return Box::leak(Box::<T>::default());
         };

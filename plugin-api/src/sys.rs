@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 10;
+pub const ABI_MINOR: u32 = 11;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 pub type Rc = i32;
@@ -315,6 +315,9 @@ pub struct Host {
     pub conf_define_variable_prefix: Option<unsafe extern "C" fn(*mut Conf, Str, Option<PrefixVarFn>, *mut c_void) -> Rc>,
     // appended in 1.10
     pub http_subrequest: Option<unsafe extern "C" fn(*mut Request, Str, Str, *mut *mut Request) -> Rc>,
+    // appended in 1.11
+    pub http_set_data: Option<unsafe extern "C" fn(*mut Request, *mut c_void, Option<FreeFn>) -> Rc>,
+    pub http_data: Option<unsafe extern "C" fn(*mut Request) -> *mut c_void>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -525,6 +525,29 @@ fn unix_domain_socket_upstreams() {
     assert!(s.prefix.error_log().contains("No such file or directory"), "{}", s.prefix.error_log());
 }
 
+#[test]
+fn upstream_variables_survive_internal_redirects() {
+    let b = Backend::start("E");
+    let (bp, dead) = (b.port, free_port());
+    let s = front(&format!(
+        "log_format up '$uri $status $upstream_status|$upstream_addr';
+         access_log logs/up.log up;
+         server {{ listen 127.0.0.1:PORT;
+           location /a/ {{ proxy_pass http://127.0.0.1:{dead}; error_page 502 = @fallback; }}
+           location @fallback {{ proxy_pass http://127.0.0.1:{bp}; }}
+           location /i/ {{ proxy_pass http://127.0.0.1:{bp}/status/; proxy_intercept_errors on; error_page 404 /local.txt; }}
+         }}"
+    ));
+    let r = req(s.port, "GET /a/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("E")));
+    let r = req(s.port, "GET /i/404 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (404, "served locally"));
+    let log = s.prefix.path().join("logs/up.log");
+    let text = poll_until("the access log", Duration::from_secs(5), || std::fs::read_to_string(&log).ok().filter(|t| t.lines().count() == 2));
+    // Each location's attempts, joined with " : " as nginx's.
+    assert_eq!(text, format!("/a/x 200 502 : 200|127.0.0.1:{dead} : 127.0.0.1:{bp}\n/local.txt 404 404|127.0.0.1:{bp}\n"));
+}
+
 /// Connects to `/ws` and upgrades (10 s read timeout); the 101's head.
 fn ws_open(port: u16) -> (TcpStream, String) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();

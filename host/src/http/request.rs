@@ -212,6 +212,8 @@ pub struct Req<'a> {
     pub logged: bool,
     /// Per-plugin state: (plugin, pointer, destructor).
     pub ctx: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
+    /// Per-plugin state kept across internal redirects (http_set_data).
+    pub data: Vec<(usize, *mut c_void, Option<sys::FreeFn>)>,
     /// Request-lifetime allocations (http_alloc, computed variables).
     pub arena: super::arena::Arena,
     /// Header strings of the last request, reused by the next one.
@@ -336,6 +338,7 @@ impl<'a> Req<'a> {
             filter_pos: 0,
             logged: true,
             ctx: Vec::new(),
+            data: Vec::new(),
             arena: Default::default(),
             spare: Vec::new(),
             // The growable parts come from the worker's pool on reset().
@@ -565,7 +568,7 @@ impl<'a> Req<'a> {
         if self.handle != 0 {
             crate::plugin::io::drop_owner(self.handle);
         }
-        for (idx, p, f) in self.ctx.drain(..) {
+        for (idx, p, f) in self.ctx.drain(..).chain(self.data.drain(..)) {
             if let Some(f) = f {
                 host_api::call_free(idx, f, p);
             }

@@ -763,6 +763,22 @@ unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Opt
     sys::OK
 }
 
+unsafe extern "C" fn http_set_data(r: *mut sys::Request, data: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    let idx = current().0;
+    r.data.retain(|(i, _, _)| *i != idx);
+    r.data.push((idx, data, f));
+    sys::OK
+}
+
+unsafe extern "C" fn http_data(r: *mut sys::Request) -> *mut c_void {
+    let idx = current().0;
+    cell(r)
+        .and_then(|c| c.try_borrow().ok().and_then(|r| r.data.iter().find(|(i, _, _)| *i == idx).map(|c| c.1)))
+        .unwrap_or(std::ptr::null_mut())
+}
+
 unsafe extern "C" fn http_ctx(r: *mut sys::Request) -> *mut c_void {
     let idx = current().0;
     cell(r)
@@ -853,6 +869,8 @@ unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -
         },
         "uri" => r.uri = v,
         "args" | "query_string" => r.args = v,
+        // (1.11) An X-Accel-Redirect makes the request a GET, as nginx.
+        "request_method" if !v.is_empty() && v.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') => r.method = v,
         // `set $limit_rate 100k`, an upstream's X-Accel-Limit-Rate. A
         // value that is not a size is logged and changes nothing (nginx).
         "limit_rate" => match crate::config::core::parse_size(v.trim()) {
@@ -1182,8 +1200,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 72] = offsets!(
-    http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 74] = offsets!(
+    http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1281,6 +1299,8 @@ static TABLE: Table = Table(sys::Host {
     conn_set_idle: Some(super::io::conn_set_idle),
     conf_define_variable_prefix: Some(conf_define_variable_prefix),
     http_subrequest: Some(http_subrequest),
+    http_set_data: Some(http_set_data),
+    http_data: Some(http_data),
 });
 
 /// The host table handed to every plugin.

@@ -166,6 +166,28 @@ pub struct Conf {
     cache_conf: Option<Rc<cache::CacheConf>>,
 }
 
+/// nginx's unsafe URI check for X-Accel-Redirect: a "." or ".." path
+/// segment, escaped or not.
+fn unsafe_uri(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut dec = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                dec.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                dec.push(c);
+                i += 1;
+            }
+        }
+    }
+    dec.split(|&c| c == b'/').any(|seg| seg == b"." || seg == b"..")
+}
+
 /// Splits what follows `http://` into the host and the URI part, if any.
 /// A Unix-domain socket is written `unix:/path` and ends at the next ':'
 /// (`http://unix:/run/app.sock:/uri`), as nginx's.
@@ -355,6 +377,135 @@ struct Snap {
     cache_status: &'static str,
     /// The last upstream response head, as received (status line first).
     head: Vec<u8>,
+    /// What earlier locations' proxying left, before an internal redirect
+    /// to a location that proxies again: per list variable, its text
+    /// (nginx joins the groups with " : ").
+    earlier: Option<Box<[String; 8]>>,
+}
+
+/// The list variables, in `Snap::earlier` order.
+const LIST_VARS: [&str; 8] = ["upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time", "upstream_header_time", "upstream_response_length", "upstream_bytes_received", "upstream_bytes_sent"];
+
+impl Snap {
+    /// Turns what earlier attempts recorded into text, making room for a
+    /// new location's proxying (after an internal redirect).
+    fn freeze(&mut self) {
+        if self.addrs.is_empty() && self.statuses.is_empty() {
+            return;
+        }
+        let mut earlier = self.earlier.take().unwrap_or_default();
+        for (i, name) in LIST_VARS.iter().enumerate() {
+            let now = list_value(self, name);
+            if now.is_empty() {
+                continue;
+            }
+            if !earlier[i].is_empty() {
+                earlier[i].push_str(" : ");
+            }
+            earlier[i].push_str(&now);
+        }
+        self.earlier = Some(earlier);
+        self.addrs.clear();
+        self.statuses.clear();
+        self.times.clear();
+        self.conn_times.clear();
+        self.head_times.clear();
+        self.bytes.clear();
+    }
+
+    /// Clears it for another request, keeping its buffers.
+    fn clear(&mut self) {
+        self.addrs.clear();
+        self.statuses.clear();
+        self.times.clear();
+        self.conn_times.clear();
+        self.head_times.clear();
+        self.bytes.clear();
+        self.group = None;
+        self.proxy_host.clear();
+        self.cache_status = "";
+        self.head.clear();
+        if self.head.capacity() > KEEP_BUF {
+            self.head = Vec::new();
+        }
+        self.earlier = None;
+    }
+}
+
+/// A list variable's value from this location's attempts ("" if none).
+fn list_value(s: &Snap, name: &str) -> String {
+    match name {
+        "upstream_addr" => join(&s.addrs, |&a, out| match (a, &s.group) {
+            (NO_PEER, Some(g)) => out.push_str(&g.name),
+            (i, Some(g)) => out.push_str(&g.peers[i].text),
+            _ => {}
+        }),
+        "upstream_status" => join(&s.statuses, |c, out| out.push_str(&c.to_string())),
+        "upstream_response_time" => join(&s.times, |ms, out| secs(*ms, out)),
+        "upstream_connect_time" => join(&s.conn_times, secs_or_dash),
+        "upstream_header_time" => join(&s.head_times, secs_or_dash),
+        "upstream_response_length" => join(&s.bytes, |b, out| out.push_str(&b.0.to_string())),
+        "upstream_bytes_received" => join(&s.bytes, |b, out| out.push_str(&b.1.to_string())),
+        _ => join(&s.bytes, |b, out| out.push_str(&b.2.to_string())),
+    }
+}
+
+/// A list variable: earlier locations' groups, then this one's.
+fn list_var(r: &mut Request<'_>, name: &str) -> Option<String> {
+    let snap = snap_of(r);
+    let s = snap.try_borrow().ok()?;
+    let now = list_value(&s, name);
+    let i = LIST_VARS.iter().position(|v| *v == name)?;
+    let v = match s.earlier.as_ref().map(|e| e[i].as_str()).filter(|e| !e.is_empty()) {
+        Some(e) if now.is_empty() => e.to_string(),
+        Some(e) => format!("{e} : {now}"),
+        None => now,
+    };
+    Some(v).filter(|v| !v.is_empty())
+}
+
+/// The request's variables: kept across internal redirects (ABI 1.11
+/// request data), else (an older host) with this location's state.
+fn snap_of(r: &mut Request<'_>) -> Rc<RefCell<Snap>> {
+    if let Some(v) = r.data::<Vars>() {
+        return v.0.clone();
+    }
+    let st = r.ctx::<Holder>().0.clone();
+    let mut st = st.borrow_mut();
+    st.snap.get_or_insert_with(Default::default).clone()
+}
+
+/// The proxy's variables for one request (request data: they outlive a
+/// location's proxying, as nginx's r->upstream_states). Recycled within
+/// the worker like states.
+struct Vars(Rc<RefCell<Snap>>);
+
+thread_local! {
+    static SNAPS: RefCell<Vec<Rc<RefCell<Snap>>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Default for Vars {
+    fn default() -> Self {
+        Vars(SNAPS.with(|p| p.borrow_mut().pop()).unwrap_or_default())
+    }
+}
+
+impl Drop for Vars {
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.0) != 1 {
+            return;
+        }
+        let Ok(mut v) = self.0.try_borrow_mut() else { return };
+        v.clear();
+        drop(v);
+        let rc = self.0.clone();
+        SNAPS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(rc);
+            }
+        });
+    }
 }
 
 /// The header lines of a kept head: (name, value without the spaces
@@ -372,7 +523,7 @@ fn head_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 /// `$upstream_http_NAME`: the upstream's NAME headers ('_' for '-', any
 /// case), several joined with ", " as nginx.
 fn upstream_http(r: &mut Request<'_>, name: &str) -> Option<String> {
-    let snap = r.ctx::<Holder>().1.clone();
+    let snap = snap_of(r);
     let s = snap.try_borrow().ok()?;
     let mut out: Option<String> = None;
     for (k, v) in head_lines(&s.head) {
@@ -390,7 +541,7 @@ fn upstream_http(r: &mut Request<'_>, name: &str) -> Option<String> {
 
 /// `$upstream_cookie_NAME`: the value of cookie NAME the upstream set.
 fn upstream_cookie(r: &mut Request<'_>, name: &str) -> Option<String> {
-    let snap = r.ctx::<Holder>().1.clone();
+    let snap = snap_of(r);
     let s = snap.try_borrow().ok()?;
     let found = head_lines(&s.head).filter(|(k, _)| k.eq_ignore_ascii_case(b"set-cookie")).find_map(|(_, v)| {
         let v = String::from_utf8_lossy(v);
@@ -418,22 +569,14 @@ fn secs_or_dash(t: &Option<u64>, out: &mut String) {
 
 fn var_get(name: &str) -> fn(&mut Request<'_>) -> Option<String> {
     match name {
-        "upstream_addr" => |r| {
-            with_snap(r, |s| {
-                join(&s.addrs, |&a, out| match (a, &s.group) {
-                    (NO_PEER, Some(g)) => out.push_str(&g.name),
-                    (i, Some(g)) => out.push_str(&g.peers[i].text),
-                    _ => {}
-                })
-            })
-        },
-        "upstream_status" => |r| with_snap(r, |s| join(&s.statuses, |c, out| out.push_str(&c.to_string()))),
-        "upstream_response_time" => |r| with_snap(r, |s| join(&s.times, |ms, out| secs(*ms, out))),
-        "upstream_connect_time" => |r| with_snap(r, |s| join(&s.conn_times, secs_or_dash)),
-        "upstream_header_time" => |r| with_snap(r, |s| join(&s.head_times, secs_or_dash)),
-        "upstream_response_length" => |r| with_snap(r, |s| join(&s.bytes, |b, out| out.push_str(&b.0.to_string()))),
-        "upstream_bytes_received" => |r| with_snap(r, |s| join(&s.bytes, |b, out| out.push_str(&b.1.to_string()))),
-        "upstream_bytes_sent" => |r| with_snap(r, |s| join(&s.bytes, |b, out| out.push_str(&b.2.to_string()))),
+        "upstream_addr" => |r| list_var(r, "upstream_addr"),
+        "upstream_status" => |r| list_var(r, "upstream_status"),
+        "upstream_response_time" => |r| list_var(r, "upstream_response_time"),
+        "upstream_connect_time" => |r| list_var(r, "upstream_connect_time"),
+        "upstream_header_time" => |r| list_var(r, "upstream_header_time"),
+        "upstream_response_length" => |r| list_var(r, "upstream_response_length"),
+        "upstream_bytes_received" => |r| list_var(r, "upstream_bytes_received"),
+        "upstream_bytes_sent" => |r| list_var(r, "upstream_bytes_sent"),
         "proxy_host" => |r| with_snap(r, |s| s.proxy_host.clone()),
         "upstream_cache_status" => |r| with_snap(r, |s| s.cache_status.to_string()),
         // The port of proxy_pass's host (80 or 443 when it names none).
@@ -662,7 +805,7 @@ fn join<T>(items: &[T], each: impl Fn(&T, &mut String)) -> String {
 
 /// A variable from the request's proxy state (unset when empty).
 fn with_snap(r: &mut Request<'_>, f: fn(&Snap) -> String) -> Option<String> {
-    let snap = r.ctx::<Holder>().1.clone();
+    let snap = snap_of(r);
     let s = snap.try_borrow().ok()?;
     Some(f(&s)).filter(|v| !v.is_empty())
 }
@@ -1002,6 +1145,16 @@ impl Plugin for Proxy {
     fn handle(_phase: plugin_api::Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
         let Some(pass) = conf.pass.as_ref() else { return Status::Declined };
         let st = req.ctx::<Holder>().0.clone();
+        if st.try_borrow().is_ok_and(|s| s.snap.is_none()) {
+            let snap = snap_of(req);
+            let Ok(mut st) = st.try_borrow_mut() else { return Status::Error };
+            // A location starts proxying: earlier locations' attempts (an
+            // internal redirect) are kept as text before its own.
+            if let Ok(mut v) = snap.try_borrow_mut() {
+                v.freeze();
+            }
+            st.snap = Some(snap);
+        }
         let mut st = match st.try_borrow_mut() {
             Ok(s) => s,
             Err(_) => return Status::Error,
@@ -1030,7 +1183,7 @@ export_plugin!(Proxy);
 /// recycled within the worker (their buffers keep their capacity), as
 /// nginx reuses its request pools' memory: a proxied request allocates
 /// nothing here in steady state.
-struct Holder(Rc<RefCell<State>>, Rc<RefCell<Snap>>);
+struct Holder(Rc<RefCell<State>>);
 
 /// Recycled states; at most this many are kept.
 const POOL_MAX: usize = 64;
@@ -1041,9 +1194,7 @@ thread_local! {
 
 impl Default for Holder {
     fn default() -> Self {
-        let st: Rc<RefCell<State>> = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        let snap = st.borrow_mut().snap.get_or_insert_with(Default::default).clone();
-        Holder(st, snap)
+        Holder(POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())
     }
 }
 
@@ -1226,30 +1377,16 @@ impl State {
         let mut host = std::mem::take(&mut self.proxy_host);
         let mut ranges = std::mem::take(&mut self.ranges);
         let (mut a, mut st, mut t) = (std::mem::take(&mut self.addrs), std::mem::take(&mut self.statuses), std::mem::take(&mut self.times));
-        let snap = self.snap.take();
+        // The variables belong to the request (Vars), not to the pooled
+        // state: let go of them as they are.
+        drop(self.snap.take());
         let (mut ct, mut ht) = (std::mem::take(&mut self.conn_times), std::mem::take(&mut self.head_times));
         let mut bytes = std::mem::take(&mut self.bytes);
         ct.clear();
         ht.clear();
         bytes.clear();
-        if let Some(Ok(mut v)) = snap.as_ref().map(|s| s.try_borrow_mut()) {
-            let v = &mut *v;
-            v.addrs.clear();
-            v.statuses.clear();
-            v.times.clear();
-            v.conn_times.clear();
-            v.head_times.clear();
-            v.bytes.clear();
-            v.group = None;
-            v.proxy_host.clear();
-            v.cache_status = "";
-            v.head.clear();
-            if v.head.capacity() > KEEP_BUF {
-                v.head = Vec::new();
-            }
-        }
         *self = State::default();
-        (self.snap, self.conn_times, self.head_times, self.bytes) = (snap, ct, ht, bytes);
+        (self.conn_times, self.head_times, self.bytes) = (ct, ht, bytes);
         for v in [&mut out, &mut buf] {
             v.clear();
             if v.capacity() > KEEP_BUF {
@@ -1784,6 +1921,11 @@ impl State {
             if to.is_empty() {
                 return Flow::Return(Status::Http(404));
             }
+            // The redirected request is a GET (a HEAD stays one), as
+            // nginx's.
+            if req.method() != "HEAD" {
+                let _ = req.set_var("request_method", "GET");
+            }
             if to.starts_with('@') {
                 return Flow::Return(req.internal_redirect(&to, ""));
             }
@@ -1791,7 +1933,7 @@ impl State {
             // "/a b"); one that climbs above the root is refused (404).
             let (path, args) = to.split_once('?').unwrap_or((to.as_str(), ""));
             let mut uri = Vec::new();
-            if !path.starts_with('/') || plugin_api::http::normalize(path, false, &mut uri).is_err() {
+            if !path.starts_with('/') || unsafe_uri(path) || plugin_api::http::normalize(path, false, &mut uri).is_err() {
                 plugin_api::log(sys::LOG_ERR, &format!("unsafe URI \"{to}\" was detected in X-Accel-Redirect"));
                 return Flow::Return(Status::Http(404));
             }

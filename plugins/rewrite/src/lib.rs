@@ -349,9 +349,13 @@ fn do_return(req: &mut Request<'_>, code: u16, t: Option<&Template>, run: &Run) 
         (444, _) => Status::Http(444),
         (c, None) if c >= 400 => Status::Http(c),
         (c, body) => {
-            let ctype = req.mime_type().unwrap_or("text/plain").to_string();
             req.set_status(c);
-            req.set_header("Content-Type", &ctype);
+            // A type already set (kept from an X-Accel-Redirect's upstream)
+            // stays, as nginx's.
+            if req.header_out("Content-Type").is_none() {
+                let ctype = req.mime_type().unwrap_or("text/plain").to_string();
+                req.set_header("Content-Type", &ctype);
+            }
             match req.send(body.as_deref().unwrap_or("").as_bytes(), true) {
                 Ok(()) => Status::Done,
                 Err(_) => Status::Error,
