@@ -243,6 +243,12 @@ pub struct Loc {
     pub limit_except: Option<(u32, usize)>,
 }
 
+impl Loc {
+    fn new(kind: Kind, path: String, regex: Option<Regex>, confs: Vec<*mut c_void>, content: Option<(usize, sys::HttpHandlerFn)>, core: Core) -> Loc {
+        Loc { kind, path, regex, confs, content, core, exact: Vec::new(), prefix: Vec::new(), regexes: Vec::new(), limit_except: None }
+    }
+}
+
 /// Methods `limit_except` knows, as nginx; bit 0 is any other method.
 const METHODS: [&str; 14] = ["GET", "HEAD", "POST", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "OPTIONS", "PROPFIND", "PROPPATCH", "LOCK", "UNLOCK", "PATCH"];
 
@@ -911,18 +917,7 @@ impl HttpConf {
                         default_for: Vec::new(),
                         names: Vec::new(),
                         primary_name: String::new(),
-                        locs: vec![Loc {
-                            kind: Kind::Server,
-                            path: String::new(),
-                            regex: None,
-                            confs: n.confs.clone(),
-                            content: n.content.or(http_content),
-                            core,
-                            exact: Vec::new(),
-                            prefix: Vec::new(),
-                            regexes: Vec::new(),
-                            limit_except: None,
-                        }],
+                        locs: vec![Loc::new(Kind::Server, String::new(), None, n.confs.clone(), n.content.or(http_content), core)],
                         named: Vec::new(),
                         auto_redirect: Vec::new(),
                         auto_redirect_lens: 0,
@@ -1027,18 +1022,7 @@ impl HttpConf {
                         Kind::Named => s.named.push((path.clone(), me)),
                         Kind::Server | Kind::Cond => {}
                     }
-                    s.locs.push(Loc {
-                        kind,
-                        path,
-                        regex,
-                        confs: n.confs.clone(),
-                        content,
-                        core,
-                        exact: Vec::new(),
-                        prefix: Vec::new(),
-                        regexes: Vec::new(),
-                        limit_except: None,
-                    });
+                    s.locs.push(Loc::new(kind, path, regex, n.confs.clone(), content, core));
                     where_[ni] = Some((si, me));
                 }
                 (ctx::IF | ctx::LIMIT_EXCEPT, _) => {
@@ -1056,18 +1040,7 @@ impl HttpConf {
                     } else {
                         s.conds.push((ni as u32 + 1, me));
                     }
-                    s.locs.push(Loc {
-                        kind: Kind::Cond,
-                        path,
-                        regex: None,
-                        confs: n.confs.clone(),
-                        content,
-                        core,
-                        exact: Vec::new(),
-                        prefix: Vec::new(),
-                        regexes: Vec::new(),
-                        limit_except: None,
-                    });
+                    s.locs.push(Loc::new(Kind::Cond, path, None, n.confs.clone(), content, core));
                     where_[ni] = Some((si, me));
                 }
                 _ => {}

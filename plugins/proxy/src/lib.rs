@@ -492,19 +492,7 @@ impl Default for Vars {
 
 impl Drop for Vars {
     fn drop(&mut self) {
-        if Rc::strong_count(&self.0) != 1 {
-            return;
-        }
-        let Ok(mut v) = self.0.try_borrow_mut() else { return };
-        v.clear();
-        drop(v);
-        let rc = self.0.clone();
-        SNAPS.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(rc);
-            }
-        });
+        recycle(&SNAPS, &self.0, Snap::clear);
     }
 }
 
@@ -1198,21 +1186,26 @@ impl Default for Holder {
     }
 }
 
+/// Hands `rc` back to `pool` (which keeps POOL_MAX at most), cleaned,
+/// once nothing else holds it.
+fn recycle<T: 'static>(pool: &'static std::thread::LocalKey<RefCell<Vec<Rc<RefCell<T>>>>>, rc: &Rc<RefCell<T>>, clean: fn(&mut T)) {
+    if Rc::strong_count(rc) != 1 {
+        return;
+    }
+    let Ok(mut v) = rc.try_borrow_mut() else { return };
+    clean(&mut v);
+    drop(v);
+    pool.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(rc.clone());
+        }
+    });
+}
+
 impl Drop for Holder {
     fn drop(&mut self) {
-        if Rc::strong_count(&self.0) != 1 {
-            return;
-        }
-        let Ok(mut st) = self.0.try_borrow_mut() else { return };
-        st.reset();
-        drop(st);
-        let rc = self.0.clone();
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_MAX {
-                p.push(rc);
-            }
-        });
+        recycle(&POOL, &self.0, State::reset);
     }
 }
 
