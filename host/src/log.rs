@@ -8,7 +8,9 @@
 use crate::config::core::LogTarget;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::{Rc, Weak};
 use std::sync::Mutex;
 
 /// nginx's levels, most severe first.
@@ -82,9 +84,7 @@ pub fn open_append(path: &std::path::Path) -> Result<File, String> {
         .map_err(|e| format!("open() \"{}\" failed ({})", path.display(), crate::config::parser::os_err(&e)))
 }
 
-/// Replaces the targets; on failure to open any of them, keeps the old
-/// ones and returns the error naming the file (nginx's wording).
-pub fn set_targets(targets: &[LogTarget]) -> Result<(), String> {
+fn open_sinks(targets: &[LogTarget]) -> Result<Vec<Sink>, String> {
     let mut new = Vec::new();
     for t in targets {
         let file = match &t.path {
@@ -93,20 +93,88 @@ pub fn set_targets(targets: &[LogTarget]) -> Result<(), String> {
         };
         new.push(Sink { path: t.path.clone(), file, level: t.level });
     }
+    Ok(new)
+}
+
+/// Replaces the targets; on failure to open any of them, keeps the old
+/// ones and returns the error naming the file (nginx's wording).
+pub fn set_targets(targets: &[LogTarget]) -> Result<(), String> {
+    let new = open_sinks(targets)?;
     *SINKS.lock().unwrap_or_else(|e| e.into_inner()) = new;
     Ok(())
 }
 
+/// A block's own error log (`error_log` in http, server or location):
+/// for the requests served there it replaces the main one, as nginx's
+/// per-location log. Opened with the configuration (by the master,
+/// before workers drop their privileges).
+pub struct Scoped {
+    sinks: RefCell<Vec<Sink>>,
+}
+
+impl std::fmt::Debug for Scoped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scoped")
+    }
+}
+
+thread_local! {
+    /// Every scoped log this process has (for reopen and chown).
+    static SCOPES: RefCell<Vec<Weak<Scoped>>> = const { RefCell::new(Vec::new()) };
+    /// The log of the request being served now (None: the main one).
+    static SCOPE: RefCell<Option<Rc<Scoped>>> = const { RefCell::new(None) };
+}
+
+impl Scoped {
+    /// Opens `targets`; the error names the file that failed.
+    pub fn open(targets: &[LogTarget]) -> Result<Rc<Scoped>, String> {
+        let s = Rc::new(Scoped { sinks: RefCell::new(open_sinks(targets)?) });
+        SCOPES.with(|l| {
+            let mut l = l.borrow_mut();
+            l.retain(|w| w.strong_count() > 0);
+            l.push(Rc::downgrade(&s));
+        });
+        Ok(s)
+    }
+}
+
+/// Lines written from now on go to `s` (None: the main log), until the
+/// next call: the request engine sets it for the request it runs.
+#[inline]
+pub fn set_scope(s: Option<&Rc<Scoped>>) {
+    SCOPE.with(|c| {
+        let same = match (&*c.borrow(), s) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            *c.borrow_mut() = s.cloned();
+        }
+    });
+}
+
+fn each_scoped(mut f: impl FnMut(&mut Sink)) {
+    SCOPES.with(|l| {
+        for s in l.borrow().iter().filter_map(Weak::upgrade) {
+            for sink in s.sinks.borrow_mut().iter_mut() {
+                f(sink);
+            }
+        }
+    });
+}
+
 /// Reopens every file target (USR1), keeping the old file on failure.
 pub fn reopen() {
-    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
-    for s in sinks.iter_mut() {
+    let again = |s: &mut Sink| {
         if let Some(p) = &s.path {
             if let Ok(f) = open_append(p) {
                 s.file = Some(f);
             }
         }
-    }
+    };
+    SINKS.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(again);
+    each_scoped(again);
 }
 
 /// The first file target's path, if any (daemons send stderr there).
@@ -117,11 +185,13 @@ pub fn first_file() -> Option<PathBuf> {
 /// Makes every file target owned by `uid:gid` (workers that drop
 /// privileges must still reopen them).
 pub fn chown_all(uid: u32, gid: u32) {
-    for s in SINKS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    let give = |s: &mut Sink| {
         if let Some(p) = &s.path {
             let _ = crate::sys::chown(p, uid, gid);
         }
-    }
+    };
+    SINKS.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(give);
+    each_scoped(give);
 }
 
 /// Formats the current local time as nginx's error log does.
@@ -137,12 +207,18 @@ pub fn timestamp() -> String {
 pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
     let pid = crate::sys::pid();
     let line = format!("{} [{}] {pid}#{pid}: {msg}\n", timestamp(), level.name());
-    let mut sinks = SINKS.lock().unwrap_or_else(|e| e.into_inner());
-    for s in sinks.iter_mut().filter(|s| level <= s.level) {
-        let _ = match &mut s.file {
-            Some(f) => f.write_all(line.as_bytes()),
-            None => std::io::stderr().write_all(line.as_bytes()),
-        };
+    let put = |s: &mut Sink| {
+        if level <= s.level {
+            let _ = match &mut s.file {
+                Some(f) => f.write_all(line.as_bytes()),
+                None => std::io::stderr().write_all(line.as_bytes()),
+            };
+        }
+    };
+    let scoped = SCOPE.with(|c| c.borrow().clone());
+    match scoped {
+        Some(s) => s.sinks.borrow_mut().iter_mut().for_each(put),
+        None => SINKS.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().for_each(put),
     }
 }
 

@@ -357,3 +357,44 @@ fn worker_connections_cap_defers_accepts() {
     let _ = c.read_to_end(&mut b);
     assert!(b.starts_with(b"HTTP/1.1 403") || s.prefix.error_log().contains("not enough"));
 }
+
+/// `error_log` in a server or location: that block's requests log there
+/// instead of the main log (a location's replaces its server's), at the
+/// level it names, and the files are reopened with the others.
+#[test]
+fn error_log_per_server_and_location() {
+    let (s, ports) = Server::start_with_ports(2, |p| {
+        format!(
+            "{}{}worker_processes 1;\nevents {{}}\nhttp {{ root html;
+               server {{ listen 127.0.0.1:{}; error_log logs/a.log;
+                 location /quiet/ {{ error_log logs/quiet.log crit; }}
+               }}
+               server {{ listen 127.0.0.1:{}; }}
+             }}\n",
+            conf_head(),
+            load_plugins(&["static"]),
+            p[0],
+            p[1]
+        )
+    });
+    let logs = s.prefix.path().join("logs");
+    let read = |f: &str| std::fs::read_to_string(logs.join(f)).unwrap_or_default();
+    assert_eq!(get(ports[0], "/missing-a").unwrap().status, 404);
+    assert_eq!(get(ports[0], "/quiet/missing-q").unwrap().status, 404);
+    assert_eq!(get(ports[1], "/missing-b").unwrap().status, 404);
+    poll_until("the second server's line in the main log", SECS, || read("error.log").contains("missing-b").then_some(()));
+    poll_until("the first server's line in its log", SECS, || read("a.log").contains("/missing-a\" failed (2: No such file or directory)").then_some(()));
+    assert!(!read("error.log").contains("missing-a"), "{}", read("error.log"));
+    // An error line is below the quiet location's threshold (crit): in no
+    // log at all.
+    assert!(!read("a.log").contains("missing-q") && !read("error.log").contains("missing-q") && !read("quiet.log").contains("missing-q"));
+    // Rotated with the rest.
+    std::fs::rename(logs.join("a.log"), logs.join("a.log.1")).unwrap();
+    assert!(s.prefix.ngxr(&["-s", "reopen"]).status.success());
+    let mut n = 0;
+    poll_until("a line in the new a.log", SECS, || {
+        n += 1;
+        get(ports[0], &format!("/again-{n}")).ok()?;
+        read("a.log").contains(&format!("/again-{n}\" failed")).then_some(())
+    });
+}

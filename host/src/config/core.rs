@@ -431,7 +431,7 @@ fn parse_listen_addr(d: &Directive) -> Result<SocketAddr, ConfError> {
         .ok_or_else(|| d.err(format!("host not found in \"{s}\" of the \"listen\" directive")))
 }
 
-fn parse_error_log(d: &Directive, prefix: &Prefix) -> Result<LogTarget, ConfError> {
+pub(crate) fn parse_error_log(d: &Directive, prefix: &Prefix) -> Result<LogTarget, ConfError> {
     let path = match d.args[0].as_str() {
         "stderr" => None,
         s if s.starts_with("syslog:") || s.starts_with("memory:") => {

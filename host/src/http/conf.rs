@@ -34,6 +34,9 @@ pub struct ErrorPage {
 /// The host's per-location settings (nginx's core location conf).
 #[derive(Debug, Clone)]
 pub struct Core {
+    /// `error_log` in this block or above (below `main`): the requests
+    /// served here log there instead of the main log, as nginx's.
+    pub error_log: Option<std::rc::Rc<crate::log::Scoped>>,
     /// `root` (absolute, prefix-resolved); `alias` replaces the location's
     /// path instead of being prepended.
     pub root: String,
@@ -158,6 +161,7 @@ impl Core {
 impl Core {
     fn defaults(prefix: &Prefix) -> Core {
         Core {
+            error_log: None,
             root: prefix.resolve("html").to_string_lossy().into_owned(),
             alias: false,
             root_vars: false,
@@ -776,6 +780,12 @@ fn block_core(parent: &Core, d: &Directive, prefix: &Prefix, in_loc: bool) -> Re
     let mut c = parent.clone();
     c.try_files.clear();
     c.internal = false;
+    // A block's own error_log lines replace the inherited ones.
+    let logs: Vec<_> = d.children().iter().filter(|ch| ch.name == "error_log").map(|ch| crate::config::core::parse_error_log(ch, prefix)).collect::<Result<_, _>>()?;
+    if !logs.is_empty() {
+        let at = d.children().iter().find(|ch| ch.name == "error_log").unwrap_or(d);
+        c.error_log = Some(crate::log::Scoped::open(&logs).map_err(|e| at.err(e))?);
+    }
     let mut fresh = false;
     let (mut root, mut alias) = (None::<&Directive>, None::<&Directive>);
     for ch in d.children() {

@@ -1354,10 +1354,17 @@ fn handler_at(r: &Req, phase: u32, idx: usize) -> Option<(usize, sys::HttpHandle
 }
 
 /// Runs the phase engine until the request suspends or is finalized.
+/// What it logs goes to its location's `error_log`, if any.
 pub fn run(cell: &RefCell<Req>) {
+    engine(cell);
+    crate::log::set_scope(None);
+}
+
+fn engine(cell: &RefCell<Req>) {
     loop {
         {
             let mut r = cell.borrow_mut();
+            crate::log::set_scope(r.location().core.error_log.as_ref());
             if r.redirect.is_some() {
                 if let Err(st) = apply_redirect(&mut r) {
                     r.error_page = Some(st);
