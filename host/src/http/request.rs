@@ -1361,10 +1361,14 @@ pub fn run(cell: &RefCell<Req>) {
 }
 
 fn engine(cell: &RefCell<Req>) {
+    let mut logs_for = usize::MAX;
     loop {
         {
             let mut r = cell.borrow_mut();
-            crate::log::set_scope(r.location().core.error_log.as_ref());
+            if r.loc != logs_for {
+                logs_for = r.loc;
+                crate::log::set_scope(r.location().core.error_log.as_ref());
+            }
             if r.redirect.is_some() {
                 if let Err(st) = apply_redirect(&mut r) {
                     r.error_page = Some(st);
