@@ -1391,7 +1391,10 @@ fn engine(cell: &RefCell<Req>) {
                 // its end resumes the request.
                 Run::Suspended if r.waiting_sub => {
                     drop(r);
-                    if !run_sub(cell) {
+                    let done = run_sub(cell);
+                    // The subrequest logged as its own location says.
+                    logs_for = usize::MAX;
+                    if !done {
                         return;
                     }
                     continue;
