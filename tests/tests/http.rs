@@ -493,6 +493,13 @@ fn error_pages_and_try_files() {
     assert_eq!((r.status, r.header("location")), (302, Some("http://example.test/gone")));
     let r = get(s.port, "/tf/whatever").unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, &b"<p>page</p>"[..]));
+    // `$uri/` finds a directory: as nginx, the URI tried is without the
+    // '/', which the static handler then redirects to.
+    s.prefix.write("html/tf/d/index.html", "d index");
+    let r = get(s.port, "/tf/d").unwrap();
+    assert_eq!((r.status, r.header("location").map(|l| l.ends_with("/tf/d/"))), (301, Some(true)));
+    let r = get(s.port, "/tf/d/").unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"d index"[..]));
     assert_eq!(get(s.port, "/tf404/x").unwrap().status, 404);
     let r = get(s.port, "/tfa/a.txt").unwrap();
     assert_eq!((r.status, r.body.as_slice()), (200, &b"0123456789"[..]), "try_files under alias");

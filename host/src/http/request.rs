@@ -1645,8 +1645,12 @@ fn try_files(cell: &RefCell<Req>) {
     let mut path = String::new();
     let regex_alias = r.location().core.alias && r.location().core.alias_len == usize::MAX;
     for arg in &list[..list.len() - 1] {
-        let uri = super::vars::expand(&r, arg);
-        let dir = uri.ends_with('/');
+        // A trailing '/' asks for a directory, and is not part of the URI
+        // tried (nginx's test_dir): `$uri/` for "/d" tries "/d", which the
+        // static handler then redirects to "/d/".
+        let dir = arg.ends_with('/');
+        let name = if dir && arg.len() > 1 { &arg[..arg.len() - 1] } else { arg.as_str() };
+        let uri = super::vars::expand(&r, name);
         path.clear();
         r.map_to_path(&uri, &mut path);
         if regex_alias {
