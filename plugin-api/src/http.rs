@@ -85,12 +85,12 @@ pub fn parse_ranges(spec: &str, size: u64) -> Ranges {
 }
 
 /// Escapes a decoded path for a request line or a Location header, as
-/// nginx's NGX_ESCAPE_URI: controls, space, non-ASCII, `"`, `#`, `%` and
-/// `?` become `%XX`.
+/// nginx's NGX_ESCAPE_URI: controls, space, non-ASCII, `"`, `#`, `%`,
+/// `<`, `>`, `?`, `\`, `^`, `` ` ``, `{`, `|` and `}` become `%XX`.
 pub fn escape_uri(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in s.as_bytes() {
-        if b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'#' | b'%' | b'?') {
+        if b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'#' | b'%' | b'<' | b'>' | b'?' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}') {
             out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         } else {
             out.push(b);
@@ -291,6 +291,13 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_escaping_is_nginx_s() {
+        let mut out = Vec::new();
+        escape_uri("/a b\"#%<>?\\^`{|}~é/", &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "/a%20b%22%23%25%3C%3E%3F%5C%5E%60%7B%7C%7D~%C3%A9/");
+    }
 
     #[test]
     fn ranges() {
