@@ -35,6 +35,9 @@ fn if_blocks_carry_other_plugins_settings() {
                  location /px/ {{ proxy_pass http://127.0.0.1:{bp}; if ($arg_h) {{ add_header X-If $arg_h; }} }}
                  location /quiet/ {{ if ($arg_log = no) {{ access_log off; }} }}
                  location /alt/ {{ if ($http_x_alt) {{ root alt; }} }}
+                 # The front-controller idiom (WordPress and the like).
+                 location /app/ {{ if (!-e $request_filename) {{ rewrite ^/app/(.*)$ /app/index.html?q=$1 last; }} }}
+                 location = /app/index.html {{ return 200 \"front $arg_q\"; }}
                  location /two/ {{
                    if ($arg_a) {{ set $x a; add_header X-A 1; }}
                    if ($arg_b) {{ add_header X-B 1; }}
@@ -48,7 +51,7 @@ fn if_blocks_carry_other_plugins_settings() {
             bp = b.port
         )
     });
-    for (f, body) in [("html/cors", "cors"), ("html/up/x", "static x"), ("html/quiet/q", "q"), ("html/alt/f", "main"), ("alt/alt/f", "alternative")] {
+    for (f, body) in [("html/app/real.txt", "real"), ("html/cors", "cors"), ("html/up/x", "static x"), ("html/quiet/q", "q"), ("html/alt/f", "main"), ("alt/alt/f", "alternative")] {
         s.prefix.write(f, body);
     }
     // The CORS preflight idiom: the block's headers, not the location's.
@@ -65,6 +68,8 @@ fn if_blocks_carry_other_plugins_settings() {
     // The location's proxy_pass stays in force inside a block without one.
     let r = req(s.port, "GET /px/y?h=v HTTP/1.1");
     assert_eq!((r.status, r.header("x-backend"), r.header("x-if")), (200, Some("B"), Some("v")));
+    assert_eq!(text(&req(s.port, "GET /app/real.txt HTTP/1.1")), "real");
+    assert_eq!(text(&req(s.port, "GET /app/some/page HTTP/1.1")), "front some/page");
     // root inside `if`.
     assert_eq!(text(&req(s.port, "GET /alt/f HTTP/1.1")), "main");
     assert_eq!(text(&req(s.port, "GET /alt/f HTTP/1.1\r\nX-Alt: 1")), "alternative");
