@@ -125,9 +125,13 @@ thread_local! {
     static SCOPE: RefCell<Option<Rc<Scoped>>> = const { RefCell::new(None) };
 }
 
+/// Some block has its own error log (else requests never switch logs).
+static ANY_SCOPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Scoped {
     /// Opens `targets`; the error names the file that failed.
     pub fn open(targets: &[LogTarget]) -> Result<Rc<Scoped>, String> {
+        ANY_SCOPED.store(true, std::sync::atomic::Ordering::Relaxed);
         let s = Rc::new(Scoped { sinks: RefCell::new(open_sinks(targets)?) });
         SCOPES.with(|l| {
             let mut l = l.borrow_mut();
@@ -142,6 +146,9 @@ impl Scoped {
 /// next call: the request engine sets it for the request it runs.
 #[inline]
 pub fn set_scope(s: Option<&Rc<Scoped>>) {
+    if !ANY_SCOPED.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     SCOPE.with(|c| {
         let same = match (&*c.borrow(), s) {
             (None, None) => true,
