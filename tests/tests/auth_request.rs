@@ -32,6 +32,10 @@ fn a_subrequest_decides_access() {
                    internal;
                    rewrite ^ /counted/auth?status=$http_x_auth&set=X-User:alice&set=WWW-Authenticate:Bearer%20realm=x break;
                    proxy_pass http://127.0.0.1:{bp};
+                   # oauth2-proxy's recommended lines.
+                   proxy_pass_request_body off;
+                   proxy_set_header Content-Length \"\";
+                   proxy_set_header X-Original-URI $request_uri;
                  }}
                  location = /auth-down {{ internal; proxy_pass http://127.0.0.1:{dead}; }}
                }} }}\n",

@@ -526,6 +526,28 @@ fn unix_domain_socket_upstreams() {
 }
 
 #[test]
+fn request_body_and_headers_can_be_kept_back() {
+    let b = Backend::start("P");
+    let bp = b.port;
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT;
+           location /nobody/ {{ proxy_pass http://127.0.0.1:{bp}; proxy_pass_request_body off; proxy_set_header Content-Length \"\"; }}
+           location /noheaders/ {{ proxy_pass http://127.0.0.1:{bp}; proxy_pass_request_headers off; }}
+         }}"
+    ));
+    let post = |path: &str| {
+        let r = req(s.port, &format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Mine: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"));
+        assert_eq!(r.status, 200);
+        String::from_utf8_lossy(&r.body).into_owned()
+    };
+    let echo = post("/nobody/a");
+    assert!(echo.contains("\"body\": \"\"") && !echo.contains("Content-Length") && echo.contains("X-Mine"), "{echo}");
+    let echo = post("/noheaders/a");
+    assert!(echo.contains("\"body\": \"hello\"") && !echo.contains("X-Mine"), "{echo}");
+}
+
+#[test]
 fn upstream_variables_survive_internal_redirects() {
     let b = Backend::start("E");
     let (bp, dead) = (b.port, free_port());

@@ -158,6 +158,9 @@ pub struct Conf {
     cache_convert_head: Option<bool>,
     cache_revalidate: Option<bool>,
     cache_lock: Option<bool>,
+    /// `proxy_pass_request_body`, `proxy_pass_request_headers`.
+    pass_body: Option<bool>,
+    pass_req_headers: Option<bool>,
     cache_lock_timeout: Option<u64>,
     cache_lock_age: Option<u64>,
     /// `proxy_ignore_headers` bits for the cache (`cache::ignore`).
@@ -861,6 +864,8 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             c.pass_headers.get_or_insert_with(Vec::new).push(a[0].to_ascii_lowercase());
             Ok(())
         }),
+        DirectiveSpec::new("proxy_pass_request_body", ANY, 1, 1, |c, a, cx| set_opt(&mut c.pass_body, cx.flag(a[0])?, "proxy_pass_request_body")),
+        DirectiveSpec::new("proxy_pass_request_headers", ANY, 1, 1, |c, a, cx| set_opt(&mut c.pass_req_headers, cx.flag(a[0])?, "proxy_pass_request_headers")),
         DirectiveSpec::new("proxy_http_version", ANY, 1, 1, |c, a, _| {
             let v = match a[0] {
                 "1.0" => false,
@@ -1112,7 +1117,7 @@ impl Plugin for Proxy {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
-        inherit!(headers, hide, pass_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age, ignore_cache);
         if let Some(pass) = &c.pass {
@@ -2539,7 +2544,10 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
             header(out, name, &|out| out.extend_from_slice(v.as_bytes()));
         }
     }
-    let (body, file): (&[u8], _) = match req.body_piece() {
+    // proxy_pass_request_body off: no body (and no length) goes upstream;
+    // proxy_pass_request_headers off: none of the client's headers.
+    let (pass_body, pass_headers) = (conf.pass_body.unwrap_or(true), conf.pass_req_headers.unwrap_or(true));
+    let (body, file): (&[u8], _) = match req.body_piece().filter(|_| pass_body) {
         Some(Piece::Mem(m)) => (m, None),
         Some(Piece::File { fd, pos, len }) => (&[], Some((fd, pos, len))),
         None => (&[], None),
@@ -2550,7 +2558,7 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
         if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
             has_body = true;
         }
-        if k.eq_ignore_ascii_case("content-length") || set_by_user(k) || DEFAULT_SET.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
+        if !pass_headers || k.eq_ignore_ascii_case("content-length") || set_by_user(k) || DEFAULT_SET.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
             continue;
         }
         if caching && cache::DROPPED_UPSTREAM.iter().any(|n| n.eq_ignore_ascii_case(k)) {
@@ -2563,7 +2571,7 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
             header(out, k, &|out| out.extend_from_slice(v.as_bytes()));
         }
     }
-    if has_body {
+    if has_body && pass_body && !set_by_user("Content-Length") {
         let _ = write!(out, "Content-Length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
