@@ -78,7 +78,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def reply(self, status, body, ctype="text/plain", extra=()):
-        self.head(status, [("Content-Type", ctype), *extra], len(body))
+        # A Content-Type among the extra headers replaces the default.
+        ctype_hdr = [] if any(k.lower() == "content-type" for k, _ in extra) else [("Content-Type", ctype)]
+        self.head(status, [*ctype_hdr, *extra], len(body))
         if self.command != "HEAD":
             self.wfile.write(body)
 
