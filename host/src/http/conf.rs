@@ -520,6 +520,8 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("connection_pool_size", HS, 1, 1),
         ("request_pool_size", HS, 1, 1),
         ("sendfile_max_chunk", H, 1, 1),
+        ("read_ahead", H, 1, 1),
+        ("subrequest_output_buffer_size", H, 1, 1),
         ("directio", H | IF, 1, 1),
         ("aio", H, 1, 1),
         ("log_subrequest", H, 1, 1),
@@ -740,7 +742,7 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
         // nginx's memory-pool and hash-table sizes, and sendfile chunking:
         // ngxr sizes these itself; the values are checked and otherwise
         // change nothing (see docs/nginx-compat.md).
-        "types_hash_max_size" | "types_hash_bucket_size" | "connection_pool_size" | "request_pool_size" | "sendfile_max_chunk" => {
+        "types_hash_max_size" | "types_hash_bucket_size" | "connection_pool_size" | "request_pool_size" | "sendfile_max_chunk" | "read_ahead" | "subrequest_output_buffer_size" => {
             size(d, 0)?;
         }
         "directio" if d.args[0] != "off" => {

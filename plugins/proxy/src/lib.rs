@@ -882,6 +882,11 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             set_opt(&mut c.buffers, (n, cx.size(a[1])? as usize), "proxy_buffers")
         }),
         DirectiveSpec::new("proxy_busy_buffers_size", ANY, 1, 1, |_, a, cx| cx.size(a[0]).map(|_| ())),
+        // nginx's hash and write-chunk sizes: ngxr sizes these itself; the
+        // values are checked and change nothing.
+        DirectiveSpec::new("proxy_temp_file_write_size", ANY, 1, 1, |_, a, cx| cx.size(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_headers_hash_max_size", ANY, 1, 1, |_, a, cx| cx.size(a[0]).map(|_| ())),
+        DirectiveSpec::new("proxy_headers_hash_bucket_size", ANY, 1, 1, |_, a, cx| cx.size(a[0]).map(|_| ())),
         DirectiveSpec::new("proxy_max_temp_file_size", ANY, 1, 1, |c, a, cx| set_opt(&mut c.max_temp, cx.size(a[0])?, "proxy_max_temp_file_size")),
         DirectiveSpec::new("proxy_temp_path", ANY, 1, 4, |c, a, cx| set_opt(&mut c.temp_path, cx.full_path(a[0]), "proxy_temp_path")),
         DirectiveSpec::new("proxy_redirect", ANY, 1, 2, |c, a, _| {
