@@ -526,6 +526,20 @@ fn unix_domain_socket_upstreams() {
 }
 
 #[test]
+fn set_cookie_domain_and_path_are_rewritten() {
+    let b = Backend::start("K");
+    let bp = b.port;
+    let s = front(&format!(
+        "access_log off;
+         server {{ listen 127.0.0.1:PORT;
+           location /app/ {{ proxy_pass http://127.0.0.1:{bp}/; proxy_cookie_domain backend.local $host; proxy_cookie_path / /app/; }}
+         }}"
+    ));
+    let r = req(s.port, "GET /app/counted/k?set=Set-Cookie:sid=1;%20Domain=backend.local;%20Path=/;%20HttpOnly HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.header("set-cookie"), Some("sid=1; Domain=front.test; Path=/app/; HttpOnly"));
+}
+
+#[test]
 fn request_body_and_headers_can_be_kept_back() {
     let b = Backend::start("P");
     let bp = b.port;

@@ -158,6 +158,10 @@ pub struct Conf {
     cache_convert_head: Option<bool>,
     cache_revalidate: Option<bool>,
     cache_lock: Option<bool>,
+    /// `proxy_cookie_domain` and `proxy_cookie_path` rules (Some(empty):
+    /// `off`).
+    cookie_domain: Option<Rc<Vec<RedirectRule>>>,
+    cookie_path: Option<Rc<Vec<RedirectRule>>>,
     /// `proxy_pass_request_body`, `proxy_pass_request_headers`.
     pass_body: Option<bool>,
     pass_req_headers: Option<bool>,
@@ -913,6 +917,8 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             }
             Ok(())
         }),
+        DirectiveSpec::new("proxy_cookie_domain", ANY, 1, 2, |c, a, _| cookie_rule(&mut c.cookie_domain, a, true)),
+        DirectiveSpec::new("proxy_cookie_path", ANY, 1, 2, |c, a, _| cookie_rule(&mut c.cookie_path, a, false)),
         DirectiveSpec::new("proxy_ignore_headers", ANY, 1, sys::ARGS_ANY, |c, a, _| {
             let mut xa = false;
             let mut bits = 0;
@@ -1122,7 +1128,7 @@ impl Plugin for Proxy {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
-        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, cookie_domain, cookie_path, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age, ignore_cache);
         if let Some(pass) = &c.pass {
@@ -2019,6 +2025,15 @@ impl State {
                 Ok(v) => std::borrow::Cow::Borrowed(v),
                 Err(_) => String::from_utf8_lossy(h.value),
             };
+            if k.eq_ignore_ascii_case("set-cookie") && (conf.cookie_domain.as_ref().is_some_and(|r| !r.is_empty()) || conf.cookie_path.as_ref().is_some_and(|r| !r.is_empty())) {
+                let vars = |name: &str, out: &mut Vec<u8>| out.extend_from_slice(req.var_bytes(name).unwrap_or(b""));
+                let new = rewrite_cookie(conf, &v, &vars);
+                req.add_header(k, &new);
+                if let Some(l) = kept.as_mut() {
+                    l.push((k.to_string(), new));
+                }
+                continue;
+            }
             if k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh") {
                 let vars = |name: &str, out: &mut Vec<u8>| out.extend_from_slice(req.var_bytes(name).unwrap_or(b""));
                 let new = if k.eq_ignore_ascii_case("refresh") {
@@ -2586,6 +2601,99 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
 
 /// Applies proxy_redirect to a Location or Refresh value.
 /// `vars` renders a variable of the request.
+/// `proxy_cookie_domain` / `proxy_cookie_path`: `off`, or a rule (text
+/// with variables, or `~`/`~*` regex) and its replacement. Domains
+/// (`domain`) are matched without regard to case, regexes too, and a
+/// leading dot of either side does not count (nginx).
+fn cookie_rule(slot: &mut Option<Rc<Vec<RedirectRule>>>, a: &[&str], domain: bool) -> Result<(), String> {
+    let list = slot.get_or_insert_with(|| Rc::new(Vec::new()));
+    let list = Rc::get_mut(list).ok_or("the rule list is shared")?;
+    match a {
+        ["off"] if list.is_empty() => Ok(()),
+        [from, to] => {
+            let rule = match from.strip_prefix('~') {
+                Some(re) => {
+                    let (src, caseless) = re.strip_prefix('*').map_or((re, false), |r| (r, true));
+                    let re = regex::RegexBuilder::new(src).case_insensitive(caseless || domain).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?;
+                    RedirectRule::Regex(re, Template::parse(to))
+                }
+                None if domain => RedirectRule::Prefix(Template::parse(from.strip_prefix('.').unwrap_or(from)), Template::parse(to.strip_prefix('.').unwrap_or(to))),
+                None => RedirectRule::Prefix(Template::parse(from), Template::parse(to)),
+            };
+            list.push(rule);
+            Ok(())
+        }
+        _ => Err("invalid parameter".into()),
+    }
+}
+
+/// Rewrites a Set-Cookie's `domain=` (the whole name, any case; a
+/// leading dot kept) and `path=` (a prefix) attributes, as nginx's
+/// proxy_cookie_domain and proxy_cookie_path: the first rule that
+/// matches.
+fn rewrite_cookie(conf: &Conf, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> String {
+    let text = |t: &Template| {
+        let mut out = Vec::new();
+        t.render(&mut out, |name, o| vars(name, o));
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let apply = |rules: &[RedirectRule], value: &str, whole: bool| -> Option<String> {
+        for rule in rules {
+            match rule {
+                RedirectRule::Regex(re, to) => {
+                    let Some(c) = re.captures(value) else { continue };
+                    let mut out = Vec::new();
+                    to.render(&mut out, |name, o| match name.parse::<usize>() {
+                        Ok(n) => o.extend_from_slice(c.get(n).map_or("", |m| m.as_str()).as_bytes()),
+                        Err(_) => vars(name, o),
+                    });
+                    return Some(String::from_utf8_lossy(&out).into_owned());
+                }
+                RedirectRule::Prefix(from, to) => {
+                    let from = text(from);
+                    if whole && value.eq_ignore_ascii_case(from.strip_prefix('.').unwrap_or(&from)) {
+                        let to = text(to);
+                        return Some(to.strip_prefix('.').unwrap_or(&to).to_string());
+                    }
+                    if let (false, Some(rest)) = (whole, value.strip_prefix(from.as_str())) {
+                        return Some(format!("{}{rest}", text(to)));
+                    }
+                }
+                RedirectRule::Default => {}
+            }
+        }
+        None
+    };
+    let mut out = String::with_capacity(v.len());
+    for (i, attr) in v.split(';').enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        let lead = &attr[..attr.len() - attr.trim_start().len()];
+        let (name, value) = attr.trim_start().split_once('=').unwrap_or((attr.trim_start(), ""));
+        let new = if i == 0 {
+            None
+        } else if name.eq_ignore_ascii_case("domain") {
+            let dot = if value.starts_with('.') { "." } else { "" };
+            conf.cookie_domain.as_deref().and_then(|r| apply(r, &value[dot.len()..], true)).map(|d| format!("{dot}{d}"))
+        } else if name.eq_ignore_ascii_case("path") {
+            conf.cookie_path.as_deref().and_then(|r| apply(r, value, false))
+        } else {
+            None
+        };
+        match new {
+            Some(n) => {
+                out.push_str(lead);
+                out.push_str(name);
+                out.push('=');
+                out.push_str(&n);
+            }
+            None => out.push_str(attr),
+        }
+    }
+    out
+}
+
 fn rewrite_redirect(conf: &Conf, pass: &Pass, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> String {
     const DEFAULT: &[RedirectRule] = &[RedirectRule::Default];
     let rules: &[RedirectRule] = match &conf.redirect {
@@ -2656,6 +2764,15 @@ mod tests {
         let p = pass("http://127.0.0.1:9000", Some("/two/"), "/one/");
         let none = |_: &str, _: &mut Vec<u8>| {};
         assert_eq!(rewrite_redirect(&c, &p, "http://127.0.0.1:9000/two/x?y", &none), "/one/x?y");
+        let mut cookies = Conf::default();
+        cookie_rule(&mut cookies.cookie_domain, &["localhost", "example.org"], true).unwrap();
+        cookie_rule(&mut cookies.cookie_path, &["/two/", "/"], false).unwrap();
+        cookie_rule(&mut cookies.cookie_path, &["~^/u/([^/]+)", "/users/$1"], false).unwrap();
+        assert_eq!(rewrite_cookie(&cookies, "a=b; Domain=.LocalHost; Path=/two/x; HttpOnly", &none), "a=b; Domain=.example.org; Path=/x; HttpOnly");
+        cookie_rule(&mut cookies.cookie_domain, &["~^(.+)\\.com$", "$1.org"], true).unwrap();
+        assert_eq!(rewrite_cookie(&cookies, "a=b; Domain=www.example.COM", &none), "a=b; Domain=www.example.org", "domain regexes ignore case");
+        assert_eq!(rewrite_cookie(&cookies, "a=b; path=/u/bob/p; domain=other", &none), "a=b; path=/users/bob; domain=other");
+        assert_eq!(rewrite_cookie(&cookies, "path=/two/; a=b", &none), "path=/two/; a=b", "the cookie's own name=value is not an attribute");
         assert_eq!(rewrite_redirect(&c, &p, "http://elsewhere/two/x", &none), "http://elsewhere/two/x");
         let p = pass("http://backend", None, "/");
         assert_eq!(rewrite_redirect(&c, &p, "http://backend/a", &none), "/a");
