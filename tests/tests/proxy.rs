@@ -540,7 +540,7 @@ fn set_cookie_domain_and_path_are_rewritten() {
 }
 
 #[test]
-fn request_body_and_headers_can_be_kept_back() {
+fn request_body_headers_and_method_as_configured() {
     let b = Backend::start("P");
     let bp = b.port;
     let s = front(&format!(
@@ -548,8 +548,13 @@ fn request_body_and_headers_can_be_kept_back() {
          server {{ listen 127.0.0.1:PORT;
            location /nobody/ {{ proxy_pass http://127.0.0.1:{bp}; proxy_pass_request_body off; proxy_set_header Content-Length \"\"; }}
            location /noheaders/ {{ proxy_pass http://127.0.0.1:{bp}; proxy_pass_request_headers off; }}
+           location /own/ {{ proxy_pass http://127.0.0.1:{bp}; proxy_method PUT; proxy_set_body \"user=$arg_u\"; }}
          }}"
     ));
+    // proxy_method and proxy_set_body.
+    let r = req(s.port, "GET /own/a?u=xy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let echo = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(echo.contains("\"method\": \"PUT\"") && echo.contains("\"body\": \"user=xy\"") && echo.contains("[\"Content-Length\", \"7\"]"), "{echo}");
     let post = |path: &str| {
         let r = req(s.port, &format!("POST {path} HTTP/1.1\r\nHost: x\r\nX-Mine: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"));
         assert_eq!(r.status, 200);

@@ -162,6 +162,9 @@ pub struct Conf {
     /// `off`).
     cookie_domain: Option<Rc<Vec<RedirectRule>>>,
     cookie_path: Option<Rc<Vec<RedirectRule>>>,
+    /// `proxy_method`, `proxy_set_body`.
+    method: Option<Template>,
+    set_body: Option<Template>,
     /// `proxy_pass_request_body`, `proxy_pass_request_headers`.
     pass_body: Option<bool>,
     pass_req_headers: Option<bool>,
@@ -917,6 +920,8 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             }
             Ok(())
         }),
+        DirectiveSpec::new("proxy_method", ANY, 1, 1, |c, a, _| set_opt(&mut c.method, Template::parse(a[0]), "proxy_method")),
+        DirectiveSpec::new("proxy_set_body", ANY, 1, 1, |c, a, _| set_opt(&mut c.set_body, Template::parse(a[0]), "proxy_set_body")),
         DirectiveSpec::new("proxy_cookie_domain", ANY, 1, 2, |c, a, _| cookie_rule(&mut c.cookie_domain, a, true)),
         DirectiveSpec::new("proxy_cookie_path", ANY, 1, 2, |c, a, _| cookie_rule(&mut c.cookie_path, a, false)),
         DirectiveSpec::new("proxy_ignore_headers", ANY, 1, sys::ARGS_ANY, |c, a, _| {
@@ -1128,7 +1133,7 @@ impl Plugin for Proxy {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
-        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, cookie_domain, cookie_path, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, cookie_domain, cookie_path, method, set_body, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age, ignore_cache);
         if let Some(pass) = &c.pass {
@@ -1533,6 +1538,15 @@ impl State {
         // can be kept (the client still gets the head only).
         if method == "HEAD" && self.cache.as_ref().is_some_and(|c| c.convert_head) {
             method = "GET";
+        }
+        // proxy_method: the upstream request's method (with variables).
+        let own_method = conf.method.as_ref().map(|t| {
+            let mut m = Vec::new();
+            render_into(req, t, &self.proxy_host, &mut m);
+            String::from_utf8_lossy(&m).into_owned()
+        });
+        if let Some(m) = own_method.as_deref().filter(|m| !m.is_empty()) {
+            method = m;
         }
         self.tried.resize(group.peers.len(), false);
         self.group = Some(group);
@@ -2567,13 +2581,20 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
     // proxy_pass_request_body off: no body (and no length) goes upstream;
     // proxy_pass_request_headers off: none of the client's headers.
     let (pass_body, pass_headers) = (conf.pass_body.unwrap_or(true), conf.pass_req_headers.unwrap_or(true));
-    let (body, file): (&[u8], _) = match req.body_piece().filter(|_| pass_body) {
-        Some(Piece::Mem(m)) => (m, None),
-        Some(Piece::File { fd, pos, len }) => (&[], Some((fd, pos, len))),
-        None => (&[], None),
+    // proxy_set_body: this text (with variables) is the body instead.
+    let own_body = conf.set_body.as_ref().map(|t| {
+        let mut b = Vec::new();
+        render_into(req, t, proxy_host, &mut b);
+        b
+    });
+    let (body, file): (&[u8], _) = match (&own_body, req.body_piece().filter(|_| pass_body)) {
+        (Some(b), _) => (b.as_slice(), None),
+        (None, Some(Piece::Mem(m))) => (m, None),
+        (None, Some(Piece::File { fd, pos, len })) => (&[], Some((fd, pos, len))),
+        (None, None) => (&[], None),
     };
     let body_len = file.map_or(body.len() as u64, |(_, _, len)| len);
-    let mut has_body = false;
+    let mut has_body = own_body.is_some();
     for (k, v) in req.headers() {
         if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
             has_body = true;
@@ -2591,7 +2612,7 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
             header(out, k, &|out| out.extend_from_slice(v.as_bytes()));
         }
     }
-    if has_body && pass_body && !set_by_user("Content-Length") {
+    if has_body && (pass_body || own_body.is_some()) && !set_by_user("Content-Length") {
         let _ = write!(out, "Content-Length: {body_len}\r\n");
     }
     out.extend_from_slice(b"\r\n");
