@@ -34,6 +34,48 @@ pub enum Ranges {
     List(Vec<(u64, u64)>),
 }
 
+/// A `*_types` directive's MIME types (`sub_filter_types`,
+/// `charset_types`): a list, or `*` for any; unset means the module's
+/// default list.
+#[derive(Clone, Debug, Default)]
+pub enum Types {
+    /// Not set in this block or above.
+    #[default]
+    Unset,
+    /// `*`.
+    Any,
+    /// The types, lowercase.
+    List(std::rc::Rc<Vec<String>>),
+}
+
+impl Types {
+    /// From the directive's arguments.
+    pub fn parse(args: &[&str]) -> Types {
+        if args.contains(&"*") {
+            Types::Any
+        } else {
+            Types::List(std::rc::Rc::new(args.iter().map(|t| t.to_ascii_lowercase()).collect()))
+        }
+    }
+
+    /// Inherits the enclosing block's when unset here.
+    pub fn merge(&mut self, parent: &Types) {
+        if matches!(self, Types::Unset) {
+            *self = parent.clone();
+        }
+    }
+
+    /// Whether a response of type `base` (without parameters) is
+    /// covered; `default` when unset.
+    pub fn covers(&self, base: &str, default: &[&str]) -> bool {
+        match self {
+            Types::Any => true,
+            Types::List(l) => l.iter().any(|t| t.eq_ignore_ascii_case(base)),
+            Types::Unset => default.iter().any(|t| t.eq_ignore_ascii_case(base)),
+        }
+    }
+}
+
 /// Parses `bytes=a-b,c-,-n` against `size`: inclusive (start, end) pairs.
 pub fn parse_ranges(spec: &str, size: u64) -> Ranges {
     let Some(list) = spec.trim().strip_prefix("bytes=") else { return Ranges::Ignore };

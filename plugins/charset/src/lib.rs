@@ -13,8 +13,7 @@
 //!   recoding between charsets (nginx's `charset_map`) is not done, so
 //!   another one is refused at configuration.
 
-use plugin_api::{export_plugin, sys, DirectiveSpec, Plugin, Request};
-use std::rc::Rc;
+use plugin_api::{export_plugin, http::Types, sys, DirectiveSpec, Plugin, Request};
 
 const DEFAULT_TYPES: [&str; 6] = ["text/html", "text/xml", "text/plain", "text/vnd.wap.wml", "application/javascript", "application/rss+xml"];
 
@@ -24,8 +23,7 @@ pub struct Conf {
     /// `charset`: Some(None) is `off`.
     charset: Option<Option<String>>,
     source: Option<String>,
-    types: Option<Rc<Vec<String>>>,
-    any_type: Option<bool>,
+    types: Types,
     override_charset: Option<bool>,
 }
 
@@ -66,12 +64,7 @@ impl Plugin for Charset {
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("charset_types", H, 1, sys::ARGS_ANY, |c, a, _| {
-                if a.contains(&"*") {
-                    c.any_type = Some(true);
-                } else {
-                    c.types = Some(Rc::new(a.iter().map(|t| t.to_ascii_lowercase()).collect()));
-                    c.any_type = Some(false);
-                }
+                c.types = Types::parse(a);
                 Ok(())
             }),
         ]
@@ -85,10 +78,7 @@ impl Plugin for Charset {
             c.source.clone_from(&p.source);
         }
         c.override_charset = c.override_charset.or(p.override_charset);
-        if c.any_type.is_none() {
-            c.any_type = p.any_type;
-            c.types.clone_from(&p.types);
-        }
+        c.types.merge(&p.types);
         no_recoding(c)
     }
 
@@ -97,12 +87,7 @@ impl Plugin for Charset {
         let Some(ctype) = req.header_out("Content-Type") else { return Ok(()) };
         let mut parts = ctype.split(';');
         let base = parts.next().unwrap_or("").trim();
-        let listed = conf.any_type == Some(true)
-            || match &conf.types {
-                Some(t) => t.iter().any(|x| x.eq_ignore_ascii_case(base)),
-                None => DEFAULT_TYPES.iter().any(|x| x.eq_ignore_ascii_case(base)),
-            };
-        if !listed {
+        if !conf.types.covers(base, &DEFAULT_TYPES) {
             return Ok(());
         }
         let named = parts.clone().any(|p| p.trim().to_ascii_lowercase().starts_with("charset="));

@@ -14,7 +14,7 @@
 //! is left alone. Load it after `gzip` so that it runs first (filters run
 //! in reverse load order, as nginx's).
 
-use plugin_api::{export_plugin, sys, template::Template, DirectiveSpec, Piece, Plugin, Request};
+use plugin_api::{export_plugin, http::Types, sys, template::Template, DirectiveSpec, Piece, Plugin, Request};
 use std::rc::Rc;
 
 /// Per-block configuration.
@@ -22,8 +22,7 @@ use std::rc::Rc;
 pub struct Conf {
     subs: Option<Rc<Vec<(Template, Template)>>>,
     once: Option<bool>,
-    types: Option<Rc<Vec<String>>>,
-    any_type: Option<bool>,
+    types: Types,
     last_modified: Option<bool>,
 }
 
@@ -110,12 +109,7 @@ impl Plugin for Sub {
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("sub_filter_types", H, 1, sys::ARGS_ANY, |c, a, _| {
-                if a.contains(&"*") {
-                    c.any_type = Some(true);
-                } else {
-                    c.types = Some(Rc::new(a.iter().map(|t| t.to_ascii_lowercase()).collect()));
-                    c.any_type = Some(false);
-                }
+                c.types = Types::parse(a);
                 Ok(())
             }),
         ]
@@ -127,10 +121,7 @@ impl Plugin for Sub {
         }
         c.once = c.once.or(p.once);
         c.last_modified = c.last_modified.or(p.last_modified);
-        if c.any_type.is_none() {
-            c.any_type = p.any_type;
-            c.types.clone_from(&p.types);
-        }
+        c.types.merge(&p.types);
     }
 
     fn header_filter(req: &mut Request<'_>, conf: &Conf) -> Result<(), String> {
@@ -140,7 +131,7 @@ impl Plugin for Sub {
         }
         let ctype = req.header_out("Content-Type").unwrap_or("");
         let base = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if !(base == "text/html" || conf.any_type == Some(true) || conf.types.as_ref().is_some_and(|t| t.contains(&base))) {
+        if !(base == "text/html" || conf.types.covers(&base, &[])) {
             return Ok(());
         }
         let pats: Vec<(Vec<u8>, Vec<u8>, bool)> = subs.iter().map(|(s, r)| (render(req, s).to_ascii_lowercase(), render(req, r), false)).collect();
