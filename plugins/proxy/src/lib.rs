@@ -158,6 +158,8 @@ pub struct Conf {
     cache_convert_head: Option<bool>,
     cache_revalidate: Option<bool>,
     cache_lock: Option<bool>,
+    cache_lock_timeout: Option<u64>,
+    cache_lock_age: Option<u64>,
     /// `proxy_cookie_domain` and `proxy_cookie_path` rules (Some(empty):
     /// `off`).
     cookie_domain: Option<Rc<Vec<RedirectRule>>>,
@@ -168,8 +170,6 @@ pub struct Conf {
     /// `proxy_pass_request_body`, `proxy_pass_request_headers`.
     pass_body: Option<bool>,
     pass_req_headers: Option<bool>,
-    cache_lock_timeout: Option<u64>,
-    cache_lock_age: Option<u64>,
     /// `proxy_ignore_headers` bits for the cache (`cache::ignore`).
     ignore_cache: Option<u32>,
     /// This location's cache, resolved when merged.
