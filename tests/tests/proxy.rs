@@ -526,15 +526,19 @@ fn unix_domain_socket_upstreams() {
 }
 
 #[test]
-fn set_cookie_domain_and_path_are_rewritten() {
+fn set_cookie_domain_path_and_flags_are_rewritten() {
     let b = Backend::start("K");
     let bp = b.port;
     let s = front(&format!(
         "access_log off;
          server {{ listen 127.0.0.1:PORT;
            location /app/ {{ proxy_pass http://127.0.0.1:{bp}/; proxy_cookie_domain backend.local $host; proxy_cookie_path / /app/; }}
+           location /flags/ {{ proxy_pass http://127.0.0.1:{bp}/; proxy_cookie_flags ~ secure httponly samesite=strict; }}
          }}"
     ));
+    // proxy_cookie_flags: every cookie (`~`), its own SameSite replaced.
+    let r = req(s.port, "GET /flags/counted/f?set=Set-Cookie:sid=2;%20Path=/;samesite=lax HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.header("set-cookie"), Some("sid=2; Path=/; Secure; HttpOnly; SameSite=Strict"));
     let r = req(s.port, "GET /app/counted/k?set=Set-Cookie:sid=1;%20Domain=backend.local;%20Path=/;%20HttpOnly HTTP/1.1\r\nHost: front.test\r\nConnection: close\r\n\r\n");
     assert_eq!(r.header("set-cookie"), Some("sid=1; Domain=front.test; Path=/app/; HttpOnly"));
 }

@@ -164,6 +164,9 @@ pub struct Conf {
     /// `off`).
     cookie_domain: Option<Rc<Vec<RedirectRule>>>,
     cookie_path: Option<Rc<Vec<RedirectRule>>>,
+    /// `proxy_cookie_flags` rules: the cookie's name (text with variables,
+    /// or a caseless regex) and its flags (Some(empty): `off`).
+    cookie_flags: Option<Rc<Vec<CookieFlags>>>,
     /// `proxy_method`, `proxy_set_body`.
     method: Option<Template>,
     set_body: Option<Template>,
@@ -924,6 +927,7 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
         DirectiveSpec::new("proxy_set_body", ANY, 1, 1, |c, a, _| set_opt(&mut c.set_body, Template::parse(a[0]), "proxy_set_body")),
         DirectiveSpec::new("proxy_cookie_domain", ANY, 1, 2, |c, a, _| cookie_rule(&mut c.cookie_domain, a, true)),
         DirectiveSpec::new("proxy_cookie_path", ANY, 1, 2, |c, a, _| cookie_rule(&mut c.cookie_path, a, false)),
+        DirectiveSpec::new("proxy_cookie_flags", ANY, 1, 4, |c, a, _| cookie_flags_rule(c, a)),
         DirectiveSpec::new("proxy_ignore_headers", ANY, 1, sys::ARGS_ANY, |c, a, _| {
             let mut xa = false;
             let mut bits = 0;
@@ -1133,7 +1137,7 @@ impl Plugin for Proxy {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
-        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, cookie_domain, cookie_path, method, set_body, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, cookie_domain, cookie_path, cookie_flags, method, set_body, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age, ignore_cache);
         if let Some(pass) = &c.pass {
@@ -2039,9 +2043,10 @@ impl State {
                 Ok(v) => std::borrow::Cow::Borrowed(v),
                 Err(_) => String::from_utf8_lossy(h.value),
             };
-            if k.eq_ignore_ascii_case("set-cookie") && (conf.cookie_domain.as_ref().is_some_and(|r| !r.is_empty()) || conf.cookie_path.as_ref().is_some_and(|r| !r.is_empty())) {
+            if k.eq_ignore_ascii_case("set-cookie") && [conf.cookie_domain.as_ref().map(|r| r.len()), conf.cookie_path.as_ref().map(|r| r.len()), conf.cookie_flags.as_ref().map(|r| r.len())].iter().any(|n| n.unwrap_or(0) > 0) {
                 let vars = |name: &str, out: &mut Vec<u8>| out.extend_from_slice(req.var_bytes(name).unwrap_or(b""));
                 let new = rewrite_cookie(conf, &v, &vars);
+                let new = cookie_flags(conf, &new, &vars).unwrap_or(new);
                 req.add_header(k, &new);
                 if let Some(l) = kept.as_mut() {
                     l.push((k.to_string(), new));
@@ -2622,6 +2627,85 @@ fn build_request(req: &Request<'_>, method: &str, conf: &Conf, pass: &Pass, prox
 
 /// Applies proxy_redirect to a Location or Refresh value.
 /// `vars` renders a variable of the request.
+/// A `proxy_cookie_flags` rule: which cookies, and their flags.
+type CookieFlags = (CookieName, Vec<Template>);
+
+/// Which cookies a `proxy_cookie_flags` rule is for.
+pub enum CookieName {
+    /// Its name (with variables), any case.
+    Name(Template),
+    /// `~regex`, any case.
+    Regex(regex::Regex),
+}
+
+const COOKIE_FLAGS: [&str; 9] = ["secure", "httponly", "samesite=strict", "samesite=lax", "samesite=none", "nosecure", "nohttponly", "nosamesite", ""];
+
+/// `proxy_cookie_flags off | name flag…`.
+fn cookie_flags_rule(c: &mut Conf, a: &[&str]) -> Result<(), String> {
+    let list = c.cookie_flags.get_or_insert_with(|| Rc::new(Vec::new()));
+    let list = Rc::get_mut(list).ok_or("the rule list is shared")?;
+    if a == ["off"] {
+        return if list.is_empty() { Ok(()) } else { Err("\"proxy_cookie_flags off\" cannot be mixed with other rules".into()) };
+    }
+    let (name, flags) = a.split_first().ok_or("invalid number of arguments")?;
+    if flags.is_empty() {
+        return Err("invalid number of arguments in \"proxy_cookie_flags\" directive".into());
+    }
+    for f in flags.iter().filter(|f| !f.contains('$')) {
+        if !COOKIE_FLAGS[..8].iter().any(|k| k.eq_ignore_ascii_case(f)) {
+            return Err(format!("invalid parameter \"{f}\""));
+        }
+    }
+    let name = match name.strip_prefix('~') {
+        Some(re) => CookieName::Regex(regex::RegexBuilder::new(re).case_insensitive(true).build().map_err(|e| format!("regex \"{re}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?),
+        None => CookieName::Name(Template::parse(name)),
+    };
+    list.push((name, flags.iter().map(|f| Template::parse(f)).collect()));
+    Ok(())
+}
+
+/// Applies the first `proxy_cookie_flags` rule for the cookie's name:
+/// each flag it names replaces what the cookie said of it (`secure`,
+/// `httponly`, `samesite=…` added in nginx's spelling; `no…` removed).
+fn cookie_flags(conf: &Conf, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> Option<String> {
+    let rules = conf.cookie_flags.as_deref().filter(|r| !r.is_empty())?;
+    let name = v.split(';').next()?.split('=').next()?.trim();
+    let text = |t: &Template| {
+        let mut out = Vec::new();
+        t.render(&mut out, |n, o| vars(n, o));
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let (_, flags) = rules.iter().find(|(m, _)| match m {
+        CookieName::Name(t) => text(t).eq_ignore_ascii_case(name),
+        CookieName::Regex(re) => re.is_match(name),
+    })?;
+    let flags: Vec<String> = flags.iter().map(|f| text(f).to_ascii_lowercase()).filter(|f| COOKIE_FLAGS.contains(&f.as_str()) && !f.is_empty()).collect();
+    let kind = |f: &str| f.trim_start_matches("no").split('=').next().unwrap_or("").to_string();
+    let touched: Vec<String> = flags.iter().map(|f| kind(f)).collect();
+    let mut out = String::with_capacity(v.len() + 32);
+    for (i, attr) in v.split(';').enumerate() {
+        let an = attr.trim().split('=').next().unwrap_or("").to_ascii_lowercase();
+        if i > 0 && touched.contains(&an) {
+            continue;
+        }
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(attr);
+    }
+    for f in &flags {
+        out.push_str(match f.as_str() {
+            "secure" => "; Secure",
+            "httponly" => "; HttpOnly",
+            "samesite=strict" => "; SameSite=Strict",
+            "samesite=lax" => "; SameSite=Lax",
+            "samesite=none" => "; SameSite=None",
+            _ => "",
+        });
+    }
+    Some(out)
+}
+
 /// `proxy_cookie_domain` / `proxy_cookie_path`: `off`, or a rule (text
 /// with variables, or `~`/`~*` regex) and its replacement. Domains
 /// (`domain`) are matched without regard to case, regexes too, and a
