@@ -555,9 +555,9 @@ impl<'a> Req<'a> {
             .sum()
     }
 
-    /// Runs plugin destructors and drops request-lifetime memory (the
-    /// subrequest's too).
-    pub fn free_plugin_state(&mut self) {
+    /// Ends the subrequest, if any: its plugin state freed, its handle
+    /// retired.
+    pub fn free_sub(&mut self) {
         if let Some(sub) = self.sub.take() {
             let mut s = sub.borrow_mut();
             s.free_plugin_state();
@@ -565,6 +565,12 @@ impl<'a> Req<'a> {
             s.out.clear();
         }
         self.waiting_sub = false;
+    }
+
+    /// Runs plugin destructors and drops request-lifetime memory (the
+    /// subrequest's too).
+    pub fn free_plugin_state(&mut self) {
+        self.free_sub();
         if self.handle != 0 {
             crate::plugin::io::drop_owner(self.handle);
         }

@@ -754,36 +754,43 @@ unsafe extern "C" fn http_alloc(r: *mut sys::Request, size: usize) -> *mut c_voi
     r.arena.alloc(size, true).cast()
 }
 
-unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
+/// A request's per-plugin state list: `ctx` (ended by internal
+/// redirects) or `data` (kept).
+type PluginStates = Vec<(usize, *mut c_void, Option<sys::FreeFn>)>;
+
+/// Sets the calling plugin's entry in the list `pick` chooses.
+fn set_state(r: *mut sys::Request, p: *mut c_void, f: Option<sys::FreeFn>, pick: for<'x> fn(&'x mut Req<'static>) -> &'x mut PluginStates) -> Rc {
     let Some(c) = cell(r) else { return sys::GONE };
     let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
     let idx = current().0;
-    r.ctx.retain(|(i, _, _)| *i != idx);
-    r.ctx.push((idx, ctx, f));
+    let list = pick(&mut r);
+    list.retain(|(i, _, _)| *i != idx);
+    list.push((idx, p, f));
     sys::OK
+}
+
+/// The calling plugin's entry in the list `pick` chooses, or NULL.
+fn get_state(r: *mut sys::Request, pick: for<'x> fn(&'x Req<'static>) -> &'x PluginStates) -> *mut c_void {
+    let idx = current().0;
+    cell(r)
+        .and_then(|c| c.try_borrow().ok().and_then(|r| pick(&r).iter().find(|(i, _, _)| *i == idx).map(|c| c.1)))
+        .unwrap_or(std::ptr::null_mut())
+}
+
+unsafe extern "C" fn http_set_ctx(r: *mut sys::Request, ctx: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
+    set_state(r, ctx, f, |r| &mut r.ctx)
 }
 
 unsafe extern "C" fn http_set_data(r: *mut sys::Request, data: *mut c_void, f: Option<sys::FreeFn>) -> Rc {
-    let Some(c) = cell(r) else { return sys::GONE };
-    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
-    let idx = current().0;
-    r.data.retain(|(i, _, _)| *i != idx);
-    r.data.push((idx, data, f));
-    sys::OK
+    set_state(r, data, f, |r| &mut r.data)
 }
 
 unsafe extern "C" fn http_data(r: *mut sys::Request) -> *mut c_void {
-    let idx = current().0;
-    cell(r)
-        .and_then(|c| c.try_borrow().ok().and_then(|r| r.data.iter().find(|(i, _, _)| *i == idx).map(|c| c.1)))
-        .unwrap_or(std::ptr::null_mut())
+    get_state(r, |r| &r.data)
 }
 
 unsafe extern "C" fn http_ctx(r: *mut sys::Request) -> *mut c_void {
-    let idx = current().0;
-    cell(r)
-        .and_then(|c| c.try_borrow().ok().and_then(|r| r.ctx.iter().find(|(i, _, _)| *i == idx).map(|c| c.1)))
-        .unwrap_or(std::ptr::null_mut())
+    get_state(r, |r| &r.ctx)
 }
 
 /// A plugin variable's getter: for its whole name, or for a family (with
@@ -929,11 +936,7 @@ unsafe extern "C" fn http_subrequest(r: *mut sys::Request, uri: Str, args: Str, 
     }
     let a = if args.data.is_null() { "" } else { s(args) };
     let sub = Box::new(RefCell::new(r.subrequest(u, a)));
-    if let Some(old) = r.sub.take() {
-        let mut o = old.borrow_mut();
-        o.free_plugin_state();
-        unregister_request(o.handle);
-    }
+    r.free_sub();
     let h = register_request(&sub);
     sub.borrow_mut().handle = h;
     r.sub = Some(sub);
@@ -1048,22 +1051,20 @@ unsafe extern "C" fn relay(r: *mut sys::Request, a: *mut sys::Conn, b: *mut sys:
 
 // Slots implemented by later issues answer UNSUPPORTED (never NULL, so a C
 // plugin that skips supports() gets an error code, not a crash).
+/// A variable name (or a family's prefix) a plugin may define.
+fn var_name(n: &str) -> Option<String> {
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then(|| n.to_string())
+}
+
 unsafe extern "C" fn conf_define_variable(c: *mut sys::Conf, name: Str, get: Option<sys::VarFn>, data: *mut c_void) -> Rc {
-    let Some(c) = cf(c) else { return sys::INVALID };
-    let (Some(get), n) = (get, s(name)) else { return sys::INVALID };
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return sys::INVALID;
-    }
-    c.vars.push((n.to_string(), get, data));
+    let (Some(c), Some(get), Some(n)) = (cf(c), get, var_name(s(name))) else { return sys::INVALID };
+    c.vars.push((n, get, data));
     sys::OK
 }
+
 unsafe extern "C" fn conf_define_variable_prefix(c: *mut sys::Conf, prefix: Str, get: Option<sys::PrefixVarFn>, data: *mut c_void) -> Rc {
-    let Some(c) = cf(c) else { return sys::INVALID };
-    let (Some(get), n) = (get, s(prefix)) else { return sys::INVALID };
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return sys::INVALID;
-    }
-    c.prefix_vars.push((n.to_string(), get, data));
+    let (Some(c), Some(get), Some(n)) = (cf(c), get, var_name(s(prefix))) else { return sys::INVALID };
+    c.prefix_vars.push((n, get, data));
     sys::OK
 }
 

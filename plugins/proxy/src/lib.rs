@@ -904,20 +904,7 @@ fn directives() -> Vec<DirectiveSpec<Conf>> {
             match (a, &mut *r) {
                 (["off"], _) => *r = Redirect::Off,
                 (["default"], Redirect::Rules(v)) => v.push(RedirectRule::Default),
-                ([from, to], Redirect::Rules(v)) => {
-                    let rule = match from.strip_prefix('~') {
-                        Some(re) => {
-                            let (src, caseless) = re.strip_prefix('*').map_or((re, false), |r| (r, true));
-                            let re = regex::RegexBuilder::new(src)
-                                .case_insensitive(caseless)
-                                .build()
-                                .map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?;
-                            RedirectRule::Regex(re, Template::parse(to))
-                        }
-                        None => RedirectRule::Prefix(Template::parse(from), Template::parse(to)),
-                    };
-                    v.push(rule);
-                }
+                ([from, to], Redirect::Rules(v)) => v.push(rewrite_rule(from, to, false)?),
                 (_, Redirect::Off) => return Err("\"proxy_redirect off\" cannot be mixed with other rules".into()),
                 _ => return Err("invalid parameter in \"proxy_redirect\"".into()),
             }
@@ -2657,7 +2644,7 @@ fn cookie_flags_rule(c: &mut Conf, a: &[&str]) -> Result<(), String> {
         }
     }
     let name = match name.strip_prefix('~') {
-        Some(re) => CookieName::Regex(regex::RegexBuilder::new(re).case_insensitive(true).build().map_err(|e| format!("regex \"{re}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?),
+        Some(re) => CookieName::Regex(regex_of(re, true)?),
         None => CookieName::Name(Template::parse(name)),
     };
     list.push((name, flags.iter().map(|f| Template::parse(f)).collect()));
@@ -2670,11 +2657,7 @@ fn cookie_flags_rule(c: &mut Conf, a: &[&str]) -> Result<(), String> {
 fn cookie_flags(conf: &Conf, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> Option<String> {
     let rules = conf.cookie_flags.as_deref().filter(|r| !r.is_empty())?;
     let name = v.split(';').next()?.split('=').next()?.trim();
-    let text = |t: &Template| {
-        let mut out = Vec::new();
-        t.render(&mut out, |n, o| vars(n, o));
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let text = |t: &Template| render_text(t, vars);
     let (_, flags) = rules.iter().find(|(m, _)| match m {
         CookieName::Name(t) => text(t).eq_ignore_ascii_case(name),
         CookieName::Regex(re) => re.is_match(name),
@@ -2706,6 +2689,41 @@ fn cookie_flags(conf: &Conf, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> Opti
     Some(out)
 }
 
+/// A regex of a rule (its error in nginx's words).
+fn regex_of(src: &str, caseless: bool) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(src).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
+}
+
+/// A `from to` rule of proxy_redirect or proxy_cookie_*: `from` is text
+/// with variables, or `~regex` / `~*regex` (`caseless`: `~` ignores case
+/// too); `to` may use variables and the regex's `$1`….
+fn rewrite_rule(from: &str, to: &str, caseless: bool) -> Result<RedirectRule, String> {
+    Ok(match from.strip_prefix('~') {
+        Some(re) => {
+            let (src, star) = re.strip_prefix('*').map_or((re, false), |r| (r, true));
+            RedirectRule::Regex(regex_of(src, star || caseless)?, Template::parse(to))
+        }
+        None => RedirectRule::Prefix(Template::parse(from), Template::parse(to)),
+    })
+}
+
+/// A template rendered with the request's variables.
+fn render_text(t: &Template, vars: &dyn Fn(&str, &mut Vec<u8>)) -> String {
+    let mut out = Vec::new();
+    t.render(&mut out, |name, o| vars(name, o));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A regex rule's replacement: `$1`… from `caps`, other names variables.
+fn render_captures(to: &Template, caps: &regex::Captures<'_>, vars: &dyn Fn(&str, &mut Vec<u8>)) -> String {
+    let mut out = Vec::new();
+    to.render(&mut out, |name, o| match name.parse::<usize>() {
+        Ok(n) => o.extend_from_slice(caps.get(n).map_or("", |m| m.as_str()).as_bytes()),
+        Err(_) => vars(name, o),
+    });
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `proxy_cookie_domain` / `proxy_cookie_path`: `off`, or a rule (text
 /// with variables, or `~`/`~*` regex) and its replacement. Domains
 /// (`domain`) are matched without regard to case, regexes too, and a
@@ -2715,17 +2733,12 @@ fn cookie_rule(slot: &mut Option<Rc<Vec<RedirectRule>>>, a: &[&str], domain: boo
     let list = Rc::get_mut(list).ok_or("the rule list is shared")?;
     match a {
         ["off"] if list.is_empty() => Ok(()),
+        [from, to] if domain && !from.starts_with('~') => {
+            list.push(rewrite_rule(from.strip_prefix('.').unwrap_or(from), to.strip_prefix('.').unwrap_or(to), true)?);
+            Ok(())
+        }
         [from, to] => {
-            let rule = match from.strip_prefix('~') {
-                Some(re) => {
-                    let (src, caseless) = re.strip_prefix('*').map_or((re, false), |r| (r, true));
-                    let re = regex::RegexBuilder::new(src).case_insensitive(caseless || domain).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?;
-                    RedirectRule::Regex(re, Template::parse(to))
-                }
-                None if domain => RedirectRule::Prefix(Template::parse(from.strip_prefix('.').unwrap_or(from)), Template::parse(to.strip_prefix('.').unwrap_or(to))),
-                None => RedirectRule::Prefix(Template::parse(from), Template::parse(to)),
-            };
-            list.push(rule);
+            list.push(rewrite_rule(from, to, domain)?);
             Ok(())
         }
         _ => Err("invalid parameter".into()),
@@ -2737,22 +2750,13 @@ fn cookie_rule(slot: &mut Option<Rc<Vec<RedirectRule>>>, a: &[&str], domain: boo
 /// proxy_cookie_domain and proxy_cookie_path: the first rule that
 /// matches.
 fn rewrite_cookie(conf: &Conf, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> String {
-    let text = |t: &Template| {
-        let mut out = Vec::new();
-        t.render(&mut out, |name, o| vars(name, o));
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let text = |t: &Template| render_text(t, vars);
     let apply = |rules: &[RedirectRule], value: &str, whole: bool| -> Option<String> {
         for rule in rules {
             match rule {
                 RedirectRule::Regex(re, to) => {
                     let Some(c) = re.captures(value) else { continue };
-                    let mut out = Vec::new();
-                    to.render(&mut out, |name, o| match name.parse::<usize>() {
-                        Ok(n) => o.extend_from_slice(c.get(n).map_or("", |m| m.as_str()).as_bytes()),
-                        Err(_) => vars(name, o),
-                    });
-                    return Some(String::from_utf8_lossy(&out).into_owned());
+                    return Some(render_captures(to, &c, vars));
                 }
                 RedirectRule::Prefix(from, to) => {
                     let from = text(from);
@@ -2806,11 +2810,7 @@ fn rewrite_redirect(conf: &Conf, pass: &Pass, v: &str, vars: &dyn Fn(&str, &mut 
         Some(Redirect::Rules(r)) => r,
         None => DEFAULT,
     };
-    let text = |t: &Template| {
-        let mut out = Vec::new();
-        t.render(&mut out, |name, o| vars(name, o));
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let text = |t: &Template| render_text(t, vars);
     for rule in rules {
         let (from, to) = match rule {
             // nginx: no default rule for a URL with variables.
@@ -2822,12 +2822,7 @@ fn rewrite_redirect(conf: &Conf, pass: &Pass, v: &str, vars: &dyn Fn(&str, &mut 
             RedirectRule::Prefix(from, to) => (text(from), text(to)),
             RedirectRule::Regex(re, to) => {
                 let Some(c) = re.captures(v) else { continue };
-                let mut out = Vec::new();
-                to.render(&mut out, |name, o| match name.parse::<usize>() {
-                    Ok(n) => o.extend_from_slice(c.get(n).map_or("", |m| m.as_str()).as_bytes()),
-                    Err(_) => vars(name, o),
-                });
-                return String::from_utf8_lossy(&out).into_owned();
+                return render_captures(to, &c, vars);
             }
         };
         if let Some(rest) = v.strip_prefix(from.as_str()) {
