@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 11
+#define NGX_PLUGIN_ABI_MINOR 12
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -775,7 +775,25 @@ typedef struct ngx_plugin_host_s {
     ngx_plugin_rc_t (*http_set_data)(ngx_plugin_request_t *r, void *data, void (*free_fn)(void *));
     /** (1.11) This plugin's http_set_data state, or NULL. */
     void *(*http_data)(ngx_plugin_request_t *r);
+    /** (1.12) The server's connection and request counters, summed over
+     *  every worker of every live generation (nginx's stub_status
+     *  numbers): fills out[0 .. min(n, NGX_PLUGIN_STAT_COUNT)) in
+     *  NGX_PLUGIN_STAT_* order and returns how many it filled (a newer
+     *  host may know more). Accepts, handled and requests count since
+     *  the server started (kept across reloads); the others are now.
+     *  [any] */
+    size_t (*stats)(uint64_t *out, size_t n);
 } ngx_plugin_host_t;
+
+/** Indexes into the stats() array (append-only). */
+#define NGX_PLUGIN_STAT_ACTIVE   0 /* open client connections, idle ones included */
+#define NGX_PLUGIN_STAT_ACCEPTS  1 /* connections accepted */
+#define NGX_PLUGIN_STAT_HANDLED  2 /* accepted and taken on (not dropped at once) */
+#define NGX_PLUGIN_STAT_REQUESTS 3 /* client requests (heads begun) */
+#define NGX_PLUGIN_STAT_READING  4 /* connections reading a request head */
+#define NGX_PLUGIN_STAT_WRITING  5 /* connections serving a request */
+#define NGX_PLUGIN_STAT_WAITING  6 /* idle connections (active - reading - writing) */
+#define NGX_PLUGIN_STAT_COUNT    7
 
 /** True when the host table `h` is large enough to contain slot `field`
  *  (a plugin built against a newer minor runs on an older host). */

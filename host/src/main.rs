@@ -13,6 +13,7 @@ pub mod log;
 pub mod master;
 pub mod plugin;
 pub mod shm;
+pub mod stats;
 pub mod sys;
 pub mod tls;
 pub mod worker;

@@ -1249,6 +1249,43 @@ pub fn log(level: u32, msg: &str) {
     rt::log(level, msg)
 }
 
+/// The server's connection and request counters (ABI 1.12 `stats`),
+/// summed over every worker: nginx's stub_status numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Open client connections, idle ones included.
+    pub active: u64,
+    /// Connections accepted since the server started.
+    pub accepts: u64,
+    /// Connections accepted and taken on.
+    pub handled: u64,
+    /// Client requests since the server started.
+    pub requests: u64,
+    /// Connections reading a request head.
+    pub reading: u64,
+    /// Connections serving a request.
+    pub writing: u64,
+    /// Idle connections.
+    pub waiting: u64,
+}
+
+/// The counters; None on a host older than ABI 1.12.
+pub fn stats() -> Option<Stats> {
+    let f = rt::slot!(stats)?;
+    let mut v = [0u64; sys::STAT_COUNT];
+    // SAFETY: room for STAT_COUNT values; the host fills at most that many.
+    let n = unsafe { f(v.as_mut_ptr(), v.len()) };
+    (n >= sys::STAT_COUNT).then(|| Stats {
+        active: v[sys::STAT_ACTIVE],
+        accepts: v[sys::STAT_ACCEPTS],
+        handled: v[sys::STAT_HANDLED],
+        requests: v[sys::STAT_REQUESTS],
+        reading: v[sys::STAT_READING],
+        writing: v[sys::STAT_WRITING],
+        waiting: v[sys::STAT_WAITING],
+    })
+}
+
 /// Sends the `list` ranges of a body of `size` bytes of type `ctype`,
 /// which starts at offset `base` of the file `fd`, as a 206
 /// multipart/byteranges response, head and all.

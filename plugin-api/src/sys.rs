@@ -10,8 +10,18 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 11;
+pub const ABI_MINOR: u32 = 12;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
+
+/// Indexes into the `stats` array (1.12).
+pub const STAT_ACTIVE: usize = 0;
+pub const STAT_ACCEPTS: usize = 1;
+pub const STAT_HANDLED: usize = 2;
+pub const STAT_REQUESTS: usize = 3;
+pub const STAT_READING: usize = 4;
+pub const STAT_WRITING: usize = 5;
+pub const STAT_WAITING: usize = 6;
+pub const STAT_COUNT: usize = 7;
 
 pub type Rc = i32;
 pub const OK: Rc = 0;
@@ -318,6 +328,8 @@ pub struct Host {
     // appended in 1.11
     pub http_set_data: Option<unsafe extern "C" fn(*mut Request, *mut c_void, Option<FreeFn>) -> Rc>,
     pub http_data: Option<unsafe extern "C" fn(*mut Request) -> *mut c_void>,
+    // appended in 1.12
+    pub stats: Option<unsafe extern "C" fn(*mut u64, usize) -> usize>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

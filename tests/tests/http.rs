@@ -825,6 +825,9 @@ fn shipped_config_serves_out_of_the_box() {
     assert!(String::from_utf8_lossy(&r.body).contains("Welcome to ngxr!"));
     let r = get(s.port, "/proxied/missing").unwrap();
     assert_eq!(r.status, 404);
+    let r = get(s.port, "/nginx_status").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).starts_with("Active connections: "), "{}", String::from_utf8_lossy(&r.body));
 }
 
 #[test]

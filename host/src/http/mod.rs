@@ -32,6 +32,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
+use crate::stats::ConnStat;
 use crate::tls::{Hello, Stream};
 
 thread_local! {
@@ -173,6 +174,8 @@ pub struct Conn<'a> {
     fbuf: Option<Box<[u8]>>,
     /// TCP_CORK is on (`tcp_nopush` while sending a file).
     corked: bool,
+    /// Reading a head, writing a response, or waiting (stub_status).
+    stat: ConnStat,
     /// TCP_NODELAY is on: set as nginx sets it, once the connection is
     /// kept alive (the next response must not wait for the last one's
     /// ACK), for a relay, and here also as soon as a response leaves in
@@ -259,6 +262,7 @@ impl<'a> Conn<'a> {
             delayed: None,
             fbuf: None,
             corked: false,
+            stat: ConnStat::Waiting,
             nodelay: tls,
         })
     }
@@ -378,6 +382,8 @@ impl<'a> Conn<'a> {
             r.out.clear();
         }
         self.detach(pool);
+        // A head cut short leaves the reading gauge.
+        self.stat.set(ConnStat::Waiting);
         if !self.sock.handshaking() {
             self.sock.close_notify();
         }
@@ -394,6 +400,7 @@ impl<'a> Conn<'a> {
         r.handle = 0;
         r.out.clear();
         self.active = false;
+        self.stat.set(ConnStat::Waiting);
         self.wpos = 0;
         if let Some((token, ..)) = r.relay.take() {
             pio::close(token);
@@ -475,7 +482,9 @@ impl<'a> Conn<'a> {
                 match self.read_head() {
                     Ok(Head::Started) => {}
                     Ok(Head::NeedMore) => {
-                        let t = if self.rstart >= self.rbuf.len() && self.requests > 0 {
+                        let idle = self.rstart >= self.rbuf.len();
+                        self.stat.set(if idle { ConnStat::Waiting } else { ConnStat::Reading });
+                        let t = if idle && self.requests > 0 {
                             self.keepalive_timeout
                         } else {
                             self.default.header_timeout
@@ -830,6 +839,7 @@ impl<'a> Conn<'a> {
     }
 
     fn begin(&mut self) -> std::cell::RefMut<'_, Req<'a>> {
+        self.stat.set(ConnStat::Writing);
         self.requests += 1;
         self.active = true;
         self.continue_sent = false;

@@ -19,6 +19,8 @@ struct Proc {
     pid: i32,
     gen: u64,
     slot: usize,
+    /// Its counters' slot (crate::stats), or usize::MAX for none.
+    stat: usize,
     retiring: bool,
 }
 
@@ -91,7 +93,9 @@ pub fn start(paths: Paths) -> Result<(), String> {
     }
     let pid_file = cycle.core.pid.clone();
     write_pid(&pid_file)?;
+    crate::stats::init()?;
     if !cycle.core.master_process {
+        crate::stats::claim(0);
         crate::log!(Notice, "ngxr/{} running in a single process", crate::VERSION);
         let code = crate::worker::run(&cycle, &bound, 0, true, sys::pid());
         remove_pid(&pid_file);
@@ -235,11 +239,18 @@ impl Master {
 
     fn spawn(&mut self, slot: usize) {
         let master = sys::pid();
+        let workers = self.cycle.core.worker_processes;
+        // A worker counts into a slot no live process holds.
+        let stat = if slot < workers {
+            (0..crate::stats::SLOTS).find(|i| !self.procs.iter().any(|p| p.stat == *i)).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
         match sys::fork() {
             Err(e) => crate::log!(Alert, "fork() failed while spawning \"worker process\" ({e})"),
             Ok(Fork::Child) => {
-                let workers = self.cycle.core.worker_processes;
                 let code = if slot < workers {
+                    crate::stats::claim(stat);
                     crate::worker::run(&self.cycle, &self.bound, slot, false, master)
                 } else {
                     crate::worker::run_helper(&self.cycle, slot - workers, master)
@@ -247,9 +258,9 @@ impl Master {
                 std::process::exit(code);
             }
             Ok(Fork::Parent(pid)) => {
-                let kind = if slot < self.cycle.core.worker_processes { "worker" } else { "helper" };
+                let kind = if slot < workers { "worker" } else { "helper" };
                 crate::log!(Notice, "start {kind} process {pid}");
-                self.procs.push(Proc { pid, gen: self.gen, slot, retiring: false });
+                self.procs.push(Proc { pid, gen: self.gen, slot, stat, retiring: false });
             }
         }
     }
@@ -264,6 +275,7 @@ impl Master {
             }
             let Some(i) = self.procs.iter().position(|p| p.pid == pid) else { continue };
             let p = self.procs.remove(i);
+            crate::stats::release(p.stat);
             let abnormal = how != Exit::Code(0);
             match how {
                 Exit::Code(c) if c != 0 => crate::log!(Alert, "worker process {pid} exited with code {c}"),

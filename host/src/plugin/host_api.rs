@@ -789,6 +789,19 @@ unsafe extern "C" fn http_data(r: *mut sys::Request) -> *mut c_void {
     get_state(r, |r| &r.data)
 }
 
+unsafe extern "C" fn stats(out: *mut u64, n: usize) -> usize {
+    let t = crate::stats::totals();
+    let n = n.min(t.len());
+    if n > 0 && out.is_null() {
+        return 0;
+    }
+    for (i, v) in t.iter().take(n).enumerate() {
+        // SAFETY: the caller gives room for n values.
+        unsafe { *out.add(i) = *v };
+    }
+    n
+}
+
 unsafe extern "C" fn http_ctx(r: *mut sys::Request) -> *mut c_void {
     get_state(r, |r| &r.ctx)
 }
@@ -1201,8 +1214,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 74] = offsets!(
-    http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 75] = offsets!(
+    stats, http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1302,6 +1315,7 @@ static TABLE: Table = Table(sys::Host {
     http_subrequest: Some(http_subrequest),
     http_set_data: Some(http_set_data),
     http_data: Some(http_data),
+    stats: Some(stats),
 });
 
 /// The host table handed to every plugin.

@@ -16,6 +16,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use super::host_api;
+use crate::stats::Stat;
 use crate::tls::Stream;
 use crate::worker::timer::{TimerKey, Timers};
 use mio::net::TcpStream;
@@ -58,6 +59,8 @@ pub struct PConn {
     owner: usize,
     /// Made with conn_connect: does not by itself keep a draining worker.
     outbound: bool,
+    /// Accepted from a plugin's listener: counted as an active connection.
+    accepted: bool,
     /// A connect in progress: the id of its timeout timer (0: none).
     connecting: Option<u64>,
     /// The last failure, as nginx words it.
@@ -355,12 +358,15 @@ pub fn accept(sock: TcpStream, peer: std::net::SocketAddr, plugin: usize, name: 
         let mut pc = new_conn(Some(Stream::plain(sock)), token, plugin, name, peer.to_string());
         let reg = s.registry.as_ref()?;
         reg.register(&mut pc.sock.as_mut()?.tcp, Token(token), Interest::READABLE | Interest::WRITABLE).ok()?;
+        pc.accepted = true;
         s.conns.insert(token, Box::into_raw(pc));
         Some(token)
     }) else {
         crate::log!(Alert, "cannot register a connection for plugin \"{name}\"");
         return;
     };
+    crate::stats::inc(Stat::Handled);
+    crate::stats::inc(Stat::Active);
     // SAFETY: the callback comes from the plugin's conf_listen.
     host_api::with_plugin(plugin, name, || unsafe { on_accept(handle(token), data) });
     reap();
@@ -383,6 +389,7 @@ fn new_conn(sock: Option<Stream<TcpStream>>, token: usize, plugin: usize, name: 
         closed: false,
         owner: 0,
         outbound: false,
+        accepted: false,
         connecting: None,
         error: String::new(),
         timed_out: false,
@@ -631,6 +638,9 @@ fn reap() {
     for p in closed {
         // SAFETY: removed from the map above, so this is the only owner.
         let mut c = unsafe { Box::from_raw(p) };
+        if c.accepted {
+            crate::stats::dec(Stat::Active);
+        }
         ST.with(|s| {
             if let (Some(r), Some(sock)) = (&s.borrow().registry, c.sock.as_mut()) {
                 let _ = r.deregister(&mut sock.tcp);

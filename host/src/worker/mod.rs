@@ -12,6 +12,7 @@ pub mod timer;
 use crate::cycle::Cycle;
 use crate::http::{Conn, Next};
 use crate::master::listen::Bound;
+use crate::stats::Stat;
 use crate::sys;
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
@@ -338,14 +339,17 @@ impl<'a> Worker<'a> {
             }
             let Some(l) = self.listeners.get(i) else { return };
             match l.accept() {
-                Ok((sock, peer)) => match self.proto.get(i).copied().flatten() {
-                    Some(p) => {
-                        let (_, pi, cb, data) = self.cycle.plugins.proto[p];
-                        let name = &self.cycle.plugins.list[pi].name;
-                        crate::plugin::io::accept(sock, peer, pi, name, cb, data);
+                Ok((sock, peer)) => {
+                    crate::stats::inc(Stat::Accepts);
+                    match self.proto.get(i).copied().flatten() {
+                        Some(p) => {
+                            let (_, pi, cb, data) = self.cycle.plugins.proto[p];
+                            let name = &self.cycle.plugins.list[pi].name;
+                            crate::plugin::io::accept(sock, peer, pi, name, cb, data);
+                        }
+                        None => self.add_conn(sock, peer, i),
                     }
-                    None => self.add_conn(sock, peer, i),
-                },
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -388,6 +392,8 @@ impl<'a> Worker<'a> {
         };
         self.conns[idx] = Some(Slot { conn, timer: None, want: None });
         self.active += 1;
+        crate::stats::inc(Stat::Handled);
+        crate::stats::inc(Stat::Active);
         // The request is usually there already: the connection goes into
         // the epoll set only if it has to wait. One answered and closed at
         // once (`Connection: close`, HTTP/1.0) costs no epoll_ctl() at all.
@@ -486,6 +492,7 @@ impl<'a> Worker<'a> {
         drop(slot);
         self.free.push(idx);
         self.active -= 1;
+        crate::stats::dec(Stat::Active);
         if !self.accepting && !self.quitting && self.active < self.cycle.core.worker_connections {
             self.set_accepting(true);
         }
