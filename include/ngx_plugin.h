@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 12
+#define NGX_PLUGIN_ABI_MINOR 13
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -783,7 +783,19 @@ typedef struct ngx_plugin_host_s {
      *  the server started (kept across reloads); the others are now.
      *  [any] */
     size_t (*stats)(uint64_t *out, size_t n);
+    /** (1.13) nginx's ngx_http_gzip_ok: NGX_PLUGIN_OK when r's response
+     *  may go out gzip-compressed, else NGX_PLUGIN_DECLINED. The host
+     *  decides, once per request, from the client's Accept-Encoding and
+     *  the core settings gzip_http_version, gzip_proxied (against the
+     *  response headers set so far) and gzip_disable. With
+     *  NGX_PLUGIN_GZIP_VARY in flags the response is marked as one that
+     *  could be compressed: under gzip_vary on, the host adds
+     *  "Vary: Accept-Encoding" (once, whoever marked it). [worker] */
+    ngx_plugin_rc_t (*http_gzip_ok)(ngx_plugin_request_t *r, uint32_t flags);
 } ngx_plugin_host_t;
+
+/** http_gzip_ok flags. */
+#define NGX_PLUGIN_GZIP_VARY 0x1
 
 /** Indexes into the stats() array (append-only). */
 #define NGX_PLUGIN_STAT_ACTIVE   0 /* open client connections, idle ones included */

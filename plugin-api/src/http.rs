@@ -23,6 +23,23 @@ pub fn is_msie6(ua: &str) -> bool {
     }
 }
 
+/// True when an Accept-Encoding value takes gzip, as nginx reads it: a
+/// `gzip` token with no `q`, or a `q` above 0 (`q=0`, `q=0.000` refuse).
+pub fn accepts_gzip(v: &str) -> bool {
+    v.split(',').any(|item| {
+        let mut parts = item.split(';');
+        if !parts.next().is_some_and(|t| t.trim().eq_ignore_ascii_case("gzip")) {
+            return false;
+        }
+        for p in parts {
+            if let Some(q) = p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")) {
+                return q.trim().parse::<f32>().is_ok_and(|q| q > 0.0);
+            }
+        }
+        true
+    })
+}
+
 /// A Range header against a body of known size.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ranges {
@@ -333,6 +350,18 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_encoding_as_nginx() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, gzip;q=0.5"));
+        assert!(accepts_gzip("br, GZIP"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("gzip; q=0.000"));
+        assert!(!accepts_gzip("deflate, br"));
+        assert!(!accepts_gzip("x-gzipx"));
+        assert!(!accepts_gzip(""));
+    }
 
     #[test]
     fn uri_escaping_is_nginx_s() {

@@ -859,6 +859,17 @@ impl<'a> Request<'a> {
         self.send_bufs(&[body], last)
     }
 
+    /// nginx's `ngx_http_gzip_ok` (ABI 1.13): may the response go out
+    /// gzip-compressed? The host decides from Accept-Encoding and the core
+    /// `gzip_http_version`, `gzip_proxied`, `gzip_disable` settings.
+    /// `vary`: the response could be compressed, so under `gzip_vary on`
+    /// it says `Vary: Accept-Encoding`. None on an older host.
+    pub fn gzip_ok(&mut self, vary: bool) -> Option<bool> {
+        let f = rt::slot!(http_gzip_ok)?;
+        // SAFETY: live handle.
+        Some(unsafe { f(self.raw, if vary { sys::GZIP_VARY } else { 0 }) } == sys::OK)
+    }
+
     /// Sends a complete response: status, Content-Type and body.
     pub fn respond(&mut self, status: u16, content_type: &str, body: &[u8]) -> Status {
         self.set_status(status);

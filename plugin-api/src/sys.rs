@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 12;
+pub const ABI_MINOR: u32 = 13;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 /// Indexes into the `stats` array (1.12).
@@ -22,6 +22,9 @@ pub const STAT_READING: usize = 4;
 pub const STAT_WRITING: usize = 5;
 pub const STAT_WAITING: usize = 6;
 pub const STAT_COUNT: usize = 7;
+
+/// `http_gzip_ok` flag (1.13): the response could be compressed.
+pub const GZIP_VARY: u32 = 0x1;
 
 pub type Rc = i32;
 pub const OK: Rc = 0;
@@ -330,6 +333,8 @@ pub struct Host {
     pub http_data: Option<unsafe extern "C" fn(*mut Request) -> *mut c_void>,
     // appended in 1.12
     pub stats: Option<unsafe extern "C" fn(*mut u64, usize) -> usize>,
+    // appended in 1.13
+    pub http_gzip_ok: Option<unsafe extern "C" fn(*mut Request, u32) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

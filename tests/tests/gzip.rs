@@ -81,3 +81,69 @@ fn compresses_as_nginx() {
     let (a, b) = (c.response().unwrap(), c.response().unwrap());
     assert_eq!((gunzip(&a.body), gunzip(&b.body)), (small.into_bytes(), big.into_bytes()));
 }
+
+#[test]
+fn gzip_static_sends_the_gz_file() {
+    let port = free_port();
+    let p = Prefix::new();
+    let page = page(50);
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, page.as_bytes()).unwrap();
+    let packed = enc.finish().unwrap();
+    p.write("html/s/a.html", &page);
+    std::fs::write(p.path().join("html/s/a.html.gz"), &packed).unwrap();
+    p.write("html/s/b.html", &page);
+    p.write("html/always/a.html", "plain");
+    std::fs::write(p.path().join("html/always/a.html.gz"), &packed).unwrap();
+    p.write("html/disabled/a.html", &page);
+    std::fs::write(p.path().join("html/disabled/a.html.gz"), &packed).unwrap();
+    p.write_conf(&format!(
+        "{}{}events {{}}\nhttp {{ access_log off; types {{ text/html html; }}
+            gzip_vary on;
+            server {{ listen 127.0.0.1:{port}; root html;
+              location /s/ {{ gzip_static on; gzip on; }}
+              location /always/ {{ gzip_static always; gzip_vary off; }}
+              location /disabled/ {{ gzip_static on; gzip_disable \"^curl\"; gzip_proxied any; }}
+            }} }}\n",
+        conf_head(),
+        load_plugins(&["static", "log", "gzip"]),
+    ));
+    let s = Server::start_in(p, port);
+    let req = |head: &str| {
+        let buf = raw(s.port, format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        parse_response_to(&buf, head.starts_with("HEAD ")).unwrap().0
+    };
+    let gz = "Accept-Encoding: gzip";
+    // The .gz file as it is on disk: its length, its ETag, the page's type.
+    let r = req(&format!("GET /s/a.html HTTP/1.1\r\n{gz}"));
+    assert_eq!((r.status, r.header("content-encoding"), r.header("content-type")), (200, Some("gzip"), Some("text/html")));
+    assert_eq!(r.body, packed, "sent as is, not compressed again");
+    assert_eq!(r.header("content-length"), Some(packed.len().to_string().as_str()));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(gunzip(&r.body), page.as_bytes());
+    let etag = r.header("etag").unwrap().to_string();
+    // Ranges of it, and a 304 that does not say gzip.
+    let r = req(&format!("GET /s/a.html HTTP/1.1\r\n{gz}\r\nRange: bytes=0-9"));
+    assert_eq!((r.status, r.header("content-encoding"), r.body.as_slice()), (206, Some("gzip"), &packed[..10]));
+    let r = req(&format!("GET /s/a.html HTTP/1.1\r\n{gz}\r\nIf-None-Match: {etag}"));
+    assert_eq!((r.status, r.header("content-encoding")), (304, None));
+    // Clients that may not have it get the page, still with Vary (a .gz
+    // exists: the response could have been compressed).
+    for head in ["GET /s/a.html HTTP/1.1".to_string(), format!("GET /s/a.html HTTP/1.1\r\nAccept-Encoding: gzip;q=0"), format!("GET /s/a.html HTTP/1.0\r\n{gz}"), format!("GET /s/a.html HTTP/1.1\r\n{gz}\r\nVia: 1.1 cache")] {
+        let r = req(&head);
+        assert_eq!((r.status, r.header("content-encoding"), r.header("vary")), (200, None, Some("Accept-Encoding")), "{head}");
+        assert_eq!(r.body, page.as_bytes(), "{head}");
+    }
+    // No .gz: the gzip filter compresses on the fly instead.
+    let r = req(&format!("GET /s/b.html HTTP/1.1\r\n{gz}"));
+    assert_eq!((r.header("content-encoding"), r.header("content-length")), (Some("gzip"), None));
+    assert_eq!(gunzip(&r.body), page.as_bytes());
+    // always: whatever the client says, and no Vary.
+    let r = req("GET /always/a.html HTTP/1.1");
+    assert_eq!((r.header("content-encoding"), r.header("vary"), r.body.clone()), (Some("gzip"), None, packed.clone()));
+    // gzip_disable and gzip_proxied are the host's, as nginx's core ones.
+    let r = req(&format!("GET /disabled/a.html HTTP/1.1\r\n{gz}\r\nUser-Agent: curl/8"));
+    assert_eq!((r.header("content-encoding"), r.body.as_slice()), (None, page.as_bytes()));
+    let r = req(&format!("GET /disabled/a.html HTTP/1.1\r\n{gz}\r\nUser-Agent: Firefox\r\nVia: 1.1 cache"));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+}

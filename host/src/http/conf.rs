@@ -117,6 +117,47 @@ pub struct Core {
     /// `keepalive_disable`: 1 msie6, 2 safari (bits); nginx's default
     /// is msie6.
     pub keepalive_disable: u8,
+    /// `gzip_vary`, `gzip_http_version`, `gzip_proxied`, `gzip_disable`:
+    /// core directives, as in nginx, read by `http_gzip_ok` for the gzip
+    /// filter and `gzip_static` alike.
+    pub gzip: GzipTest,
+}
+
+/// What nginx's `ngx_http_gzip_ok` consults (core settings).
+#[derive(Debug, Clone, Default)]
+pub struct GzipTest {
+    /// `gzip_vary on`.
+    pub vary: bool,
+    /// `gzip_http_version 1.0` (else 1.1).
+    pub http10: bool,
+    /// `gzip_proxied` flags (nginx's values; 0 is `off`).
+    pub proxied: u32,
+    /// `gzip_disable` regexes (caseless) against the User-Agent.
+    pub disable: Option<Arc<Vec<regex::Regex>>>,
+    /// `gzip_disable msie6`.
+    pub msie6: bool,
+}
+
+/// `gzip_proxied` flags, nginx's values.
+pub mod proxied {
+    /// `off`.
+    pub const OFF: u32 = 0x0002;
+    /// `expired`.
+    pub const EXPIRED: u32 = 0x0004;
+    /// `no-cache`.
+    pub const NO_CACHE: u32 = 0x0008;
+    /// `no-store`.
+    pub const NO_STORE: u32 = 0x0010;
+    /// `private`.
+    pub const PRIVATE: u32 = 0x0020;
+    /// `no_last_modified`.
+    pub const NO_LM: u32 = 0x0040;
+    /// `no_etag`.
+    pub const NO_ETAG: u32 = 0x0080;
+    /// `auth`.
+    pub const AUTH: u32 = 0x0100;
+    /// `any`.
+    pub const ANY: u32 = 0x0200;
 }
 
 /// Extension → MIME type.
@@ -198,6 +239,7 @@ impl Core {
             default_type: "text/plain".to_string(),
             satisfy_any: false,
             keepalive_disable: 1,
+            gzip: GzipTest::default(),
         }
     }
 }
@@ -514,6 +556,10 @@ pub const DIRECTIVES: &[(&str, u32, usize, usize)] = {
         ("http2_push", H, 1, 1),
         ("http2_push_preload", H, 1, 1),
         ("default_type", H, 1, 1),
+        ("gzip_vary", H, 1, 1),
+        ("gzip_http_version", H, 1, 1),
+        ("gzip_proxied", H, 1, ANY),
+        ("gzip_disable", H, 1, ANY),
         ("satisfy", H, 1, 1),
         ("types_hash_max_size", H, 1, 1),
         ("types_hash_bucket_size", H, 1, 1),
@@ -680,6 +726,44 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
             c.types = Some(Arc::new(m));
         }
         "default_type" => c.default_type = d.args[0].clone(),
+        "gzip_vary" => c.gzip.vary = d.flag()?,
+        "gzip_http_version" => {
+            c.gzip.http10 = match d.args[0].as_str() {
+                "1.0" => true,
+                "1.1" => false,
+                v => return Err(d.err(format!("invalid value \"{v}\" in \"gzip_http_version\" directive, it must be \"1.0\" or \"1.1\""))),
+            }
+        }
+        "gzip_proxied" => {
+            let mut f = 0;
+            for v in &d.args {
+                f |= match v.as_str() {
+                    "off" => proxied::OFF,
+                    "expired" => proxied::EXPIRED,
+                    "no-cache" => proxied::NO_CACHE,
+                    "no-store" => proxied::NO_STORE,
+                    "private" => proxied::PRIVATE,
+                    "no_last_modified" => proxied::NO_LM,
+                    "no_etag" => proxied::NO_ETAG,
+                    "auth" => proxied::AUTH,
+                    "any" => proxied::ANY,
+                    v => return Err(d.err(format!("invalid value \"{v}\" in \"gzip_proxied\" directive"))),
+                };
+            }
+            c.gzip.proxied = f;
+        }
+        "gzip_disable" => {
+            let mut list = Vec::new();
+            for v in &d.args {
+                if v == "msie6" {
+                    c.gzip.msie6 = true;
+                    continue;
+                }
+                let re = regex::RegexBuilder::new(v).case_insensitive(true).build();
+                list.push(re.map_err(|e| d.err(format!("regex \"{v}\" is invalid: {}", e.to_string().lines().last().unwrap_or(""))))?);
+            }
+            c.gzip.disable = Some(Arc::new(list));
+        }
         "satisfy" => {
             c.satisfy_any = match d.args[0].as_str() {
                 "all" => false,

@@ -242,6 +242,11 @@ pub struct Req<'a> {
     pub waiting_sub: bool,
     /// This is a subrequest: its response goes nowhere.
     pub is_sub: bool,
+    /// `http_gzip_ok`'s answer, once asked (None: not yet).
+    pub gzip_ok: Option<bool>,
+    /// The response could be gzip: `Vary: Accept-Encoding` under
+    /// `gzip_vary on` (nginx's `r->gzip_vary`).
+    pub gzip_vary: bool,
 }
 
 /// A request's growable memory, kept by the worker between requests
@@ -353,6 +358,8 @@ impl<'a> Req<'a> {
             sub: None,
             waiting_sub: false,
             is_sub: false,
+            gzip_ok: None,
+            gzip_vary: false,
         }
     }
 
@@ -541,6 +548,8 @@ impl<'a> Req<'a> {
         self.loc = 0;
         self.drain_limit = None;
         self.relay = None;
+        self.gzip_ok = None;
+        self.gzip_vary = false;
     }
 
     /// Bytes queued for the client and not yet written (`wpos` of the
@@ -681,6 +690,57 @@ impl Req<'_> {
 
 /// `keepalive_disable`: old MSIE after a POST (msie6), Safari and
 /// Safari-like user agents on Apple systems (safari), as nginx.
+/// nginx's `ngx_http_gzip_ok`: may this response go out gzip-compressed?
+/// Asked once per request (the answer is kept): the client's
+/// Accept-Encoding, `gzip_disable msie6`, `gzip_http_version`, for a
+/// proxied request (one with Via) `gzip_proxied` against the response
+/// headers set so far, then the `gzip_disable` regexes.
+pub fn gzip_ok(r: &mut Req) -> bool {
+    if let Some(ok) = r.gzip_ok {
+        return ok;
+    }
+    let ok = gzip_test(r);
+    r.gzip_ok = Some(ok);
+    ok
+}
+
+fn gzip_test(r: &Req) -> bool {
+    use super::conf::proxied::*;
+    if r.is_sub || !r.header_in("accept-encoding").is_some_and(plugin_api::http::accepts_gzip) {
+        return false;
+    }
+    let g = &r.location().core.gzip;
+    let ua = r.header_in("user-agent");
+    if g.msie6 && ua.is_some_and(plugin_api::http::is_msie6) {
+        return false;
+    }
+    if r.minor == 0 && !g.http10 {
+        return false;
+    }
+    let p = g.proxied;
+    if r.header_in("via").is_some() && p & ANY == 0 && !(p & AUTH != 0 && r.header_in("authorization").is_some()) {
+        if p & OFF != 0 || p == 0 {
+            return false;
+        }
+        let time = |v: &str| httpdate::parse_http_date(v.trim()).ok();
+        if let Some(e) = r.header_out("expires") {
+            // Compressed only if it has expired already.
+            let date = r.header_out("date").map_or(Some(std::time::SystemTime::now()), time);
+            if p & EXPIRED == 0 || !matches!((time(e), date), (Some(e), Some(d)) if e < d) {
+                return false;
+            }
+        } else if let Some(cc) = r.header_out("cache-control") {
+            let has = |flag: u32, word: &str| p & flag != 0 && cc.to_ascii_lowercase().contains(word);
+            if !(has(NO_CACHE, "no-cache") || has(NO_STORE, "no-store") || has(PRIVATE, "private")) {
+                return false;
+            }
+        } else if (p & NO_LM != 0 && r.header_out("last-modified").is_some()) || (p & NO_ETAG != 0 && r.header_out("etag").is_some()) {
+            return false;
+        }
+    }
+    !matches!((&g.disable, ua), (Some(list), Some(ua)) if list.iter().any(|re| re.is_match(ua)))
+}
+
 fn keepalive_disabled_for(r: &Req, which: u8) -> bool {
     // The default (msie6) looks at POSTs only: most requests pay nothing.
     if which == 1 && r.method != "POST" {
@@ -1040,6 +1100,9 @@ fn render_head(r: &mut Req) {
     }
     if r.chunked {
         h.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if r.gzip_vary && r.location().core.gzip.vary {
+        h.extend_from_slice(b"Vary: Accept-Encoding\r\n");
     }
     if status == 101 {
         // Switching protocols: the connection becomes a relay (and is

@@ -789,6 +789,19 @@ unsafe extern "C" fn http_data(r: *mut sys::Request) -> *mut c_void {
     get_state(r, |r| &r.data)
 }
 
+unsafe extern "C" fn http_gzip_ok(r: *mut sys::Request, flags: u32) -> Rc {
+    let Some(c) = cell(r) else { return sys::GONE };
+    let Ok(mut r) = c.try_borrow_mut() else { return sys::INVALID };
+    if flags & sys::GZIP_VARY != 0 {
+        r.gzip_vary = true;
+    }
+    if crate::http::request::gzip_ok(&mut r) {
+        sys::OK
+    } else {
+        sys::DECLINED
+    }
+}
+
 unsafe extern "C" fn stats(out: *mut u64, n: usize) -> usize {
     let t = crate::stats::totals();
     let n = n.min(t.len());
@@ -1214,8 +1227,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 75] = offsets!(
-    stats, http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 76] = offsets!(
+    http_gzip_ok, stats, http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1316,6 +1329,7 @@ static TABLE: Table = Table(sys::Host {
     http_set_data: Some(http_set_data),
     http_data: Some(http_data),
     stats: Some(stats),
+    http_gzip_ok: Some(http_gzip_ok),
 });
 
 /// The host table handed to every plugin.

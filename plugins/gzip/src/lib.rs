@@ -2,10 +2,11 @@
 //!
 //! Directives (http, server, location): `gzip on|off`, `gzip_types`
 //! (`text/html` always; `*` for any), `gzip_min_length` (by Content-Length;
-//! a response of unknown length is compressed), `gzip_comp_level 1..9`,
-//! `gzip_vary`, `gzip_http_version 1.0|1.1`, `gzip_proxied`,
-//! `gzip_disable` (User-Agent regexes, `msie6`); `gzip_buffers` is
-//! accepted (the compressor sizes its own output).
+//! a response of unknown length is compressed), `gzip_comp_level 1..9`;
+//! `gzip_buffers` is accepted (the compressor sizes its own output).
+//! `gzip_vary`, `gzip_http_version`, `gzip_proxied` and `gzip_disable`
+//! are core directives, as in nginx: the host answers nginx's
+//! `ngx_http_gzip_ok` for this filter and for `gzip_static` alike.
 //!
 //! As nginx: only 200, 403 and 404 responses without a Content-Encoding
 //! are compressed (a HEAD response says what a GET would), for clients whose
@@ -19,22 +20,8 @@
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use plugin_api::{export_plugin, sys, DirectiveSpec, Piece, Plugin, Request};
-use regex::{Regex, RegexBuilder};
 use std::io::Write;
 use std::rc::Rc;
-
-/// `gzip_proxied` flags (nginx's).
-mod proxied {
-    pub const OFF: u32 = 0x0002;
-    pub const EXPIRED: u32 = 0x0004;
-    pub const NO_CACHE: u32 = 0x0008;
-    pub const NO_STORE: u32 = 0x0010;
-    pub const PRIVATE: u32 = 0x0020;
-    pub const NO_LM: u32 = 0x0040;
-    pub const NO_ETAG: u32 = 0x0080;
-    pub const AUTH: u32 = 0x0100;
-    pub const ANY: u32 = 0x0200;
-}
 
 /// Per-block configuration (unset fields inherit).
 #[derive(Clone, Default)]
@@ -45,11 +32,6 @@ pub struct Conf {
     any_type: Option<bool>,
     min_length: Option<u64>,
     level: Option<u32>,
-    vary: Option<bool>,
-    http10: Option<bool>,
-    proxied: Option<u32>,
-    disable: Option<Rc<Vec<Regex>>>,
-    msie6: Option<bool>,
 }
 
 /// The plugin.
@@ -61,50 +43,6 @@ const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION | sys::CTX_IF
 #[derive(Default)]
 struct Ctx {
     enc: Option<GzEncoder<Vec<u8>>>,
-}
-
-/// True when an Accept-Encoding value takes gzip (a `q=0` refuses it).
-pub fn accepts_gzip(v: &str) -> bool {
-    v.split(',').any(|item| {
-        let mut parts = item.split(';');
-        if !parts.next().is_some_and(|t| t.trim().eq_ignore_ascii_case("gzip")) {
-            return false;
-        }
-        for p in parts {
-            if let Some(q) = p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")) {
-                return q.trim().parse::<f32>().is_ok_and(|q| q > 0.0);
-            }
-        }
-        true
-    })
-}
-
-/// `gzip_proxied` against the response's headers: may a response to a
-/// proxied request (one with Via) be compressed?
-fn proxied_ok(flags: u32, req: &Request<'_>) -> bool {
-    if flags & proxied::ANY != 0 {
-        return true;
-    }
-    if flags & proxied::OFF != 0 || flags == 0 {
-        return false;
-    }
-    if flags & proxied::AUTH != 0 && req.header("Authorization").is_some() {
-        return true;
-    }
-    if flags & proxied::EXPIRED != 0 && req.header_out("Expires").is_some() {
-        return true;
-    }
-    let cc = req.header_out("Cache-Control").unwrap_or("").to_ascii_lowercase();
-    if (flags & proxied::NO_CACHE != 0 && cc.contains("no-cache"))
-        || (flags & proxied::NO_STORE != 0 && cc.contains("no-store"))
-        || (flags & proxied::PRIVATE != 0 && cc.contains("private"))
-    {
-        return true;
-    }
-    if flags & proxied::NO_LM != 0 && req.header_out("Last-Modified").is_none() {
-        return true;
-    }
-    flags & proxied::NO_ETAG != 0 && req.header_out("ETag").is_none()
 }
 
 fn flag(a: &str, cx: &plugin_api::ConfCx<'_>) -> Result<bool, String> {
@@ -139,49 +77,6 @@ impl Plugin for Gzip {
                 c.level = Some(l);
                 Ok(())
             }),
-            DirectiveSpec::<Conf>::new("gzip_vary", H ^ sys::CTX_IF, 1, 1, |c, a, cx| {
-                c.vary = Some(flag(a[0], cx)?);
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("gzip_http_version", H ^ sys::CTX_IF, 1, 1, |c, a, _| {
-                c.http10 = Some(match a[0] {
-                    "1.0" => true,
-                    "1.1" => false,
-                    v => return Err(format!("invalid value \"{v}\" in \"gzip_http_version\" directive, it must be \"1.0\" or \"1.1\"")),
-                });
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("gzip_proxied", H ^ sys::CTX_IF, 1, sys::ARGS_ANY, |c, a, _| {
-                let mut f = 0;
-                for v in a {
-                    f |= match *v {
-                        "off" => proxied::OFF,
-                        "expired" => proxied::EXPIRED,
-                        "no-cache" => proxied::NO_CACHE,
-                        "no-store" => proxied::NO_STORE,
-                        "private" => proxied::PRIVATE,
-                        "no_last_modified" => proxied::NO_LM,
-                        "no_etag" => proxied::NO_ETAG,
-                        "auth" => proxied::AUTH,
-                        "any" => proxied::ANY,
-                        v => return Err(format!("invalid value \"{v}\" in \"gzip_proxied\" directive")),
-                    };
-                }
-                c.proxied = Some(f);
-                Ok(())
-            }),
-            DirectiveSpec::<Conf>::new("gzip_disable", H ^ sys::CTX_IF, 1, sys::ARGS_ANY, |c, a, _| {
-                let mut list = Vec::new();
-                for v in a {
-                    if *v == "msie6" {
-                        c.msie6 = Some(true);
-                        continue;
-                    }
-                    list.push(RegexBuilder::new(v).case_insensitive(true).build().map_err(|e| format!("regex \"{v}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?);
-                }
-                c.disable = Some(Rc::new(list));
-                Ok(())
-            }),
             DirectiveSpec::<Conf>::new("gzip_buffers", H ^ sys::CTX_IF, 2, 2, |_, a, cx| {
                 a[0].parse::<u32>().map_err(|_| format!("invalid value \"{}\"", a[0]))?;
                 cx.size(a[1]).map(drop)
@@ -193,7 +88,7 @@ impl Plugin for Gzip {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if child.$f.is_none() { child.$f = parent.$f.clone(); } )* };
         }
-        inherit!(enable, types, any_type, min_length, level, vary, http10, proxied, disable, msie6);
+        inherit!(enable, types, any_type, min_length, level);
     }
 
     fn header_filter(req: &mut Request<'_>, conf: &Conf) -> Result<(), String> {
@@ -216,22 +111,15 @@ impl Plugin for Gzip {
         if !typed {
             return Ok(());
         }
-        // Could be compressed: caches must key on Accept-Encoding.
-        if conf.vary == Some(true) {
-            req.add_header("Vary", "Accept-Encoding");
-        }
-        if !req.header("Accept-Encoding").is_some_and(accepts_gzip) {
-            return Ok(());
-        }
-        if req.protocol() == "HTTP/1.0" && conf.http10 != Some(true) {
-            return Ok(());
-        }
-        if let Some(ua) = req.header("User-Agent") {
-            if (conf.msie6 == Some(true) && plugin_api::http::is_msie6(ua)) || conf.disable.as_ref().is_some_and(|l| l.iter().any(|re| re.is_match(ua))) {
-                return Ok(());
-            }
-        }
-        if req.header("Via").is_some() && !proxied_ok(conf.proxied.unwrap_or(proxied::OFF), req) {
+        // Could be compressed: caches must key on Accept-Encoding (the
+        // host adds Vary under gzip_vary on). The rest is nginx's
+        // ngx_http_gzip_ok, which the host answers (an older host: the
+        // client's Accept-Encoding alone).
+        let ok = match req.gzip_ok(true) {
+            Some(ok) => ok,
+            None => req.header("Accept-Encoding").is_some_and(plugin_api::http::accepts_gzip),
+        };
+        if !ok {
             return Ok(());
         }
         let etag = req.header_out("ETag").filter(|e| e.starts_with('"')).map(|e| format!("W/{e}"));
@@ -290,21 +178,3 @@ impl Plugin for Gzip {
 }
 
 export_plugin!(Gzip);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_encoding_as_nginx() {
-        assert!(accepts_gzip("gzip"));
-        assert!(accepts_gzip("deflate, gzip;q=0.5"));
-        assert!(accepts_gzip("br, GZIP"));
-        assert!(!accepts_gzip("gzip;q=0"));
-        assert!(!accepts_gzip("gzip; q=0.000"));
-        assert!(!accepts_gzip("deflate, br"));
-        assert!(!accepts_gzip("x-gzipx"));
-        assert!(!accepts_gzip(""));
-    }
-
-}

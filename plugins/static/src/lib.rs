@@ -17,6 +17,9 @@
 //! [`cache`]); `open_file_cache_valid`, `open_file_cache_min_uses` and
 //! `open_file_cache_errors` are accepted for nginx configurations and
 //! change nothing (a changed file is never served from the cache).
+//! `gzip_static on|always` (nginx's gzip_static module): the file with
+//! `.gz` appended is sent as is, `Content-Encoding: gzip`, to clients the
+//! host's gzip test lets have it (see [`precompressed`]).
 
 mod cache;
 mod watch;
@@ -37,6 +40,8 @@ pub struct Conf {
     max_ranges: Option<usize>,
     /// `open_file_cache`: Some(None) = off.
     open_file_cache: Option<Option<cache::Settings>>,
+    /// `gzip_static`: 0 off, 1 on, 2 always.
+    gzip_static: Option<u8>,
 }
 
 const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
@@ -98,6 +103,15 @@ impl Plugin for Static {
             DirectiveSpec::<Conf>::new("open_file_cache_min_uses", H, 1, 1, |_, a, _| {
                 a[0].parse::<u32>().map(drop).map_err(|_| format!("invalid value \"{}\"", a[0]))
             }),
+            DirectiveSpec::<Conf>::new("gzip_static", H, 1, 1, |c, a, _| {
+                c.gzip_static = Some(match a[0] {
+                    "off" => 0,
+                    "on" => 1,
+                    "always" => 2,
+                    v => return Err(format!("invalid value \"{v}\" in \"gzip_static\" directive, it must be \"on\", \"off\" or \"always\"")),
+                });
+                Ok(())
+            }),
             DirectiveSpec::<Conf>::new("open_file_cache_errors", H, 1, 1, |_, a, cx| cx.flag(a[0]).map(drop)),
         ]
     }
@@ -107,6 +121,7 @@ impl Plugin for Static {
         child.if_modified_since = child.if_modified_since.or(parent.if_modified_since);
         child.max_ranges = child.max_ranges.or(parent.max_ranges);
         child.open_file_cache = child.open_file_cache.or(parent.open_file_cache);
+        child.gzip_static = child.gzip_static.or(parent.gzip_static);
     }
 
     fn phases() -> &'static [Phase] {
@@ -154,6 +169,29 @@ enum Found {
 /// response status, already logged.
 fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
     let Some(path) = req.var("request_filename") else { return Err(Status::Error) };
+    find_at(path, conf, false)
+}
+
+/// nginx's gzip_static: the request's file with `.gz` appended, sent as
+/// is with `Content-Encoding: gzip` when the client may take it (`on`:
+/// the host's gzip test, as nginx's ngx_http_gzip_ok; `always`: every
+/// client). Under `on`, the file's existence makes the response one that
+/// could be compressed (Vary with `gzip_vary on`) whoever asks.
+fn precompressed(req: &mut Request<'_>, conf: &Conf) -> Option<Rc<cache::Entry>> {
+    let always = conf.gzip_static == Some(2);
+    let ok = always || req.gzip_ok(false).unwrap_or_else(|| req.header("Accept-Encoding").is_some_and(plugin_api::http::accepts_gzip));
+    let path = format!("{}.gz", req.var("request_filename")?);
+    let Ok(Found::File(e)) = find_at(&path, conf, true) else { return None };
+    if !always {
+        req.gzip_ok(true);
+    }
+    ok.then_some(e)
+}
+
+/// `find` for `path`. `optional`: a missing file is no error (nothing
+/// logged), and no failure is the response's (Err(Declined)), as for
+/// gzip_static's `.gz` files.
+fn find_at(path: &str, conf: &Conf, optional: bool) -> Result<Found, Status> {
     let settings = conf.open_file_cache.unwrap_or(Some(cache::Settings::default()));
     if settings.is_some() {
         // A watched entry nothing changed: no file system call.
@@ -181,9 +219,12 @@ fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
                 _ if e.raw_os_error() == Some(20) || e.raw_os_error() == Some(36) => 404, // ENOTDIR, ENAMETOOLONG
                 _ => 500,
             };
+            if optional && st == 404 {
+                return Err(Status::Declined);
+            }
             let lvl = if st == 500 { sys::LOG_CRIT } else { sys::LOG_ERR };
             log(lvl, &format!("open() \"{path}\" failed ({})", os_error(&e)));
-            return Err(Status::Http(st));
+            return Err(if optional { Status::Declined } else { Status::Http(st) });
         }
     };
     let meta = match file.metadata() {
@@ -216,13 +257,13 @@ fn find(req: &Request<'_>, conf: &Conf) -> Result<Found, Status> {
 
 /// Response header lines gathered for one `set_headers` call.
 struct Lines<'a> {
-    l: [(&'a str, Option<&'a str>); 8],
+    l: [(&'a str, Option<&'a str>); 12],
     n: usize,
 }
 
 impl<'a> Lines<'a> {
     fn new() -> Self {
-        Lines { l: [("", None); 8], n: 0 }
+        Lines { l: [("", None); 12], n: 0 }
     }
 
     fn set(&mut self, name: &'a str, value: &'a str) -> &mut Self {
@@ -255,7 +296,13 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
     if slash {
         return Status::Declined;
     }
-    let e = match find(req, conf) {
+    let gz = if conf.gzip_static.unwrap_or(0) != 0 && !post { precompressed(req, conf) } else { None };
+    let gzipped = gz.is_some();
+    let found = match gz {
+        Some(e) => Ok(Found::File(e)),
+        None => find(req, conf),
+    };
+    let e = match found {
         Ok(Found::File(e)) => e,
         Ok(Found::Dir) => {
             let mut loc = Vec::new();
@@ -331,12 +378,16 @@ fn serve(req: &mut Request<'_>, conf: &Conf) -> Status {
         return Status::Http(cond);
     }
     h.set("Accept-Ranges", "bytes");
+    // (Not on a 304 or an error page, as nginx's filters clear it.)
+    if gzipped {
+        h.set("Content-Encoding", "gzip");
+    }
     let fd = e.file.as_raw_fd();
     match ranges {
         Ranges::Ignore => {}
         Ranges::Unsatisfiable => {
             let cr = format!("bytes */{size}");
-            h.remove("Accept-Ranges").remove("Last-Modified").remove("ETag").set("Content-Range", &cr).apply(req);
+            h.remove("Accept-Ranges").remove("Last-Modified").remove("ETag").remove("Content-Encoding").set("Content-Range", &cr).apply(req);
             return Status::Http(416);
         }
         Ranges::List(list) if list.len() > conf.max_ranges.unwrap_or(usize::MAX) => {}
