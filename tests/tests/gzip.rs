@@ -96,6 +96,9 @@ fn gzip_static_sends_the_gz_file() {
     p.write("html/always/a.html", "plain");
     std::fs::write(p.path().join("html/always/a.html.gz"), &packed).unwrap();
     p.write("html/disabled/a.html", &page);
+    // Two gzip members: gunzip reads them all, as nginx's.
+    std::fs::create_dir_all(p.path().join("html/gunzip")).unwrap();
+    std::fs::write(p.path().join("html/gunzip/a.html.gz"), [packed.clone(), packed.clone()].concat()).unwrap();
     std::fs::write(p.path().join("html/disabled/a.html.gz"), &packed).unwrap();
     p.write_conf(&format!(
         "{}{}events {{}}\nhttp {{ access_log off; types {{ text/html html; }}
@@ -104,6 +107,7 @@ fn gzip_static_sends_the_gz_file() {
               location /s/ {{ gzip_static on; gzip on; }}
               location /always/ {{ gzip_static always; gzip_vary off; }}
               location /disabled/ {{ gzip_static on; gzip_disable \"^curl\"; gzip_proxied any; }}
+              location /gunzip/ {{ gzip_static always; gunzip on; }}
             }} }}\n",
         conf_head(),
         load_plugins(&["static", "log", "gzip"]),
@@ -146,4 +150,19 @@ fn gzip_static_sends_the_gz_file() {
     assert_eq!((r.header("content-encoding"), r.body.as_slice()), (None, page.as_bytes()));
     let r = req(&format!("GET /disabled/a.html HTTP/1.1\r\n{gz}\r\nUser-Agent: Firefox\r\nVia: 1.1 cache"));
     assert_eq!(r.header("content-encoding"), Some("gzip"));
+    // gzip_static always + gunzip: stored compressed only, decompressed
+    // for the clients that cannot take gzip, passed as is to the others.
+    let twice = [page.as_bytes(), page.as_bytes()].concat();
+    let r = req("GET /gunzip/a.html HTTP/1.1");
+    assert_eq!((r.status, r.header("content-encoding"), r.header("content-length"), r.header("vary")), (200, None, None, Some("Accept-Encoding")));
+    assert_eq!(r.body, twice);
+    let r = req(&format!("GET /gunzip/a.html HTTP/1.1\r\n{gz}"));
+    assert_eq!((r.header("content-encoding"), r.header("vary")), (Some("gzip"), Some("Accept-Encoding")));
+    assert_eq!(gunzip_all(&r.body), twice);
+}
+
+fn gunzip_all(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(b).read_to_end(&mut out).unwrap();
+    out
 }
