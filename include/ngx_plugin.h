@@ -79,7 +79,7 @@ extern "C" {
 /** ABI major version: a change here is incompatible. */
 #define NGX_PLUGIN_ABI_MAJOR 1
 /** ABI minor version: grows when slots are appended. */
-#define NGX_PLUGIN_ABI_MINOR 13
+#define NGX_PLUGIN_ABI_MINOR 14
 /** Name of the one symbol a plugin exports (the major is in the name). */
 #define NGX_PLUGIN_ENTRY_SYMBOL "ngx_plugin_entry_v1"
 
@@ -792,6 +792,18 @@ typedef struct ngx_plugin_host_s {
      *  could be compressed: under gzip_vary on, the host adds
      *  "Vary: Accept-Encoding" (once, whoever marked it). [worker] */
     ngx_plugin_rc_t (*http_gzip_ok)(ngx_plugin_request_t *r, uint32_t flags);
+    /** (1.14) This plugin's configuration object for r's current block
+     *  (location, or the `if` block entered), as its handlers receive it:
+     *  for variable getters and callbacks, which get no conf. NULL if
+     *  none. OWNERSHIP: the plugin's, alive for the generation. [worker] */
+    void *(*http_conf)(ngx_plugin_request_t *r);
+    /** (1.14) The `server_name` arguments of the server block enclosing
+     *  the directive being applied, as written ("example.com",
+     *  "*.example.org", "~^www\\d+\\."), wherever they stand in the block.
+     *  In: *n = room in out (out may be NULL when 0); out: *n = how many
+     *  there are (fills at most the room). NOT_FOUND outside a server
+     *  block. OWNERSHIP: the strings live as long as cf. [conf] */
+    ngx_plugin_rc_t (*conf_server_names)(ngx_plugin_conf_t *cf, ngx_plugin_str_t *out, size_t *n);
 } ngx_plugin_host_t;
 
 /** http_gzip_ok flags. */

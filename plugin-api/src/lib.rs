@@ -579,6 +579,23 @@ impl ConfCx<'_> {
         (unsafe { f(self.raw, &mut m, &mut n) } == sys::OK).then(|| unsafe { (rt::str_of(m).to_string(), rt::str_of(n).to_string()) })
     }
 
+    /// The enclosing server block's `server_name` arguments, as written
+    /// (ABI 1.14; None outside a server block or on an older host).
+    pub fn server_names(&self) -> Option<Vec<String>> {
+        let f = rt::slot!(conf_server_names)?;
+        let mut n = 0usize;
+        // SAFETY: live conf handle; a count query (no room).
+        if unsafe { f(self.raw, std::ptr::null_mut(), &mut n) } != sys::OK {
+            return None;
+        }
+        let mut out = vec![sys::Str::empty(); n];
+        // SAFETY: room for n strings, copied at once.
+        if unsafe { f(self.raw, out.as_mut_ptr(), &mut n) } != sys::OK {
+            return None;
+        }
+        Some(out.iter().take(n).map(|s| unsafe { rt::str_of(*s) }.to_string()).collect())
+    }
+
     /// Defines `$name`, computed by `get` for each request (`None`: not
     /// found). Defining the same name again from this plugin is a no-op.
     pub fn define_variable(&self, name: &str, get: fn(&mut Request<'_>) -> Option<String>) -> Result<(), String> {
@@ -779,6 +796,21 @@ impl<'a> Request<'a> {
         // SAFETY: the host returns the object this plugin's create_conf
         // made (a `C`, checked above), alive for the generation, which
         // outlives the request.
+        (!p.is_null()).then(|| unsafe { &*(p as *const C) })
+    }
+
+    /// This plugin's configuration for the request's current block (ABI
+    /// 1.14), as its handlers receive it: for variable getters. `C` must
+    /// be the exported plugin's `Conf`, else None; None on an older host.
+    pub fn conf<C: 'static>(&self) -> Option<&'a C> {
+        if !rt::is_conf_type::<C>() {
+            return None;
+        }
+        let f = rt::slot!(http_conf)?;
+        // SAFETY: live handle.
+        let p = unsafe { f(self.raw) };
+        // SAFETY: the object this plugin's create_conf made (a `C`,
+        // checked above), alive for the generation.
         (!p.is_null()).then(|| unsafe { &*(p as *const C) })
     }
 

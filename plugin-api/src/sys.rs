@@ -10,7 +10,7 @@
 use std::ffi::{c_char, c_void};
 
 pub const ABI_MAJOR: u32 = 1;
-pub const ABI_MINOR: u32 = 13;
+pub const ABI_MINOR: u32 = 14;
 pub const ENTRY_SYMBOL: &str = "ngx_plugin_entry_v1";
 
 /// Indexes into the `stats` array (1.12).
@@ -335,6 +335,9 @@ pub struct Host {
     pub stats: Option<unsafe extern "C" fn(*mut u64, usize) -> usize>,
     // appended in 1.13
     pub http_gzip_ok: Option<unsafe extern "C" fn(*mut Request, u32) -> Rc>,
+    // appended in 1.14
+    pub http_conf: Option<unsafe extern "C" fn(*mut Request) -> *mut c_void>,
+    pub conf_server_names: Option<unsafe extern "C" fn(*mut Conf, *mut Str, *mut usize) -> Rc>,
 }
 
 /// `ngx_plugin_def_t`. Append-only: new fields go at the end.

@@ -100,7 +100,7 @@ fn rust() -> BTreeMap<String, (usize, Vec<(String, usize)>)> {
             conn_start_tls, conn_peer, conn_close, relay,
             shm_addr, shm_is_new, shm_lock, shm_unlock, conn_error, http_output_queued, http_resume_when_drained, conf_location,
             conf_tls, conn_tls, conn_tls_info, conf_open_file, file_write,
-            http_headers_in, http_headers_out_set, http_set_uri, conf_conf_path, conf_add_path, conf_block_id, http_enter_block, conn_set_idle, conf_define_variable_prefix, http_subrequest, http_set_data, http_data, stats, http_gzip_ok,
+            http_headers_in, http_headers_out_set, http_set_uri, conf_conf_path, conf_add_path, conf_block_id, http_enter_block, conn_set_idle, conf_define_variable_prefix, http_subrequest, http_set_data, http_data, stats, http_gzip_ok, http_conf, conf_server_names,
         }
         "ngx_plugin_tls_opts_t" => sys::TlsOpts {
             struct_size, flags, reserved, certificates, keys, ncertificates, trusted_certificate, protocols, ciphers,

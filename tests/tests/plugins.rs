@@ -133,7 +133,7 @@ fn refusals_name_the_file_and_the_reason() {
         (refuse(dir, "v2sym", &["ENTRY_V2"]).display().to_string(), format!("failed: built for plugin ABI 2.x (it exports \"ngx_plugin_entry_v2\"); {host}")),
         (refuse(dir, "null", &["ENTRY_NULL"]).display().to_string(), "failed: the plugin refused to load (its entry point returned NULL)".into()),
         (refuse(dir, "major", &["MAJOR=2", "MINOR=0"]).display().to_string(), format!("failed: built for plugin ABI 2.0; {host}")),
-        (refuse(dir, "minor", &["MINOR=14"]).display().to_string(), format!("failed: needs plugin ABI 1.14; {host}")),
+        (refuse(dir, "minor", &["MINOR=15"]).display().to_string(), format!("failed: needs plugin ABI 1.15; {host}")),
         (refuse(dir, "clash", &["DIRECTIVE=\"listen\""]).display().to_string(), "plugin \"refuse\" declares directive \"listen\", which the host already declares".into()),
     ];
     for (path, want) in cases {

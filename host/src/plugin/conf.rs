@@ -229,6 +229,7 @@ impl Plugins {
                 if let Some(set) = set {
                     let mut cx = self.cx(d, data[pi]);
                     cx.location = self.enclosing_location(node);
+                    cx.server_names = self.enclosing_server_names(node);
                     if spec.block == Some(ctx::IF) {
                         // The node this block is about to become.
                         cx.block_id = self.nodes.len() as u32 + 1;
@@ -284,6 +285,20 @@ impl Plugins {
             let d = &self.nodes[n].d;
             if d.name == "location" {
                 return crate::http::conf::split_location(d).map(|(m, p)| (m.to_string(), p.to_string()));
+            }
+            node = self.nodes[n].parent;
+        }
+        None
+    }
+
+    /// The `server_name` arguments of the `server` block around `node`
+    /// (all of them, wherever they stand in the block), or None outside
+    /// one.
+    fn enclosing_server_names(&self, mut node: Option<usize>) -> Option<Vec<String>> {
+        while let Some(n) = node {
+            let d = &self.nodes[n].d;
+            if d.name == "server" {
+                return Some(d.children().iter().filter(|c| c.name == "server_name").flat_map(|c| c.args.iter().cloned()).collect());
             }
             node = self.nodes[n].parent;
         }

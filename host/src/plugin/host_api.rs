@@ -77,6 +77,8 @@ pub struct ConfCtx<'a> {
     pub listens: Vec<(std::net::SocketAddr, sys::AcceptFn, *mut c_void)>,
     /// The enclosing location's (modifier, name), if any.
     pub location: Option<(String, String)>,
+    /// The enclosing server block's `server_name` arguments, if any.
+    pub server_names: Option<Vec<String>>,
     /// The main configuration file's directory (TLS file names).
     pub conf_dir: PathBuf,
     /// TLS contexts built while applying (kept by the generation).
@@ -107,6 +109,7 @@ impl<'a> ConfCtx<'a> {
             prefix_vars: Vec::new(),
             listens: Vec::new(),
             location: None,
+            server_names: None,
             conf_dir,
             tls: Vec::new(),
             files: Vec::new(),
@@ -380,6 +383,35 @@ unsafe extern "C" fn conf_set_content_handler(c: *mut sys::Conf, h: Option<sys::
     let Some(c) = cf(c) else { return sys::INVALID };
     c.content_handler = h;
     sys::OK
+}
+
+/// (1.14) The enclosing server block's `server_name` arguments.
+unsafe extern "C" fn conf_server_names(c: *mut sys::Conf, out: *mut Str, n: *mut usize) -> Rc {
+    let Some(c) = cf(c) else { return sys::INVALID };
+    let Some(names) = &c.server_names else { return sys::NOT_FOUND };
+    if n.is_null() {
+        return sys::INVALID;
+    }
+    // SAFETY: n is a valid in/out pointer; out has room for *n strings
+    // (may be NULL when *n is 0); the strings live as long as cf.
+    unsafe {
+        let room = *n;
+        if !out.is_null() {
+            for (i, name) in names.iter().take(room).enumerate() {
+                *out.add(i) = Str::from_bytes(name.as_bytes());
+            }
+        }
+        *n = names.len();
+    }
+    sys::OK
+}
+
+/// (1.14) This plugin's configuration for the request's current block.
+unsafe extern "C" fn http_conf(r: *mut sys::Request) -> *mut c_void {
+    let idx = current().0;
+    cell(r)
+        .and_then(|c| c.try_borrow().ok().and_then(|r| r.location().confs.get(idx).copied()))
+        .unwrap_or(std::ptr::null_mut())
 }
 
 unsafe extern "C" fn conf_location(c: *mut sys::Conf, modifier: *mut Str, name: *mut Str) -> Rc {
@@ -1227,8 +1259,8 @@ macro_rules! offsets {
 }
 
 /// Byte offsets of the slots this host implements (for `supports`).
-const IMPLEMENTED: [usize; 76] = offsets!(
-    http_gzip_ok, stats, http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
+const IMPLEMENTED: [usize; 78] = offsets!(
+    http_conf, conf_server_names, http_gzip_ok, stats, http_set_data, http_data, http_subrequest, conf_define_variable_prefix, conn_set_idle, conf_block_id, http_enter_block, conf_add_path, conf_conf_path, http_set_uri, http_headers_in, http_headers_out_set, conf_open_file, file_write, conf_tls, conn_tls, conn_tls_info, conn_connect, relay, conn_error, http_output_queued, http_resume_when_drained, conf_location,
     conf_define_variable, http_next_body_filter, http_var_set, http_read_body, http_body,
     http_internal_redirect, http_resume, http_finalize,
     conf_listen, spawn_helper, run_loop, timer_add, timer_cancel, conn_watch, conn_read, conn_write,
@@ -1330,6 +1362,8 @@ static TABLE: Table = Table(sys::Host {
     http_data: Some(http_data),
     stats: Some(stats),
     http_gzip_ok: Some(http_gzip_ok),
+    http_conf: Some(http_conf),
+    conf_server_names: Some(conf_server_names),
 });
 
 /// The host table handed to every plugin.
