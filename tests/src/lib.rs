@@ -585,6 +585,39 @@ pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
     (child, port)
 }
 
+/// PHP's FastCGI server (`php-cgi -b`, Debian's php-cgi) on a
+/// Unix-domain socket; killed on drop.
+pub struct PhpCgi {
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+impl PhpCgi {
+    /// Starts one listening on `socket` and waits (10 s at most) until it
+    /// accepts connections.
+    pub fn start(socket: &Path) -> PhpCgi {
+        let child = Command::new("php-cgi")
+            .arg("-b")
+            .arg(socket)
+            // One process (no children to leave behind), serving in turn.
+            .env("PHP_FCGI_CHILDREN", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("php-cgi runs (Debian's php-cgi; .ci/run installs it)");
+        poll_until("php-cgi to listen", Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(socket).ok());
+        PhpCgi { child, socket: socket.to_path_buf() }
+    }
+}
+
+impl Drop for PhpCgi {
+    fn drop(&mut self) {
+        kill(self.child.id() as i32, libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
 /// An independent HTTP backend (tests/backend.py, Python's standard
 /// library) on an ephemeral 127.0.0.1 port; killed on drop.
 pub struct Backend {

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use upstream::{Idle, Upstream};
 
 mod cache;
+mod fastcgi;
 
 /// A number unique within this worker (temporary file names).
 pub fn session_serial() -> u64 {
@@ -85,6 +86,8 @@ pub struct Pass {
     /// Made from such a URL: its URI part (if any) replaces the request's
     /// whole target, and `proxy_redirect default` does not apply (nginx).
     pub dynamic: bool,
+    /// `fastcgi_pass`: the upstream speaks FastCGI (see [`fastcgi`]).
+    pub fcgi: bool,
 }
 
 /// `proxy_redirect`.
@@ -177,6 +180,36 @@ pub struct Conf {
     ignore_cache: Option<u32>,
     /// This location's cache, resolved when merged.
     cache_conf: Option<Rc<cache::CacheConf>>,
+    /// `fastcgi_param` (name, value, if_not_empty): a block with any
+    /// replaces the inherited list, as nginx's.
+    fcgi_params: Option<Rc<Vec<(String, Template, bool)>>>,
+    /// `fastcgi_index`, `fastcgi_split_path_info`.
+    fcgi_index: Option<String>,
+    fcgi_split: Option<Rc<regex::Regex>>,
+    /// `fastcgi_catch_stderr`: stderr text that makes the response head
+    /// invalid.
+    fcgi_catch: Option<Rc<Vec<String>>>,
+    /// The `fastcgi_*` twins of the upstream settings (timeouts, buffers,
+    /// headers, next upstream): in a location that uses fastcgi_pass
+    /// they replace the `proxy_*` ones when merged.
+    fcgi_side: Option<Box<Conf>>,
+}
+
+/// Copies the upstream settings that have `fastcgi_*` twins.
+macro_rules! tuning {
+    ($m:ident, $p:expr, $c:expr) => {
+        $m!($p, $c, hide, pass_headers, pass_body, pass_req_headers, buffering, buffer_size, buffers, max_temp, temp_path, intercept, ignore_xa_redirect, ignore_cache, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout)
+    };
+}
+
+/// Unset child values inherit.
+macro_rules! inherit_fields {
+    ($p:expr, $c:expr, $($f:ident),*) => { $( if $c.$f.is_none() { $c.$f = $p.$f.clone(); } )* };
+}
+
+/// The child takes them all, set or not.
+macro_rules! take_fields {
+    ($p:expr, $c:expr, $($f:ident),*) => { $( $c.$f = $p.$f.clone(); )* };
 }
 
 /// nginx's unsafe URI check for X-Accel-Redirect: a "." or ".." path
@@ -262,6 +295,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
                 group: RefCell::new(None),
                 url: Some(Template::parse(url)),
                 dynamic: false,
+                fcgi: false,
             }),
             "proxy_pass",
         )?;
@@ -283,6 +317,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
             group: RefCell::new(None),
             url: None,
             dynamic: false,
+            fcgi: false,
         }),
         "proxy_pass",
     )?;
@@ -366,6 +401,7 @@ fn dynamic_pass(req: &Request<'_>, conf: &Conf, tpl: &Pass) -> Result<Rc<Pass>, 
         group: RefCell::new(Some(group)),
         url: None,
         dynamic: true,
+        fcgi: tpl.fcgi,
     }))
 }
 
@@ -1032,7 +1068,10 @@ impl Plugin for Proxy {
     type Conf = Conf;
 
     fn directives() -> Vec<DirectiveSpec<Conf>> {
-        directives()
+        let mut d = directives();
+        let fcgi = fastcgi::directives(&d);
+        d.extend(fcgi);
+        d
     }
 
     fn create(_cx: &ConfCx<'_>, level: u32) -> Conf {
@@ -1060,6 +1099,12 @@ impl Plugin for Proxy {
             }
         }
         Self::merge(p, c);
+        // A FastCGI location runs on the fastcgi_* settings.
+        if c.pass.as_ref().is_some_and(|p| p.fcgi) {
+            let side = c.fcgi_side.take().unwrap_or_default();
+            tuning!(take_fields, side, c);
+            c.fcgi_side = Some(side);
+        }
         c.cache_conf = match &c.cache {
             Some(Some(name)) => {
                 let zone = if name.contains('$') {
@@ -1124,9 +1169,15 @@ impl Plugin for Proxy {
         macro_rules! inherit {
             ($($f:ident),*) => { $( if c.$f.is_none() { c.$f = p.$f.clone(); } )* };
         }
-        inherit!(headers, hide, pass_headers, pass_body, pass_req_headers, cookie_domain, cookie_path, cookie_flags, method, set_body, http11, buffering, buffer_size, buffers, max_temp, temp_path, redirect, intercept, ignore_xa_redirect, connect_timeout, send_timeout, read_timeout, next_up, next_tries, next_timeout);
+        inherit!(headers, cookie_domain, cookie_path, cookie_flags, method, set_body, http11, redirect);
+        tuning!(inherit_fields, p, c);
+        if let Some(ps) = &p.fcgi_side {
+            let cs = c.fcgi_side.get_or_insert_with(Default::default);
+            tuning!(inherit_fields, ps, cs);
+        }
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
-        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age, ignore_cache);
+        inherit!(fcgi_params, fcgi_index, fcgi_split, fcgi_catch);
+        inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
             let found = g.iter().find(|u| u.name == pass.host).cloned();
@@ -1346,6 +1397,13 @@ struct State {
     /// upstream without caching, as nginx).
     cache_lock: Option<std::path::PathBuf>,
     lock_wait: Option<Instant>,
+    /// The upstream speaks FastCGI: what is read goes to `fcgi_raw` and
+    /// comes out of its records into `buf`; END_REQUEST was seen; the
+    /// empty STDIN record is still to be sent after a body in a file.
+    fcgi: bool,
+    fcgi_raw: Vec<u8>,
+    fcgi_ended: bool,
+    fcgi_stdin_due: bool,
 }
 
 /// `addrs` entry for "no live upstreams".
@@ -1512,7 +1570,8 @@ impl State {
         self.proxy_host.clear();
         self.proxy_host.push_str(if pass.host.starts_with("unix:") { "localhost" } else { &pass.host });
         self.https = pass.tls;
-        if let Some(cc) = &conf.cache_conf {
+        self.fcgi = pass.fcgi;
+        if let Some(cc) = conf.cache_conf.as_ref().filter(|_| !pass.fcgi) {
             let bit = match req.method() {
                 "GET" => 1,
                 "HEAD" => 2,
@@ -1554,7 +1613,11 @@ impl State {
             }
         }
         let caching = self.cache.is_some();
-        self.body_file = build_request(req, method, conf, pass, &self.proxy_host, &mut self.out, caching, &validators);
+        self.body_file = if pass.fcgi {
+            fastcgi::build(req, conf, &mut self.out)
+        } else {
+            build_request(req, method, conf, pass, &self.proxy_host, &mut self.out, caching, &validators)
+        };
         self.first_try = Some(self.now());
         self.connect(req, conf)
     }
@@ -1591,6 +1654,9 @@ impl State {
         self.buf.clear();
         self.framing = None;
         self.chunked = Chunked::default();
+        self.fcgi_raw.clear();
+        self.fcgi_ended = false;
+        self.fcgi_stdin_due = self.fcgi && self.body_file.is_some();
         self.attempt_start = Some(now);
         (self.rx, self.tx, self.head_len) = (0, 0, 0);
         self.addrs.push(i);
@@ -1683,15 +1749,24 @@ impl State {
             } else {
                 match self.body_file {
                     Some((fd, pos, len)) if self.file_read < len => {
-                        let want = (len - self.file_read).min(64 * 1024);
+                        let want = (len - self.file_read).min(if self.fcgi { fastcgi::RECORD_MAX as u64 } else { 64 * 1024 });
                         self.fchunk.clear();
                         self.fchunk_off = 0;
+                        if self.fcgi {
+                            fastcgi::header(&mut self.fchunk, fastcgi::STDIN, want as usize);
+                        }
                         let piece = Piece::File { fd, pos: pos + self.file_read, len: want };
                         if let Err(e) = piece.read_into(&mut self.fchunk) {
                             plugin_api::log(sys::LOG_CRIT, &format!("reading the request body file failed ({e})"));
                             return Flow::Return(Status::Error);
                         }
                         self.file_read += want;
+                        continue;
+                    }
+                    _ if self.fcgi_stdin_due => {
+                        self.fcgi_stdin_due = false;
+                        (self.fchunk_off, self.fchunk) = (0, Vec::new());
+                        fastcgi::end_of_stdin(&mut self.fchunk);
                         continue;
                     }
                     _ => break,
@@ -1727,8 +1802,12 @@ impl State {
     }
 
     /// Reads what the upstream has into `buf` (appending). Ok(false): EOF.
-    fn fill(&mut self, c: Conn, max: usize) -> Result<Option<bool>, Fail> {
+    /// `catch`: fastcgi_catch_stderr's strings while the head is read.
+    fn fill(&mut self, c: Conn, max: usize, catch: &[String]) -> Result<Option<bool>, Fail> {
         let want = max.saturating_sub(self.buf.len()).max(1);
+        if self.fcgi {
+            return self.fill_fcgi(c, want, catch);
+        }
         match c.read_append(&mut self.buf, want) {
             Ok(Some(0)) => Ok(Some(false)),
             Ok(Some(n)) => {
@@ -1740,7 +1819,36 @@ impl State {
         }
     }
 
+    /// `fill` for FastCGI: the records' STDOUT content goes to `buf`;
+    /// after END_REQUEST the response has ended (Ok(Some(false))).
+    fn fill_fcgi(&mut self, c: Conn, want: usize, catch: &[String]) -> Result<Option<bool>, Fail> {
+        if self.fcgi_ended {
+            return Ok(Some(false));
+        }
+        match c.read_append(&mut self.fcgi_raw, want.max(4096)) {
+            Ok(Some(0)) => return Ok(Some(false)),
+            Ok(Some(n)) => self.rx += n as u64,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(Fail::Error),
+        }
+        let (group, peer) = (self.group.clone(), self.peer);
+        let peer_text = || group.as_ref().map(|g| g.peers[peer].text.clone()).unwrap_or_default();
+        match fastcgi::decode(&mut self.fcgi_raw, &mut self.buf, catch, &peer_text) {
+            Ok(ended) => {
+                self.fcgi_ended = ended;
+                Ok(Some(true))
+            }
+            Err(e) => {
+                plugin_api::log(sys::LOG_ERR, &format!("{e} while reading upstream, upstream: \"{}\"", peer_text()));
+                Err(Fail::InvalidHeader)
+            }
+        }
+    }
+
     fn reading_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
+        if self.fcgi {
+            return self.reading_cgi_head(req, conf, pass);
+        }
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
         let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
         loop {
@@ -1783,26 +1891,77 @@ impl State {
                 }
             }
             self.buf = buf;
-            if self.buf.len() >= max {
-                plugin_api::log(sys::LOG_ERR, &format!("upstream sent too big header while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
-                return Flow::Failed(Fail::InvalidHeader);
+            if let Some(f) = self.more_head(c, conf, max) {
+                return f;
             }
-            match self.fill(c, max) {
-                Ok(Some(true)) => self.expire_in(conf.read_timeout),
-                Ok(Some(false)) => {
-                    plugin_api::log(
-                        sys::LOG_ERR,
-                        &format!("upstream prematurely closed connection while reading response header from upstream, upstream: \"{}\"", self.peer_text()),
-                    );
-                    return Flow::Failed(if self.buf.is_empty() { Fail::Error } else { Fail::InvalidHeader });
+        }
+    }
+
+    /// Reads more of a response head: None to parse again, else what to
+    /// do (the head is too big, the upstream closed, nothing to read).
+    fn more_head(&mut self, c: Conn, conf: &Conf, max: usize) -> Option<Flow> {
+        if self.buf.len() >= max {
+            plugin_api::log(sys::LOG_ERR, &format!("upstream sent too big header while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+            return Some(Flow::Failed(Fail::InvalidHeader));
+        }
+        match self.fill(c, max, conf.fcgi_catch.as_deref().map_or(&[], |v| v.as_slice())) {
+            Ok(Some(true)) => {
+                self.expire_in(conf.read_timeout);
+                None
+            }
+            Ok(Some(false)) => {
+                plugin_api::log(sys::LOG_ERR, &format!("upstream prematurely closed connection while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+                Some(Flow::Failed(if self.buf.is_empty() { Fail::Error } else { Fail::InvalidHeader }))
+            }
+            Ok(None) if self.timed_out() => Some(Flow::Failed(Fail::Timeout)),
+            Ok(None) => Some(Flow::Wait),
+            Err(f) => Some(Flow::Failed(f)),
+        }
+    }
+
+    /// `reading_head` for FastCGI: a CGI head (header lines only; the
+    /// status from `Status:`), passed on without that line.
+    fn reading_cgi_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
+        loop {
+            let buf = std::mem::take(&mut self.buf);
+            let mut hs = [httparse::EMPTY_HEADER; 100];
+            let parsed = match httparse::parse_headers(&buf, &mut hs) {
+                Ok(httparse::Status::Complete((n, head))) => Some((n, head.iter().filter(|h| !h.name.eq_ignore_ascii_case("status")).copied().collect::<Vec<_>>(), fastcgi::status(head))),
+                Ok(httparse::Status::Partial) => None,
+                Err(e) => {
+                    self.buf = buf;
+                    plugin_api::log(sys::LOG_ERR, &format!("upstream sent invalid header ({e}) while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+                    return Flow::Failed(Fail::InvalidHeader);
                 }
-                Ok(None) => {
-                    if self.timed_out() {
-                        return Flow::Failed(Fail::Timeout);
+            };
+            if let Some((n, head, code)) = parsed {
+                let code = match code {
+                    Ok(code) => code,
+                    Err(e) => {
+                        self.buf = buf;
+                        plugin_api::log(sys::LOG_ERR, &format!("{e} while reading response header from upstream, upstream: \"{}\"", self.peer_text()));
+                        return Flow::Failed(Fail::InvalidHeader);
                     }
-                    return Flow::Wait;
+                };
+                self.head_len += n as u64;
+                self.keep_raw_head(&buf[..n]);
+                let attempt = self.attempt;
+                let flow = self.got_head(req, conf, pass, code, 1, &head);
+                drop(head);
+                let mut buf = buf;
+                if self.attempt == attempt {
+                    buf.drain(..n);
+                } else {
+                    buf.clear();
                 }
-                Err(f) => return Flow::Failed(f),
+                self.buf = buf;
+                return flow;
+            }
+            self.buf = buf;
+            if let Some(f) = self.more_head(c, conf, max) {
+                return f;
             }
         }
     }
@@ -1898,7 +2057,7 @@ impl State {
         }
         let framing = if self.head || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
-        } else if chunked {
+        } else if chunked && !self.fcgi {
             Framing::Chunked
         } else if let Some(n) = length {
             Framing::Length(n)
@@ -1907,6 +2066,7 @@ impl State {
         };
         self.framing = Some(framing);
         self.keep = conf.http11.unwrap_or(false)
+            && !self.fcgi
             && framing != Framing::Close
             && !contains_ci(conn_tokens, b"close")
             && (minor == 1 || contains_ci(conn_tokens, b"keep-alive"))
@@ -2040,7 +2200,7 @@ impl State {
                 }
                 continue;
             }
-            if k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh") {
+            if (k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh")) && !pass.fcgi {
                 let vars = |name: &str, out: &mut Vec<u8>| out.extend_from_slice(req.var_bytes(name).unwrap_or(b""));
                 let new = if k.eq_ignore_ascii_case("refresh") {
                     // Only the URL after "url=" is rewritten (nginx).
@@ -2225,7 +2385,7 @@ impl State {
                 self.expire_in(conf.read_timeout);
                 return Flow::Return(Status::Again);
             }
-            match self.fill(c, chunk) {
+            match self.fill(c, chunk, &[]) {
                 Ok(Some(true)) => self.expire_in(conf.read_timeout),
                 Ok(Some(false)) => {
                     if self.framing == Some(Framing::Close) {
@@ -2847,6 +3007,7 @@ mod tests {
             tls: base.starts_with("https://"),
             url: None,
             dynamic: false,
+            fcgi: false,
         }
     }
 
