@@ -28,6 +28,8 @@ fn php_through_fastcgi_pass() {
     let p = Prefix::new();
     let sock = p.path().join("php.sock");
     let php = PhpCgi::start(&sock);
+    let kept_sock = p.path().join("kept.sock");
+    let kept = PhpCgi::start(&kept_sock);
     let dead = free_port();
     p.write("html/app/i.php", SCRIPT);
     p.write("html/50x.html", "our own error page\n");
@@ -38,6 +40,7 @@ fn php_through_fastcgi_pass() {
     let port = free_port();
     p.write_conf(&format!(
         "{}{}events {{}}\nhttp {{ client_body_buffer_size 16k;
+           upstream kept {{ server unix:{kept}; keepalive 2; }}
            proxy_read_timeout 60s; fastcgi_read_timeout 1s; proxy_temp_path proxy_temp; fastcgi_temp_path fastcgi_temp;
            server {{ listen 127.0.0.1:{port}; root html;
            location ~ [^/]\\.php(/|$) {{
@@ -56,12 +59,19 @@ fn php_through_fastcgi_pass() {
              fastcgi_intercept_errors on;
              error_page 404 /50x.html;
            }}
+           location ^~ /kept/ {{
+             rewrite ^/kept/(.*)$ /app/$1 break;
+             fastcgi_pass kept;
+             fastcgi_keep_conn on;
+             include fastcgi.conf;
+           }}
            location ^~ /dead/ {{ fastcgi_pass 127.0.0.1:{dead}; include fastcgi_params; }}
            location = /50x.html {{ }}
          }} }}\n",
         conf_head(),
         load_plugins(&["rewrite", "static", "proxy"]),
         sock = php.socket.display(),
+        kept = kept.socket.display(),
     ));
     let s = Server::start_in(p, port);
     let req = |head: &str, body: &[u8]| {
@@ -112,12 +122,31 @@ fn php_through_fastcgi_pass() {
     // fastcgi_intercept_errors: the server's error_page answers.
     let r = req("GET /intercept/i.php?status=404 HTTP/1.1", b"");
     assert_eq!((r.status, r.body.as_slice()), (404, &b"our own error page\n"[..]));
+    // fastcgi_keep_conn on: one connection carries every request. (This
+    // php-cgi serves one connection at a time: a second one would wait
+    // behind the kept one until fastcgi_read_timeout, 504.)
+    for i in 0..5 {
+        let r = req(&format!("GET /kept/i.php?i={i} HTTP/1.1"), b"");
+        assert_eq!((r.status, fields(&r.body)["QUERY_STRING"].clone()), (200, format!("i={i}")));
+        assert_eq!(connected(&kept.socket), 1, "after request {i}");
+    }
+    // Without it, the application closes each one.
+    assert_eq!(req("GET /app/i.php HTTP/1.1", b"").status, 200);
+    poll_until("php to close", std::time::Duration::from_secs(5), || (connected(&php.socket) == 0).then_some(()));
     // fastcgi_read_timeout, not proxy_read_timeout: the twins are apart.
+    // (Last of the PHP requests: that php-cgi stays busy with it.)
     let t = std::time::Instant::now();
     assert_eq!(req("GET /app/i.php?sleep=3 HTTP/1.1", b"").status, 504);
     assert!(t.elapsed() < std::time::Duration::from_millis(2500), "{:?}", t.elapsed());
     // No application there: 502.
     assert_eq!(req("GET /dead/x.php HTTP/1.1", b"").status, 502);
+}
+
+/// Connected stream sockets bound to `path` (the application's side of
+/// each connection it accepted), from /proc/net/unix.
+fn connected(path: &std::path::Path) -> usize {
+    let path = path.display().to_string();
+    std::fs::read_to_string("/proc/net/unix").unwrap().lines().filter(|l| l.ends_with(&path) && l.split_whitespace().nth(5) == Some("03")).count()
 }
 
 /// MD5 by the system's md5sum (an independent implementation).

@@ -7,8 +7,10 @@
 //! framing as they arrive, so the proxy reads a CGI response: headers
 //! (`Status:` gives the status; a `Location:` without one, 302) and a
 //! body that ends with END_REQUEST. STDERR records go to the error log,
-//! as nginx logs them. The connection is not kept (`fastcgi_keep_conn`
-//! is accepted; the application closes after each request).
+//! as nginx logs them. With `fastcgi_keep_conn on` (and `keepalive` in
+//! the upstream group) the application is asked to keep the connection
+//! (FCGI_KEEP_CONN), and a connection whose response ended cleanly goes
+//! back to the group's pool; otherwise the application closes it.
 
 use super::{set_opt, Conf, Pass, ANY};
 use plugin_api::template::Template;
@@ -82,8 +84,9 @@ fn param_name(header: &str) -> String {
 pub fn build(req: &Request<'_>, conf: &Conf, out: &mut Vec<u8>) -> Option<(i32, u64, u64)> {
     out.clear();
     header(out, BEGIN_REQUEST, 8);
-    // Role, flags (no FCGI_KEEP_CONN: the application closes), reserved.
-    out.extend_from_slice(&[0, RESPONDER, 0, 0, 0, 0, 0, 0]);
+    // Role, flags (FCGI_KEEP_CONN, or the application closes), reserved.
+    let flags = u8::from(conf.fcgi_keep.unwrap_or(false));
+    out.extend_from_slice(&[0, RESPONDER, flags, 0, 0, 0, 0, 0]);
     let mut params = Vec::with_capacity(1024);
     let own: &[(String, Template, bool)] = conf.fcgi_params.as_deref().map_or(&[], |v| v.as_slice());
     let mut value = Vec::new();
@@ -293,9 +296,7 @@ pub fn directives(proxy: &[DirectiveSpec<Conf>]) -> Vec<DirectiveSpec<Conf>> {
             }
             set_opt(&mut c.fcgi_split, Rc::new(re), "fastcgi_split_path_info")
         }),
-        // The application closes after each request (see the module's
-        // comment): a kept connection is not asked for.
-        DirectiveSpec::new("fastcgi_keep_conn", ANY, 1, 1, |_, a, cx| cx.flag(a[0]).map(drop)),
+        DirectiveSpec::new("fastcgi_keep_conn", ANY, 1, 1, |c, a, cx| set_opt(&mut c.fcgi_keep, cx.flag(a[0])?, "fastcgi_keep_conn")),
     ];
     for (to, set) in TWINS {
         let from = to.replacen("fastcgi_", "proxy_", 1);

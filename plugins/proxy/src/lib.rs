@@ -189,6 +189,8 @@ pub struct Conf {
     /// `fastcgi_catch_stderr`: stderr text that makes the response head
     /// invalid.
     fcgi_catch: Option<Rc<Vec<String>>>,
+    /// `fastcgi_keep_conn`.
+    fcgi_keep: Option<bool>,
     /// The `fastcgi_*` twins of the upstream settings (timeouts, buffers,
     /// headers, next upstream): in a location that uses fastcgi_pass
     /// they replace the `proxy_*` ones when merged.
@@ -1176,7 +1178,7 @@ impl Plugin for Proxy {
             tuning!(inherit_fields, ps, cs);
         }
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
-        inherit!(fcgi_params, fcgi_index, fcgi_split, fcgi_catch);
+        inherit!(fcgi_params, fcgi_index, fcgi_split, fcgi_catch, fcgi_keep);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
@@ -2057,7 +2059,10 @@ impl State {
         }
         let framing = if self.head || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
-        } else if chunked && !self.fcgi {
+        } else if self.fcgi {
+            // Whatever the head says, a FastCGI body ends with END_REQUEST.
+            Framing::Close
+        } else if chunked {
             Framing::Chunked
         } else if let Some(n) = length {
             Framing::Length(n)
@@ -2065,12 +2070,16 @@ impl State {
             Framing::Close
         };
         self.framing = Some(framing);
-        self.keep = conf.http11.unwrap_or(false)
-            && !self.fcgi
+        self.keep = if self.fcgi {
+            // Kept once END_REQUEST has come (see reading_body).
+            conf.fcgi_keep.unwrap_or(false) && framing == Framing::Close && self.group.as_ref().is_some_and(|g| g.keepalive > 0)
+        } else {
+            conf.http11.unwrap_or(false)
             && framing != Framing::Close
             && !contains_ci(conn_tokens, b"close")
             && (minor == 1 || contains_ci(conn_tokens, b"keep-alive"))
-            && self.group.as_ref().is_some_and(|g| g.keepalive > 0);
+            && self.group.as_ref().is_some_and(|g| g.keepalive > 0)
+        };
         self.record(code);
         // The upstream may slow this response down (nginx's
         // X-Accel-Limit-Rate, bytes a second; it holds across X-Accel-Redirect too).
@@ -2390,7 +2399,10 @@ impl State {
                 Ok(Some(false)) => {
                     if self.framing == Some(Framing::Close) {
                         self.phase = Phase::Finished;
-                        self.finish_upstream(false);
+                        // A FastCGI connection whose request ended cleanly
+                        // (END_REQUEST, nothing after it) may be kept.
+                        let keep = self.fcgi && self.keep && self.fcgi_ended && self.fcgi_raw.is_empty();
+                        self.finish_upstream(keep);
                         self.body_done();
                         if let Some(st) = self.store.take() {
                             st.commit();
