@@ -585,35 +585,69 @@ pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
     (child, port)
 }
 
-/// PHP's FastCGI server (`php-cgi -b`, Debian's php-cgi) on a
-/// Unix-domain socket; killed on drop.
-pub struct PhpCgi {
+/// `KEY=value` lines (what the test applications answer) as a map.
+pub fn key_values(body: &[u8]) -> std::collections::HashMap<String, String> {
+    String::from_utf8_lossy(body).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// MD5 in hex by the system's md5sum (an implementation independent of
+/// the applications').
+pub fn md5_hex(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.wait().unwrap();
+    out[..32].to_string()
+}
+
+/// An application server listening on a Unix-domain socket (PHP's
+/// FastCGI server, uWSGI, an SCGI server); killed on drop.
+pub struct SocketServer {
     child: Child,
     /// Its socket.
     pub socket: PathBuf,
 }
 
-impl PhpCgi {
-    /// Starts one listening on `socket` and waits (10 s at most) until it
-    /// accepts connections.
-    pub fn start(socket: &Path) -> PhpCgi {
-        let child = Command::new("php-cgi")
-            .arg("-b")
-            .arg(socket)
-            // One process (no children to leave behind), serving in turn.
-            .env("PHP_FCGI_CHILDREN", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("php-cgi runs (Debian's php-cgi; .ci/run installs it)");
-        poll_until("php-cgi to listen", Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(socket).ok());
-        PhpCgi { child, socket: socket.to_path_buf() }
+impl SocketServer {
+    /// Starts `cmd` (`what` names it in failures), which listens on
+    /// `socket`, and waits (10 s at most) until it accepts connections.
+    pub fn start(cmd: &mut Command, socket: &Path, what: &str) -> SocketServer {
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{what} runs ({e}; .ci/run installs it)"));
+        let mut s = SocketServer { child, socket: socket.to_path_buf() };
+        poll_until(&format!("{what} to listen"), Duration::from_secs(10), || {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("{what} exited ({st})");
+            }
+            std::os::unix::net::UnixStream::connect(socket).ok()
+        });
+        s
+    }
+
+    /// PHP's FastCGI server (`php-cgi -b`, Debian's php-cgi): one process
+    /// (no children to leave behind), serving one connection at a time.
+    pub fn php_cgi(socket: &Path) -> SocketServer {
+        SocketServer::start(Command::new("php-cgi").arg("-b").arg(socket).env("PHP_FCGI_CHILDREN", "0"), socket, "php-cgi")
+    }
+
+    /// tests/wsgi_app.py under uWSGI (Debian's uwsgi-core and
+    /// uwsgi-plugin-python3), one process.
+    pub fn uwsgi(socket: &Path) -> SocketServer {
+        let mut cmd = Command::new("uwsgi");
+        cmd.args(["--plugin", "python3", "--chmod-socket=666", "--disable-logging", "--socket"]).arg(socket).arg("--wsgi-file").arg(repo_root().join("tests/wsgi_app.py"));
+        SocketServer::start(cmd.stderr(Stdio::null()), socket, "uwsgi")
+    }
+
+    /// tests/wsgi_app.py under flup's SCGI server (PyPI's flup).
+    pub fn scgi(socket: &Path) -> SocketServer {
+        SocketServer::start(Command::new("python3").arg(repo_root().join("tests/wsgi_app.py")).arg("scgi").arg(socket), socket, "the SCGI server (flup)")
     }
 }
 
-impl Drop for PhpCgi {
+impl Drop for SocketServer {
     fn drop(&mut self) {
-        kill(self.child.id() as i32, libc::SIGTERM);
+        // SIGKILL: uWSGI reloads on SIGTERM instead of exiting.
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

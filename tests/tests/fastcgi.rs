@@ -3,7 +3,6 @@
 //! redirects, stderr, large responses, intercepted errors, a dead peer.
 
 use ngxr_tests::*;
-use std::io::Read;
 
 const SCRIPT: &str = r#"<?php
 header("X-Php: yes");
@@ -19,17 +18,13 @@ echo "BODY=", strlen($in), ":", md5($in), "\n";
 echo str_repeat("0123456789abcdef", (int)($_GET['n'] ?? 0));
 "#;
 
-fn fields(body: &[u8]) -> std::collections::HashMap<String, String> {
-    String::from_utf8_lossy(body).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
 #[test]
 fn php_through_fastcgi_pass() {
     let p = Prefix::new();
     let sock = p.path().join("php.sock");
-    let php = PhpCgi::start(&sock);
+    let php = SocketServer::php_cgi(&sock);
     let kept_sock = p.path().join("kept.sock");
-    let kept = PhpCgi::start(&kept_sock);
+    let kept = SocketServer::php_cgi(&kept_sock);
     let dead = free_port();
     p.write("html/app/i.php", SCRIPT);
     p.write("html/50x.html", "our own error page\n");
@@ -88,7 +83,7 @@ fn php_through_fastcgi_pass() {
     // location's own params (an explicit HTTP_X_ONE wins over the header).
     let r = req("GET /app/i.php/extra/path?a=1&b=2 HTTP/1.1\r\nUser-Agent: t/1\r\nCookie: a=1\r\nCookie: b=2\r\nX-One: from-client", b"");
     assert_eq!((r.status, r.header("x-php")), (200, Some("yes")));
-    let f = fields(&r.body);
+    let f = key_values(&r.body);
     let docroot = s.prefix.path().join("html").display().to_string();
     assert_eq!(f["REQUEST_METHOD"], "GET");
     assert_eq!(f["SCRIPT_NAME"], "/app/i.php");
@@ -105,8 +100,8 @@ fn php_through_fastcgi_pass() {
     for size in [11usize, 300_000] {
         let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         let r = req("POST /app/i.php HTTP/1.1", &body);
-        let f = fields(&r.body);
-        assert_eq!(f["BODY"], format!("{size}:{:x}", md5(&body)), "{size}");
+        let f = key_values(&r.body);
+        assert_eq!(f["BODY"], format!("{size}:{}", md5_hex(&body)), "{size}");
         assert_eq!(f["CONTENT_TYPE"], "application/octet-stream");
     }
     // Status: and Location: from the script.
@@ -127,7 +122,7 @@ fn php_through_fastcgi_pass() {
     // behind the kept one until fastcgi_read_timeout, 504.)
     for i in 0..5 {
         let r = req(&format!("GET /kept/i.php?i={i} HTTP/1.1"), b"");
-        assert_eq!((r.status, fields(&r.body)["QUERY_STRING"].clone()), (200, format!("i={i}")));
+        assert_eq!((r.status, key_values(&r.body)["QUERY_STRING"].clone()), (200, format!("i={i}")));
         assert_eq!(connected(&kept.socket), 1, "after request {i}");
     }
     // Without it, the application closes each one.
@@ -147,15 +142,4 @@ fn php_through_fastcgi_pass() {
 fn connected(path: &std::path::Path) -> usize {
     let path = path.display().to_string();
     std::fs::read_to_string("/proc/net/unix").unwrap().lines().filter(|l| l.ends_with(&path) && l.split_whitespace().nth(5) == Some("03")).count()
-}
-
-/// MD5 by the system's md5sum (an independent implementation).
-fn md5(data: &[u8]) -> u128 {
-    let mut child = std::process::Command::new("md5sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
-    drop(child.stdin.take());
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.wait().unwrap();
-    u128::from_str_radix(&out[..32], 16).unwrap()
 }

@@ -1041,6 +1041,7 @@ impl<'a> Conn<'a> {
         let done = {
             let mut r = self.req.borrow_mut();
             r.body_state = BodyIn::Done;
+            r.body_read = state == BodyIn::Reading;
             r.body_done.take().filter(|_| state == BodyIn::Reading)
         };
         if let Some((pi, f, data)) = done {

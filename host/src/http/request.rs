@@ -135,6 +135,9 @@ pub struct Req<'a> {
     pub body_file: Option<BodyFile>,
     /// Body bytes received (read or discarded).
     pub body_received: u64,
+    /// The body was read whole for a plugin (not discarded): a chunked
+    /// one's length is known ($content_length, as nginx sets it).
+    pub body_read: bool,
     /// Who to tell when the body is complete: (plugin, callback, data).
     pub body_done: Option<(usize, sys::DoneFn, *mut c_void)>,
     /// The buffer http_body hands out.
@@ -307,6 +310,7 @@ impl<'a> Req<'a> {
             body_in: Vec::new(),
             body_file: None,
             body_received: 0,
+            body_read: false,
             body_done: None,
             body_buf: sys::Buf { data: std::ptr::null(), len: 0, fd: -1, flags: 0, file_pos: 0, file_len: 0 },
             status: 0,
@@ -509,6 +513,7 @@ impl<'a> Req<'a> {
         self.body_in.clear();
         self.body_file = None;
         self.body_received = 0;
+        self.body_read = false;
         self.body_done = None;
         self.status = 0;
         self.content_length = None;

@@ -171,6 +171,10 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         }
         "content_length" => match r.header_in("content-length") {
             Some(v) => out.push_str(v),
+            // A chunked body once read: its length, as nginx's.
+            None if r.body_read => {
+                let _ = write!(out, "{}", r.body_received);
+            }
             None => return false,
         },
         "content_type" => match r.header_in("content-type") {

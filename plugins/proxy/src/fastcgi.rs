@@ -12,10 +12,9 @@
 //! (FCGI_KEEP_CONN), and a connection whose response ended cleanly goes
 //! back to the group's pool; otherwise the application closes it.
 
-use super::{set_opt, Conf, Pass, ANY};
-use plugin_api::template::Template;
+use super::cgi::{self, Proto};
+use super::{set_opt, Conf, ANY};
 use plugin_api::{sys, ConfCx, DirectiveSpec, Piece, Request};
-
 use std::rc::Rc;
 
 const VERSION: u8 = 1;
@@ -71,14 +70,6 @@ fn pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-/// The `HTTP_*` name of a request header.
-fn param_name(header: &str) -> String {
-    let mut n = String::with_capacity(5 + header.len());
-    n.push_str("HTTP_");
-    n.extend(header.chars().map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }));
-    n
-}
-
 /// The request as FastCGI records into `out`; a body in a file is left
 /// to the caller (its STDIN records, then [`end_of_stdin`]).
 pub fn build(req: &Request<'_>, conf: &Conf, out: &mut Vec<u8>) -> Option<(i32, u64, u64)> {
@@ -88,38 +79,7 @@ pub fn build(req: &Request<'_>, conf: &Conf, out: &mut Vec<u8>) -> Option<(i32, 
     let flags = u8::from(conf.fcgi_keep.unwrap_or(false));
     out.extend_from_slice(&[0, RESPONDER, flags, 0, 0, 0, 0, 0]);
     let mut params = Vec::with_capacity(1024);
-    let own: &[(String, Template, bool)] = conf.fcgi_params.as_deref().map_or(&[], |v| v.as_slice());
-    let mut value = Vec::new();
-    for (name, t, if_not_empty) in own {
-        value.clear();
-        super::render_into(req, t, "", &mut value);
-        if *if_not_empty && value.is_empty() {
-            continue;
-        }
-        pair(&mut params, name.as_bytes(), &value);
-    }
-    if conf.pass_req_headers.unwrap_or(true) {
-        // The client's headers, repeated ones joined as nginx joins them
-        // (Cookie with "; ", the others with ", "); a name a
-        // fastcgi_param sets is not sent twice.
-        let mut seen: Vec<(String, String)> = Vec::new();
-        for (k, v) in req.headers() {
-            let name = param_name(k);
-            if own.iter().any(|(n, _, _)| *n == name) {
-                continue;
-            }
-            match seen.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, joined)) => {
-                    joined.push_str(if name == "HTTP_COOKIE" { "; " } else { ", " });
-                    joined.push_str(v);
-                }
-                None => seen.push((name, v.to_string())),
-            }
-        }
-        for (n, v) in &seen {
-            pair(&mut params, n.as_bytes(), v.as_bytes());
-        }
-    }
+    cgi::env(req, conf, Proto::FastCgi, |name, value| pair(&mut params, name, value));
     records(out, PARAMS, &params, true);
     match req.body_piece().filter(|_| conf.pass_body.unwrap_or(true)) {
         Some(Piece::Mem(m)) => records(out, STDIN, m, true),
@@ -171,38 +131,8 @@ pub fn decode(raw: &mut Vec<u8>, out: &mut Vec<u8>, catch: &[String], peer: &dyn
     Ok(ended)
 }
 
-/// The status of a CGI response head: its `Status:` line, else 302 with
-/// a `Location:`, else 200 (nginx's reading). Err: an invalid Status.
-pub fn status(head: &[httparse::Header<'_>]) -> Result<u16, String> {
-    if let Some(h) = head.iter().find(|h| h.name.eq_ignore_ascii_case("status")) {
-        let v = String::from_utf8_lossy(h.value);
-        let code = v.trim().split(' ').next().and_then(|c| c.parse::<u16>().ok()).filter(|c| (100..1000).contains(c));
-        return code.ok_or_else(|| format!("upstream sent invalid status \"{}\"", v.trim()));
-    }
-    Ok(if head.iter().any(|h| h.name.eq_ignore_ascii_case("location")) { 302 } else { 200 })
-}
-
-/// `fastcgi_pass address | unix:/path | upstream`, with variables or not.
-fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
-    let addr = a[0];
-    if addr.contains("://") {
-        return Err(format!("invalid host in upstream \"{addr}\""));
-    }
-    let dynamic = addr.contains('$');
-    let pass = Pass {
-        base: String::new(),
-        tls: false,
-        host: if dynamic { String::new() } else { addr.to_string() },
-        uri: None,
-        loc_prefix: String::new(),
-        addrs: if dynamic { Vec::new() } else { super::upstream::resolve(addr).unwrap_or_default() },
-        group: std::cell::RefCell::new(None),
-        url: dynamic.then(|| Template::parse(&format!("http://{addr}"))),
-        dynamic: false,
-        fcgi: true,
-    };
-    set_opt(&mut c.pass, Rc::new(pass), "fastcgi_pass")?;
-    super::serve_here(cx)?;
+/// `fastcgi_pass`'s variables.
+pub fn define_variables(cx: &ConfCx<'_>) -> Result<(), String> {
     for (name, get) in VARS {
         cx.define_variable(name, *get)?;
     }
@@ -229,60 +159,9 @@ fn script_and_path(r: &mut Request<'_>) -> Option<(String, String)> {
     Some((script, path))
 }
 
-/// The proxy directives that have a `fastcgi_` twin: the same setting
-/// under nginx's other name, kept apart (`Conf::fcgi_side`), so that
-/// `proxy_read_timeout` and `fastcgi_read_timeout` in one block are two
-/// settings, as in nginx.
-macro_rules! twins {
-    ($($from:literal => $to:literal),* $(,)?) => {
-        &[$(($to, |c: &mut Conf, a: &[&str], cx: &ConfCx<'_>| twin(c, a, cx, $from, $to))),*]
-    };
-}
-
-const TWINS: &[(&str, plugin_api::SetFn<Conf>)] = twins![
-    "proxy_connect_timeout" => "fastcgi_connect_timeout",
-    "proxy_send_timeout" => "fastcgi_send_timeout",
-    "proxy_read_timeout" => "fastcgi_read_timeout",
-    "proxy_buffering" => "fastcgi_buffering",
-    "proxy_request_buffering" => "fastcgi_request_buffering",
-    "proxy_buffer_size" => "fastcgi_buffer_size",
-    "proxy_buffers" => "fastcgi_buffers",
-    "proxy_busy_buffers_size" => "fastcgi_busy_buffers_size",
-    "proxy_temp_file_write_size" => "fastcgi_temp_file_write_size",
-    "proxy_max_temp_file_size" => "fastcgi_max_temp_file_size",
-    "proxy_temp_path" => "fastcgi_temp_path",
-    "proxy_intercept_errors" => "fastcgi_intercept_errors",
-    "proxy_hide_header" => "fastcgi_hide_header",
-    "proxy_pass_header" => "fastcgi_pass_header",
-    "proxy_ignore_headers" => "fastcgi_ignore_headers",
-    "proxy_next_upstream" => "fastcgi_next_upstream",
-    "proxy_next_upstream_tries" => "fastcgi_next_upstream_tries",
-    "proxy_next_upstream_timeout" => "fastcgi_next_upstream_timeout",
-    "proxy_pass_request_body" => "fastcgi_pass_request_body",
-    "proxy_pass_request_headers" => "fastcgi_pass_request_headers",
-];
-
-/// Applies a twin: the proxy directive's parser, into the FastCGI side.
-fn twin(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>, from: &str, to: &str) -> Result<(), String> {
-    let spec = super::directives().into_iter().find(|s| s.name == from).ok_or("no such proxy directive")?;
-    let side = c.fcgi_side.get_or_insert_with(Default::default);
-    (spec.set)(side, a, cx).map_err(|e| e.replace(from, to))
-}
-
-/// The fastcgi directives, given the proxy's (for the twins' shapes).
-pub fn directives(proxy: &[DirectiveSpec<Conf>]) -> Vec<DirectiveSpec<Conf>> {
-    let mut d = vec![
-        DirectiveSpec::new("fastcgi_pass", sys::CTX_LOCATION | sys::CTX_IF, 1, 1, parse_pass),
-        DirectiveSpec::new("fastcgi_param", ANY, 2, 3, |c, a, _| {
-            let if_not_empty = match a.get(2) {
-                None => false,
-                Some(&"if_not_empty") => true,
-                Some(v) => return Err(format!("invalid parameter \"{v}\"")),
-            };
-            let list = c.fcgi_params.get_or_insert_with(|| Rc::new(Vec::new()));
-            Rc::get_mut(list).ok_or("the fastcgi_param list is shared")?.push((a[0].to_string(), Template::parse(a[1]), if_not_empty));
-            Ok(())
-        }),
+/// The directives only FastCGI has.
+pub fn directives() -> Vec<DirectiveSpec<Conf>> {
+    vec![
         DirectiveSpec::new("fastcgi_catch_stderr", ANY, 1, 1, |c, a, _| {
             let list = c.fcgi_catch.get_or_insert_with(|| Rc::new(Vec::new()));
             Rc::get_mut(list).ok_or("the fastcgi_catch_stderr list is shared")?.push(a[0].to_string());
@@ -297,14 +176,7 @@ pub fn directives(proxy: &[DirectiveSpec<Conf>]) -> Vec<DirectiveSpec<Conf>> {
             set_opt(&mut c.fcgi_split, Rc::new(re), "fastcgi_split_path_info")
         }),
         DirectiveSpec::new("fastcgi_keep_conn", ANY, 1, 1, |c, a, cx| set_opt(&mut c.fcgi_keep, cx.flag(a[0])?, "fastcgi_keep_conn")),
-    ];
-    for (to, set) in TWINS {
-        let from = to.replacen("fastcgi_", "proxy_", 1);
-        if let Some(s) = proxy.iter().find(|s| s.name == from) {
-            d.push(DirectiveSpec { name: to, contexts: s.contexts, min_args: s.min_args, max_args: s.max_args, set: *set, flags: s.flags, block_context: s.block_context });
-        }
-    }
-    d
+    ]
 }
 
 const LOC_ONLY: u32 = sys::CTX_LOCATION;
@@ -341,6 +213,5 @@ mod tests {
         let mut p = Vec::new();
         pair(&mut p, b"A", &[b'x'; 200]);
         assert_eq!(&p[..5], &[1, 0x80, 0, 0, 200]);
-        assert_eq!(param_name("X-Forwarded-For"), "HTTP_X_FORWARDED_FOR");
     }
 }

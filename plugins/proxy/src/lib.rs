@@ -33,7 +33,10 @@ use std::time::{Duration, Instant};
 use upstream::{Idle, Upstream};
 
 mod cache;
+mod cgi;
 mod fastcgi;
+
+use cgi::Proto;
 
 /// A number unique within this worker (temporary file names).
 pub fn session_serial() -> u64 {
@@ -86,8 +89,8 @@ pub struct Pass {
     /// Made from such a URL: its URI part (if any) replaces the request's
     /// whole target, and `proxy_redirect default` does not apply (nginx).
     pub dynamic: bool,
-    /// `fastcgi_pass`: the upstream speaks FastCGI (see [`fastcgi`]).
-    pub fcgi: bool,
+    /// What the upstream speaks: HTTP, or a CGI family (see [`cgi`]).
+    pub proto: Proto,
 }
 
 /// `proxy_redirect`.
@@ -180,9 +183,11 @@ pub struct Conf {
     ignore_cache: Option<u32>,
     /// This location's cache, resolved when merged.
     cache_conf: Option<Rc<cache::CacheConf>>,
-    /// `fastcgi_param` (name, value, if_not_empty): a block with any
-    /// replaces the inherited list, as nginx's.
-    fcgi_params: Option<Rc<Vec<(String, Template, bool)>>>,
+    /// `fastcgi_param`, `scgi_param`, `uwsgi_param` (in `Proto::CGI`
+    /// order): a block with any replaces the inherited list, as nginx's.
+    params: [Option<Rc<Vec<cgi::Param>>>; 3],
+    /// `uwsgi_modifier1`, `uwsgi_modifier2`.
+    uwsgi_modifiers: Option<(u8, u8)>,
     /// `fastcgi_index`, `fastcgi_split_path_info`.
     fcgi_index: Option<String>,
     fcgi_split: Option<Rc<regex::Regex>>,
@@ -191,10 +196,11 @@ pub struct Conf {
     fcgi_catch: Option<Rc<Vec<String>>>,
     /// `fastcgi_keep_conn`.
     fcgi_keep: Option<bool>,
-    /// The `fastcgi_*` twins of the upstream settings (timeouts, buffers,
-    /// headers, next upstream): in a location that uses fastcgi_pass
-    /// they replace the `proxy_*` ones when merged.
-    fcgi_side: Option<Box<Conf>>,
+    /// The `fastcgi_*`, `scgi_*` and `uwsgi_*` twins of the upstream
+    /// settings (timeouts, buffers, headers, next upstream), in
+    /// `Proto::CGI` order: in a location that passes to that family they
+    /// replace the `proxy_*` ones when merged.
+    sides: [Option<Box<Conf>>; 3],
 }
 
 /// Copies the upstream settings that have `fastcgi_*` twins.
@@ -297,7 +303,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
                 group: RefCell::new(None),
                 url: Some(Template::parse(url)),
                 dynamic: false,
-                fcgi: false,
+                proto: Proto::Http,
             }),
             "proxy_pass",
         )?;
@@ -319,7 +325,7 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
             group: RefCell::new(None),
             url: None,
             dynamic: false,
-            fcgi: false,
+            proto: Proto::Http,
         }),
         "proxy_pass",
     )?;
@@ -403,7 +409,7 @@ fn dynamic_pass(req: &Request<'_>, conf: &Conf, tpl: &Pass) -> Result<Rc<Pass>, 
         group: RefCell::new(Some(group)),
         url: None,
         dynamic: true,
-        fcgi: tpl.fcgi,
+        proto: tpl.proto,
     }))
 }
 
@@ -1071,8 +1077,8 @@ impl Plugin for Proxy {
 
     fn directives() -> Vec<DirectiveSpec<Conf>> {
         let mut d = directives();
-        let fcgi = fastcgi::directives(&d);
-        d.extend(fcgi);
+        let cgi = cgi::directives(&d);
+        d.extend(cgi);
         d
     }
 
@@ -1101,11 +1107,12 @@ impl Plugin for Proxy {
             }
         }
         Self::merge(p, c);
-        // A FastCGI location runs on the fastcgi_* settings.
-        if c.pass.as_ref().is_some_and(|p| p.fcgi) {
-            let side = c.fcgi_side.take().unwrap_or_default();
+        // A FastCGI (SCGI, uWSGI) location runs on the fastcgi_* (scgi_*,
+        // uwsgi_*) settings.
+        if let Some(i) = c.pass.as_ref().and_then(|p| p.proto.slot()) {
+            let side = c.sides[i].take().unwrap_or_default();
             tuning!(take_fields, side, c);
-            c.fcgi_side = Some(side);
+            c.sides[i] = Some(side);
         }
         c.cache_conf = match &c.cache {
             Some(Some(name)) => {
@@ -1173,12 +1180,19 @@ impl Plugin for Proxy {
         }
         inherit!(headers, cookie_domain, cookie_path, cookie_flags, method, set_body, http11, redirect);
         tuning!(inherit_fields, p, c);
-        if let Some(ps) = &p.fcgi_side {
-            let cs = c.fcgi_side.get_or_insert_with(Default::default);
-            tuning!(inherit_fields, ps, cs);
+        for (ps, cs) in p.sides.iter().zip(c.sides.iter_mut()) {
+            if let Some(ps) = ps {
+                let cs = cs.get_or_insert_with(Default::default);
+                tuning!(inherit_fields, ps, cs);
+            }
+        }
+        for (pp, cp) in p.params.iter().zip(c.params.iter_mut()) {
+            if cp.is_none() {
+                cp.clone_from(pp);
+            }
         }
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
-        inherit!(fcgi_params, fcgi_index, fcgi_split, fcgi_catch, fcgi_keep);
+        inherit!(uwsgi_modifiers, fcgi_index, fcgi_split, fcgi_catch, fcgi_keep);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
@@ -1399,6 +1413,8 @@ struct State {
     /// upstream without caching, as nginx).
     cache_lock: Option<std::path::PathBuf>,
     lock_wait: Option<Instant>,
+    /// What the upstream speaks (this request's Pass's).
+    proto: Proto,
     /// The upstream speaks FastCGI: what is read goes to `fcgi_raw` and
     /// comes out of its records into `buf`; END_REQUEST was seen; the
     /// empty STDIN record is still to be sent after a body in a file.
@@ -1572,8 +1588,9 @@ impl State {
         self.proxy_host.clear();
         self.proxy_host.push_str(if pass.host.starts_with("unix:") { "localhost" } else { &pass.host });
         self.https = pass.tls;
-        self.fcgi = pass.fcgi;
-        if let Some(cc) = conf.cache_conf.as_ref().filter(|_| !pass.fcgi) {
+        self.proto = pass.proto;
+        self.fcgi = pass.proto == Proto::FastCgi;
+        if let Some(cc) = conf.cache_conf.as_ref().filter(|_| pass.proto == Proto::Http) {
             let bit = match req.method() {
                 "GET" => 1,
                 "HEAD" => 2,
@@ -1615,10 +1632,17 @@ impl State {
             }
         }
         let caching = self.cache.is_some();
-        self.body_file = if pass.fcgi {
-            fastcgi::build(req, conf, &mut self.out)
-        } else {
-            build_request(req, method, conf, pass, &self.proxy_host, &mut self.out, caching, &validators)
+        self.body_file = match pass.proto {
+            Proto::Http => build_request(req, method, conf, pass, &self.proxy_host, &mut self.out, caching, &validators),
+            Proto::FastCgi => fastcgi::build(req, conf, &mut self.out),
+            Proto::Scgi => cgi::build_scgi(req, conf, &mut self.out),
+            Proto::Uwsgi => match cgi::build_uwsgi(req, conf, &mut self.out) {
+                Ok(file) => file,
+                Err(e) => {
+                    plugin_api::log(sys::LOG_ERR, &e);
+                    return Flow::Return(Status::Http(500));
+                }
+            },
         };
         self.first_try = Some(self.now());
         self.connect(req, conf)
@@ -1848,9 +1872,14 @@ impl State {
     }
 
     fn reading_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
-        if self.fcgi {
-            return self.reading_cgi_head(req, conf, pass);
+        // uWSGI applications answer with a status line, or as CGI.
+        if self.proto == Proto::Http || (self.proto == Proto::Uwsgi && self.buf.starts_with(b"HTTP/")) {
+            return self.reading_http_head(req, conf, pass);
         }
+        self.reading_cgi_head(req, conf, pass)
+    }
+
+    fn reading_http_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
         let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
         loop {
@@ -1921,16 +1950,19 @@ impl State {
         }
     }
 
-    /// `reading_head` for FastCGI: a CGI head (header lines only; the
-    /// status from `Status:`), passed on without that line.
+    /// `reading_head` for the CGI families: a CGI head (header lines
+    /// only; the status from `Status:`), passed on without that line.
     fn reading_cgi_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
         let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
         let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
         loop {
+            if self.proto == Proto::Uwsgi && self.buf.starts_with(b"HTTP/") {
+                return self.reading_http_head(req, conf, pass);
+            }
             let buf = std::mem::take(&mut self.buf);
             let mut hs = [httparse::EMPTY_HEADER; 100];
             let parsed = match httparse::parse_headers(&buf, &mut hs) {
-                Ok(httparse::Status::Complete((n, head))) => Some((n, head.iter().filter(|h| !h.name.eq_ignore_ascii_case("status")).copied().collect::<Vec<_>>(), fastcgi::status(head))),
+                Ok(httparse::Status::Complete((n, head))) => Some((n, head.iter().filter(|h| !h.name.eq_ignore_ascii_case("status")).copied().collect::<Vec<_>>(), cgi::status(head))),
                 Ok(httparse::Status::Partial) => None,
                 Err(e) => {
                     self.buf = buf;
@@ -2059,8 +2091,9 @@ impl State {
         }
         let framing = if self.head || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
-        } else if self.fcgi {
-            // Whatever the head says, a FastCGI body ends with END_REQUEST.
+        } else if self.proto != Proto::Http {
+            // Whatever the head says, a CGI family's body ends when the
+            // application is done (END_REQUEST, or the connection's end).
             Framing::Close
         } else if chunked {
             Framing::Chunked
@@ -2070,9 +2103,10 @@ impl State {
             Framing::Close
         };
         self.framing = Some(framing);
-        self.keep = if self.fcgi {
-            // Kept once END_REQUEST has come (see reading_body).
-            conf.fcgi_keep.unwrap_or(false) && framing == Framing::Close && self.group.as_ref().is_some_and(|g| g.keepalive > 0)
+        self.keep = if self.proto != Proto::Http {
+            // FastCGI's kept once END_REQUEST has come (see reading_body).
+            self.fcgi
+            && conf.fcgi_keep.unwrap_or(false) && framing == Framing::Close && self.group.as_ref().is_some_and(|g| g.keepalive > 0)
         } else {
             conf.http11.unwrap_or(false)
             && framing != Framing::Close
@@ -2209,7 +2243,7 @@ impl State {
                 }
                 continue;
             }
-            if (k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh")) && !pass.fcgi {
+            if (k.eq_ignore_ascii_case("location") || k.eq_ignore_ascii_case("refresh")) && pass.proto == Proto::Http {
                 let vars = |name: &str, out: &mut Vec<u8>| out.extend_from_slice(req.var_bytes(name).unwrap_or(b""));
                 let new = if k.eq_ignore_ascii_case("refresh") {
                     // Only the URL after "url=" is rewritten (nginx).
@@ -3019,7 +3053,7 @@ mod tests {
             tls: base.starts_with("https://"),
             url: None,
             dynamic: false,
-            fcgi: false,
+            proto: Proto::Http,
         }
     }
 
