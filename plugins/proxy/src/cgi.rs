@@ -36,15 +36,32 @@ pub enum Proto {
     Scgi,
     /// `uwsgi_pass`.
     Uwsgi,
+    /// `memcached_pass` (see [`super::memcached`]).
+    Memcached,
 }
 
 impl Proto {
-    /// The CGI families, in `Conf::params` / `Conf::sides` order.
+    /// The CGI families, in `Conf::params` order.
     pub const CGI: [Proto; 3] = [Proto::FastCgi, Proto::Scgi, Proto::Uwsgi];
 
-    /// Its slot in `Conf::params` and `Conf::sides` (None for HTTP).
+    /// The families with twins of the upstream settings, in `Conf::sides`
+    /// order.
+    pub const SIDED: [Proto; 4] = [Proto::FastCgi, Proto::Scgi, Proto::Uwsgi, Proto::Memcached];
+
+    /// Its slot in `Conf::params` (None but for the CGI families).
     pub fn slot(self) -> Option<usize> {
         Proto::CGI.iter().position(|p| *p == self)
+    }
+
+    /// Its slot in `Conf::sides` (None for HTTP).
+    pub fn side(self) -> Option<usize> {
+        Proto::SIDED.iter().position(|p| *p == self)
+    }
+
+    /// A CGI family: the response is a CGI head and a body up to the
+    /// application's end.
+    pub fn is_cgi(self) -> bool {
+        self.slot().is_some()
     }
 
     /// Its directives' prefix.
@@ -54,6 +71,7 @@ impl Proto {
             Proto::FastCgi => "fastcgi",
             Proto::Scgi => "scgi",
             Proto::Uwsgi => "uwsgi",
+            Proto::Memcached => "memcached",
         }
     }
 }
@@ -178,7 +196,7 @@ pub fn status(head: &[httparse::Header<'_>]) -> Result<u16, String> {
 }
 
 /// `*_pass address | unix:/path | upstream`, with variables or not.
-fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>, proto: Proto) -> Result<(), String> {
+pub fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>, proto: Proto) -> Result<(), String> {
     let addr = a[0];
     if addr.contains("://") {
         return Err(format!("invalid host in upstream \"{addr}\""));
@@ -228,6 +246,16 @@ macro_rules! twin_setters {
     };
 }
 
+/// memcached's twins: the connection and next-upstream settings.
+macro_rules! memcached_twins {
+    ($($name:literal),*) => {
+        &[$((concat!("memcached_", $name), |c: &mut Conf, a: &[&str], cx: &ConfCx<'_>| twin(c, a, cx, concat!("memcached_", $name)))),*]
+    };
+}
+
+const MEMCACHED_TWINS: &[(&str, plugin_api::SetFn<Conf>)] =
+    memcached_twins!["connect_timeout", "send_timeout", "read_timeout", "buffer_size", "next_upstream", "next_upstream_tries", "next_upstream_timeout"];
+
 const TWINS: &[(&str, plugin_api::SetFn<Conf>)] = twin_setters![
     "connect_timeout", "send_timeout", "read_timeout", "buffering", "request_buffering", "buffer_size", "buffers", "busy_buffers_size",
     "temp_file_write_size", "max_temp_file_size", "temp_path", "intercept_errors", "hide_header", "pass_header", "ignore_headers",
@@ -239,7 +267,7 @@ const TWINS: &[(&str, plugin_api::SetFn<Conf>)] = twin_setters![
 fn twin(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>, to: &str) -> Result<(), String> {
     let (prefix, name) = to.split_once('_').ok_or("a twin's name has a prefix")?;
     let from = format!("proxy_{name}");
-    let slot = Proto::CGI.iter().position(|p| p.prefix() == prefix).ok_or("no such family")?;
+    let slot = Proto::SIDED.iter().position(|p| p.prefix() == prefix).ok_or("no such family")?;
     let spec = super::directives().into_iter().find(|s| s.name == from).ok_or("no such proxy directive")?;
     let side = c.sides[slot].get_or_insert_with(Default::default);
     (spec.set)(side, a, cx).map_err(|e| e.replace(&from, to))
@@ -270,7 +298,8 @@ pub fn directives(proxy: &[DirectiveSpec<Conf>]) -> Vec<DirectiveSpec<Conf>> {
         }),
     ];
     d.extend(super::fastcgi::directives());
-    for (to, set) in TWINS {
+    d.extend(super::memcached::directives());
+    for (to, set) in TWINS.iter().chain(MEMCACHED_TWINS) {
         let from = format!("proxy_{}", to.split_once('_').map_or("", |x| x.1));
         if let Some(s) = proxy.iter().find(|s| s.name == from) {
             d.push(DirectiveSpec { name: to, contexts: s.contexts, min_args: s.min_args, max_args: s.max_args, set: *set, flags: s.flags, block_context: s.block_context });

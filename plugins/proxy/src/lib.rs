@@ -35,6 +35,7 @@ use upstream::{Idle, Upstream};
 mod cache;
 mod cgi;
 mod fastcgi;
+mod memcached;
 
 use cgi::Proto;
 
@@ -197,10 +198,12 @@ pub struct Conf {
     /// `fastcgi_keep_conn`.
     fcgi_keep: Option<bool>,
     /// The `fastcgi_*`, `scgi_*` and `uwsgi_*` twins of the upstream
-    /// settings (timeouts, buffers, headers, next upstream), in
-    /// `Proto::CGI` order: in a location that passes to that family they
+    /// settings (timeouts, buffers, headers, next upstream), and
+    /// memcached's, in `Proto::SIDED` order: in a location that passes to that family they
     /// replace the `proxy_*` ones when merged.
-    sides: [Option<Box<Conf>>; 3],
+    sides: [Option<Box<Conf>>; 4],
+    /// `memcached_gzip_flag`.
+    memcached_gzip_flag: Option<u32>,
 }
 
 /// Copies the upstream settings that have `fastcgi_*` twins.
@@ -883,6 +886,8 @@ fn next_mask(a: &[&str]) -> Result<u32, String> {
             "http_404" => next::HTTP_404,
             "http_429" => next::HTTP_429,
             "non_idempotent" => next::NON_IDEMPOTENT,
+            // memcached_next_upstream's: a key not found (a 404).
+            "not_found" => next::HTTP_404,
             "off" if a.len() == 1 => next::OFF,
             _ => return Err(format!("invalid value \"{w}\"")),
         };
@@ -1109,7 +1114,7 @@ impl Plugin for Proxy {
         Self::merge(p, c);
         // A FastCGI (SCGI, uWSGI) location runs on the fastcgi_* (scgi_*,
         // uwsgi_*) settings.
-        if let Some(i) = c.pass.as_ref().and_then(|p| p.proto.slot()) {
+        if let Some(i) = c.pass.as_ref().and_then(|p| p.proto.side()) {
             let side = c.sides[i].take().unwrap_or_default();
             tuning!(take_fields, side, c);
             c.sides[i] = Some(side);
@@ -1192,7 +1197,7 @@ impl Plugin for Proxy {
             }
         }
         inherit!(ssl_verify, ssl_trusted, ssl_server_name, ssl_name, ssl_protocols, ssl_ciphers, ssl_reuse, ssl_cert, ssl_key);
-        inherit!(uwsgi_modifiers, fcgi_index, fcgi_split, fcgi_catch, fcgi_keep);
+        inherit!(uwsgi_modifiers, memcached_gzip_flag, fcgi_index, fcgi_split, fcgi_catch, fcgi_keep);
         inherit!(cache, cache_key, cache_valid, cache_methods, cache_bypass, no_cache, cache_use_stale, cache_convert_head, cache_revalidate, cache_lock, cache_lock_timeout, cache_lock_age);
         if let Some(pass) = &c.pass {
             let mut g = c.groups.borrow_mut();
@@ -1643,6 +1648,13 @@ impl State {
                     return Flow::Return(Status::Http(500));
                 }
             },
+            Proto::Memcached => match memcached::build(req, &mut self.out) {
+                Ok(()) => None,
+                Err(e) => {
+                    plugin_api::log(sys::LOG_ERR, &e);
+                    return Flow::Return(Status::Http(500));
+                }
+            },
         };
         self.first_try = Some(self.now());
         self.connect(req, conf)
@@ -1876,6 +1888,9 @@ impl State {
         if self.proto == Proto::Http || (self.proto == Proto::Uwsgi && self.buf.starts_with(b"HTTP/")) {
             return self.reading_http_head(req, conf, pass);
         }
+        if self.proto == Proto::Memcached {
+            return self.reading_memcached_head(req, conf, pass);
+        }
         self.reading_cgi_head(req, conf, pass)
     }
 
@@ -1947,6 +1962,45 @@ impl State {
             Ok(None) if self.timed_out() => Some(Flow::Failed(Fail::Timeout)),
             Ok(None) => Some(Flow::Wait),
             Err(f) => Some(Flow::Failed(f)),
+        }
+    }
+
+    /// `reading_head` for memcached: the answer's first line. An item is
+    /// a 200 of its length; no item, a 404 (answered by the server's
+    /// error pages, as nginx's intercept_404, or the next server).
+    fn reading_memcached_head(&mut self, req: &mut Request<'_>, conf: &Conf, pass: &Pass) -> Flow {
+        let Some(c) = self.conn else { return Flow::Failed(Fail::Error) };
+        let max = conf.buffer_size.unwrap_or(DEFAULT_BUF);
+        loop {
+            if let Some(eol) = self.buf.iter().position(|&b| b == b'\n') {
+                let n = eol + 1;
+                let line = self.buf[..eol].strip_suffix(b"\r").unwrap_or(&self.buf[..eol]);
+                let key = self.out.strip_prefix(b"get ").and_then(|k| k.strip_suffix(b"\r\n")).unwrap_or(b"");
+                let parsed = memcached::parse_line(line, key);
+                let (code, len, gzip) = match parsed {
+                    memcached::Line::Value { flags, len } => (200, len, conf.memcached_gzip_flag.is_some_and(|f| flags & f != 0)),
+                    memcached::Line::End => {
+                        plugin_api::log(sys::LOG_INFO, &format!("key: \"{}\" was not found by memcached", String::from_utf8_lossy(key)));
+                        (404, 0, false)
+                    }
+                    memcached::Line::Invalid => {
+                        plugin_api::log(sys::LOG_ERR, &format!("memcached sent invalid response: \"{}\" while reading response header from upstream, upstream: \"{}\"", String::from_utf8_lossy(line), self.peer_text()));
+                        return Flow::Failed(Fail::InvalidHeader);
+                    }
+                };
+                self.head_len += n as u64;
+                self.buf.drain(..n);
+                let ctype = req.mime_type().unwrap_or("application/octet-stream").to_string();
+                let length = len.to_string();
+                let mut head = vec![httparse::Header { name: "Content-Type", value: ctype.as_bytes() }, httparse::Header { name: "Content-Length", value: length.as_bytes() }];
+                if gzip {
+                    head.push(httparse::Header { name: "Content-Encoding", value: b"gzip" });
+                }
+                return self.got_head(req, conf, pass, code, 1, &head);
+            }
+            if let Some(f) = self.more_head(c, conf, max) {
+                return f;
+            }
         }
     }
 
@@ -2091,7 +2145,7 @@ impl State {
         }
         let framing = if self.head || code == 204 || code == 304 || (100..200).contains(&code) {
             Framing::None
-        } else if self.proto != Proto::Http {
+        } else if self.proto.is_cgi() {
             // Whatever the head says, a CGI family's body ends when the
             // application is done (END_REQUEST, or the connection's end).
             Framing::Close
@@ -2155,6 +2209,13 @@ impl State {
                 return Flow::Return(Status::Http(404));
             }
             return Flow::Return(req.internal_redirect(&String::from_utf8_lossy(&uri), args));
+        }
+        // memcached's "not found" is the server's own 404 (nginx's
+        // intercept_404).
+        if self.proto == Proto::Memcached && code == 404 {
+            self.finish_upstream(false);
+            self.phase = Phase::Finished;
+            return Flow::Return(Status::Http(404));
         }
         if code >= 300 && conf.intercept.unwrap_or(false) && code != 304 && req.has_error_page(code) {
             // The client learns how to authenticate, as nginx passes it on.
