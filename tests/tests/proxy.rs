@@ -875,3 +875,55 @@ fn x_accel_limit_rate_sets_the_rate_unless_ignored() {
     assert_eq!((r.status, r.header("x-rate"), r.header("x-accel-limit-rate")), (200, Some("1234"), None));
     assert_eq!(get_h(s.port, "/ignored/counted/r?set=X-Accel-Limit-Rate:1234", "").header("x-rate"), Some("0"));
 }
+
+#[test]
+fn random_max_conns_zone_and_fallbacks() {
+    let bs: Vec<Backend> = ["A", "B"].iter().map(|n| Backend::start(n)).collect();
+    let (a, b) = (bs[0].port, bs[1].port);
+    let s = front(&format!(
+        "access_log off;
+         upstream rnd {{ zone shared 64k; random; server 127.0.0.1:{a}; server 127.0.0.1:{b} weight=3; server 127.0.0.1:1 down; }}
+         upstream two {{ zone shared; random two least_conn; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}
+         upstream one {{ server 127.0.0.1:{a} max_conns=1; }}
+         upstream hashed {{ hash $arg_k; server 127.0.0.1:{a}; server 127.0.0.1:{b}; }}
+         upstream downed {{ server 127.0.0.1:{a}; server 127.0.0.1:{b} down; }}
+         server {{ listen 127.0.0.1:PORT;
+           add_header X-Addr $upstream_addr always;
+           location /rnd/ {{ proxy_pass http://rnd/; }}
+           location /two/ {{ proxy_pass http://two/; }}
+           location /one/ {{ proxy_pass http://one/; }}
+           location /h/ {{ proxy_pass http://hashed/; }}
+           location /downed/ {{ proxy_pass http://downed/; proxy_next_upstream error http_404; }}
+         }}"
+    ));
+    let p = s.port;
+    // random by weight: both serve, B about three times as often; never
+    // the server marked down.
+    let m = spread(p, "/rnd/x", 200);
+    assert_eq!(m.keys().cloned().collect::<Vec<_>>(), ["A", "B"], "{m:?}");
+    assert!(m["B"] > m["A"] * 3 / 2, "weight 3 against 1: {m:?}");
+    let m = spread(p, "/two/x", 20);
+    assert_eq!(m.len(), 2, "{m:?}");
+    // max_conns=1: while one request is in progress, another finds no
+    // live upstream (502, the group named in $upstream_addr).
+    let before = bs[0].conns();
+    let slow = std::thread::spawn(move || get_h(p, "/one/delay?ms=1500", "").status);
+    // Upstream once A has accepted a connection besides these queries.
+    let mut last = before;
+    poll_until("the slow request to be upstream", Duration::from_secs(5), || {
+        let now = bs[0].conns();
+        let arrived = now > last + 1;
+        last = now;
+        arrived.then_some(())
+    });
+    let r = get_h(p, "/one/x", "");
+    assert_eq!((r.status, r.header("x-addr")), (502, Some("one")));
+    assert_eq!(slow.join().unwrap(), 200);
+    assert_eq!(get_h(p, "/one/x", "").status, 200, "the slot is free again");
+    // hash with an empty key: round-robin over both.
+    let m = spread(p, "/h/x?k=", 10);
+    assert_eq!((m["A"], m["B"]), (5, 5), "{m:?}");
+    // A 404 tried on every live server is the answer; a server marked
+    // down is not a try left ("no live upstreams" would be a 502).
+    assert_eq!(get_h(p, "/downed/status/404", "").status, 404);
+}

@@ -279,26 +279,17 @@ fn set_opt<T>(slot: &mut Option<T>, v: T, name: &str) -> Result<(), String> {
 
 fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
     let url = a[0];
-    let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
-        ("http", r)
-    } else if let Some(r) = url.strip_prefix("https://") {
-        ("https", r)
-    } else {
-        return Err(format!("invalid URL prefix in \"{url}\""));
-    };
-    let (host, uri) = split_host(rest);
-    if host.is_empty() {
-        return Err(format!("no host in \"{url}\""));
-    }
-    let (modifier, name) = cx.location().unwrap_or_default();
     if url.contains('$') {
         // Resolved per request (dynamic_pass): an upstream group by name,
         // or an address (there is no resolver for names at run time).
+        // The URL is checked once rendered ("http:/$uri" is one), as
+        // nginx's.
+        let tls = url.len() >= 6 && url[..6].eq_ignore_ascii_case("https:");
         set_opt(
             &mut c.pass,
             Rc::new(Pass {
                 base: String::new(),
-                tls: scheme == "https",
+                tls,
                 host: String::new(),
                 uri: None,
                 loc_prefix: String::new(),
@@ -312,6 +303,18 @@ fn parse_pass(c: &mut Conf, a: &[&str], cx: &ConfCx<'_>) -> Result<(), String> {
         )?;
         return serve_here(cx);
     }
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("http://") {
+        ("http", r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        ("https", r)
+    } else {
+        return Err(format!("invalid URL prefix in \"{url}\""));
+    };
+    let (host, uri) = split_host(rest);
+    if host.is_empty() {
+        return Err(format!("no host in \"{url}\""));
+    }
+    let (modifier, name) = cx.location().unwrap_or_default();
     if uri.is_some() && (modifier == "~" || modifier == "~*" || modifier == "@") {
         return Err("\"proxy_pass\" cannot have URI part in location given by regular expression, or inside named location".into());
     }
@@ -1677,9 +1680,11 @@ impl State {
         self.attempt += 1;
         let Ok(i) = group.pick(&self.tried, client, &key, now) else {
             plugin_api::log(sys::LOG_ERR, &format!("no live upstreams while connecting to upstream, upstream: \"{}\"", group.name));
+            // $upstream_addr names the group, $upstream_status says 502.
             self.addrs.push(NO_PEER);
-            self.statuses.push(502);
-            self.times.push(0);
+            (self.attempt_start, self.conn_ms, self.head_ms) = (None, None, None);
+            (self.rx, self.tx, self.head_len) = (0, 0, 0);
+            self.record(502);
             return Flow::Return(Status::Http(502));
         };
         self.peer = i;
@@ -2380,7 +2385,9 @@ impl State {
         if self.sent > 0 && !self.idempotent && mask & next::NON_IDEMPOTENT == 0 {
             return false;
         }
-        self.tried.iter().any(|t| !t)
+        // A peer marked `down` is no try left (nginx counts tries
+        // without them).
+        self.group.as_ref().is_some_and(|g| self.tried.iter().zip(&g.peers).any(|(t, p)| !t && !p.down))
     }
 
     /// An attempt failed before the response head was passed on.

@@ -1,11 +1,13 @@
 //! Upstream groups: `upstream name { server ...; }`, peer selection
 //! (nginx's smooth weighted round-robin, least_conn, ip_hash, hash with
-//! optional consistent ring), passive health (max_fails / fail_timeout)
-//! and the per-worker pool of idle keepalive connections.
+//! optional consistent ring, random with `two`), passive health
+//! (max_fails / fail_timeout), `max_conns`, and the per-worker pool of
+//! idle keepalive connections.
 //!
 //! Configuration objects are built in the master and copied into each
 //! worker by fork, so the `RefCell` state here is per worker, as nginx's
-//! is without a `zone`.
+//! is without a `zone`. `zone` is accepted, and the state stays per
+//! worker: failures, connection counts and `max_conns` are each worker's.
 
 use plugin_api::io::Conn;
 use plugin_api::sys;
@@ -29,6 +31,10 @@ pub struct Peer {
     pub fail_timeout: Duration,
     /// `down`.
     pub down: bool,
+    /// `max_conns=` (0: no limit): requests in progress at most (idle
+    /// keepalive connections not counted, as nginx's; per worker, see the
+    /// module's comment).
+    pub max_conns: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -49,6 +55,12 @@ pub enum Balance {
     LeastConn,
     /// By the client's /24 (IPv4) or whole address (IPv6).
     IpHash,
+    /// `random`: by weight; `two`: the one with fewer connections of two
+    /// picked so (nginx's `random two least_conn`).
+    Random {
+        /// `two`.
+        two: bool,
+    },
     /// By a key; `consistent` uses a ketama-style ring.
     Hash {
         /// The key template (`$request_uri`).
@@ -157,7 +169,7 @@ impl Upstream {
     pub fn implicit(name: &str, addrs: &[String]) -> Upstream {
         let peers = addrs
             .iter()
-            .map(|a| Peer { text: a.clone(), weight: 1, max_fails: 1, fail_timeout: Duration::from_secs(10), down: false })
+            .map(|a| Peer { text: a.clone(), weight: 1, max_fails: 1, fail_timeout: Duration::from_secs(10), down: false, max_conns: 0 })
             .collect::<Vec<_>>();
         let n = peers.len();
         Upstream::new(name, peers, n, Balance::RoundRobin)
@@ -181,6 +193,7 @@ impl Upstream {
                         max_fails: 1,
                         fail_timeout: Duration::from_secs(10),
                         down: false,
+                        max_conns: 0,
                     };
                     let mut is_backup = false;
                     for a in params {
@@ -190,6 +203,8 @@ impl Upstream {
                             p.max_fails = v.parse().map_err(|_| format!("invalid parameter \"{a}\""))?;
                         } else if let Some(v) = a.strip_prefix("fail_timeout=") {
                             p.fail_timeout = parse_time(time_ms, v).map_err(|_| format!("invalid parameter \"{a}\""))?;
+                        } else if let Some(v) = a.strip_prefix("max_conns=") {
+                            p.max_conns = v.parse().map_err(|_| format!("invalid parameter \"{a}\""))?;
                         } else if a == "backup" {
                             is_backup = true;
                         } else if a == "down" {
@@ -209,6 +224,13 @@ impl Upstream {
                     }
                 }
                 "least_conn" if args.is_empty() => balance = Balance::LeastConn,
+                "random" if args.is_empty() || args[0] == "two" && (args.len() == 1 || args.len() == 2 && args[1] == "least_conn") => {
+                    balance = Balance::Random { two: !args.is_empty() }
+                }
+                "random" => return Err(format!("invalid parameter \"{}\"", args.join(" "))),
+                // Accepted; the group's state stays per worker (see the
+                // module's comment).
+                "zone" if !args.is_empty() && args.len() <= 2 => {}
                 "ip_hash" if args.is_empty() => balance = Balance::IpHash,
                 "hash" if args.len() == 1 || args.len() == 2 && args[1] == "consistent" => {
                     balance = Balance::Hash { key: Template::parse(&args[0]), consistent: args.len() == 2 }
@@ -259,7 +281,7 @@ impl Upstream {
 
     fn usable(&self, st: &[PeerState], i: usize, tried: &[bool], now: Instant) -> bool {
         let p = &self.peers[i];
-        if p.down || tried.get(i).copied().unwrap_or(false) {
+        if p.down || tried.get(i).copied().unwrap_or(false) || (p.max_conns > 0 && st[i].conns >= p.max_conns) {
             return false;
         }
         // A lone server is never taken out for failures (as nginx's).
@@ -345,6 +367,9 @@ impl Upstream {
             Balance::RoundRobin => self.rr(primary, tried, now, |_| true),
             Balance::LeastConn => self.least_conn(primary, tried, now),
             Balance::IpHash => self.ip_hash(client, tried, now),
+            Balance::Random { two } => self.random(*two, tried, now),
+            // An empty key: round-robin, as nginx's.
+            Balance::Hash { .. } if key.is_empty() => self.rr(primary, tried, now, |_| true),
             Balance::Hash { consistent: false, .. } => self.hash(key, tried, now),
             Balance::Hash { consistent: true, .. } => self.consistent(key, tried, now),
         };
@@ -365,6 +390,41 @@ impl Upstream {
             s.fails = 0;
         }
         Err(NoLive)
+    }
+
+    /// nginx's random: a usable primary peer by weight; with `two`, the
+    /// one of two such picks with fewer connections for its weight.
+    fn random(&self, two: bool, tried: &[bool], now: Instant) -> Option<usize> {
+        let st = self.state.borrow();
+        let usable: Vec<usize> = (0..self.nprimary).filter(|&i| self.usable(&st, i, tried, now)).collect();
+        let total: u64 = usable.iter().map(|&i| u64::from(self.peers[i].weight)).sum();
+        let pick = || {
+            let mut w = fastrand::u64(0..total.max(1));
+            for &i in &usable {
+                let pw = u64::from(self.peers[i].weight);
+                if w < pw {
+                    return i;
+                }
+                w -= pw;
+            }
+            usable[0]
+        };
+        if usable.is_empty() {
+            return None;
+        }
+        let a = pick();
+        if !two || usable.len() == 1 {
+            return Some(a);
+        }
+        let mut b = pick();
+        for _ in 0..20 {
+            if b != a {
+                break;
+            }
+            b = pick();
+        }
+        let load = |i: usize| u64::from(st[i].conns) * u64::from(self.peers[if i == a { b } else { a }].weight);
+        Some(if load(b) < load(a) { b } else { a })
     }
 
     fn ip_hash(&self, client: &str, tried: &[bool], now: Instant) -> Option<usize> {
