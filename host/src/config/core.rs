@@ -68,6 +68,8 @@ pub struct Listen {
     pub bind: bool,
     /// `so_keepalive=on`.
     pub so_keepalive: bool,
+    /// `proxy_protocol`: connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Everything the host itself reads from the config.
@@ -331,6 +333,7 @@ pub fn default_listen(addr: SocketAddr) -> Listen {
         deferred: false,
         bind: false,
         so_keepalive: false,
+        proxy_protocol: false,
     }
 }
 
@@ -347,9 +350,7 @@ pub fn parse_listen(d: &Directive) -> Result<(Listen, bool), ConfError> {
             ("default_server" | "default", None) => l.default_server = true,
             ("ssl", None) => l.ssl = true,
             ("http2", None) => crate::http::conf::not_yet(d, "http2"),
-            ("proxy_protocol", None) => {
-                return Err(d.err(format!("the \"{k}\" parameter is not supported by ngxr yet")))
-            }
+            ("proxy_protocol", None) => l.proxy_protocol = true,
             ("reuseport", None) => {
                 l.reuseport = true;
                 opts = true;

@@ -379,6 +379,8 @@ pub struct HttpConf {
     pub servers: Vec<Server>,
     /// Every listen address, with whether it is `ssl`.
     pub listen_ssl: Vec<(SocketAddr, bool)>,
+    /// Per listen address: `proxy_protocol` on some `listen` for it.
+    pub listen_pp: Vec<(SocketAddr, bool)>,
 }
 
 /// `ssl_*` settings of a block being read.
@@ -961,6 +963,14 @@ fn covers(a: &SocketAddr, local: SocketAddr) -> bool {
     *a == local || (a.ip().is_unspecified() && a.port() == local.port())
 }
 
+/// A per-address listen flag for connections made to `local`: the
+/// exact address's, else its port's wildcard's.
+fn listen_flag(list: &[(SocketAddr, bool)], local: SocketAddr) -> bool {
+    let exact = list.iter().find(|(a, _)| *a == local);
+    let wild = || list.iter().find(|(a, _)| a.ip().is_unspecified() && a.port() == local.port() && a.is_ipv4() == local.is_ipv4());
+    exact.or_else(wild).is_some_and(|&(_, on)| on)
+}
+
 impl HttpConf {
     /// Every `client_body_temp_path` in use (for the directories to be
     /// made before workers need them).
@@ -1031,9 +1041,11 @@ impl HttpConf {
                         match c.name.as_str() {
                             "listen" => {
                                 let (l, _) = crate::config::core::parse_listen(c)?;
-                                match out.listen_ssl.iter_mut().find(|(a, _)| *a == l.addr) {
-                                    Some((_, on)) => *on |= l.ssl,
-                                    None => out.listen_ssl.push((l.addr, l.ssl)),
+                                for (list, on) in [(&mut out.listen_ssl, l.ssl), (&mut out.listen_pp, l.proxy_protocol)] {
+                                    match list.iter_mut().find(|(a, _)| *a == l.addr) {
+                                        Some((_, was)) => *was |= on,
+                                        None => list.push((l.addr, on)),
+                                    }
                                 }
                                 if l.ssl || listen_at.is_none() {
                                     listen_at = Some(c.clone());
@@ -1171,9 +1183,12 @@ impl HttpConf {
     /// Whether connections accepted on `local` speak TLS: the listen for
     /// exactly that address decides, else the wildcard of its port.
     pub fn is_ssl(&self, local: SocketAddr) -> bool {
-        let exact = self.listen_ssl.iter().find(|(a, _)| *a == local);
-        let wild = || self.listen_ssl.iter().find(|(a, _)| a.ip().is_unspecified() && a.port() == local.port() && a.is_ipv4() == local.is_ipv4());
-        exact.or_else(wild).is_some_and(|&(_, on)| on)
+        listen_flag(&self.listen_ssl, local)
+    }
+
+    /// Connections to `local` start with a PROXY protocol header.
+    pub fn is_proxy_protocol(&self, local: SocketAddr) -> bool {
+        listen_flag(&self.listen_pp, local)
     }
 
     /// The server for a connection on `local` with `host` (lowercase, no

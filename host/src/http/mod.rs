@@ -15,6 +15,7 @@
 pub mod arena;
 pub mod conf;
 pub mod parse;
+pub mod proxy_protocol;
 pub mod request;
 pub mod vars;
 
@@ -176,6 +177,10 @@ pub struct Conn<'a> {
     corked: bool,
     /// Reading a head, writing a response, or waiting (stub_status).
     stat: ConnStat,
+    /// The listen has `proxy_protocol` and the header is still to come;
+    /// what it said once read.
+    pp_wanted: bool,
+    pp: Option<std::rc::Rc<proxy_protocol::Info>>,
     /// TCP_NODELAY is on: set as nginx sets it, once the connection is
     /// kept alive (the next response must not wait for the last one's
     /// ACK), for a relay, and here also as soon as a response leaves in
@@ -263,6 +268,8 @@ impl<'a> Conn<'a> {
             fbuf: None,
             corked: false,
             stat: ConnStat::Waiting,
+            pp_wanted: cycle.http.is_proxy_protocol(local),
+            pp: None,
             nodelay: tls,
         })
     }
@@ -408,6 +415,47 @@ impl<'a> Conn<'a> {
         self.relay = None;
     }
 
+    /// Reads the PROXY protocol header that starts the connection (before
+    /// any TLS): peeked until whole, then taken off the socket exactly.
+    /// Ok(false) while incomplete; Err (logged) when broken.
+    fn read_proxy_protocol(&mut self) -> Result<bool, ()> {
+        let mut buf = [0u8; proxy_protocol::MAX];
+        let n = match self.sock.tcp.peek(&mut buf) {
+            Ok(0) => return Err(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(_) => return Err(()),
+        };
+        let broken = |why: &str, remote: &str| {
+            let head = String::from_utf8_lossy(&buf[..n.min(107)]).escape_debug().to_string();
+            crate::log!(Error, "broken header: \"{head}\" ({why}) while reading PROXY protocol, client: {remote}");
+        };
+        match proxy_protocol::parse(&buf[..n]) {
+            Ok(None) if n < proxy_protocol::MAX && !self.rdhup => Ok(false),
+            Ok(None) => {
+                broken("incomplete", &ip_text(self.peer.ip()));
+                Err(())
+            }
+            Err(why) => {
+                broken(why, &ip_text(self.peer.ip()));
+                Err(())
+            }
+            Ok(Some((info, len))) => {
+                // Peeked, so there: take exactly the header.
+                let mut taken = 0;
+                while taken < len {
+                    match (&self.sock.tcp).read(&mut buf[taken..len]) {
+                        Ok(0) | Err(_) => return Err(()),
+                        Ok(k) => taken += k,
+                    }
+                }
+                self.pp = Some(std::rc::Rc::new(info));
+                self.pp_wanted = false;
+                Ok(true)
+            }
+        }
+    }
+
     /// Reads the ClientHello on a TLS port and picks the server its SNI
     /// names (that server's certificate, and the default for the Host
     /// lookup); Ok(false) while the hello is incomplete.
@@ -471,6 +519,13 @@ impl<'a> Conn<'a> {
             if !self.active {
                 if quitting && self.is_idle() {
                     return Next::Close;
+                }
+                if self.pp_wanted {
+                    match self.read_proxy_protocol() {
+                        Ok(true) => {}
+                        Ok(false) => return Next::Wait(now + self.default.header_timeout),
+                        Err(()) => return Next::Close,
+                    }
                 }
                 if self.sock.handshaking() && self.requests == 0 {
                     match self.tls_accept() {
@@ -852,6 +907,7 @@ impl<'a> Conn<'a> {
         r.conn_born = self.born;
         r.pipelined = std::mem::take(&mut self.pipelined);
         r.conn_serial = self.serial;
+        r.proxy_protocol.clone_from(&self.pp);
         r.tls = self.sock.info();
         if r.ssl_server_name != self.sni {
             r.ssl_server_name.clone_from(&self.sni);

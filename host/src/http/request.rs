@@ -102,6 +102,9 @@ pub struct Req<'a> {
     /// The connection's own address while a plugin (realip) set
     /// `$remote_addr` for this request (`$realip_remote_addr`).
     pub real_addr: Option<String>,
+    /// The port a plugin (realip, from a PROXY protocol header) set as
+    /// `$remote_port` for this request.
+    pub real_port: Option<u16>,
     /// Our address.
     pub local: SocketAddr,
     /// Request headers in order.
@@ -245,6 +248,8 @@ pub struct Req<'a> {
     pub waiting_sub: bool,
     /// This is a subrequest: its response goes nowhere.
     pub is_sub: bool,
+    /// What the connection's PROXY protocol header said, if it had one.
+    pub proxy_protocol: Option<std::rc::Rc<super::proxy_protocol::Info>>,
     /// `http_gzip_ok`'s answer, once asked (None: not yet).
     pub gzip_ok: Option<bool>,
     /// The response could be gzip: `Vary: Accept-Encoding` under
@@ -294,6 +299,7 @@ impl<'a> Req<'a> {
             peer,
             remote_addr: String::new(),
             real_addr: None,
+            real_port: None,
             local,
             headers_in: Vec::new(),
             framing: Framing::None,
@@ -362,6 +368,7 @@ impl<'a> Req<'a> {
             sub: None,
             waiting_sub: false,
             is_sub: false,
+            proxy_protocol: None,
             gzip_ok: None,
             gzip_vary: false,
         }
@@ -382,6 +389,7 @@ impl<'a> Req<'a> {
         s.host.push_str(&self.host);
         s.remote_addr.clone_from(&self.remote_addr);
         s.real_addr.clone_from(&self.real_addr);
+        s.real_port = self.real_port;
         s.headers_in.clone_from(&self.headers_in);
         s.conn_requests = self.conn_requests;
         s.conn_born = self.conn_born;
@@ -428,6 +436,7 @@ impl<'a> Req<'a> {
         if let Some(a) = self.real_addr.take() {
             self.remote_addr = a;
         }
+        self.real_port = None;
     }
 
     /// Appends request-body bytes: in memory up to

@@ -14,6 +14,7 @@ const CORE: &[&str] = &[
     "request_time", "time_local", "time_iso8601", "remote_user", "request_id", "realip_remote_port", "pipe", "limit_rate", "msec", "content_length", "content_type", "document_root",
     "realpath_root", "request_filename", "connection", "connection_requests", "pid", "nginx_version",
     "request_body", "request_body_file", "ssl_protocol", "ssl_cipher", "ssl_server_name", "ssl_session_reused", "http_", "sent_http_", "arg_", "cookie_",
+    "proxy_protocol_addr", "proxy_protocol_port", "proxy_protocol_server_addr", "proxy_protocol_server_port", "proxy_protocol_tlv_",
 ];
 
 /// True if a family of variables named `prefix…` would share names with
@@ -98,13 +99,23 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
         "hostname" => out.push_str(&crate::sys::hostname()),
         "remote_addr" => out.push_str(&r.remote_addr),
         "realip_remote_addr" => out.push_str(r.real_addr.as_deref().unwrap_or(&r.remote_addr)),
-        // (realip changes the address only: the port stays the
-        // connection's.)
-        "remote_port" | "realip_remote_port" => {
+        // (realip from a header changes the address only; from a PROXY
+        // protocol header, the port too.)
+        "remote_port" => {
+            let _ = write!(out, "{}", r.real_port.unwrap_or(r.peer.port()));
+        }
+        "realip_remote_port" => {
             let _ = write!(out, "{}", r.peer.port());
         }
         "server_addr" => {
             let _ = write!(out, "{}", r.local.ip());
+        }
+        // What a PROXY protocol header said (not found without one).
+        "proxy_protocol_addr" | "proxy_protocol_port" | "proxy_protocol_server_addr" | "proxy_protocol_server_port" => {
+            let pp = r.proxy_protocol.as_deref();
+            let end = if name.contains("server") { pp.and_then(|p| p.dst) } else { pp.and_then(|p| p.src) };
+            let Some((ip, port)) = end else { return false };
+            let _ = if name.ends_with("port") { write!(out, "{port}") } else { write!(out, "{ip}") };
         }
         "server_port" => {
             let _ = write!(out, "{}", r.local.port());
@@ -241,6 +252,15 @@ pub fn get(r: &Req, name: &str, out: &mut String) -> bool {
                     }
                 }
                 return false;
+            }
+            if let Some(t) = name.strip_prefix("proxy_protocol_tlv_") {
+                return match r.proxy_protocol.as_deref().and_then(|pp| pp.tlv(t)) {
+                    Some(v) => {
+                        out.push_str(&String::from_utf8_lossy(&v));
+                        true
+                    }
+                    None => false,
+                };
             }
             if let Some(c) = name.strip_prefix("cookie_") {
                 for h in r.headers_in.iter().filter(|(k, _)| k.eq_ignore_ascii_case("cookie")) {

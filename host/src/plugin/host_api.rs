@@ -932,6 +932,12 @@ unsafe extern "C" fn http_var_set(r: *mut sys::Request, name: Str, value: Str) -
             }
             Err(_) => return sys::INVALID,
         },
+        // (1.14) The client's port with such an address (a PROXY
+        // protocol header's).
+        "remote_port" => match v.parse::<u16>() {
+            Ok(p) => r.real_port = Some(p),
+            Err(_) => return sys::INVALID,
+        },
         "uri" => r.uri = v,
         "args" | "query_string" => r.args = v,
         // (1.11) An X-Accel-Redirect makes the request a GET, as nginx.

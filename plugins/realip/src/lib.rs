@@ -3,8 +3,9 @@
 //!
 //! - `set_real_ip_from address | CIDR | unix:;` (http, server, location;
 //!   several): the proxies trusted to report it;
-//! - `real_ip_header X-Real-IP | X-Forwarded-For | name;` (default
-//!   X-Real-IP; `proxy_protocol` is refused: no PROXY protocol listeners);
+//! - `real_ip_header X-Real-IP | X-Forwarded-For | proxy_protocol | name;`
+//!   (default X-Real-IP; `proxy_protocol`: the address a PROXY protocol
+//!   header gave, on a `listen … proxy_protocol`);
 //! - `real_ip_recursive on|off;` (off).
 //!
 //! As nginx: only a connection from a trusted address is believed. With
@@ -69,9 +70,6 @@ impl Plugin for RealIp {
                 Ok(())
             }),
             DirectiveSpec::<Conf>::new("real_ip_header", H, 1, 1, |c, a, _| {
-                if a[0] == "proxy_protocol" {
-                    return Err("\"real_ip_header proxy_protocol\" is not supported (no PROXY protocol listeners)".into());
-                }
                 c.header = Some(a[0].to_string());
                 Ok(())
             }),
@@ -110,14 +108,21 @@ impl Plugin for RealIp {
             return Status::Declined;
         }
         let name = conf.header.as_deref().unwrap_or("X-Real-IP");
-        // Several lines of the header read as one list ($http_*, joined).
-        let var = format!("http_{}", name.to_ascii_lowercase().replace('-', "_"));
+        // The address a PROXY protocol header gave, or a header's (several
+        // lines read as one list: $http_*, joined).
+        let var = if name == "proxy_protocol" { "proxy_protocol_addr".to_string() } else { format!("http_{}", name.to_ascii_lowercase().replace('-', "_")) };
         let Some(value) = req.var(&var).map(str::to_string) else { return Status::Declined };
         let recursive = conf.recursive == Some(true);
         let list = name.eq_ignore_ascii_case("x-forwarded-for") || value.contains(',');
         let addr = if list { forwarded(&value, from, recursive) } else { value.trim().parse().ok() };
         if let Some(ip) = addr {
             let _ = req.set_var("remote_addr", &ip.to_string());
+            // A PROXY protocol header gives the port too.
+            if name == "proxy_protocol" {
+                if let Some(port) = req.var("proxy_protocol_port").map(str::to_string) {
+                    let _ = req.set_var("remote_port", &port);
+                }
+            }
         }
         Status::Declined
     }
