@@ -531,9 +531,12 @@ typedef struct ngx_plugin_host_s {
     ngx_plugin_rc_t (*http_var)(ngx_plugin_request_t *r, ngx_plugin_str_t name,
                                 ngx_plugin_str_t *out);
     /** Sets a variable (for `set`-style plugins). Value copied. Core
-     *  variables are refused (INVALID) but for `uri`, `args` and (1.5)
+     *  variables are refused (INVALID) but for `uri`, `args`, (1.5)
      *  `remote_addr`, which takes an IP address for this request only
-     *  (realip; the connection's own stays `$realip_remote_addr`). */
+     *  (realip; the connection's own stays `$realip_remote_addr`), (1.11)
+     *  `request_method`, `limit_rate`, and (1.14)
+     *  `remote_port`, a port for this request only (realip from a PROXY
+     *  protocol header; `$realip_remote_port` keeps the connection's). */
     ngx_plugin_rc_t (*http_var_set)(ngx_plugin_request_t *r, ngx_plugin_str_t name,
                                     ngx_plugin_str_t value);
     /** Starts reading the request body; `done` runs when it is complete or
