@@ -40,6 +40,51 @@ pub fn accepts_gzip(v: &str) -> bool {
     })
 }
 
+/// A PCRE pattern from an nginx configuration, in the regex crate's
+/// dialect: `\Q…\E` (a literal run, up to `\E` or the end) is spelled
+/// out with escapes. Other syntax passes as it is.
+pub fn pcre_compat(src: &str) -> std::borrow::Cow<'_, str> {
+    if !src.contains("\\Q") {
+        return std::borrow::Cow::Borrowed(src);
+    }
+    let mut out = String::with_capacity(src.len() + 8);
+    let mut rest = src;
+    while let Some(i) = find_unescaped(rest, "\\Q") {
+        out.push_str(&rest[..i]);
+        let lit = &rest[i + 2..];
+        let (lit, after) = match lit.find("\\E") {
+            Some(j) => (&lit[..j], &lit[j + 2..]),
+            None => (lit, ""),
+        };
+        for c in lit.chars() {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Where `pat` (a backslash escape) starts in `s`, not itself escaped.
+fn find_unescaped(s: &str, pat: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if s[i..].starts_with(pat) {
+                return Some(i);
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// A Range header against a body of known size.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ranges {
@@ -350,6 +395,14 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcre_literal_runs() {
+        assert_eq!(pcre_compat("^(?P<n>[a-z]+)\\Q.example.com\\E$"), "^(?P<n>[a-z]+)\\.example\\.com$");
+        assert_eq!(pcre_compat("a\\Q(*)"), "a\\(\\*\\)");
+        assert_eq!(pcre_compat("\\\\Q"), "\\\\Q", "an escaped backslash before Q");
+        assert_eq!(pcre_compat("plain.*"), "plain.*");
+    }
 
     #[test]
     fn accept_encoding_as_nginx() {

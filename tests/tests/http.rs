@@ -992,3 +992,32 @@ fn limit_rate_paces_responses() {
     assert_eq!(get_h(s.port, "/after/f", "").body.len(), 16 * 1024);
     assert!(t.elapsed() < Duration::from_millis(700), "took {:?}", t.elapsed());
 }
+
+#[test]
+fn server_names_as_nginx_reads_them() {
+    let (s, _) = Server::start_with_ports(1, |p| {
+        let conf = "http {
+           server { listen 127.0.0.1:PORT; server_name localhost; return 200 \"$server_name\"; }
+           server { listen 127.0.0.1:PORT; server_name \"\"; return 200 \"[$server_name]\"; }
+           server { listen 127.0.0.1:PORT; server_name *.wc.test; return 200 \"$server_name\"; }
+           server { listen 127.0.0.1:PORT; server_name .dot.test; return 200 \"$server_name\"; }
+           server { listen 127.0.0.1:PORT; server_name ~^(?P<user>[a-z]+)\\Q.users.test\\E$; return 200 \"$server_name $user $1\"; }
+         }\n";
+        format!("{}{}events {{}}\n{}", conf_head(), load_plugins(&["rewrite"]), conf.replace("PORT", &p[0].to_string()))
+    });
+    let name = |head: &str| String::from_utf8_lossy(&req(s.port, &format!("GET / HTTP/1.0\r\n{head}\r\n")).body).into_owned();
+    // $server_name is the first name as written: a wildcard kept, a
+    // leading dot dropped, a regex with its '~'.
+    assert_eq!(name("Host: a.wc.test\r\n"), "*.wc.test");
+    assert_eq!(name("Host: www.dot.test\r\n"), "dot.test");
+    assert_eq!(name("Host: dot.test\r\n"), "dot.test");
+    // A regex name's captures are variables ($user, $1); \Q…\E is PCRE's.
+    assert_eq!(name("Host: alice.users.test\r\n"), "~^(?P<user>[a-z]+)\\Q.users.test\\E$ alice alice");
+    // No Host: the server named "".
+    assert_eq!(name(""), "[]");
+    assert_eq!(name("Host: other.test\r\n"), "localhost");
+    // An empty Host, or an IPv6 literal without its ']', is a 400.
+    for bad in ["", "[::1"] {
+        assert_eq!(req(s.port, &format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")).status, 400, "{bad:?}");
+    }
+}

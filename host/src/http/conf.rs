@@ -343,6 +343,9 @@ pub struct Server {
     pub names: Vec<Name>,
     /// The first name (`$server_name`).
     pub primary_name: String,
+    /// A regex name with capture groups: the name is looked up even when
+    /// this is the address's only server.
+    pub name_captures: bool,
     /// Locations; 0 is the server level.
     pub locs: Vec<Loc>,
     /// `@name` locations.
@@ -761,7 +764,7 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
                     c.gzip.msie6 = true;
                     continue;
                 }
-                let re = regex::RegexBuilder::new(v).case_insensitive(true).build();
+                let re = regex::RegexBuilder::new(&plugin_api::http::pcre_compat(v)).case_insensitive(true).build();
                 list.push(re.map_err(|e| d.err(format!("regex \"{v}\" is invalid: {}", e.to_string().lines().last().unwrap_or(""))))?);
             }
             c.gzip.disable = Some(Arc::new(list));
@@ -893,7 +896,7 @@ fn block_core(parent: &Core, d: &Directive, prefix: &Prefix, in_loc: bool) -> Re
 
 fn location_kind(d: &Directive) -> Result<(Kind, String, Option<Regex>), ConfError> {
     let regex = |src: &str, ci: bool| {
-        RegexBuilder::new(src)
+        RegexBuilder::new(&plugin_api::http::pcre_compat(src))
             .case_insensitive(ci)
             .build()
             .map_err(|e| d.err(format!("pcre2_compile() failed: {} in \"{src}\"", first_line(&e.to_string()))))
@@ -931,14 +934,18 @@ fn first_line(s: &str) -> &str {
 
 fn server_name(d: &Directive, n: &str) -> Result<Option<Name>, ConfError> {
     if let Some(re) = n.strip_prefix('~') {
-        let r = RegexBuilder::new(re)
+        let r = RegexBuilder::new(&plugin_api::http::pcre_compat(re))
             .case_insensitive(true)
             .build()
             .map_err(|e| d.err(format!("pcre2_compile() failed: {} in \"{re}\"", first_line(&e.to_string()))))?;
         return Ok(Some(Name::Regex(r)));
     }
     let n = n.to_ascii_lowercase();
-    if n.is_empty() || n == "_" || n == "\"\"" {
+    // `server_name ""` takes requests without a Host, as nginx's.
+    if n.is_empty() || n == "\"\"" {
+        return Ok(Some(Name::Exact(String::new())));
+    }
+    if n == "_" {
         return Ok(None);
     }
     if n.contains('/') {
@@ -1023,6 +1030,7 @@ impl HttpConf {
                         default_for: Vec::new(),
                         names: Vec::new(),
                         primary_name: String::new(),
+                        name_captures: false,
                         locs: vec![Loc::new(Kind::Server, String::new(), None, n.confs.clone(), n.content.or(http_content), core)],
                         named: Vec::new(),
                         auto_redirect: Vec::new(),
@@ -1037,6 +1045,7 @@ impl HttpConf {
                         conds: Vec::new(),
                     };
                     let mut listen_at = None;
+                    let mut named = false;
                     for c in n.d.children() {
                         match c.name.as_str() {
                             "listen" => {
@@ -1060,10 +1069,16 @@ impl HttpConf {
                             }
                             "server_name" => {
                                 for a in &c.args {
-                                    if s.primary_name.is_empty() && !a.starts_with('~') {
-                                        s.primary_name = a.trim_start_matches("*.").to_string();
+                                    let a = if a.eq_ignore_ascii_case("$hostname") { crate::sys::hostname() } else { a.clone() };
+                                    // $server_name is the first name as
+                                    // written (a regex with its '~'),
+                                    // lowercase, without a leading '.'.
+                                    if !named {
+                                        named = true;
+                                        s.primary_name = if a.starts_with('~') { a.clone() } else { a.to_ascii_lowercase().trim_start_matches('.').to_string() };
                                     }
-                                    if let Some(name) = server_name(c, a)? {
+                                    if let Some(name) = server_name(c, &a)? {
+                                        s.name_captures |= matches!(&name, Name::Regex(r) if r.captures_len() > 1);
                                         s.names.push(name);
                                     }
                                 }
@@ -1195,12 +1210,19 @@ impl HttpConf {
     /// port): exact name, longest `*.` suffix, longest `.*` prefix, first
     /// matching regex, else the address's default server.
     pub fn find_server(&self, local: SocketAddr, host: &str) -> Option<&Server> {
+        self.find_server_by(local, host).0
+    }
+
+    /// `find_server`, and the regex name that chose it (its captures are
+    /// the request's variables, as nginx's).
+    pub fn find_server_by(&self, local: SocketAddr, host: &str) -> (Option<&Server>, Option<&Regex>) {
         let on = |s: &&Server| s.listens.iter().any(|a| covers(a, local));
+        let cands = || self.servers.iter().filter(on);
+        // (An empty host finds `server_name ""`.)
+        if let Some(s) = cands().find(|s| s.names.iter().any(|n| matches!(n, Name::Exact(e) if e == host))) {
+            return (Some(s), None);
+        }
         if !host.is_empty() {
-            let cands = || self.servers.iter().filter(on);
-            if let Some(s) = cands().find(|s| s.names.iter().any(|n| matches!(n, Name::Exact(e) if e == host))) {
-                return Some(s);
-            }
             let best = |f: &dyn Fn(&Name) -> Option<usize>| {
                 cands().filter_map(|s| s.names.iter().filter_map(f).max().map(|l| (l, s))).max_by_key(|(l, _)| *l).map(|(_, s)| s)
             };
@@ -1209,20 +1231,26 @@ impl HttpConf {
                 _ => None,
             };
             if let Some(s) = best(&suffix) {
-                return Some(s);
+                return (Some(s), None);
             }
             let pre = |n: &Name| match n {
                 Name::PrefixWild(p) if host.starts_with(p.as_str()) => Some(p.len()),
                 _ => None,
             };
             if let Some(s) = best(&pre) {
-                return Some(s);
+                return (Some(s), None);
             }
-            if let Some(s) = cands().find(|s| s.names.iter().any(|n| matches!(n, Name::Regex(r) if r.is_match(host)))) {
-                return Some(s);
+            for s in cands() {
+                for n in &s.names {
+                    if let Name::Regex(r) = n {
+                        if r.is_match(host) {
+                            return (Some(s), Some(r));
+                        }
+                    }
+                }
             }
         }
-        self.default_server(local)
+        (self.default_server(local), None)
     }
 
     /// How many servers listen on `local` (counting stops at 2).

@@ -935,12 +935,15 @@ impl<'a> Conn<'a> {
 
     fn start_request(&mut self, q: &httparse::Request<'_, '_>, info: parse::HeadInfo, host: &str, n: usize, merge: bool) {
         let local = self.local;
-        let srv = if self.sole { Some(self.default) } else { self.cycle().http.find_server(local, host) };
+        let (srv, by) = if self.sole && !self.default.name_captures { (Some(self.default), None) } else { self.cycle().http.find_server_by(local, host) };
         let mut bad = None;
         {
             let mut r = self.begin();
             if let Some(s) = srv {
                 r.srv = s;
+            }
+            if let Some(re) = by {
+                request::regex_captures(&mut r, re, host);
             }
             let target = q.path.unwrap_or("/");
             r.method.push_str(q.method.unwrap_or(""));

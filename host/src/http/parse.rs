@@ -50,7 +50,8 @@ pub fn validate_host(h: &[u8], out: &mut String) -> bool {
     for (i, &b) in h.iter().enumerate() {
         match b {
             b'.' => {
-                if prev_dot || i == 0 {
+                // (Nor right after an IPv6 literal's ']', as nginx 1.29.4.)
+                if prev_dot || i == 0 || h[i - 1] == b']' {
                     return false;
                 }
                 prev_dot = true;
@@ -71,9 +72,17 @@ pub fn validate_host(h: &[u8], out: &mut String) -> bool {
         }
         prev_dot = false;
     }
+    if in_bracket {
+        // An IPv6 literal without its ']'.
+        return false;
+    }
     let mut name = &h[..end];
     if let [rest @ .., b'.'] = name {
         name = rest;
+    }
+    if name.is_empty() {
+        // An empty host is invalid, as nginx's.
+        return false;
     }
     let start = out.len();
     out.push_str(&text(name));
@@ -296,7 +305,7 @@ mod tests {
         assert_eq!(host(b"example.com.").as_deref(), Some("example.com"));
         assert_eq!(host(b"example.com.:80").as_deref(), Some("example.com"));
         assert_eq!(host(b"[::1]:80").as_deref(), Some("[::1]"));
-        for bad in [&b"a/b"[..], b"..", b"a..b", b".a", b"a:b", b"a\0"] {
+        for bad in [&b"a/b"[..], b"..", b"a..b", b".a", b"a:b", b"a\0", b"", b":80", b"[::1].", b"[::1"] {
             assert!(host(bad).is_none(), "{:?}", bad);
         }
     }

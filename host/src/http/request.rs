@@ -1385,16 +1385,25 @@ fn apply_redirect(r: &mut Req) -> Result<(), u16> {
 }
 
 /// A regex location's captures become `$1`… and its named groups
-/// variables, as in nginx.
+/// variables, as in nginx (a location without a regex keeps what the
+/// server name's regex captured).
 fn set_captures(r: &mut Req) {
-    r.captures.clear();
     let Some(re) = r.location().regex.as_ref() else { return };
     let re = re.clone();
-    let Some(c) = re.captures(&r.uri) else { return };
+    let uri = std::mem::take(&mut r.uri);
+    regex_captures(r, &re, &uri);
+    r.uri = uri;
+}
+
+/// `re`'s match on `text` as the request's captures: `$1`… and its named
+/// groups (server names and regex locations).
+pub fn regex_captures(r: &mut Req, re: &regex::Regex, text: &str) {
+    r.captures.clear();
+    let Some(c) = re.captures(text) else { return };
     let spans: Vec<_> = c.iter().map(|m| m.map(|m| (m.start(), m.end()))).collect();
     for (i, name) in re.capture_names().enumerate() {
         if let (Some(n), Some(Some((a, b)))) = (name, spans.get(i)) {
-            let v = r.uri[*a..*b].to_string();
+            let v = text[*a..*b].to_string();
             match r.vars.iter_mut().find(|(k, _)| k == n) {
                 Some(slot) => slot.1 = v,
                 None => r.vars.push((n.to_string(), v)),
@@ -1402,9 +1411,7 @@ fn set_captures(r: &mut Req) {
         }
     }
     r.captured.clear();
-    let uri = std::mem::take(&mut r.uri);
-    r.captured.push_str(&uri);
-    r.uri = uri;
+    r.captured.push_str(text);
     r.captures = spans;
 }
 

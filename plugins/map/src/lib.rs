@@ -91,7 +91,7 @@ impl Map {
                     Some(r) => (r, true),
                     None => (re, false),
                 };
-                let re = RegexBuilder::new(src).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?;
+                let re = RegexBuilder::new(&plugin_api::http::pcre_compat(src)).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))?;
                 m.regexes.push((re, value));
                 continue;
             }

@@ -169,7 +169,7 @@ pub fn directives() -> Vec<DirectiveSpec<Conf>> {
         }),
         DirectiveSpec::new("fastcgi_index", ANY, 1, 1, |c, a, _| set_opt(&mut c.fcgi_index, a[0].to_string(), "fastcgi_index")),
         DirectiveSpec::new("fastcgi_split_path_info", LOC_ONLY, 1, 1, |c, a, _| {
-            let re = regex::Regex::new(a[0]).map_err(|e| format!("regex \"{}\" is invalid: {}", a[0], e.to_string().lines().last().unwrap_or("")))?;
+            let re = regex::Regex::new(&plugin_api::http::pcre_compat(a[0])).map_err(|e| format!("regex \"{}\" is invalid: {}", a[0], e.to_string().lines().last().unwrap_or("")))?;
             if re.captures_len() < 3 {
                 return Err(format!("pattern \"{}\" must have 2 captures", a[0]));
             }

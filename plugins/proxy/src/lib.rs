@@ -2965,7 +2965,7 @@ fn cookie_flags(conf: &Conf, v: &str, vars: &dyn Fn(&str, &mut Vec<u8>)) -> Opti
 
 /// A regex of a rule (its error in nginx's words).
 fn regex_of(src: &str, caseless: bool) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(src).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
+    regex::RegexBuilder::new(&plugin_api::http::pcre_compat(src)).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
 }
 
 /// A `from to` rule of proxy_redirect or proxy_cookie_*: `from` is text

@@ -93,7 +93,7 @@ fn number(v: &str) -> Result<(), String> {
 }
 
 fn caseless(re: &str) -> Result<Regex, String> {
-    RegexBuilder::new(re).case_insensitive(true).build().map_err(|e| format!("regex \"{re}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
+    RegexBuilder::new(&plugin_api::http::pcre_compat(re)).case_insensitive(true).build().map_err(|e| format!("regex \"{re}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
 }
 
 /// One `valid_referers` argument.

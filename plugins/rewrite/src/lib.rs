@@ -97,7 +97,7 @@ fn is_redirect_target(s: &str) -> bool {
 }
 
 fn regex(src: &str, caseless: bool) -> Result<Regex, String> {
-    RegexBuilder::new(src).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
+    RegexBuilder::new(&plugin_api::http::pcre_compat(src)).case_insensitive(caseless).build().map_err(|e| format!("regex \"{src}\" is invalid: {}", e.to_string().lines().last().unwrap_or("")))
 }
 
 fn parse_rewrite(a: &[&str]) -> Result<Op, String> {
