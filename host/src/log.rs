@@ -68,6 +68,7 @@ impl Level {
 struct Sink {
     path: Option<PathBuf>,
     file: Option<File>,
+    syslog: Option<plugin_api::syslog::Syslog>,
     level: Level,
 }
 
@@ -91,7 +92,11 @@ fn open_sinks(targets: &[LogTarget]) -> Result<Vec<Sink>, String> {
             None => None,
             Some(p) => Some(open_append(p)?),
         };
-        new.push(Sink { path: t.path.clone(), file, level: t.level });
+        let syslog = match &t.syslog {
+            Some(spec) => Some(plugin_api::syslog::Syslog::open(spec)?),
+            None => None,
+        };
+        new.push(Sink { path: t.path.clone(), file, syslog, level: t.level });
     }
     Ok(new)
 }
@@ -216,9 +221,14 @@ pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
     let line = format!("{} [{}] {pid}#{pid}: {msg}\n", timestamp(), level.name());
     let put = |s: &mut Sink| {
         if level <= s.level {
-            let _ = match &mut s.file {
-                Some(f) => f.write_all(line.as_bytes()),
-                None => std::io::stderr().write_all(line.as_bytes()),
+            // (A syslog message's severity is the line's level, as nginx.)
+            let _ = match (&mut s.file, &s.syslog) {
+                (_, Some(sl)) => {
+                    sl.send(level as u8 - 1, line.as_bytes());
+                    Ok(())
+                }
+                (Some(f), None) => f.write_all(line.as_bytes()),
+                (None, None) => std::io::stderr().write_all(line.as_bytes()),
             };
         }
     };

@@ -162,7 +162,7 @@ fn main() -> ExitCode {
     }
     // The startup log: -e file (or stderr) until the config names its own.
     let startup = cli.paths.error_log.clone().filter(|p| !p.as_os_str().is_empty());
-    let _ = log::set_targets(&[config::core::LogTarget { path: startup, level: log::Level::Notice }]);
+    let _ = log::set_targets(&[config::core::LogTarget { path: startup, syslog: None, level: log::Level::Notice }]);
 
     if let Some(sig) = &cli.signal {
         return send_signal(&cli.paths, sig);

@@ -18,6 +18,7 @@ pub mod http;
 pub mod io;
 pub mod net;
 pub mod sys;
+pub mod syslog;
 pub mod template;
 #[cfg(feature = "mock")]
 pub mod mock;

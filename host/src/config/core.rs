@@ -28,8 +28,10 @@ impl Prefix {
 /// One `error_log` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogTarget {
-    /// A file path, or `None` for `stderr`.
+    /// A file path, or `None` for `stderr` (or syslog).
     pub path: Option<PathBuf>,
+    /// `syslog:…`: what follows the prefix (checked when parsed).
+    pub syslog: Option<String>,
     /// Minimum level written.
     pub level: Level,
 }
@@ -433,18 +435,24 @@ fn parse_listen_addr(d: &Directive) -> Result<SocketAddr, ConfError> {
 }
 
 pub(crate) fn parse_error_log(d: &Directive, prefix: &Prefix) -> Result<LogTarget, ConfError> {
+    let mut syslog = None;
     let path = match d.args[0].as_str() {
         "stderr" => None,
-        s if s.starts_with("syslog:") || s.starts_with("memory:") => {
-            return Err(d.err(format!("\"{s}\" error log targets are not supported yet")))
+        s if s.starts_with("syslog:") => {
+            let spec = &s["syslog:".len()..];
+            // Checked now (the socket is made when the logs are opened).
+            plugin_api::syslog::Syslog::open(spec).map_err(|e| d.err(e))?;
+            syslog = Some(spec.to_string());
+            None
         }
+        s if s.starts_with("memory:") => return Err(d.err(format!("\"{s}\" error log targets are not supported yet"))),
         s => Some(prefix.resolve(s)),
     };
     let level = match d.args.get(1) {
         None => Level::Error,
         Some(l) => Level::parse(l).ok_or_else(|| d.err(format!("invalid log level \"{l}\"")))?,
     };
-    Ok(LogTarget { path, level })
+    Ok(LogTarget { path, syslog, level })
 }
 
 fn parse_affinity(d: &Directive) -> Result<Vec<u64>, ConfError> {

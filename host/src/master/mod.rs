@@ -51,7 +51,7 @@ struct Master {
 pub fn set_logs(core: &CoreConf, paths: &Paths) -> Result<(), String> {
     if core.error_logs.is_empty() {
         let path = paths.error_log.clone().filter(|p| !p.as_os_str().is_empty());
-        crate::log::set_targets(&[LogTarget { path, level: Level::Error }])
+        crate::log::set_targets(&[LogTarget { path, syslog: None, level: Level::Error }])
     } else {
         crate::log::set_targets(&core.error_logs)
     }

@@ -11,6 +11,9 @@
 //! `conf_open_file`): opened (appending) while the configuration is read,
 //! in the master, so workers that dropped privileges still write to them;
 //! reopened on USR1 (`ngxr -s reopen`, log rotation) and by a reload.
+//! `access_log syslog:server=…[,facility=][,severity=][,tag=][,nohostname]
+//! [format]` sends each line as a syslog message instead
+//! (`plugin_api::syslog`).
 
 use plugin_api::{export_plugin, sys, template::Template, DirectiveSpec, Phase, Plugin, Request, Status};
 use std::cell::RefCell;
@@ -69,10 +72,18 @@ impl LogFile {
     }
 }
 
+/// Where an `access_log` writes.
+#[derive(Clone)]
+enum Out {
+    File(Rc<LogFile>),
+    /// `syslog:…`: a message per line.
+    Syslog(Rc<plugin_api::syslog::Syslog>),
+}
+
 /// One `access_log`.
 #[derive(Clone)]
 struct Target {
-    file: Rc<LogFile>,
+    file: Out,
     format: Rc<Format>,
     /// `if=`: the line is written unless this is empty or "0".
     cond: Option<Rc<Template>>,
@@ -160,7 +171,6 @@ impl Plugin for Log {
                     c.targets = Some(Vec::new());
                     return Ok(());
                 }
-                let path = cx.full_path(a[0]);
                 let format = match a.get(1).filter(|f| !f.contains('=')) {
                     None | Some(&"combined") => combined(),
                     Some(name) => c
@@ -182,7 +192,10 @@ impl Plugin for Log {
                         _ => return Err(format!("invalid parameter \"{p}\"")),
                     }
                 }
-                let file = open(cx, &path, cap)?;
+                let file = match a[0].strip_prefix("syslog:") {
+                    Some(spec) => Out::Syslog(Rc::new(plugin_api::syslog::Syslog::open(spec)?)),
+                    None => Out::File(open(cx, &cx.full_path(a[0]), cap)?),
+                };
                 c.targets.get_or_insert_with(Vec::new).push(Target { file, format, cond });
                 Ok(())
             }),
@@ -209,7 +222,7 @@ impl Plugin for Log {
         // (a file that cannot be opened refuses the configuration, as in
         // nginx).
         if let Some(path) = &parent.default_path {
-            child.targets = Some(vec![Target { file: open(cx, path, 0)?, format: combined(), cond: None }]);
+            child.targets = Some(vec![Target { file: Out::File(open(cx, path, 0)?), format: combined(), cond: None }]);
         }
         Ok(())
     }
@@ -235,8 +248,13 @@ impl Plugin for Log {
                     line.clear();
                 }
                 render(req, &t.format, &mut line);
-                line.push(b'\n');
-                t.file.write(&line);
+                match &t.file {
+                    Out::File(f) => {
+                        line.push(b'\n');
+                        f.write(&line);
+                    }
+                    Out::Syslog(s) => s.send(s.severity, &line),
+                }
             }
         });
         Status::Ok
