@@ -146,6 +146,10 @@ typedef uint64_t ngx_plugin_timer_t;
 #define NGX_PLUGIN_LOG_NOTICE 6
 #define NGX_PLUGIN_LOG_INFO   7
 #define NGX_PLUGIN_LOG_DEBUG  8
+/** (1.14) Or'ed into a level: the message says a file was not found; the
+ *  host drops it where the request's location has `log_not_found off`,
+ *  as nginx does. (An older host logs it at debug level.) */
+#define NGX_PLUGIN_LOG_NOT_FOUND 0x100
 
 /* ------------------------------------------------------------------ */
 /* Configuration contexts and directives                               */

@@ -130,6 +130,23 @@ thread_local! {
     static SCOPE: RefCell<Option<Rc<Scoped>>> = const { RefCell::new(None) };
 }
 
+thread_local! {
+    /// The running request's location logs "not found" errors
+    /// (`log_not_found`).
+    static NOT_FOUND: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether "not found" errors are logged now (`log_not_found`, set by
+/// the request engine for the request it runs).
+pub fn not_found_on() -> bool {
+    NOT_FOUND.with(std::cell::Cell::get)
+}
+
+/// Sets it (the request engine, per location; on again after).
+pub fn set_not_found(on: bool) {
+    NOT_FOUND.with(|c| c.set(on));
+}
+
 /// Some block has its own error log (else requests never switch logs).
 static ANY_SCOPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -1293,6 +1293,14 @@ pub fn log(level: u32, msg: &str) {
     rt::log(level, msg)
 }
 
+/// Logs that a file was not found (nginx's wording is the caller's), at
+/// error level unless the request's location says `log_not_found off`
+/// (ABI 1.14; an older host logs it).
+pub fn log_not_found(msg: &str) {
+    let newer = rt::host_has(std::mem::offset_of!(sys::Host, http_conf));
+    rt::log(if newer { sys::LOG_ERR | sys::LOG_NOT_FOUND } else { sys::LOG_ERR }, msg)
+}
+
 /// The server's connection and request counters (ABI 1.12 `stats`),
 /// summed over every worker: nginx's stub_status numbers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

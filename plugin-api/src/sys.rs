@@ -47,6 +47,8 @@ pub const LOG_WARN: u32 = 5;
 pub const LOG_NOTICE: u32 = 6;
 pub const LOG_INFO: u32 = 7;
 pub const LOG_DEBUG: u32 = 8;
+/// Or'ed into a level (1.14): a not-found message, dropped under `log_not_found off`.
+pub const LOG_NOT_FOUND: u32 = 0x100;
 
 pub const CTX_MAIN: u32 = 0x0001;
 pub const CTX_HTTP: u32 = 0x0004;

@@ -1021,3 +1021,26 @@ fn server_names_as_nginx_reads_them() {
         assert_eq!(req(s.port, &format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")).status, 400, "{bad:?}");
     }
 }
+
+#[test]
+fn log_not_found_off_keeps_missing_files_out_of_the_error_log() {
+    let s = serve(
+        "http { access_log off; server { listen 127.0.0.1:PORT; root html;
+           location = /favicon.ico { log_not_found off; }
+           location /quiet/ { log_not_found off; }
+         } }\n",
+        &[("html/index.html", "x")],
+    );
+    for path in ["/favicon.ico", "/quiet/", "/quiet/gone.txt"] {
+        assert_eq!(get(s.port, path).unwrap().status, 404, "{path}");
+    }
+    assert_eq!(get(s.port, "/loud.txt").unwrap().status, 404);
+    let log = poll_until("the not-found line", std::time::Duration::from_secs(5), || {
+        let l = s.prefix.error_log();
+        l.contains("loud.txt").then_some(l)
+    });
+    assert!(log.contains("open() \"") && log.contains("/html/loud.txt\" failed (2: No such file or directory)"), "{log}");
+    for quiet in ["favicon.ico", "/quiet/"] {
+        assert!(!log.contains(quiet), "{quiet}: {log}");
+    }
+}

@@ -1448,6 +1448,7 @@ fn handler_at(r: &Req, phase: u32, idx: usize) -> Option<(usize, sys::HttpHandle
 pub fn run(cell: &RefCell<Req>) {
     engine(cell);
     crate::log::set_scope(None);
+    crate::log::set_not_found(true);
 }
 
 fn engine(cell: &RefCell<Req>) {
@@ -1458,6 +1459,7 @@ fn engine(cell: &RefCell<Req>) {
             if r.loc != logs_for {
                 logs_for = r.loc;
                 crate::log::set_scope(r.location().core.error_log.as_ref());
+                crate::log::set_not_found(r.location().core.log_not_found);
             }
             if r.redirect.is_some() {
                 if let Err(st) = apply_redirect(&mut r) {

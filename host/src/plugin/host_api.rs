@@ -252,7 +252,10 @@ pub(super) fn cf<'a>(c: *mut sys::Conf) -> Option<&'a mut ConfCtx<'a>> {
 
 unsafe extern "C" fn log(level: u32, msg: Str) {
     use crate::log::Level::*;
-    let lvl = match level {
+    if level & sys::LOG_NOT_FOUND != 0 && !crate::log::not_found_on() {
+        return;
+    }
+    let lvl = match level & 0xff {
         1 => Emerg,
         2 => Alert,
         3 => Crit,

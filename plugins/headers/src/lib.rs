@@ -341,11 +341,15 @@ impl Plugin for Headers {
                 continue;
             }
             let v = render(req, &h.value);
+            // A configured value ending in "\n" (nginx configs write
+            // `add_header X "$v\n"`) loses its line end: the host refuses
+            // line breaks in header values, which could split a response.
+            let v = v.trim_end_matches(['\r', '\n']);
             match (h.how, v.is_empty()) {
                 (How::Add, true) => {}
-                (How::Add, false) => req.add_header(&h.name, &v),
+                (How::Add, false) => req.add_header(&h.name, v),
                 (How::Replace, true) => req.remove_header(&h.name),
-                (How::Replace, false) => req.set_header(&h.name, &v),
+                (How::Replace, false) => req.set_header(&h.name, v),
             }
         }
         Ok(())

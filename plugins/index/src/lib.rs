@@ -73,7 +73,7 @@ impl Plugin for Index {
             }
         }
         if std::fs::metadata(&dir).is_err() {
-            log(sys::LOG_ERR, &format!("\"{dir}\" is not found"));
+            plugin_api::log_not_found(&format!("\"{dir}\" is not found"));
             return Status::Http(404);
         }
         Status::Declined

@@ -222,8 +222,12 @@ fn find_at(path: &str, conf: &Conf, optional: bool) -> Result<Found, Status> {
             if optional && st == 404 {
                 return Err(Status::Declined);
             }
-            let lvl = if st == 500 { sys::LOG_CRIT } else { sys::LOG_ERR };
-            log(lvl, &format!("open() \"{path}\" failed ({})", os_error(&e)));
+            let msg = format!("open() \"{path}\" failed ({})", os_error(&e));
+            match st {
+                500 => log(sys::LOG_CRIT, &msg),
+                404 => plugin_api::log_not_found(&msg),
+                _ => log(sys::LOG_ERR, &msg),
+            }
             return Err(if optional { Status::Declined } else { Status::Http(st) });
         }
     };
