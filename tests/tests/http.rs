@@ -1044,3 +1044,22 @@ fn log_not_found_off_keeps_missing_files_out_of_the_error_log() {
         assert!(!log.contains(quiet), "{quiet}: {log}");
     }
 }
+
+#[test]
+fn keepalive_header_and_colon_names_in_listings() {
+    let s = serve(
+        "http { access_log off; server { listen 127.0.0.1:PORT; root html; keepalive_timeout 30s 9;
+           location /list/ { autoindex on; }
+         } }\n",
+        &[("html/index.html", "x"), ("html/list/a:b", "colon")],
+    );
+    let mut c = Client::new(s.port);
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.response().unwrap();
+    assert_eq!((r.header("connection"), r.header("keep-alive")), (Some("keep-alive"), Some("timeout=9")));
+    let r = req(s.port, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.header("keep-alive"), None, "only on kept-alive responses");
+    // "a:b" would read as a URI scheme: the listing links "./a:b".
+    let body = String::from_utf8_lossy(&get(s.port, "/list/").unwrap().body).into_owned();
+    assert!(body.contains("href=\"./a:b\""), "{body}");
+}

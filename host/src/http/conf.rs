@@ -61,6 +61,9 @@ pub struct Core {
     pub client_body_timeout: Duration,
     /// `keepalive_timeout` (0 disables keepalive).
     pub keepalive_timeout: Duration,
+    /// `keepalive_timeout`'s second value: a `Keep-Alive: timeout=N`
+    /// header on kept-alive responses.
+    pub keepalive_header: Option<u64>,
     /// `keepalive_requests`.
     pub keepalive_requests: u32,
     /// `keepalive_time`: no new request on a connection older than this.
@@ -213,6 +216,7 @@ impl Core {
             client_max_body_size: 1024 * 1024,
             client_body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
+            keepalive_header: None,
             keepalive_requests: 1000,
             keepalive_time: Duration::from_secs(3600),
             send_timeout: Duration::from_secs(60),
@@ -776,7 +780,10 @@ fn apply_core(c: &mut Core, d: &Directive, prefix: &Prefix, fresh_pages: &mut bo
                 v => return Err(d.err(format!("invalid value \"{v}\" in \"satisfy\" directive, it must be \"all\" or \"any\""))),
             }
         }
-        "keepalive_timeout" => c.keepalive_timeout = dur(d, 0)?,
+        "keepalive_timeout" => {
+            c.keepalive_timeout = dur(d, 0)?;
+            c.keepalive_header = if d.args.len() > 1 { Some(dur(d, 1)?.as_secs()) } else { None };
+        }
         "keepalive_requests" => c.keepalive_requests = d.args[0].parse().map_err(|_| d.invalid(0))?,
         "keepalive_time" => c.keepalive_time = dur(d, 0)?,
         "send_timeout" => c.send_timeout = dur(d, 0)?,

@@ -1125,6 +1125,11 @@ fn render_head(r: &mut Req) {
         h.extend_from_slice(b"Connection: upgrade\r\n");
     } else {
         h.extend_from_slice(if keep { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
+        if let (true, Some(t)) = (keep, r.location().core.keepalive_header) {
+            h.extend_from_slice(b"Keep-Alive: timeout=");
+            push_u64(&mut h, t);
+            h.extend_from_slice(b"\r\n");
+        }
     }
     h.extend_from_slice(b"\r\n");
     r.head_bytes = h.len() as u64;

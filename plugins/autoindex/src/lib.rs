@@ -175,6 +175,10 @@ fn html(uri: &str, entries: &[Entry], exact: bool, local: bool) -> String {
     for e in entries {
         let shown = if e.dir { format!("{}/", e.name) } else { e.name.clone() };
         let mut href = String::new();
+        // A name with ':' would read as a scheme: "./" first, as nginx.
+        if e.name.contains(':') {
+            href.push_str("./");
+        }
         escape_uri(&e.name, &mut href);
         if e.dir {
             href.push('/');
