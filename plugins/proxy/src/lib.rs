@@ -1808,7 +1808,8 @@ impl State {
                     }
                     _ if self.fcgi_stdin_due => {
                         self.fcgi_stdin_due = false;
-                        (self.fchunk_off, self.fchunk) = (0, Vec::new());
+                        self.fchunk.clear();
+                        self.fchunk_off = 0;
                         fastcgi::end_of_stdin(&mut self.fchunk);
                         continue;
                     }
