@@ -585,6 +585,19 @@ pub fn spawn_listening(cmd: &mut Command) -> (Child, u16) {
     (child, port)
 }
 
+/// One request on a connection of its own: `head` (request line and
+/// headers) with `Host: localhost` and `Connection: close` added, and
+/// `body` with its Content-Length and `ctype`.
+pub fn send_with_body(port: u16, head: &str, ctype: &str, body: &[u8]) -> Response {
+    let mut wire = format!("{head}\r\nHost: localhost\r\nConnection: close\r\n").into_bytes();
+    if !body.is_empty() {
+        wire.extend_from_slice(format!("Content-Length: {}\r\nContent-Type: {ctype}\r\n", body.len()).as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(body);
+    parse_response(&raw(port, &wire).unwrap()).unwrap().0
+}
+
 /// `KEY=value` lines (what the test applications answer) as a map.
 pub fn key_values(body: &[u8]) -> std::collections::HashMap<String, String> {
     String::from_utf8_lossy(body).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -29,15 +29,7 @@ fn wsgi_through_scgi_and_uwsgi() {
         s = scgi.socket.display(),
     ));
     let s = Server::start_in(p, port);
-    let req = |head: &str, body: &[u8]| {
-        let mut wire = format!("{head}\r\nHost: localhost\r\nConnection: close\r\nUser-Agent: t/1\r\nCookie: a=1\r\nCookie: b=2\r\n").into_bytes();
-        if !body.is_empty() {
-            wire.extend_from_slice(format!("Content-Length: {}\r\nContent-Type: application/x-test\r\n", body.len()).as_bytes());
-        }
-        wire.extend_from_slice(b"\r\n");
-        wire.extend_from_slice(body);
-        parse_response(&raw(s.port, &wire).unwrap()).unwrap().0
-    };
+    let req = |head: &str, body: &[u8]| send_with_body(s.port, &format!("{head}\r\nUser-Agent: t/1\r\nCookie: a=1\r\nCookie: b=2"), "application/x-test", body);
     for (family, at) in [("u", "/u/"), ("s", "/s/")] {
         let r = req(&format!("GET {at}x?a=1 HTTP/1.1"), b"");
         assert_eq!((r.status, r.header("x-app"), r.header("content-type")), (200, Some("wsgi"), Some("text/plain")), "{family}");

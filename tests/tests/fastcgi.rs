@@ -69,15 +69,7 @@ fn php_through_fastcgi_pass() {
         kept = kept.socket.display(),
     ));
     let s = Server::start_in(p, port);
-    let req = |head: &str, body: &[u8]| {
-        let mut wire = format!("{head}\r\nHost: localhost\r\nConnection: close\r\n").into_bytes();
-        if !body.is_empty() {
-            wire.extend_from_slice(format!("Content-Length: {}\r\nContent-Type: application/octet-stream\r\n", body.len()).as_bytes());
-        }
-        wire.extend_from_slice(b"\r\n");
-        wire.extend_from_slice(body);
-        parse_response(&raw(s.port, &wire).unwrap()).unwrap().0
-    };
+    let req = |head: &str, body: &[u8]| send_with_body(s.port, head, "application/octet-stream", body);
     // The CGI environment: fastcgi.conf, the split path, the client's
     // headers as HTTP_* (repeated Cookies joined with "; "), and the
     // location's own params (an explicit HTTP_X_ONE wins over the header).

@@ -10,6 +10,13 @@ fn gunzip(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One request (`head`: its request line and headers of its own) on a
+/// connection of its own.
+fn request(port: u16, head: &str) -> Response {
+    let buf = raw(port, format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    parse_response_to(&buf, head.starts_with("HEAD ")).unwrap().0
+}
+
 fn page(n: usize) -> String {
     (0..n).map(|i| format!("<p>line {i} of a page that compresses well</p>\n")).collect()
 }
@@ -33,10 +40,7 @@ fn compresses_as_nginx() {
         load_plugins(&["static", "log", "gzip"]),
     ));
     let s = Server::start_in(p, port);
-    let req = |head: &str| {
-        let buf = raw(s.port, format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
-        parse_response_to(&buf, head.starts_with("HEAD ")).unwrap().0
-    };
+    let req = |head: &str| request(s.port, head);
     let gz = "Accept-Encoding: gzip, deflate";
     // Memory and file bodies come out compressed, chunked, without length.
     for (path, want) in [("/small.html", &small), ("/big.html", &big)] {
@@ -113,10 +117,7 @@ fn gzip_static_sends_the_gz_file() {
         load_plugins(&["static", "log", "gzip"]),
     ));
     let s = Server::start_in(p, port);
-    let req = |head: &str| {
-        let buf = raw(s.port, format!("{head}\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
-        parse_response_to(&buf, head.starts_with("HEAD ")).unwrap().0
-    };
+    let req = |head: &str| request(s.port, head);
     let gz = "Accept-Encoding: gzip";
     // The .gz file as it is on disk: its length, its ETag, the page's type.
     let r = req(&format!("GET /s/a.html HTTP/1.1\r\n{gz}"));

@@ -1928,15 +1928,7 @@ impl State {
                 // An interim response (100 Continue) is skipped.
                 let interim = (100..200).contains(&code) && code != 101;
                 let flow = (!interim).then(|| self.got_head(req, conf, pass, code, resp.version.unwrap_or(0), resp.headers));
-                let mut buf = buf;
-                // What follows the head is this attempt's, unless
-                // got_head() went on to another peer.
-                if self.attempt == attempt {
-                    buf.drain(..n);
-                } else {
-                    buf.clear();
-                }
-                self.buf = buf;
+                self.after_head(buf, n, attempt);
                 match flow {
                     Some(f) => return f,
                     None => continue,
@@ -1947,6 +1939,18 @@ impl State {
                 return f;
             }
         }
+    }
+
+    /// Gives back the buffer a head of `n` bytes was parsed from: what
+    /// follows the head is this attempt's body, unless got_head() went on
+    /// to another peer (`attempt` moved).
+    fn after_head(&mut self, mut buf: Vec<u8>, n: usize, attempt: u32) {
+        if self.attempt == attempt {
+            buf.drain(..n);
+        } else {
+            buf.clear();
+        }
+        self.buf = buf;
     }
 
     /// Reads more of a response head: None to parse again, else what to
@@ -2044,13 +2048,7 @@ impl State {
                 let attempt = self.attempt;
                 let flow = self.got_head(req, conf, pass, code, 1, &head);
                 drop(head);
-                let mut buf = buf;
-                if self.attempt == attempt {
-                    buf.drain(..n);
-                } else {
-                    buf.clear();
-                }
-                self.buf = buf;
+                self.after_head(buf, n, attempt);
                 return flow;
             }
             self.buf = buf;
