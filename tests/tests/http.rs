@@ -1063,3 +1063,14 @@ fn keepalive_header_and_colon_names_in_listings() {
     let body = String::from_utf8_lossy(&get(s.port, "/list/").unwrap().body).into_owned();
     assert!(body.contains("href=\"./a:b\""), "{body}");
 }
+
+#[test]
+fn empty_gif_answers_with_a_transparent_pixel() {
+    let s = serve("http { access_log off; server { listen 127.0.0.1:PORT; location = /p.gif { empty_gif; } } }\n", &[]);
+    let r = get(s.port, "/p.gif").unwrap();
+    assert_eq!((r.status, r.header("content-type"), r.header("content-length")), (200, Some("image/gif"), Some("43")));
+    assert_eq!(r.header("last-modified"), Some("Mon, 28 Sep 1970 06:00:00 GMT"));
+    // GIF89a, 1×1, and its trailer.
+    assert_eq!((&r.body[..6], &r.body[6..10], r.body.last()), (&b"GIF89a"[..], &[1u8, 0, 1, 0][..], Some(&0x3b)));
+    assert_eq!(req(s.port, "POST /p.gif HTTP/1.0\r\nContent-Length: 0\r\n\r\n").status, 405);
+}

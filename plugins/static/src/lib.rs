@@ -19,7 +19,8 @@
 //! change nothing (a changed file is never served from the cache).
 //! `gzip_static on|always` (nginx's gzip_static module): the file with
 //! `.gz` appended is sent as is, `Content-Encoding: gzip`, to clients the
-//! host's gzip test lets have it (see [`precompressed`]).
+//! host's gzip test lets have it (see [`precompressed`]). `empty_gif`
+//! (a location's content handler) answers with a transparent 1×1 GIF.
 
 mod cache;
 mod watch;
@@ -42,6 +43,8 @@ pub struct Conf {
     open_file_cache: Option<Option<cache::Settings>>,
     /// `gzip_static`: 0 off, 1 on, 2 always.
     gzip_static: Option<u8>,
+    /// `empty_gif`: this location answers with a transparent 1×1 GIF.
+    empty_gif: bool,
 }
 
 const H: u32 = sys::CTX_HTTP | sys::CTX_SERVER | sys::CTX_LOCATION;
@@ -103,6 +106,11 @@ impl Plugin for Static {
             DirectiveSpec::<Conf>::new("open_file_cache_min_uses", H, 1, 1, |_, a, _| {
                 a[0].parse::<u32>().map(drop).map_err(|_| format!("invalid value \"{}\"", a[0]))
             }),
+            // nginx's empty_gif module: the location's content handler.
+            DirectiveSpec::<Conf>::new("empty_gif", sys::CTX_LOCATION, 0, 0, |c, _, cx| {
+                c.empty_gif = true;
+                cx.set_content_handler::<Static>()
+            }),
             DirectiveSpec::<Conf>::new("gzip_static", H, 1, 1, |c, a, _| {
                 c.gzip_static = Some(match a[0] {
                     "off" => 0,
@@ -129,8 +137,33 @@ impl Plugin for Static {
     }
 
     fn handle(_phase: Phase, req: &mut Request<'_>, conf: &Conf) -> Status {
+        if conf.empty_gif {
+            return empty_gif(req);
+        }
         serve(req, conf)
     }
+}
+
+/// A transparent 1×1 GIF (43 bytes).
+const EMPTY_GIF: [u8; 43] = [
+    b'G', b'I', b'F', b'8', b'9', b'a', // signature, version
+    0x01, 0x00, 0x01, 0x00, // 1 × 1
+    0x80, 0x00, 0x00, // a global colour table of two entries
+    0x00, 0x00, 0x00, 0xff, 0xff, 0xff, // black, white
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, // colour 0 is transparent
+    0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, // the image, 1 × 1
+    0x02, 0x02, 0x44, 0x01, 0x00, // its LZW data
+    0x3b, // trailer
+];
+
+/// `empty_gif`: the GIF for GET and HEAD, with nginx's fixed
+/// Last-Modified.
+fn empty_gif(req: &mut Request<'_>) -> Status {
+    if !matches!(req.method(), "GET" | "HEAD") {
+        return Status::Http(405);
+    }
+    req.set_header("Last-Modified", "Mon, 28 Sep 1970 06:00:00 GMT");
+    req.respond(200, "image/gif", &EMPTY_GIF)
 }
 
 /// The URI's extension packed in a word (at most 8 bytes; 0 for none),
