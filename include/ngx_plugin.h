@@ -503,7 +503,10 @@ typedef struct ngx_plugin_host_s {
     ngx_plugin_rc_t (*http_set_status)(ngx_plugin_request_t *r, uint32_t status);
     /** The response status set so far (0 if none). */
     uint32_t (*http_status)(ngx_plugin_request_t *r);
-    /** Adds a response header. OWNERSHIP: name and value copied. */
+    /** Adds a response header. A `Server` or `Date` header replaces the
+     *  host's own (an upstream's, passed on); an empty one means none at
+     *  all (nginx's proxy_pass_header with an upstream that sent none).
+     *  OWNERSHIP: name and value copied. */
     ngx_plugin_rc_t (*http_header_out_add)(ngx_plugin_request_t *r, ngx_plugin_str_t name,
                                            ngx_plugin_str_t value);
     /** Replaces every response header `name` by one with `value`; an empty

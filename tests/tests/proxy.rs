@@ -927,3 +927,22 @@ fn random_max_conns_zone_and_fallbacks() {
     // down is not a try left ("no live upstreams" would be a 502).
     assert_eq!(get_h(p, "/downed/status/404", "").status, 404);
 }
+
+#[test]
+fn proxy_pass_header_server_and_date() {
+    let b = Backend::start("S");
+    let s = front(&format!(
+        "access_log off; server {{ listen 127.0.0.1:PORT;
+           location /own/ {{ proxy_pass http://127.0.0.1:{p}/; }}
+           location /pass/ {{ proxy_pass http://127.0.0.1:{p}/; proxy_pass_header Server; proxy_pass_header Date; }}
+         }}",
+        p = b.port
+    ));
+    // By default the upstream's Server and Date are hidden: ngxr's own.
+    let r = get_h(s.port, "/own/x", "");
+    assert!(r.header("server").is_some_and(|v| v.starts_with("ngxr")), "{:?}", r.header("server"));
+    // Passed on, they replace ngxr's (one of each).
+    let r = get_h(s.port, "/pass/x", "");
+    assert!(r.header("server").is_some_and(|v| v.starts_with("pybackend")), "{:?}", r.header("server"));
+    assert_eq!(r.headers.iter().filter(|(k, _)| k == "server" || k == "date").count(), 2, "{:?}", r.headers);
+}

@@ -250,6 +250,10 @@ pub struct Req<'a> {
     pub is_sub: bool,
     /// What the connection's PROXY protocol header said, if it had one.
     pub proxy_protocol: Option<std::rc::Rc<super::proxy_protocol::Info>>,
+    /// A plugin set the response's own `Server` (bit 1) or `Date` (bit 2)
+    /// header (an upstream's, passed on): the host writes that one
+    /// instead of its own.
+    pub own_server_date: u8,
     /// `http_gzip_ok`'s answer, once asked (None: not yet).
     pub gzip_ok: Option<bool>,
     /// The response could be gzip: `Vary: Accept-Encoding` under
@@ -369,6 +373,7 @@ impl<'a> Req<'a> {
             waiting_sub: false,
             is_sub: false,
             proxy_protocol: None,
+            own_server_date: 0,
             gzip_ok: None,
             gzip_vary: false,
         }
@@ -564,6 +569,7 @@ impl<'a> Req<'a> {
         self.relay = None;
         self.gzip_ok = None;
         self.gzip_vary = false;
+        self.own_server_date = 0;
     }
 
     /// Bytes queued for the client and not yet written (`wpos` of the
@@ -988,6 +994,32 @@ fn push_head_start(out: &mut Vec<u8>, status: u16, tokens: bool) {
     });
 }
 
+/// A response head's start with the host's Server and Date lines but
+/// those the response has of its own (`own`: bit 1 Server, bit 2 Date).
+fn head_start_own(out: &mut Vec<u8>, status: u16, tokens: bool, own: u8) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(wire_status(status)));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if own & 1 == 0 {
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(server_string(tokens).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if own & 2 == 0 {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(crate::clock::wall()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Whether `name` is a Server or Date header the response has of its
+/// own (`own` as in head_start_own).
+fn own_header(name: &str, own: u8) -> bool {
+    (own & 1 != 0 && name.eq_ignore_ascii_case("server")) || (own & 2 != 0 && name.eq_ignore_ascii_case("date"))
+}
+
 /// Headers the host renders itself; plugin copies are not sent twice.
 fn host_header(name: &str) -> bool {
     let is = |h: &str| name.eq_ignore_ascii_case(h);
@@ -1089,9 +1121,16 @@ fn render_head(r: &mut Req) {
     }
     let mut h = mem_buf();
     h.reserve(256);
-    push_head_start(&mut h, status, core_tokens);
+    let own = r.own_server_date;
+    if own == 0 {
+        push_head_start(&mut h, status, core_tokens);
+    } else {
+        // (Not the cached start: the response has its own Server or Date.)
+        head_start_own(&mut h, status, core_tokens, own);
+    }
     for (k, v) in &r.headers_out {
-        if host_header(k) {
+        // (An own Server or Date that is empty means none at all.)
+        if host_header(k) && !(own != 0 && own_header(k, own) && !v.is_empty()) {
             continue;
         }
         h.extend_from_slice(k.as_bytes());

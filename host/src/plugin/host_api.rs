@@ -638,6 +638,13 @@ unsafe extern "C" fn http_header_out_add(r: *mut sys::Request, name: Str, value:
             r.content_length = Some(cl);
         }
     }
+    // An upstream's own Server or Date, passed on: the host writes it
+    // instead of its own.
+    match n.len() {
+        6 if n.eq_ignore_ascii_case("server") => r.own_server_date |= 1,
+        4 if n.eq_ignore_ascii_case("date") => r.own_server_date |= 2,
+        _ => {}
+    }
     let (n, v) = (r.text(n), r.text(v));
     r.headers_out.push((n, v));
     sys::OK

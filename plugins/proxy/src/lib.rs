@@ -2273,10 +2273,22 @@ impl State {
         let hidden = |n: &str| {
             let hop = is(n, &["connection", "keep-alive", "transfer-encoding", "te", "trailer", "proxy-connection"])
                 || (!upgrade && n.eq_ignore_ascii_case("upgrade"));
+            // nginx's proxy hides Date, Server and X-Pad too; its
+            // fastcgi, scgi and uwsgi modules only X-Accel-*.
             let default_hidden = !listed(n, &conf.pass_headers)
-                && (is(n, &["date", "server", "x-pad"]) || n.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("x-accel-")));
+                && ((pass.proto == Proto::Http && is(n, &["date", "server", "x-pad"])) || n.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("x-accel-")));
             hop || default_hidden || listed(n, &conf.hide)
         };
+        // proxy_pass_header Server (Date) passes the upstream's, or, when
+        // it sent none, none at all: the host then writes no own either
+        // (an empty one), as nginx.
+        if pass.proto == Proto::Http {
+            for name in ["Server", "Date"] {
+                if listed(name, &conf.pass_headers) && !head.iter().any(|h| h.name.eq_ignore_ascii_case(name)) {
+                    req.add_header(name, "");
+                }
+            }
+        }
         let mut expires = false;
         for h in head {
             let k = h.name;
